@@ -1,0 +1,354 @@
+"""Atomic, sharded, streaming writes of safetensors checkpoints.
+
+Tensors are appended to a spool file as they arrive, so a writer holds one tensor at a time; when a shard is
+full its header is written and the spooled bytes are copied behind it by the kernel. Everything goes into a
+hidden staging folder beside the output, renamed into place only when complete: a crash or Ctrl-C leaves the
+old output (or none) and never a partial one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO
+
+import torch
+
+from paperpack.core.checkpoints._format import DTYPE_NAMES, header_bytes, tensor_bytes, write_all
+from paperpack.core.checkpoints.reader import PathLike
+from paperpack.core.errors import CheckpointError, ConfigError
+
+__all__ = ["StateDictWriter", "check_output_path", "parse_size", "save_state_dict"]
+
+logger = logging.getLogger(__name__)
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*$", re.IGNORECASE)
+_WEIGHT_FILE = re.compile(r".*\.safetensors(\.index\.json)?$")
+
+
+def parse_size(size: int | str) -> int:
+    """Convert ``"5GB"``, ``"200MiB"`` or a byte count to bytes (decimal units as in transformers).
+
+    Raises:
+        ConfigError: for anything else.
+    """
+    if isinstance(size, int) and not isinstance(size, bool):
+        number = size
+    else:
+        match = _SIZE.match(size) if isinstance(size, str) else None
+        if match is None:
+            raise ConfigError(f"`max_shard_size` must be a byte count or a size like '5GB', got {size!r}")
+        number = int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+    if number <= 0:
+        raise ConfigError(f"`max_shard_size` must be positive, got {size!r}")
+    return number
+
+
+def check_output_path(output: PathLike, inputs: Iterable[PathLike]) -> None:
+    """Refuse an output that is, contains or lies inside one of the inputs (inputs are never overwritten).
+
+    Raises:
+        CheckpointError: naming the input.
+    """
+    target = Path(output).resolve()
+    for item in inputs:
+        source = Path(item).resolve()
+        if target == source or source in target.parents or target in source.parents:
+            raise CheckpointError(
+                f"output {str(output)!r} overlaps input {str(item)!r} (it is, contains or lies inside it); "
+                "write to a new path"
+            )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _staging_path(target: Path) -> Path:
+    """A hidden sibling of ``target``; also clears siblings left by writers that were killed."""
+    prefix = f".{target.name}.paperpack-tmp-"
+    if target.parent.is_dir():
+        for stale in target.parent.glob(f"{prefix}*"):
+            pid = stale.name[len(prefix) :].split("-", 1)[0]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                logger.info("removing %s, left by an interrupted write", stale)
+                _remove(stale)
+    return target.parent / f"{prefix}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _copy_range(source: BinaryIO, target: BinaryIO, count: int) -> None:
+    """Append ``count`` bytes of ``source`` (from its start) to ``target`` inside the kernel."""
+    source.seek(0)
+    target.flush()
+    done = 0
+    while done < count:
+        try:
+            copied = os.copy_file_range(source.fileno(), target.fileno(), count - done)
+        except OSError:  # not supported by this filesystem: fall back to a buffered copy
+            source.seek(done)
+            shutil.copyfileobj(source, target)
+            return
+        if copied == 0:
+            raise CheckpointError(f"spool file ended after {done} of {count} bytes")
+        done += copied
+
+
+class _Shard:
+    """One safetensors file being written: tensor bytes go to a spool, the header is written at the end."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.size = 0
+        self._spool = path.with_name(path.name + ".spool").open("w+b")
+
+    def add(self, key: str, tensor: torch.Tensor) -> None:
+        data = tensor_bytes(tensor)
+        write_all(self._spool, data)
+        self.entries[key] = {
+            "dtype": DTYPE_NAMES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [self.size, self.size + len(data)],
+        }
+        self.size += len(data)
+
+    def finish(self, metadata: dict[str, str]) -> None:
+        with self.path.open("wb") as file:
+            file.write(header_bytes(self.entries, metadata))
+            _copy_range(self._spool, file, self.size)
+        self.discard()
+
+    def discard(self) -> None:
+        name = self._spool.name
+        self._spool.close()
+        Path(name).unlink(missing_ok=True)
+
+
+class StateDictWriter:
+    """Write a state dict tensor by tensor, sharded, into place atomically.
+
+    ``path`` ending in ``.safetensors`` gives one file. Any other ``path`` is a folder holding
+    ``<stem>.safetensors``, or shards ``<stem>-00001-of-0000N.safetensors`` and ``<stem>.safetensors.index.json``
+    once the tensors exceed ``max_shard_size`` (the transformers layout, so ``from_pretrained`` reads it).
+    When the folder exists already, its weight files are replaced and its other files (config, tokenizer)
+    are kept.
+
+    Args:
+        path: the output file or folder.
+        max_shard_size: bytes per shard, as an int or a string like ``"5GB"`` (folders only).
+        metadata: strings stored in every file's ``__metadata__`` (``format: pt`` is added).
+        weights_name: the file name in a folder: ``model.safetensors`` or ``adapter_model.safetensors``.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from paperpack.core.checkpoints import StateDictWriter, load_state_dict
+        >>> out = tempfile.mkdtemp() + "/merged"
+        >>> with StateDictWriter(out, max_shard_size="1KB") as writer:
+        ...     for i in range(3):
+        ...         writer.add(f"layer{i}.weight", torch.full((16, 16), float(i)))
+        >>> sorted(p.name for p in writer.path.iterdir())[:2]
+        ['model-00001-of-00003.safetensors', 'model-00002-of-00003.safetensors']
+        >>> load_state_dict(out)["layer2.weight"][0, 0].item()
+        2.0
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        *,
+        max_shard_size: int | str = "5GB",
+        metadata: Mapping[str, str] | None = None,
+        weights_name: str = "model.safetensors",
+    ) -> None:
+        self.path = Path(path)
+        self.max_shard_size = parse_size(max_shard_size)
+        self.metadata = {"format": "pt", **_check_metadata(metadata)}
+        if not weights_name.endswith(".safetensors") or "/" in weights_name:
+            raise ConfigError(f"`weights_name` must be a file name ending in .safetensors, got {weights_name!r}")
+        self.single_file = self.path.suffix == ".safetensors"
+        self._stem = weights_name.removesuffix(".safetensors")
+        if self.path.is_dir() and self.single_file:
+            raise CheckpointError(f"{self.path} is a folder; a .safetensors output must be a file")
+        if self.path.is_file() and not self.single_file:
+            raise CheckpointError(f"{self.path} is a file; pass a folder path or a .safetensors file name")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._staging = _staging_path(self.path)
+        if not self.single_file:
+            self._staging.mkdir()
+        self._shards: list[_Shard] = []
+        self._keys: set[str] = set()
+        self._closed = False
+
+    @property
+    def staging_dir(self) -> Path:
+        """The folder being written; files put here land in the output (folders only)."""
+        if self.single_file:
+            raise CheckpointError("a single-file writer has no staging folder")
+        return self._staging
+
+    def add(self, key: str, tensor: torch.Tensor) -> None:
+        """Append one tensor; it is written to disk before this returns.
+
+        Raises:
+            CheckpointError: for a duplicate key, a non-tensor, or an unsupported dtype.
+        """
+        if self._closed:
+            raise CheckpointError(f"the writer for {self.path} is closed")
+        if not isinstance(key, str) or not key:
+            raise CheckpointError(f"state dict keys must be non-empty strings, got {key!r}")
+        if key in self._keys:
+            raise CheckpointError(f"key {key!r} was written twice to {self.path}")
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"{key!r} is a {type(tensor).__name__}, not a torch.Tensor")
+        if tensor.dtype not in DTYPE_NAMES:
+            raise CheckpointError(f"{key!r} has dtype {tensor.dtype}, which safetensors cannot store")
+        if tensor.is_sparse or tensor.layout != torch.strided:
+            raise CheckpointError(f"{key!r} is a sparse tensor; convert it with .to_dense() first")
+        nbytes = tensor.numel() * tensor.element_size()
+        shard = self._shards[-1] if self._shards else None
+        if shard is None or (
+            not self.single_file and shard.entries and shard.size + nbytes > self.max_shard_size
+        ):
+            shard = self._new_shard()
+        shard.add(key, tensor)
+        self._keys.add(key)
+
+    def _new_shard(self) -> _Shard:
+        if self.single_file:
+            path = self._staging
+        else:
+            path = self._staging / f"{self._stem}-shard{len(self._shards):05d}.safetensors"
+        shard = _Shard(path)
+        self._shards.append(shard)
+        return shard
+
+    def close(self) -> Path:
+        """Finish every shard, write the index and move the output into place."""
+        if self._closed:
+            return self.path
+        if not self._shards:
+            self._new_shard()
+        count = len(self._shards)
+        weight_map: dict[str, str] = {}
+        for number, shard in enumerate(self._shards, start=1):
+            shard.finish(self.metadata)
+            if not self.single_file:
+                name = f"{self._stem}.safetensors"
+                if count > 1:
+                    name = f"{self._stem}-{number:05d}-of-{count:05d}.safetensors"
+                shard.path.rename(self._staging / name)
+                weight_map.update(dict.fromkeys(shard.entries, name))
+        if count > 1:
+            total = sum(shard.size for shard in self._shards)
+            index = {"metadata": {**self.metadata, "total_size": total}, "weight_map": weight_map}
+            (self._staging / f"{self._stem}.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        self._commit()
+        self._closed = True
+        return self.path
+
+    def _commit(self) -> None:
+        if self.single_file:
+            os.replace(self._staging, self.path)
+            return
+        if not self.path.exists():
+            self._staging.rename(self.path)
+            return
+        # Keep the existing folder's other files, then swap folders.
+        for item in self.path.iterdir():
+            if not _WEIGHT_FILE.match(item.name) and not (self._staging / item.name).exists():
+                if item.is_dir():
+                    shutil.copytree(item, self._staging / item.name, symlinks=True)
+                else:
+                    shutil.copy2(item, self._staging / item.name)
+        old = self.path.with_name(f".{self.path.name}.paperpack-old-{uuid.uuid4().hex[:8]}")
+        self.path.rename(old)
+        self._staging.rename(self.path)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def abort(self) -> None:
+        """Remove everything written so far; the output is left as it was."""
+        for shard in self._shards:
+            shard.discard()
+        _remove(self._staging)
+        self._closed = True
+
+    def __enter__(self) -> StateDictWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise ConfigError(f"`metadata` must map strings to strings, got {metadata!r}")
+    return dict(metadata)
+
+
+def save_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    path: PathLike,
+    *,
+    max_shard_size: int | str = "5GB",
+    metadata: Mapping[str, str] | None = None,
+    weights_name: str = "model.safetensors",
+) -> Path:
+    """Save a state dict as safetensors, sharded with an index when over ``max_shard_size``, atomically.
+
+    Tensors sharing storage (tied weights) are written as separate copies; the input is never modified.
+
+    Args:
+        state_dict: key to tensor.
+        path: a ``.safetensors`` file or a folder (see :class:`StateDictWriter`).
+        max_shard_size: bytes per shard, or a string like ``"5GB"``.
+        metadata: strings stored in each file's header.
+        weights_name: the file name inside a folder.
+
+    Returns:
+        The written path.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from paperpack.core.checkpoints import load_state_dict, save_state_dict
+        >>> path = save_state_dict({"bias": torch.zeros(4)}, tempfile.mkdtemp() + "/bias.safetensors")
+        >>> load_state_dict(path)["bias"].shape
+        torch.Size([4])
+    """
+    if not isinstance(state_dict, Mapping):
+        raise ConfigError(f"`state_dict` must be a mapping of str to Tensor, got {type(state_dict).__name__}")
+    with StateDictWriter(path, max_shard_size=max_shard_size, metadata=metadata, weights_name=weights_name) as w:
+        for key, tensor in state_dict.items():
+            w.add(key, tensor)
+    return w.path
+

@@ -1,0 +1,38 @@
+"""Exceptions that paperpack users catch.
+
+Every exception subclasses a built-in one as fits (``ValueError`` for bad values, ``FileNotFoundError`` for
+missing paths), so code that already catches those keeps working. Messages name the argument, the value and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CheckpointError", "CheckpointNotFoundError", "ConfigError", "PaperpackError"]
+
+
+class PaperpackError(Exception):
+    """Base class of every paperpack exception."""
+
+
+class ConfigError(PaperpackError, ValueError):
+    """An argument or configuration value is not allowed.
+
+    Example:
+        >>> from paperpack.core.validation import check_positive
+        >>> check_positive("rank", 0)
+        Traceback (most recent call last):
+        ...
+        paperpack.core.errors.ConfigError: `rank` must be > 0, got 0
+    """
+
+
+class CheckpointError(PaperpackError, ValueError):
+    """A checkpoint cannot be read or written as asked.
+
+    Raised for pickle files (paperpack reads safetensors only), truncated or corrupt files, inputs whose keys,
+    shapes or dtypes differ, and an output path equal to or inside an input.
+    """
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint path does not exist or holds no safetensors weights."""

@@ -1,0 +1,130 @@
+"""Sampling K completions per prompt in left-padded batches (used by packages that sample from a model)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from paperpack.core.errors import ConfigError
+from paperpack.core.validation import check_int, check_positive, check_range
+
+__all__ = ["Completion", "sample_completions"]
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled continuation of a prompt.
+
+    Attributes:
+        text: the decoded new tokens, special tokens removed.
+        token_ids: the new tokens, up to and including the end-of-sequence token, without padding.
+        finished: whether generation stopped at the end-of-sequence token (not at ``max_new_tokens``).
+    """
+
+    text: str
+    token_ids: list[int]
+    finished: bool
+
+
+def sample_completions(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    num_samples: int = 1,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    do_sample: bool = True,
+    seed: int = 0,
+    chat: bool = False,
+    progress: bool = False,
+) -> list[list[Completion]]:
+    """Sample ``num_samples`` completions for every prompt.
+
+    Prompts are left-padded and generated ``batch_size`` at a time, each with ``num_samples`` return
+    sequences. Sampling is seeded per batch from ``seed`` without touching the global random state, so a
+    call is reproducible for the same prompts, batch size and seed.
+
+    Args:
+        model: a causal LM.
+        tokenizer: its tokenizer (a pad token is required).
+        prompts: the prompt texts.
+        num_samples: completions per prompt (K).
+        max_new_tokens: the length limit of each completion.
+        batch_size: prompts per ``generate`` call.
+        temperature: the sampling temperature.
+        top_p: nucleus sampling mass.
+        do_sample: False for greedy decoding (then ``num_samples`` must be 1).
+        seed: the sampling seed.
+        chat: wrap each prompt as a user turn with the tokenizer's chat template.
+        progress: show a tqdm bar over batches.
+
+    Returns:
+        One list of ``num_samples`` :class:`Completion` per prompt, in prompt order.
+
+    Example:
+        >>> from paperpack.core.hf import sample_completions, tiny_causal_lm
+        >>> model, tokenizer = tiny_causal_lm()
+        >>> out = sample_completions(model, tokenizer, ["the", "a red"], num_samples=2, max_new_tokens=4)
+        >>> [len(samples) for samples in out], len(out[0][0].token_ids) <= 4
+        ([2, 2], True)
+    """
+    check_int("num_samples", num_samples, minimum=1)
+    check_int("max_new_tokens", max_new_tokens, minimum=1)
+    check_int("batch_size", batch_size, minimum=1)
+    check_positive("temperature", temperature)
+    check_range("top_p", top_p, 0.0, 1.0, low_inclusive=False)
+    if not do_sample and num_samples > 1:
+        raise ConfigError(f"greedy decoding (do_sample=False) gives one completion, got num_samples={num_samples}")
+    if tokenizer.pad_token_id is None:
+        raise ConfigError("the tokenizer has no pad token; set `tokenizer.pad_token` before batched generation")
+    if isinstance(prompts, str):
+        raise ConfigError("`prompts` must be a sequence of strings, got a single string; wrap it in a list")
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        if chat
+        else p
+        for p in prompts
+    ]
+    eos = tokenizer.eos_token_id
+    results: list[list[Completion]] = []
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        starts = range(0, len(texts), batch_size)
+        for number, start in enumerate(tqdm(starts, desc="generating", disable=not progress)):
+            batch = tokenizer(
+                texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=not chat
+            ).to(model.device)
+            with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+                torch.manual_seed(seed + number)
+                with torch.no_grad():
+                    output = model.generate(
+                        **batch,
+                        do_sample=do_sample,
+                        temperature=temperature if do_sample else None,
+                        top_p=top_p if do_sample else None,
+                        max_new_tokens=max_new_tokens,
+                        num_return_sequences=num_samples,
+                        pad_token_id=tokenizer.pad_token_id,
+                        eos_token_id=eos,
+                    )
+            new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
+            for row in range(0, len(new_tokens), num_samples):
+                results.append([_completion(ids, eos, tokenizer) for ids in new_tokens[row : row + num_samples]])
+    finally:
+        tokenizer.padding_side = side
+    return results
+
+
+def _completion(ids: list[int], eos: int | None, tokenizer: PreTrainedTokenizerBase) -> Completion:
+    finished = eos is not None and eos in ids
+    if finished:
+        ids = ids[: ids.index(eos) + 1]
+    return Completion(text=tokenizer.decode(ids, skip_special_tokens=True), token_ids=ids, finished=finished)

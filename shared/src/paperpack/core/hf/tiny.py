@@ -1,0 +1,167 @@
+"""A tiny Llama-style model and a tokenizer trained in code: offline, deterministic, built in about a second."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from paperpack.core.validation import check_int
+
+__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "default_corpus", "tiny_causal_lm", "tiny_tokenizer"]
+
+#: The tokenizer's special tokens: padding, begin and end of sequence, unknown, and the chat roles.
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
+
+#: A chat template with ``{% generation %}`` markers, so TRL's ``assistant_only_loss`` works.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|assistant|>\n' }}{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}{{ '\n' }}"
+    "{% else %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+_WORDS = (
+    "the of and to in is was for on that with as by at from it this be are have not or an which one all "
+    "their there been has more when will would who so no if out up into them can some only time other than "
+    "then its also two new after first about what over these may years could most where people through "
+    "many before any same under state while how between during three very where since because each well "
+    "model train data value key record answer question reason step token layer weight merge average mask "
+    "agent target graph update loss gradient rank safe help honest harm check store find return city name "
+    "color number list table count small large early late north south east west river mountain blue red "
+    "green yellow apple orange river house garden window paper pencil music winter summer morning evening"
+).split()
+
+
+def default_corpus(num_lines: int = 2000, seed: int = 0) -> list[str]:
+    """Synthetic English-like lines with numbers, key-value records and punctuation.
+
+    Enough to train a small byte-level BPE whose merges cover the text that paperpack's tests and demos make.
+    """
+    rng = random.Random(seed)
+    lines = []
+    for i in range(num_lines):
+        words = rng.choices(_WORDS, k=rng.randint(4, 14))
+        kind = i % 4
+        if kind == 0:
+            lines.append(" ".join(words).capitalize() + ".")
+        elif kind == 1:
+            lines.append(f"{rng.choice(_WORDS)}-{rng.randint(0, 999)}: {rng.choice(_WORDS)} {rng.randint(0, 99)}")
+        elif kind == 2:
+            lines.append(f"Q: what is {rng.randint(0, 99)} + {rng.randint(0, 99)}? A: " + " ".join(words[:4]))
+        else:
+            lines.append(", ".join(words) + "!")
+    return lines
+
+
+def tiny_tokenizer(*, vocab_size: int = 512, corpus: Iterable[str] | None = None) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer in code (any text encodes; no token is unknown).
+
+    Args:
+        vocab_size: the BPE vocabulary size, special tokens included (at least 256 + the special tokens).
+        corpus: texts to learn merges from; :func:`default_corpus` when None.
+
+    Returns:
+        A ``PreTrainedTokenizerFast`` with pad, bos, eos and unk tokens, BOS added to every encoding, right
+        padding, and :data:`CHAT_TEMPLATE`.
+    """
+    check_int("vocab_size", vocab_size, minimum=256 + len(SPECIAL_TOKENS))
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(list(corpus) if corpus is not None else default_corpus(), trainer)
+    bos = backend.token_to_id("<s>")
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=list(SPECIAL_TOKENS[4:]),
+        model_max_length=2048,
+        padding_side="right",
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_causal_lm(
+    *,
+    vocab_size: int = 512,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    seed: int = 0,
+    corpus: Iterable[str] | None = None,
+    **config_overrides: Any,
+) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """A tiny ``LlamaForCausalLM`` and its tokenizer, for tests, docs and demos.
+
+    Everything is built in code, offline, in about a second, and identical for the same arguments. The
+    tokenizer has no ``[MASK]`` token (packages that need one add it).
+
+    Args:
+        vocab_size: the tokenizer's BPE vocabulary size; the model's embedding matches the tokenizer.
+        hidden_size: the model width (the MLP is 4 times wider).
+        num_layers: decoder layers.
+        num_heads: attention heads (as many key-value heads).
+        seed: seeds the weight initialization without touching the global random state.
+        corpus: texts for the tokenizer (see :func:`tiny_tokenizer`).
+        **config_overrides: any other ``LlamaConfig`` field, e.g. ``tie_word_embeddings=True``.
+
+    Returns:
+        ``(model, tokenizer)``, the model in float32 on the CPU, in training mode.
+
+    Example:
+        >>> from paperpack.core.hf import tiny_causal_lm
+        >>> model, tokenizer = tiny_causal_lm()
+        >>> batch = tokenizer(["the model was small"], return_tensors="pt")
+        >>> model(**batch, labels=batch["input_ids"]).loss.item() > 0
+        True
+    """
+    check_int("hidden_size", hidden_size, minimum=1)
+    check_int("num_layers", num_layers, minimum=1)
+    check_int("num_heads", num_heads, minimum=1)
+    check_int("seed", seed, minimum=0)
+    tokenizer = tiny_tokenizer(vocab_size=vocab_size, corpus=corpus)
+    settings: dict[str, Any] = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": hidden_size,
+        "intermediate_size": 4 * hidden_size,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": num_heads,
+        "max_position_embeddings": 2048,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "tie_word_embeddings": False,
+    }
+    settings.update(config_overrides)
+    config = LlamaConfig(**settings)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.train()
+    return model, tokenizer

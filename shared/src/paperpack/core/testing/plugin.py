@@ -1,0 +1,73 @@
+"""The pytest plugin every paperpack test run loads (the workspace's root ``conftest.py`` names it).
+
+It registers the ``gpu`` and ``slow`` markers, skips ``gpu`` tests with a clear reason when CUDA is absent,
+keeps the Hugging Face libraries offline, and provides session-scoped tiny-model fixtures.
+
+Outside this workspace, enable it with ``pytest_plugins = ["paperpack.core.testing.plugin"]`` in a
+root ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+# Set at import, before any test module imports huggingface_hub (which reads these once).
+for _name, _value in OFFLINE_ENV.items():
+    os.environ.setdefault(_name, _value)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the markers, so that ``--strict-markers`` accepts them in any project."""
+    config.addinivalue_line("markers", "gpu: needs a CUDA device; run by the nox gpu sessions")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds; still part of the default run")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``gpu`` tests, with the reason, when no CUDA device is available."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm() -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """A session-scoped ``tiny_causal_lm()``; ``copy.deepcopy`` the model before training it."""
+    from paperpack.core.hf import tiny_causal_lm
+
+    return tiny_causal_lm()
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(
+    tiny_lm: tuple[LlamaForCausalLM, PreTrainedTokenizerFast], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A model folder holding ``tiny_lm`` (safetensors weights, config and tokenizer); treat it read-only."""
+    model, tokenizer = tiny_lm
+    folder = tmp_path_factory.mktemp("tiny_lm")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def offline_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """The offline environment variables, for tests that start subprocesses."""
+    for name, value in OFFLINE_ENV.items():
+        monkeypatch.setenv(name, value)
+    yield dict(os.environ)
