@@ -5,7 +5,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -75,7 +74,9 @@ def test_model_folder_round_trip_loads_with_from_pretrained(tmp_path, tiny_lm):
     assert len(LazyStateDict(tmp_path / "hf").files) > 1
     state = load_state_dict(tmp_path / "hf")
     assert_state_dicts_equal(state, model.state_dict())
-    out = stream_state_dicts([tmp_path / "hf"], lambda key, ts: ts[0], tmp_path / "copy", max_shard_size="200KB", progress=False)
+    out = stream_state_dicts(
+        [tmp_path / "hf"], lambda key, ts: ts[0], tmp_path / "copy", max_shard_size="200KB", progress=False
+    )
     assert (out / "config.json").is_file()
     assert (out / "model.safetensors.index.json").is_file()
     reloaded = LlamaForCausalLM.from_pretrained(out)
@@ -272,7 +273,8 @@ def test_killed_writer_leaves_no_output_and_inputs_untouched(tmp_path):
     source = save_state_dict({f"w{i}": torch.full((256, 256), float(i)) for i in range(40)}, tmp_path / "src")
     before = {p.name: p.read_bytes() for p in source.iterdir()}
     script = tmp_path / "writer.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import time
         from paperpack.core.checkpoints import stream_state_dicts
         def slow(key, tensors):
@@ -280,8 +282,9 @@ def test_killed_writer_leaves_no_output_and_inputs_untouched(tmp_path):
                 print("midway", flush=True)
             time.sleep(0.05)
             return tensors[0] * 2
-        stream_state_dicts([{str(source)!r}], slow, {str(tmp_path / 'out')!r}, max_shard_size="300KB", progress=False)
-    """))
+        stream_state_dicts([{str(source)!r}], slow, {str(tmp_path / "out")!r}, max_shard_size="300KB", progress=False)
+    """)
+    )
     process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     assert process.stdout.readline().strip() == "midway"

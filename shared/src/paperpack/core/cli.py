@@ -43,8 +43,8 @@ def discover(group: str) -> dict[str, EntryPoint]:
     for entry in entry_points(group=group):
         if not NAME_PATTERN.match(entry.name):
             raise ConfigError(
-                f"{_distribution(entry)} registers {group} entry {entry.name!r}: names use lowercase letters, "
-                "digits, '-' and '_'"
+                f"{_distribution(entry)} registers {group} entry {entry.name!r}: names use lowercase "
+                "letters, digits, '-' and '_'"
             )
         if group == COMMANDS_GROUP and entry.name in _BUILTIN:
             raise ConfigError(f"{_distribution(entry)} registers command {entry.name!r}, a built-in command")
@@ -60,7 +60,7 @@ def discover(group: str) -> dict[str, EntryPoint]:
 def _summary(entry: EntryPoint) -> str:
     if entry.dist is None:
         return ""
-    return str(entry.dist.metadata.get("Summary") or "")
+    return str((entry.dist.metadata.get_all("Summary") or [""])[0])
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -88,7 +88,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     available = discover(DEMOS_GROUP)
     if not available:
-        print("No paperpack package with a demo is installed; install one, e.g. `pip install paperpack-sewa`.")
+        print(
+            "No paperpack package with a demo is installed; install one, e.g. `pip install paperpack-sewa`."
+        )
         return 0
     selected = list(dict.fromkeys(args.only)) if args.only else list(available)
     unknown = [name for name in selected if name not in available]

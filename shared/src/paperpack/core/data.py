@@ -14,7 +14,7 @@ __all__ = ["read_jsonl"]
 
 
 def read_jsonl(path: str | os.PathLike[str], *, required: Sequence[str] = ("text",)) -> list[dict[str, Any]]:
-    """Read a JSON Lines file: one JSON object per line, blank lines skipped.
+    r"""Read a JSON Lines file: one JSON object per line, blank lines skipped.
 
     Args:
         path: the file.
@@ -32,7 +32,7 @@ def read_jsonl(path: str | os.PathLike[str], *, required: Sequence[str] = ("text
         >>> import tempfile
         >>> from paperpack.core.data import read_jsonl
         >>> path = tempfile.mktemp(suffix=".jsonl")
-        >>> _ = open(path, "w").write('{"text": "one"}\\n\\n{"text": "two"}\\n')
+        >>> _ = open(path, "w").write('{"text": "one"}\n\n{"text": "two"}\n')
         >>> [record["text"] for record in read_jsonl(path)]
         ['one', 'two']
     """
@@ -52,7 +52,9 @@ def read_jsonl(path: str | os.PathLike[str], *, required: Sequence[str] = ("text
                 raise ConfigError(f"{file}:{number} must be a JSON object, got {type(record).__name__}")
             for field in required:
                 if not isinstance(record.get(field), str):
-                    raise ConfigError(f"{file}:{number} needs a string field {field!r}; it has {sorted(record)}")
+                    raise ConfigError(
+                        f"{file}:{number} needs a string field {field!r}; it has {sorted(record)}"
+                    )
             records.append(record)
     if not records:
         raise ConfigError(f"data file {file} holds no records")

@@ -109,7 +109,16 @@ def _held(held: bool | None) -> str:
     return "reported" if held is None else ("yes" if held else "NO")
 
 
-_CLAIM_COLUMNS = ["package", "method", "baselines", "metric", "method", "baseline", "claimed direction", "held"]
+_CLAIM_COLUMNS = [
+    "package",
+    "method",
+    "baselines",
+    "metric",
+    "method",
+    "baseline",
+    "claimed direction",
+    "held",
+]
 
 
 def _claim_rows(reports: dict[str, DemoReport]) -> list[list[str]]:
@@ -190,7 +199,11 @@ def run_demos(
         "quick": quick,
         "seed": seed,
         "demos": {
-            name: {**asdict(report), "plots": [str(p.relative_to(output)) for p in report.plots], "seconds": seconds[name]}
+            name: {
+                **asdict(report),
+                "plots": [str(p.relative_to(output)) for p in report.plots],
+                "seconds": seconds[name],
+            }
             for name, report in reports.items()
         },
     }

@@ -124,7 +124,7 @@ def _tensor_info(path: Path, key: str, entry: Any, data_start: int) -> TensorInf
 def read_tensor(fd: int, info: TensorInfo, path: Path) -> torch.Tensor:
     """Read one tensor's bytes from an open file descriptor into a new CPU tensor."""
     buffer = torch.empty(info.nbytes, dtype=torch.uint8)
-    view = memoryview(buffer.numpy())
+    view = buffer.numpy().data
     done = 0
     while done < info.nbytes:
         count = os.preadv(fd, [view[done : done + _MAX_READ]], info.start + done)
@@ -137,7 +137,7 @@ def read_tensor(fd: int, info: TensorInfo, path: Path) -> torch.Tensor:
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     """Return the raw little-endian bytes of ``tensor`` (a copy only when it is not contiguous on the CPU)."""
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy())
+    return flat.view(torch.uint8).numpy().data
 
 
 def header_bytes(entries: dict[str, dict[str, Any]], metadata: dict[str, str]) -> bytes:

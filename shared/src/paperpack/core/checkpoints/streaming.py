@@ -64,7 +64,8 @@ def check_compatible(states: Sequence[LazyStateDict], *, shapes: bool = True, dt
                 )
             if dtypes and first.dtype(key) != other.dtype(key):
                 raise CheckpointError(
-                    f"{key!r} has dtype {first.dtype(key)} in {first.path} but {other.dtype(key)} in {other.path}"
+                    f"{key!r} has dtype {first.dtype(key)} in {first.path} "
+                    f"but {other.dtype(key)} in {other.path}"
                 )
 
 
@@ -153,5 +154,7 @@ def stream_state_dicts(
                 )
         if copy_files_from is not None and not writer.single_file:
             copied = copy_model_files(states[copy_files_from].path, writer.staging_dir)
-            logger.info("copied %s from %s", ", ".join(copied) or "no model files", states[copy_files_from].path)
+            logger.info(
+                "copied %s from %s", ", ".join(copied) or "no model files", states[copy_files_from].path
+            )
     return writer.path

@@ -150,10 +150,10 @@ class StateDictWriter:
     """Write a state dict tensor by tensor, sharded, into place atomically.
 
     ``path`` ending in ``.safetensors`` gives one file. Any other ``path`` is a folder holding
-    ``<stem>.safetensors``, or shards ``<stem>-00001-of-0000N.safetensors`` and ``<stem>.safetensors.index.json``
-    once the tensors exceed ``max_shard_size`` (the transformers layout, so ``from_pretrained`` reads it).
-    When the folder exists already, its weight files are replaced and its other files (config, tokenizer)
-    are kept.
+    ``<stem>.safetensors``, or shards ``<stem>-00001-of-0000N.safetensors`` and
+    ``<stem>.safetensors.index.json`` once the tensors exceed ``max_shard_size`` (the transformers layout,
+    so ``from_pretrained`` reads it). When the folder exists already, its weight files are replaced and its
+    other files (config, tokenizer) are kept.
 
     Args:
         path: the output file or folder.
@@ -186,7 +186,9 @@ class StateDictWriter:
         self.max_shard_size = parse_size(max_shard_size)
         self.metadata = {"format": "pt", **_check_metadata(metadata)}
         if not weights_name.endswith(".safetensors") or "/" in weights_name:
-            raise ConfigError(f"`weights_name` must be a file name ending in .safetensors, got {weights_name!r}")
+            raise ConfigError(
+                f"`weights_name` must be a file name ending in .safetensors, got {weights_name!r}"
+            )
         self.single_file = self.path.suffix == ".safetensors"
         self._stem = weights_name.removesuffix(".safetensors")
         if self.path.is_dir() and self.single_file:
@@ -347,8 +349,9 @@ def save_state_dict(
     """
     if not isinstance(state_dict, Mapping):
         raise ConfigError(f"`state_dict` must be a mapping of str to Tensor, got {type(state_dict).__name__}")
-    with StateDictWriter(path, max_shard_size=max_shard_size, metadata=metadata, weights_name=weights_name) as w:
+    with StateDictWriter(
+        path, max_shard_size=max_shard_size, metadata=metadata, weights_name=weights_name
+    ) as w:
         for key, tensor in state_dict.items():
             w.add(key, tensor)
     return w.path
-

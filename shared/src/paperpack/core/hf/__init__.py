@@ -1,8 +1,19 @@
 """transformers / TRL integration: stateful callbacks, a tiny model, training arguments, generation."""
 
-from paperpack.core.hf.callbacks import STATE_FOLDER, StatefulCallback, read_callback_state, write_callback_state
+from paperpack.core.hf.callbacks import (
+    STATE_FOLDER,
+    StatefulCallback,
+    read_callback_state,
+    write_callback_state,
+)
 from paperpack.core.hf.generation import Completion, sample_completions
-from paperpack.core.hf.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS, default_corpus, tiny_causal_lm, tiny_tokenizer
+from paperpack.core.hf.tiny import (
+    CHAT_TEMPLATE,
+    SPECIAL_TOKENS,
+    default_corpus,
+    tiny_causal_lm,
+    tiny_tokenizer,
+)
 from paperpack.core.hf.training import load_model_and_tokenizer, machine_defaults, training_args
 
 __all__ = [

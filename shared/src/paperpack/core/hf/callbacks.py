@@ -142,7 +142,9 @@ class StatefulCallback(TrainerCallback, ABC):
     ) -> None:
         """Write the state into the checkpoint the Trainer just saved (main process only)."""
         if state.is_world_process_zero:
-            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}" / STATE_FOLDER
+            folder = (
+                Path(str(args.output_dir)) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}" / STATE_FOLDER
+            )
             write_callback_state(self.state_dict(), folder, self.state_name)
 
     def on_train_begin(
@@ -151,7 +153,7 @@ class StatefulCallback(TrainerCallback, ABC):
         """Restore the state when the Trainer resumes from a checkpoint (every process)."""
         if state.global_step == 0:
             return
-        candidates = [Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"]
+        candidates = [Path(str(args.output_dir)) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"]
         if isinstance(args.resume_from_checkpoint, str):
             candidates.insert(0, Path(args.resume_from_checkpoint))
         for checkpoint in candidates:

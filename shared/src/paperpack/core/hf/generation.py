@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from tqdm.auto import tqdm
@@ -81,18 +82,25 @@ def sample_completions(
     check_positive("temperature", temperature)
     check_range("top_p", top_p, 0.0, 1.0, low_inclusive=False)
     if not do_sample and num_samples > 1:
-        raise ConfigError(f"greedy decoding (do_sample=False) gives one completion, got num_samples={num_samples}")
+        raise ConfigError(
+            f"greedy decoding (do_sample=False) gives one completion, got num_samples={num_samples}"
+        )
     if tokenizer.pad_token_id is None:
-        raise ConfigError("the tokenizer has no pad token; set `tokenizer.pad_token` before batched generation")
+        raise ConfigError(
+            "the tokenizer has no pad token; set `tokenizer.pad_token` before batched generation"
+        )
     if isinstance(prompts, str):
         raise ConfigError("`prompts` must be a sequence of strings, got a single string; wrap it in a list")
     texts = [
-        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+        )
         if chat
         else p
         for p in prompts
     ]
     eos = tokenizer.eos_token_id
+    generate = cast(Callable[..., torch.Tensor], model.generate)
     results: list[list[Completion]] = []
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -100,12 +108,15 @@ def sample_completions(
         starts = range(0, len(texts), batch_size)
         for number, start in enumerate(tqdm(starts, desc="generating", disable=not progress)):
             batch = tokenizer(
-                texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=not chat
+                texts[start : start + batch_size],
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=not chat,
             ).to(model.device)
             with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
                 torch.manual_seed(seed + number)
                 with torch.no_grad():
-                    output = model.generate(
+                    output = generate(
                         **batch,
                         do_sample=do_sample,
                         temperature=temperature if do_sample else None,
@@ -117,7 +128,9 @@ def sample_completions(
                     )
             new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
             for row in range(0, len(new_tokens), num_samples):
-                results.append([_completion(ids, eos, tokenizer) for ids in new_tokens[row : row + num_samples]])
+                results.append(
+                    [_completion(ids, eos, tokenizer) for ids in new_tokens[row : row + num_samples]]
+                )
     finally:
         tokenizer.padding_side = side
     return results
@@ -125,6 +138,7 @@ def sample_completions(
 
 def _completion(ids: list[int], eos: int | None, tokenizer: PreTrainedTokenizerBase) -> Completion:
     finished = eos is not None and eos in ids
-    if finished:
+    if eos is not None and finished:
         ids = ids[: ids.index(eos) + 1]
-    return Completion(text=tokenizer.decode(ids, skip_special_tokens=True), token_ids=ids, finished=finished)
+    text = str(tokenizer.decode(ids, skip_special_tokens=True))
+    return Completion(text=text, token_ids=ids, finished=finished)

@@ -1,4 +1,4 @@
-"""A tiny Llama-style model and a tokenizer trained in code: offline, deterministic, built in about a second."""
+"""A tiny Llama-style model and a tokenizer trained in code: offline, deterministic, built in a second."""
 
 from __future__ import annotations
 
@@ -30,16 +30,19 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
 
-_WORDS = (
-    "the of and to in is was for on that with as by at from it this be are have not or an which one all "
-    "their there been has more when will would who so no if out up into them can some only time other than "
-    "then its also two new after first about what over these may years could most where people through "
-    "many before any same under state while how between during three very where since because each well "
-    "model train data value key record answer question reason step token layer weight merge average mask "
-    "agent target graph update loss gradient rank safe help honest harm check store find return city name "
-    "color number list table count small large early late north south east west river mountain blue red "
-    "green yellow apple orange river house garden window paper pencil music winter summer morning evening"
-).split()
+_WORDS = tuple(
+    (
+        "the of and to in is was for on that with as by at from it this be are have not or an which one "
+        "all their there been has more when will would who so no if out up into them can some only time "
+        "other than then its also two new after first about what over these may years could most where "
+        "people through many before any same under state while how between during three very where since "
+        "because each well model train data value key record answer question reason step token layer "
+        "weight merge average mask agent target graph update loss gradient rank safe help honest harm "
+        "check store find return city name color number list table count small large early late north "
+        "south east west river mountain blue red green yellow apple orange river house garden window "
+        "paper pencil music winter summer morning evening"
+    ).split()
+)
 
 
 def default_corpus(num_lines: int = 2000, seed: int = 0) -> list[str]:
@@ -55,7 +58,9 @@ def default_corpus(num_lines: int = 2000, seed: int = 0) -> list[str]:
         if kind == 0:
             lines.append(" ".join(words).capitalize() + ".")
         elif kind == 1:
-            lines.append(f"{rng.choice(_WORDS)}-{rng.randint(0, 999)}: {rng.choice(_WORDS)} {rng.randint(0, 99)}")
+            lines.append(
+                f"{rng.choice(_WORDS)}-{rng.randint(0, 999)}: {rng.choice(_WORDS)} {rng.randint(0, 99)}"
+            )
         elif kind == 2:
             lines.append(f"Q: what is {rng.randint(0, 99)} + {rng.randint(0, 99)}? A: " + " ".join(words[:4]))
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import torch
 from transformers import (
@@ -40,9 +40,17 @@ def machine_defaults() -> dict[str, Any]:
     }
 
 
+@overload
+def training_args(output_dir: str | os.PathLike[str], *, cls: type[ArgsT], **kwargs: Any) -> ArgsT: ...
+
+
+@overload
+def training_args(output_dir: str | os.PathLike[str], **kwargs: Any) -> TrainingArguments: ...
+
+
 def training_args(
-    output_dir: str | os.PathLike[str], *, cls: type[ArgsT] = TrainingArguments, **kwargs: Any
-) -> ArgsT:
+    output_dir: str | os.PathLike[str], *, cls: type[TrainingArguments] = TrainingArguments, **kwargs: Any
+) -> TrainingArguments:
     """Build ``TrainingArguments`` (or any subclass, e.g. ``trl.SFTConfig``) that run on this machine.
 
     Args:
@@ -76,7 +84,11 @@ def load_model_and_tokenizer(
     LazyStateDict(folder)  # refuses pickle-only folders with instructions, reads headers only
     where = resolve_device(device)
     model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=resolve_dtype(dtype, where), local_files_only=True, use_safetensors=True
+        folder,
+        dtype=resolve_dtype(dtype, where),
+        device_map={"": str(where)},
+        local_files_only=True,
+        use_safetensors=True,
     )
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    return model.to(where), tokenizer
+    return model, tokenizer

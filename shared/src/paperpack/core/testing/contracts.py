@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import (
+    PreTrainedModel,
+    Trainer,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
 
 from paperpack.core.hf.callbacks import StatefulCallback
 from paperpack.core.hf.training import training_args
@@ -26,27 +33,44 @@ __all__ = [
 ]
 
 
+def _prefixed(prefix: str) -> Callable[[str], str]:
+    def message(detail: str) -> str:
+        return f"{prefix}: {detail}"
+
+    return message
+
+
 def assert_state_dicts_equal(
-    actual: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], *, atol: float = 0.0, rtol: float = 0.0
+    actual: Mapping[str, torch.Tensor],
+    expected: Mapping[str, torch.Tensor],
+    *,
+    atol: float = 0.0,
+    rtol: float = 0.0,
 ) -> None:
     """Assert two state dicts have the same keys, dtypes, shapes and values (exactly, by default)."""
     assert set(actual) == set(expected), f"keys differ: {sorted(set(actual) ^ set(expected))[:5]}"
     for key in expected:
-        assert actual[key].dtype == expected[key].dtype, f"{key}: {actual[key].dtype} != {expected[key].dtype}"
-        torch.testing.assert_close(actual[key], expected[key], atol=atol, rtol=rtol, msg=lambda m, k=key: f"{k}: {m}")
+        assert actual[key].dtype == expected[key].dtype, (
+            f"{key}: {actual[key].dtype} != {expected[key].dtype}"
+        )
+        torch.testing.assert_close(actual[key], expected[key], atol=atol, rtol=rtol, msg=_prefixed(key))
 
 
 def assert_states_equal(actual: Any, expected: Any, path: str = "state") -> None:
     """Assert two nested callback states (dicts, lists, tensors, JSON values) are equal, tensors exactly."""
     if isinstance(expected, torch.Tensor):
         assert isinstance(actual, torch.Tensor), f"{path}: expected a tensor, got {type(actual).__name__}"
-        torch.testing.assert_close(actual.cpu(), expected.cpu(), atol=0.0, rtol=0.0, msg=lambda m: f"{path}: {m}")
+        torch.testing.assert_close(
+            actual.cpu(), expected.cpu(), atol=0.0, rtol=0.0, msg=lambda m: f"{path}: {m}"
+        )
     elif isinstance(expected, Mapping):
-        assert isinstance(actual, Mapping) and set(actual) == set(expected), f"{path}: keys differ"
+        assert isinstance(actual, Mapping), f"{path}: expected a mapping, got {type(actual).__name__}"
+        assert set(actual) == set(expected), f"{path}: keys differ: {sorted(set(actual) ^ set(expected))}"
         for key in expected:
             assert_states_equal(actual[key], expected[key], f"{path}/{key}")
     elif isinstance(expected, list | tuple):
-        assert isinstance(actual, list | tuple) and len(actual) == len(expected), f"{path}: lengths differ"
+        assert isinstance(actual, list | tuple), f"{path}: expected a sequence, got {type(actual).__name__}"
+        assert len(actual) == len(expected), f"{path}: lengths differ: {len(actual)} != {len(expected)}"
         for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
             assert_states_equal(a, e, f"{path}/{i}")
     else:
@@ -127,24 +151,35 @@ def assert_no_partial_output(path: str | os.PathLike[str]) -> None:
     """Assert nothing exists at ``path`` and no temporary sibling was left behind."""
     target = Path(path)
     assert not target.exists(), f"{target} exists after a failed write"
-    leftovers = [p.name for p in target.parent.glob(f".{target.name}.paperpack-*")] if target.parent.exists() else []
+    leftovers = (
+        [p.name for p in target.parent.glob(f".{target.name}.paperpack-*")] if target.parent.exists() else []
+    )
     assert not leftovers, f"temporary files left beside {target}: {leftovers}"
 
 
 def run_distributed(
     script: str | os.PathLike[str], *args: str, num_processes: int = 2, timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``script`` under ``accelerate launch --cpu --num_processes N`` (gloo), offline.
+    """Run ``script`` under ``accelerate launch --multi_gpu --num_processes N`` on the CPU (gloo), offline.
+
+    CUDA is hidden from the processes, so the launch is a CPU data-parallel run on any machine; accelerate's
+    ``--cpu`` flag would start a single process.
 
     Raises:
         AssertionError: with the captured output, when the launch fails.
     """
     command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--cpu", "--num_processes", str(num_processes), "--num_machines", "1", "--mixed_precision", "no",
-        "--dynamo_backend", "no", str(script), *args,
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+        "--num_processes", str(num_processes), "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", str(script), *args,
     ]  # fmt: skip
-    env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        **OFFLINE_ENV,
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, check=False)
     assert result.returncode == 0, (
         f"accelerate launch failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"

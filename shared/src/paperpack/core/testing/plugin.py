@@ -10,7 +10,6 @@ root ``conftest.py``.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,8 +65,8 @@ def tiny_lm_dir(
 
 
 @pytest.fixture
-def offline_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+def offline_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """The offline environment variables, for tests that start subprocesses."""
     for name, value in OFFLINE_ENV.items():
         monkeypatch.setenv(name, value)
-    yield dict(os.environ)
+    return dict(os.environ)

@@ -1,0 +1,81 @@
+import json
+
+import pytest
+
+from paperpack.core.data import read_jsonl
+from paperpack.core.errors import CheckpointError, CheckpointNotFoundError, ConfigError, PaperpackError
+from paperpack.core.registry import Registry
+from paperpack.core.validation import check_choice, check_int, check_positive, check_probability, check_range
+
+
+def test_error_hierarchy():
+    assert issubclass(ConfigError, ValueError) and issubclass(ConfigError, PaperpackError)
+    assert issubclass(CheckpointError, ValueError)
+    assert issubclass(CheckpointNotFoundError, FileNotFoundError) and issubclass(
+        CheckpointNotFoundError, CheckpointError
+    )
+
+
+@pytest.mark.parametrize(
+    ("check", "message"),
+    [
+        (lambda: check_positive("eta", 0), "`eta` must be > 0, got 0"),
+        (lambda: check_positive("eta", -1, allow_zero=True), "`eta` must be >= 0, got -1"),
+        (lambda: check_positive("eta", float("nan")), "`eta` must be a number, got NaN"),
+        (lambda: check_positive("eta", True), "`eta` must be a number, got True"),
+        (lambda: check_int("k", 2.0), "`k` must be an integer, got 2.0"),
+        (lambda: check_int("k", 0, minimum=1), "`k` must be >= 1, got 0"),
+        (lambda: check_int("k", 9, maximum=5), "`k` must be <= 5, got 9"),
+        (lambda: check_range("p", 1.0, 0, 1, high_inclusive=False), r"`p` must be in \[0, 1\), got 1.0"),
+        (lambda: check_range("c", 0, 0, 1, low_inclusive=False), r"`c` must be in \(0, 1\], got 0"),
+        (lambda: check_probability("p", 1.5), r"`p` must be in \[0, 1\], got 1.5"),
+        (lambda: check_choice("m", "x", ["a", "b"]), "`m` must be one of 'a', 'b', got 'x'"),
+    ],
+)
+def test_validation_messages(check, message):
+    with pytest.raises(ConfigError, match=message):
+        check()
+
+
+def test_validation_accepts_good_values():
+    check_positive("a", 1e-9)
+    check_positive("a", 0, allow_zero=True)
+    check_int("k", 3, minimum=1, maximum=3)
+    check_range("p", 0.5, 0, 1)
+    check_choice("m", "a", ("a",))
+
+
+def test_registry():
+    registry: Registry[int] = Registry("thing")
+    registry.register("one", 1)
+
+    @registry.register("two-2")
+    def two():
+        return 2
+
+    assert registry.names() == ["one", "two-2"] and "one" in registry and len(registry) == 2
+    assert registry.get("two-2") is two
+    with pytest.raises(ConfigError, match="unknown thing 'three'; available: one, two-2"):
+        registry.get("three")
+    with pytest.raises(ConfigError, match="already registered"):
+        registry.register("one", 3)
+    for bad in ("One", "1x", "", "a b"):
+        with pytest.raises(ConfigError, match="malformed"):
+            registry.register(bad, 0)
+
+
+def test_read_jsonl(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"text": "a", "n": 1}) + "\n\n" + json.dumps({"text": "b"}) + "\n")
+    assert [r["text"] for r in read_jsonl(path)] == ["a", "b"]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_jsonl(tmp_path / "missing.jsonl")
+    for content, message in [
+        ("{bad\n", "d.jsonl:1 is not valid JSON"),
+        ("[1]\n", "d.jsonl:1 must be a JSON object"),
+        ('{"text": "a"}\n{"prompt": "b"}\n', "d.jsonl:2 needs a string field 'text'"),
+        ("\n", "holds no records"),
+    ]:
+        path.write_text(content)
+        with pytest.raises(ConfigError, match=message):
+            read_jsonl(path)
