@@ -79,3 +79,18 @@ def test_read_jsonl(tmp_path):
         path.write_text(content)
         with pytest.raises(ConfigError, match=message):
             read_jsonl(path)
+
+
+def test_atomic_path_writes_or_leaves_nothing(tmp_path):
+    from paperpack.core.files import atomic_path, atomic_write_text
+
+    target = tmp_path / "sub" / "out.json"
+    atomic_write_text(target, "old")
+    with pytest.raises(RuntimeError), atomic_path(target) as path:
+        path.write_text("half")
+        raise RuntimeError("crash")
+    assert target.read_text() == "old"
+    assert [p.name for p in target.parent.iterdir()] == ["out.json"]
+    with atomic_path(target) as path:
+        path.write_text("new")
+    assert target.read_text() == "new"

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from paperpack.core.device import seed_everything
 from paperpack.core.errors import ConfigError
+from paperpack.core.files import atomic_write_text
 
 __all__ = ["Claim", "DemoContext", "DemoFn", "DemoReport", "DemoTable", "format_claims", "run_demos"]
 
@@ -207,6 +208,6 @@ def run_demos(
             for name, report in reports.items()
         },
     }
-    (output / "results.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    (output / "results.md").write_text(_markdown(reports, output, seconds, quick))
+    atomic_write_text(output / "results.json", json.dumps(payload, indent=2, default=str) + "\n")
+    atomic_write_text(output / "results.md", _markdown(reports, output, seconds, quick))
     return reports

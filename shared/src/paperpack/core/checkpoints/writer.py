@@ -9,7 +9,6 @@ old output (or none) and never a partial one.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import shutil
@@ -24,10 +23,9 @@ import torch
 from paperpack.core.checkpoints._format import DTYPE_NAMES, header_bytes, tensor_bytes, write_all
 from paperpack.core.checkpoints.reader import PathLike
 from paperpack.core.errors import CheckpointError, ConfigError
+from paperpack.core.files import remove_path, temporary_sibling
 
 __all__ = ["StateDictWriter", "check_output_path", "parse_size", "save_state_dict"]
-
-logger = logging.getLogger(__name__)
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 _UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
@@ -67,35 +65,6 @@ def check_output_path(output: PathLike, inputs: Iterable[PathLike]) -> None:
                 f"output {str(output)!r} overlaps input {str(item)!r} (it is, contains or lies inside it); "
                 "write to a new path"
             )
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def _staging_path(target: Path) -> Path:
-    """A hidden sibling of ``target``; also clears siblings left by writers that were killed."""
-    prefix = f".{target.name}.paperpack-tmp-"
-    if target.parent.is_dir():
-        for stale in target.parent.glob(f"{prefix}*"):
-            pid = stale.name[len(prefix) :].split("-", 1)[0]
-            if pid.isdigit() and not _pid_alive(int(pid)):
-                logger.info("removing %s, left by an interrupted write", stale)
-                _remove(stale)
-    return target.parent / f"{prefix}{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def _copy_range(source: BinaryIO, target: BinaryIO, count: int) -> None:
@@ -196,7 +165,7 @@ class StateDictWriter:
         if self.path.is_file() and not self.single_file:
             raise CheckpointError(f"{self.path} is a file; pass a folder path or a .safetensors file name")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._staging = _staging_path(self.path)
+        self._staging = temporary_sibling(self.path)
         if not self.single_file:
             self._staging.mkdir()
         self._shards: list[_Shard] = []
@@ -293,7 +262,7 @@ class StateDictWriter:
         """Remove everything written so far; the output is left as it was."""
         for shard in self._shards:
             shard.discard()
-        _remove(self._staging)
+        remove_path(self._staging)
         self._closed = True
 
     def __enter__(self) -> StateDictWriter:

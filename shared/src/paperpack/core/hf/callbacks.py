@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import re
-import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,6 +16,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from paperpack.core.checkpoints import load_state_dict, save_state_dict
 from paperpack.core.errors import CheckpointError, CheckpointNotFoundError, ConfigError
+from paperpack.core.files import atomic_write_text
 
 __all__ = ["STATE_FOLDER", "StatefulCallback", "read_callback_state", "write_callback_state"]
 
@@ -67,9 +67,7 @@ def write_callback_state(state: dict[str, Any], folder: str | os.PathLike[str], 
     skeleton = _flatten(state, "", tensors)
     if tensors:
         save_state_dict(tensors, folder / f"{name}.safetensors")
-    temporary = folder / f".{name}.json.{uuid.uuid4().hex[:8]}"
-    temporary.write_text(json.dumps({"state": skeleton, "has_tensors": bool(tensors)}))
-    os.replace(temporary, folder / f"{name}.json")
+    atomic_write_text(folder / f"{name}.json", json.dumps({"state": skeleton, "has_tensors": bool(tensors)}))
 
 
 def read_callback_state(folder: str | os.PathLike[str], name: str) -> dict[str, Any]:
