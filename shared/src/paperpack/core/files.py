@@ -69,7 +69,8 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """
     final = Path(target)
     final.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_sibling(final)
+    # Keep the suffix: writers such as matplotlib's savefig pick the format from it.
+    temporary = Path(f"{temporary_sibling(final)}{final.suffix}")
     try:
         yield temporary
         os.replace(temporary, final)

@@ -140,12 +140,16 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     return flat.view(torch.uint8).numpy().data
 
 
-def header_bytes(entries: dict[str, dict[str, Any]], metadata: dict[str, str]) -> bytes:
-    """Serialize a header, padded with spaces so that the tensor data starts 8-byte aligned."""
+def header_bytes(entries: dict[str, dict[str, Any]], metadata: dict[str, str], pad_to: int = 0) -> bytes:
+    """Serialize a header, padded with spaces to ``pad_to`` bytes or at least to an 8-byte boundary.
+
+    The format allows trailing spaces in the header; padding keeps the tensor data 8-byte aligned and lets a
+    writer reserve the header's room before it knows the header.
+    """
     body: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
     body.update(entries)
     raw = json.dumps(body, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
+    raw += b" " * max(pad_to - len(raw), -len(raw) % 8)
     return struct.pack("<Q", len(raw)) + raw
 
 

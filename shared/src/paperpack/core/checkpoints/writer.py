@@ -67,35 +67,46 @@ def check_output_path(output: PathLike, inputs: Iterable[PathLike]) -> None:
             )
 
 
-def _copy_range(source: BinaryIO, target: BinaryIO, count: int) -> None:
-    """Append ``count`` bytes of ``source`` (from its start) to ``target`` inside the kernel."""
-    source.seek(0)
+def _copy_range(source: BinaryIO, offset: int, target: BinaryIO, count: int) -> None:
+    """Append ``count`` bytes of ``source`` from ``offset`` to ``target`` (inside the kernel if possible)."""
+    source.flush()
     target.flush()
     done = 0
     while done < count:
         try:
-            copied = os.copy_file_range(source.fileno(), target.fileno(), count - done)
+            copied = os.copy_file_range(source.fileno(), target.fileno(), count - done, offset + done)
         except OSError:  # not supported by this filesystem: fall back to a buffered copy
-            source.seek(done)
+            source.seek(offset + done)
             shutil.copyfileobj(source, target)
             return
         if copied == 0:
-            raise CheckpointError(f"spool file ended after {done} of {count} bytes")
+            raise CheckpointError(f"{source.name} ended after {done} of {count} bytes")
         done += copied
 
 
-class _Shard:
-    """One safetensors file being written: tensor bytes go to a spool, the header is written at the end."""
+# Header space reserved in the first shard; later shards reserve twice the largest header seen.
+_FIRST_RESERVE = 16 * 1024
 
-    def __init__(self, path: Path) -> None:
+
+class _Shard:
+    """One safetensors file being written in place, tensor by tensor.
+
+    The header precedes the data but is known only at the end, so ``reserve`` bytes are left for it and it
+    is written last, padded with spaces (the format allows that). Should it outgrow the reservation, the
+    file is rewritten once behind a header of the right size.
+    """
+
+    def __init__(self, path: Path, reserve: int) -> None:
         self.path = path
+        self.reserve = reserve
         self.entries: dict[str, dict[str, Any]] = {}
         self.size = 0
-        self._spool = path.with_name(path.name + ".spool").open("w+b")
+        self._file = path.open("w+b")
+        self._file.seek(8 + reserve)
 
     def add(self, key: str, tensor: torch.Tensor) -> None:
         data = tensor_bytes(tensor)
-        write_all(self._spool, data)
+        write_all(self._file, data)
         self.entries[key] = {
             "dtype": DTYPE_NAMES[tensor.dtype],
             "shape": list(tensor.shape),
@@ -103,16 +114,29 @@ class _Shard:
         }
         self.size += len(data)
 
-    def finish(self, metadata: dict[str, str]) -> None:
-        with self.path.open("wb") as file:
-            file.write(header_bytes(self.entries, metadata))
-            _copy_range(self._spool, file, self.size)
-        self.discard()
+    def finish(self, metadata: dict[str, str]) -> int:
+        """Write the header and close the file; return the header's length (without padding)."""
+        header = header_bytes(self.entries, metadata)
+        length = len(header) - 8
+        if length <= self.reserve:
+            header = header_bytes(self.entries, metadata, pad_to=self.reserve)
+            self._file.seek(0)
+            self._file.write(header)
+            self._file.close()
+        else:
+            rewritten = self.path.with_name(self.path.name + ".rewrite")
+            with rewritten.open("wb") as file:
+                file.write(header)
+                _copy_range(self._file, 8 + self.reserve, file, self.size)
+            self._file.close()
+            os.replace(rewritten, self.path)
+        return length
 
     def discard(self) -> None:
-        name = self._spool.name
-        self._spool.close()
-        Path(name).unlink(missing_ok=True)
+        if not self._file.closed:
+            self._file.close()
+        self.path.unlink(missing_ok=True)
+        self.path.with_name(self.path.name + ".rewrite").unlink(missing_ok=True)
 
 
 class StateDictWriter:
@@ -170,6 +194,7 @@ class StateDictWriter:
             self._staging.mkdir()
         self._shards: list[_Shard] = []
         self._keys: set[str] = set()
+        self._reserve = _FIRST_RESERVE
         self._closed = False
 
     @property
@@ -207,11 +232,13 @@ class StateDictWriter:
         self._keys.add(key)
 
     def _new_shard(self) -> _Shard:
+        if self._shards:
+            self._finish(self._shards[-1])
         if self.single_file:
             path = self._staging
         else:
             path = self._staging / f"{self._stem}-shard{len(self._shards):05d}.safetensors"
-        shard = _Shard(path)
+        shard = _Shard(path, self._reserve)
         self._shards.append(shard)
         return shard
 
@@ -221,10 +248,10 @@ class StateDictWriter:
             return self.path
         if not self._shards:
             self._new_shard()
+        self._finish(self._shards[-1])
         count = len(self._shards)
         weight_map: dict[str, str] = {}
         for number, shard in enumerate(self._shards, start=1):
-            shard.finish(self.metadata)
             if not self.single_file:
                 name = f"{self._stem}.safetensors"
                 if count > 1:
@@ -238,6 +265,11 @@ class StateDictWriter:
         self._commit()
         self._closed = True
         return self.path
+
+    def _finish(self, shard: _Shard) -> None:
+        header = shard.finish(self.metadata)
+        # Reserve twice the largest header seen for the next shard, so that rewrites stay rare.
+        self._reserve = max(self._reserve, 2 * header + (-2 * header) % 8)
 
     def _commit(self) -> None:
         if self.single_file:

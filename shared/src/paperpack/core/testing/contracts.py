@@ -1,4 +1,8 @@
-"""Contract checks that every package's tests reuse: equality of state dicts, resume, clean failure, DDP."""
+"""Contract checks that every package's tests reuse: equality of state dicts, resume, clean failure, DDP.
+
+``StopAtStep`` and ``check_callback_resume`` need transformers and are imported on first use, so a package
+that only needs the light checks does not pay for importing it.
+"""
 
 from __future__ import annotations
 
@@ -10,25 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import (
-    PreTrainedModel,
-    Trainer,
-    TrainerCallback,
-    TrainerControl,
-    TrainerState,
-    TrainingArguments,
-)
 
-from paperpack.core.hf.callbacks import StatefulCallback
-from paperpack.core.hf.training import training_args
 from paperpack.core.testing.plugin import OFFLINE_ENV
 
 __all__ = [
-    "StopAtStep",
     "assert_no_partial_output",
     "assert_state_dicts_equal",
     "assert_states_equal",
-    "check_callback_resume",
     "run_distributed",
 ]
 
@@ -77,76 +69,6 @@ def assert_states_equal(actual: Any, expected: Any, path: str = "state") -> None
         assert actual == expected, f"{path}: {actual!r} != {expected!r}"
 
 
-class StopAtStep(TrainerCallback):
-    """Stop training after ``step`` (as a crash right after that checkpoint would)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
-        """Ask the Trainer to stop once ``step`` is reached (after it saves that step's checkpoint)."""
-        if state.global_step >= self.step:
-            control.should_training_stop = True
-
-
-def check_callback_resume(
-    make_callback: Callable[[], StatefulCallback],
-    *,
-    model_factory: Callable[[], PreTrainedModel],
-    train_dataset: Any,
-    tmp_path: Path,
-    max_steps: int = 6,
-    interrupt_at: int = 3,
-    data_collator: Any = None,
-    args_overrides: Mapping[str, Any] | None = None,
-    trainer_cls: type[Trainer] = Trainer,
-) -> tuple[StatefulCallback, StatefulCallback]:
-    """Check that a callback resumed from a checkpoint ends in the same state as an uninterrupted run.
-
-    Trains ``max_steps`` steps with one callback; then trains with a second callback, stopping right after
-    the checkpoint at ``interrupt_at``; then resumes from that checkpoint with a third, fresh callback and a
-    fresh model. Asserts the first and third callbacks' ``state_dict()`` are equal (tensors exactly).
-
-    Returns:
-        ``(uninterrupted, resumed)`` callbacks, for further assertions.
-    """
-    settings: dict[str, Any] = {
-        "max_steps": max_steps,
-        "per_device_train_batch_size": 2,
-        "learning_rate": 1e-3,
-        "save_strategy": "steps",
-        "save_steps": interrupt_at,
-        "logging_steps": 1,
-        "seed": 0,
-        "data_seed": 0,
-        "disable_tqdm": True,
-        **(args_overrides or {}),
-    }
-
-    def train(folder: str, callback: StatefulCallback, stop: int | None, resume: str | None) -> None:
-        callbacks: list[TrainerCallback] = [callback] + ([StopAtStep(stop)] if stop else [])
-        trainer = trainer_cls(
-            model=model_factory(),
-            args=training_args(tmp_path / folder, **settings),
-            train_dataset=train_dataset,
-            data_collator=data_collator,
-            callbacks=callbacks,
-        )
-        trainer.train(resume_from_checkpoint=resume)
-
-    full = make_callback()
-    train("full", full, None, None)
-    train("interrupted", make_callback(), interrupt_at, None)
-    checkpoint = tmp_path / "interrupted" / f"checkpoint-{interrupt_at}"
-    assert checkpoint.is_dir(), f"no checkpoint at step {interrupt_at} in {checkpoint.parent}"
-    resumed = make_callback()
-    train("interrupted", resumed, None, str(checkpoint))
-    assert_states_equal(resumed.state_dict(), full.state_dict())
-    return full, resumed
-
-
 def assert_no_partial_output(path: str | os.PathLike[str]) -> None:
     """Assert nothing exists at ``path`` and no temporary sibling was left behind."""
     target = Path(path)
@@ -185,3 +107,11 @@ def run_distributed(
         f"accelerate launch failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     )
     return result
+
+
+def __getattr__(name: str) -> Any:
+    if name in {"StopAtStep", "check_callback_resume"}:
+        from paperpack.core.testing import resume
+
+        return getattr(resume, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
