@@ -231,7 +231,13 @@ def build(session: nox.Session, package: str) -> None:
         str(wheel),
         external=True,
     )
-    session.run(python, "-c", f"import {_module(folder)}", env=ENV, external=True)
+    module = _module(folder)
+    smoke = (
+        f"import importlib.resources, paperpack, {module}; "
+        "assert paperpack.__file__ is None, 'paperpack must stay a namespace package'; "
+        f"assert importlib.resources.files('{module}').joinpath('py.typed').is_file(), 'py.typed is missing'"
+    )
+    session.run(python, "-c", smoke, env=ENV, external=True)
     command = [] if package == "core" else [package]
     session.run(str(venv / "bin" / "paperpack"), *command, "--help", env=ENV, external=True, silent=True)
     session.run(str(venv / "bin" / "paperpack"), "list", env=ENV, external=True)
