@@ -22,7 +22,9 @@ def project(folder: Path) -> dict:
 
 
 def module_name(folder: Path) -> str:
-    (module,) = [p.name for p in (folder / "src" / "paperpack").iterdir() if p.is_dir() and p.name != "__pycache__"]
+    (module,) = [
+        p.name for p in (folder / "src" / "paperpack").iterdir() if p.is_dir() and p.name != "__pycache__"
+    ]
     return f"paperpack.{module}"
 
 
@@ -65,7 +67,9 @@ def test_public_api_is_declared(folder):
 
 
 def run(*args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "paperpack.core.cli", *args], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "paperpack.core.cli", *args], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -91,7 +95,9 @@ print("heavy imports:", sorted(m for m in ("torch", "transformers", "trl") if m 
 def test_every_command_has_fast_help(folder):
     """`paperpack <command> --help` works and imports no torch, transformers or TRL (it stays instant)."""
     for command in project(folder)["entry-points"]["paperpack.commands"]:
-        result = subprocess.run([sys.executable, "-c", HELP_PROBE, command], capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-c", HELP_PROBE, command], capture_output=True, text=True, check=False
+        )
         assert result.returncode == 0, result.stderr
         assert "usage: paperpack" in result.stdout
         assert "heavy imports: []" in result.stdout, f"`paperpack {command} --help` imports heavy modules"
