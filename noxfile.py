@@ -249,3 +249,39 @@ def demo(session: nox.Session) -> None:
     _uv_run(
         session, "paperpack", "demo", "--quick", "--output", str(ROOT / "paperpack-demo"), *session.posargs
     )
+
+
+@nox.session
+def lowest(session: nox.Session) -> None:
+    """The core's tests against the lowest versions its pyproject allows (torch 2.6, transformers 5.18, ...)."""
+    venv = ROOT / ".nox" / "lowest"
+    shutil.rmtree(venv, ignore_errors=True)
+    session.run(
+        "uv",
+        "venv",
+        "--quiet",
+        "--python",
+        f"{sys.version_info.major}.{sys.version_info.minor}",
+        str(venv),
+        external=True,
+    )
+    python = str(venv / "bin" / "python")
+    install = ["uv", "pip", "install", "--quiet", "--python", python, "--resolution", "lowest-direct"]
+    session.run(*install, "-e", str(MEMBERS["core"]), "pytest>=8.3", "psutil>=5.9", external=True)
+    session.run(
+        python,
+        "-c",
+        "import torch, transformers, trl; print(torch.__version__, transformers.__version__, trl.__version__)",
+        external=True,
+    )
+    session.run(
+        python,
+        "-m",
+        "pytest",
+        str(MEMBERS["core"] / "tests"),
+        "-p",
+        "no:cacheprovider",
+        *session.posargs,
+        env=ENV,
+        external=True,
+    )
