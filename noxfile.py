@@ -219,18 +219,10 @@ def build(session: nox.Session, package: str) -> None:
         external=True,
     )
     python = str(venv / "bin" / "python")
-    session.run(
-        "uv",
-        "pip",
-        "install",
-        "--quiet",
-        "--python",
-        python,
-        "--find-links",
-        str(core_wheels),
-        str(wheel),
-        external=True,
-    )
+    # The wheels are rebuilt with an unchanged version: refresh them so uv's cache cannot serve an older build.
+    refresh = ["--refresh-package", "paperpack-core", "--refresh-package", distribution]
+    install = ["uv", "pip", "install", "--quiet", "--python", python, *refresh]
+    session.run(*install, "--find-links", str(core_wheels), str(wheel), external=True)
     module = _module(folder)
     smoke = (
         f"import importlib.resources, paperpack, {module}; "

@@ -94,3 +94,28 @@ def test_atomic_path_writes_or_leaves_nothing(tmp_path):
     with atomic_path(target) as path:
         path.write_text("new")
     assert target.read_text() == "new"
+
+
+def test_lazy_exports_import_on_first_use(tmp_path, monkeypatch):
+    import sys
+
+    from paperpack.core.lazy import lazy_exports
+
+    package = tmp_path / "lazypkg"
+    package.mkdir()
+    (package / "heavy.py").write_text("LOADED = True\ndef thing():\n    return 42\n")
+    (package / "__init__.py").write_text(
+        "from paperpack.core.lazy import lazy_exports\n"
+        "__all__ = ['thing']\n"
+        "__getattr__, __dir__ = lazy_exports(__name__, {'thing': 'lazypkg.heavy'})\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import lazypkg
+
+    assert "lazypkg.heavy" not in sys.modules
+    assert "thing" in dir(lazypkg)
+    assert lazypkg.thing() == 42
+    assert "lazypkg.heavy" in sys.modules
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        lazypkg.nope  # noqa: B018
+    assert lazy_exports  # the helper itself is importable without torch

@@ -1,0 +1,241 @@
+"""SeWA's costs, measured side by side in one run (not a test).
+
+1. Selection time against one training epoch of the demo (digits MLP, 1000 examples, batch 32): the default
+   search (per-sample minibatches) and the vmapped one, each as a ratio to the epoch timed in the same run.
+2. Snapshot memory on tiny_causal_lm(): SeWACallback's trainable-only snapshots of a fully fine-tuned model
+   and of a LoRA (r=8) model, against keeping full copies of the model; exact tensor bytes plus the resident
+   memory a window of snapshots adds (MemoryMeter).
+3. Selection time on tiny_causal_lm(), full model against LoRA adapters, as a ratio to one training step.
+
+Usage (from the workspace root):
+    OMP_NUM_THREADS=1 uv run --no-sync python packages/sewa/benchmarks/bench_sewa.py [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import gc
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
+
+from paperpack.core.device import MemoryMeter, format_bytes
+from paperpack.core.hf import default_corpus, tiny_causal_lm
+from paperpack.sewa import SeWAConfig, select_checkpoints
+from paperpack.sewa.callback import trainable_state
+from paperpack.sewa.demo import DemoSettings, _loss_fn, train_trajectory
+from paperpack.sewa.loss import model_loss
+from paperpack.sewa.store import SnapshotStore
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(row[i])) for row in [columns, *rows]) for i in range(len(columns))]
+    print(f"\n{title}")
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+def digits_selection(repeats: int) -> None:
+    settings = DemoSettings()
+    run = train_trajectory(0, settings)
+    model, train = run.model, run.train
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: time an epoch without changing the model
+
+    def epoch() -> None:
+        for start in range(0, len(train.y) - settings.batch_size + 1, settings.batch_size):
+            loss = nn.functional.cross_entropy(
+                model(train.x[start : start + settings.batch_size]),
+                train.y[start : start + settings.batch_size],
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    base = SeWAConfig(k=settings.k, iterations=settings.iterations, mc_samples=settings.mc_samples)
+    variants = {
+        f"SeWA default (I={base.iterations}, M={base.mc_samples}, batch 128 per sample)": (
+            base,
+            settings.selection_batch,
+        ),
+        f"SeWA vmapped (I={base.iterations}, M={base.mc_samples}, batch 128 per iteration)": (
+            dataclasses.replace(base, vmap_loss=True),
+            settings.selection_batch,
+        ),
+        "SeWA short (I=20, M=2, batch 32 per sample)": (
+            dataclasses.replace(base, iterations=20, mc_samples=2),
+            32,
+        ),
+    }
+    epoch()
+    epoch_seconds = median_seconds(epoch, repeats * 4)
+    rows = [["one training epoch (31 steps of 32)", f"{epoch_seconds * 1000:.1f} ms", "1.00", "-"]]
+    for name, (config, batch) in variants.items():
+        seconds = median_seconds(
+            lambda c=config, b=batch: select_checkpoints(run.snapshots, _loss_fn(model, train, b, 0), c),
+            repeats,
+        )
+        evaluations = config.iterations * (1 if config.vmap_loss else config.mc_samples)
+        rows.append([name, f"{seconds * 1000:.1f} ms", f"{seconds / epoch_seconds:.2f}", str(evaluations)])
+    epoch_after = median_seconds(epoch, repeats * 4)
+    rows.append(
+        [
+            "one training epoch, timed again after",
+            f"{epoch_after * 1000:.1f} ms",
+            f"{epoch_after / epoch_seconds:.2f}",
+            "-",
+        ]
+    )
+    table(
+        f"1. Selection time vs one epoch of the demo (K={settings.window}, k={settings.k}; "
+        f"median of {repeats})",
+        ["what", "time", "ratio to epoch", "loss calls"],
+        rows,
+    )
+
+
+def lm_models() -> tuple[nn.Module, nn.Module, object]:
+    model, tokenizer = tiny_causal_lm()
+    lora = get_peft_model(copy.deepcopy(model), LoraConfig(r=8, lora_alpha=16))
+    return model, lora, tokenizer
+
+
+def snapshot_memory(window: int) -> None:
+    full_model, lora_model, _ = lm_models()
+    rows = []
+    full_bytes = sum(t.numel() * t.element_size() for t in full_model.state_dict().values())
+    for name, model in (
+        ("full fine-tuning", full_model),
+        ("LoRA r=8 (PEFT default targets q_proj, v_proj)", lora_model),
+    ):
+        state = trainable_state(model)
+        per = sum(t.numel() * t.element_size() for t in state.values())
+        store = SnapshotStore(window)
+        gc.collect()
+        with MemoryMeter("cpu") as meter:
+            for step in range(window):
+                store.add(step, state)
+        rows.append(
+            [
+                name,
+                f"{sum(t.numel() for t in state.values()):,}",
+                format_bytes(per),
+                format_bytes(per * window),
+                format_bytes(meter.growth_bytes),
+                f"{per / full_bytes:.2%}",
+            ]
+        )
+        del store
+    rows.append(
+        [
+            "full copies of the model (state_dict)",
+            f"{sum(t.numel() for t in full_model.state_dict().values()):,}",
+            format_bytes(full_bytes),
+            format_bytes(full_bytes * window),
+            "-",
+            "100.00%",
+        ]
+    )
+    table(
+        f"2. Snapshot memory on tiny_causal_lm(), window of {window} snapshots",
+        [
+            "snapshots of",
+            "params",
+            "bytes / snapshot",
+            f"bytes / {window} snapshots",
+            "RSS growth (MemoryMeter)",
+            "ratio to a full copy",
+        ],
+        rows,
+    )
+
+
+def lm_selection(repeats: int) -> None:
+    full_model, lora_model, tokenizer = lm_models()
+    encoded = tokenizer(
+        default_corpus(8, seed=0), padding=True, truncation=True, max_length=32, return_tensors="pt"
+    )
+    batch = {**encoded, "labels": encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)}
+    config = SeWAConfig(k=3, iterations=10, mc_samples=2)
+    rows = []
+    for name, model in (("full fine-tuning", full_model), ("LoRA r=8", lora_model)):
+        generator = torch.Generator().manual_seed(0)
+        base = trainable_state(model)
+        window = [
+            {k: v + 1e-3 * torch.randn(v.shape, generator=generator) for k, v in base.items()}
+            for _ in range(8)
+        ]
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+
+        def step(m: nn.Module = model, o: torch.optim.Optimizer = optimizer) -> None:
+            loss = m(**batch).loss
+            o.zero_grad(set_to_none=True)
+            loss.backward()
+            o.step()
+
+        def batches() -> object:
+            while True:
+                yield batch
+
+        step()
+        step_seconds = median_seconds(step, repeats * 4)
+        model.eval()
+        seconds = median_seconds(
+            lambda m=model, w=window: select_checkpoints(
+                w, model_loss(m, batches(), torch.device("cpu")), config
+            ),
+            repeats,
+        )  # type: ignore[arg-type]
+        model.train()
+        rows.append(
+            [
+                name,
+                f"{step_seconds * 1000:.1f} ms",
+                f"{seconds * 1000:.0f} ms",
+                f"{seconds / step_seconds:.1f}",
+                str(config.iterations * config.mc_samples),
+            ]
+        )
+    table(
+        f"3. Selection on tiny_causal_lm() (K=8, k=3, I={config.iterations}, M={config.mc_samples}, "
+        f"batch 8x32 tokens; median of {repeats})",
+        ["model", "one training step", "selection", "ratio to a step", "loss calls"],
+        rows,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--window", type=int, default=20)
+    args = parser.parse_args()
+    print(
+        f"machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
+    )
+    torch.manual_seed(0)
+    digits_selection(args.repeats)
+    snapshot_memory(args.window)
+    lm_selection(args.repeats)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,343 @@
+"""SeWA's selection: learn which k of the last K snapshots to average with a relaxed probabilistic mask.
+
+Symbols (paper arXiv:2502.10119 and the reconstruction in the paper note, which follows ProbMask):
+
+- w_1 .. w_K: the window of snapshots; s ∈ [0, 1]^K: keep-probabilities, initialised at s_i = k / K.
+- Relaxed Bernoulli (binary Gumbel-Softmax) sample, Eq. (mask):
+  m_i = σ((logit(s_i) + log u_i - log(1 - u_i)) / τ), u_i ~ U(0, 1).
+- Soft average, Eq. (avg): w̄(m) = Σ_i m_i w_i / Σ_i m_i (``averaging="normalized"``) or Σ_i m_i w_i / k.
+- Objective: E_m[F(w̄(m))] with F the training loss, estimated with M Monte Carlo samples; its gradient in s
+  is the reparameterised one, ∇_s (1/M) Σ_j F(w̄(m_j)).
+- Step and projection: s <- Π(s - η · step(g)), Π the projection onto {0 <= s <= 1, Σ s = k}.
+- Annealing: τ goes from τ_0 to τ_min over the I iterations.
+- Final mask: the k largest s_i (ties go to the later snapshot); w* = (1/k) Σ_{i selected} w_i.
+
+Vectorisation: the M masks of an iteration are drawn together; the window is stacked into one (K × P)
+matrix per dtype, so a soft average of all parameters is one product with it. The network passes are either
+M calls of ``loss_fn`` (each may draw its own minibatch) or one ``torch.func.vmap`` call
+(``vmap_loss=True``). The chain rule is split so that the network's backward pass stops at the averaged
+parameters: ∂F/∂coef_ji = <∂F/∂w̄_j, w_i>, one more product with the stacked window, after which autograd
+carries the K-vector back through the mask formula.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from paperpack.core.device import resolve_device
+from paperpack.core.errors import ConfigError
+from paperpack.sewa.config import SeWAConfig
+from paperpack.sewa.projection import project_capped_simplex
+from paperpack.sewa.snapshots import StackedWindow, check_snapshots, mean_of
+
+__all__ = ["LossFn", "SeWAResult", "relaxed_mask", "select_checkpoints", "temperature_at"]
+
+logger = logging.getLogger(__name__)
+
+LossFn = Callable[[Mapping[str, Tensor]], Tensor]
+
+# s is clamped into [EPS, 1 - EPS] before the logit, so that s_i = 0 or 1 after a projection stays finite.
+LOGIT_EPS = 1e-6
+# u is clamped away from 0 and 1 so that the logistic noise log u - log(1 - u) stays finite.
+NOISE_EPS = 1e-12
+# Floor of Σ_i m_i in the normalised average, for a sample in which every m_i underflows to zero.
+MASS_EPS = 1e-12
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class SeWAResult:
+    """What ``select_checkpoints`` found.
+
+    Attributes:
+        indices: Positions of the k selected snapshots in the window, sorted ascending.
+        probabilities: The final keep-probabilities s (length K, float64, CPU).
+        weights: The averaging weight of each snapshot in ``state_dict`` (1/k on ``indices``, 0 elsewhere).
+        state_dict: w* = (1/k) Σ_{i ∈ indices} w_i over every key of the snapshots, on their device and dtype.
+        loss_history: Mean of the M Monte Carlo losses at each iteration.
+    """
+
+    indices: list[int]
+    probabilities: Tensor
+    weights: Tensor
+    state_dict: dict[str, Tensor]
+    loss_history: list[float]
+
+
+def temperature_at(config: SeWAConfig, iteration: int) -> float:
+    """τ at ``iteration`` (0-based): τ_0 at the first iteration, τ_min at the last.
+
+    ``exponential``: τ_0 (τ_min/τ_0)^(t/(I-1)); ``linear``: τ_0 + (τ_min - τ_0) t/(I-1); ``constant``: τ_0.
+
+    Examples:
+        >>> from paperpack.sewa import SeWAConfig
+        >>> from paperpack.sewa.selection import temperature_at
+        >>> config = SeWAConfig(iterations=3, temperature_start=1.0, temperature_end=0.25)
+        >>> [temperature_at(config, t) for t in range(3)]
+        [1.0, 0.5, 0.25]
+    """
+    start, end = config.temperature_start, config.temperature_end
+    if config.temperature_schedule == "constant" or config.iterations == 1:
+        return start
+    progress = iteration / (config.iterations - 1)
+    if config.temperature_schedule == "linear":
+        return start + (end - start) * progress
+    return float(start * (end / start) ** progress)
+
+
+def logistic_noise(generator: torch.Generator, num_samples: int, size: int) -> Tensor:
+    """Log u - log(1 - u) for u ~ U(0, 1), shape (M, K), float64 on the CPU (device-independent draws)."""
+    u = torch.rand((num_samples, size), generator=generator, dtype=torch.float64)
+    u = u.clamp(NOISE_EPS, 1.0 - NOISE_EPS)
+    return torch.log(u) - torch.log1p(-u)
+
+
+def relaxed_mask(s: Tensor, noise: Tensor, temperature: float) -> Tensor:
+    """Eq. (mask): m = σ((logit(s) + noise) / τ), the binary-concrete relaxation of m_i ~ Bernoulli(s_i).
+
+    Args:
+        s: Keep-probabilities, shape (K,).
+        noise: Logistic noise, shape (M, K).
+        temperature: τ > 0; as τ -> 0 the samples approach {0, 1}.
+
+    Returns:
+        Soft masks in (0, 1), shape (M, K), differentiable in ``s``.
+    """
+    return torch.sigmoid((torch.logit(s.clamp(LOGIT_EPS, 1.0 - LOGIT_EPS)) + noise) / temperature)
+
+
+def select_checkpoints(
+    snapshots: Sequence[Mapping[str, Tensor]],
+    loss_fn: LossFn,
+    config: SeWAConfig | None = None,
+    *,
+    device: str | torch.device | None = None,
+    reduce_gradient: Callable[[Tensor], Tensor] | None = None,
+    progress: bool = False,
+) -> SeWAResult:
+    """Learn which ``config.k`` of the K ``snapshots`` to average (SeWA) and return their mean.
+
+    Args:
+        snapshots: The window w_1 .. w_K (oldest first): state dicts with equal keys, shapes and dtypes.
+            Usually only the trainable parameters. Floating tensors are averaged; others pass through from
+            the latest snapshot. They are read, never modified.
+        loss_fn: ``loss_fn(params)`` returns the scalar loss F of a model whose parameters are ``params`` (a
+            mapping with the snapshots' keys, on ``device``); compute it with
+            ``torch.func.functional_call(model, params, batch)`` so gradients reach ``params``. It may draw a
+            new minibatch at each call (one per Monte Carlo sample, as the paper does).
+        config: The hyperparameters (``SeWAConfig()`` when ``None``).
+        device: Where the window is stacked and averaged (``"cpu"``, ``"cuda:0"``, ``"auto"``, a
+            ``torch.device``); ``None``: the device of the snapshots' tensors.
+        reduce_gradient: Applied to the mask gradient (shape (K,)) at every iteration before the step.
+            ``SeWACallback`` passes a mean across data-parallel ranks, so that every rank
+            follows the same s.
+        progress: Show a tqdm bar over the iterations.
+
+    Returns:
+        The selection, its probabilities and the averaged state dict.
+
+    Raises:
+        TypeError: ``snapshots`` is not a sequence of state dicts, ``config`` is not a ``SeWAConfig``,
+            ``loss_fn`` is not callable or returns something other than a tensor.
+        ConfigError: an empty window; k larger than the window; ``loss_fn`` returns a non-scalar, a
+            non-finite value, or a loss that does not depend on the parameters.
+        CheckpointError: snapshots with different keys, shapes or dtypes.
+
+    Examples:
+        >>> import torch
+        >>> from paperpack.sewa import SeWAConfig, select_checkpoints
+        >>> target = torch.tensor([1.0, -1.0])
+        >>> window = [{"w": target + (5.0 if i in (1, 3) else 0.1 * i)} for i in range(6)]
+        >>> loss = lambda params: ((params["w"] - target) ** 2).sum()
+        >>> result = select_checkpoints(window, loss, SeWAConfig(k=2, iterations=60))
+        >>> result.indices
+        [0, 2]
+    """
+    config = SeWAConfig() if config is None else config
+    if not isinstance(config, SeWAConfig):
+        raise TypeError(f"`config` must be a SeWAConfig, got {type(config).__name__}")
+    if not callable(loss_fn):
+        raise TypeError(f"`loss_fn` must be callable, got {type(loss_fn).__name__}")
+    keys = check_snapshots(snapshots)
+    size = len(snapshots)
+    if config.k > size:
+        raise ConfigError(f"`k` must be <= the number of snapshots K={size}, got {config.k}")
+    float_keys = [key for key in keys if snapshots[0][key].is_floating_point()]
+    if not float_keys:
+        raise ConfigError("`snapshots` hold no floating-point tensors: there is nothing to average")
+    target = resolve_device(device) if device is not None else snapshots[0][float_keys[0]].device
+    # Integer buffers pass through unchanged: they are not averaged, so they get no mask gradient.
+    fixed = {key: snapshots[-1][key].to(target) for key in keys if key not in float_keys}
+
+    with torch.enable_grad():
+        probabilities, history = _search(
+            snapshots,
+            keys=float_keys,
+            fixed=fixed,
+            loss_fn=loss_fn,
+            config=config,
+            device=target,
+            reduce_gradient=reduce_gradient,
+            progress=progress,
+        )
+    indices = top_k_indices(probabilities, config.k)
+    weights = torch.zeros(size, dtype=torch.float64)
+    weights[indices] = 1.0 / config.k
+    logger.info(
+        "SeWA kept snapshots %s of %d (s = %s)", indices, size, [round(p, 3) for p in probabilities.tolist()]
+    )
+    return SeWAResult(
+        indices=indices,
+        probabilities=probabilities,
+        weights=weights,
+        state_dict=mean_of(snapshots, indices),
+        loss_history=history,
+    )
+
+
+def top_k_indices(probabilities: Tensor, k: int) -> list[int]:
+    """The k largest entries of ``probabilities``, ties broken towards later snapshots, sorted ascending."""
+    values = probabilities.tolist()
+    order = sorted(range(len(values)), key=lambda i: (-values[i], -i))
+    return sorted(order[:k])
+
+
+def _search(
+    snapshots: Sequence[Mapping[str, Tensor]],
+    *,
+    keys: list[str],
+    fixed: dict[str, Tensor],
+    loss_fn: LossFn,
+    config: SeWAConfig,
+    device: torch.device,
+    reduce_gradient: Callable[[Tensor], Tensor] | None,
+    progress: bool,
+) -> tuple[Tensor, list[float]]:
+    size, k, samples = len(snapshots), config.k, config.mc_samples
+    window = StackedWindow(snapshots, keys, device)
+    generator = torch.Generator().manual_seed(config.seed)
+    s = torch.full((size,), k / size, dtype=torch.float64)
+    first_moment, second_moment = torch.zeros_like(s), torch.zeros_like(s)
+    history: list[float] = []
+    bar = tqdm(range(config.iterations), desc="SeWA mask", disable=not progress, leave=False)
+    for iteration in bar:
+        temperature = temperature_at(config, iteration)
+        noise = logistic_noise(generator, samples, size)
+        s_leaf = s.clone().requires_grad_(True)
+        masks = relaxed_mask(s_leaf, noise, temperature)
+        if config.averaging == "normalized":
+            coefficients = masks / masks.sum(dim=1, keepdim=True).clamp_min(MASS_EPS)
+        else:
+            coefficients = masks / k
+        loss, coefficient_grads = _loss_gradients(
+            coefficients.detach(),
+            window,
+            fixed=fixed,
+            loss_fn=loss_fn,
+            vmap_loss=config.vmap_loss,
+            iteration=iteration,
+        )
+        coefficients.backward(coefficient_grads / samples)
+        gradient = s_leaf.grad
+        if gradient is None:
+            raise ConfigError("`loss_fn` does not depend on the averaged parameters")
+        if reduce_gradient is not None:
+            gradient = reduce_gradient(gradient)
+        if not bool(torch.isfinite(gradient).all()):
+            raise ConfigError(
+                f"the mask gradient is not finite at iteration {iteration}: {gradient.tolist()}"
+            )
+        if config.mask_optimizer == "adam":
+            step = _adam_direction(gradient, first_moment, second_moment, iteration + 1)
+        else:
+            step = gradient
+        s = project_capped_simplex(s - config.mask_lr * step, k, mode=config.projection)
+        history.append(loss)
+        bar.set_postfix(loss=f"{loss:.4g}", tau=f"{temperature:.3g}")
+        logger.debug("SeWA iteration %d: tau=%.4g loss=%.6g s=%s", iteration, temperature, loss, s.tolist())
+    return s, history
+
+
+def _adam_direction(gradient: Tensor, first: Tensor, second: Tensor, step: int) -> Tensor:
+    """Adam's bias-corrected direction m̂ / (sqrt(v̂) + ε); updates the moment buffers in place."""
+    beta1, beta2 = ADAM_BETAS
+    first.mul_(beta1).add_(gradient, alpha=1.0 - beta1)
+    second.mul_(beta2).addcmul_(gradient, gradient, value=1.0 - beta2)
+    corrected_first = first / (1.0 - beta1**step)
+    corrected_second = second / (1.0 - beta2**step)
+    return corrected_first / (corrected_second.sqrt() + ADAM_EPS)
+
+
+def _loss_gradients(
+    coefficients: Tensor,
+    window: StackedWindow,
+    *,
+    fixed: dict[str, Tensor],
+    loss_fn: LossFn,
+    vmap_loss: bool,
+    iteration: int,
+) -> tuple[float, Tensor]:
+    """Mean loss of the M soft averages and ∂F_j/∂coef_ji, shape (M, K), float64 on the CPU.
+
+    The averaged parameters are views of one flat leaf per dtype, so the network's backward pass ends there
+    and one product with the window gives the K partial derivatives.
+    """
+    samples = coefficients.shape[0]
+    if vmap_loss:
+        flats = {dtype: flat.requires_grad_(True) for dtype, flat in window.combine(coefficients).items()}
+        batched_fixed = {key: value.expand(samples, *value.shape) for key, value in fixed.items()}
+        losses = torch.func.vmap(loss_fn, randomness="different")(
+            {**window.unflatten(flats), **batched_fixed}
+        )
+        _check_losses(losses, (samples,), iteration)
+        return float(losses.detach().mean()), window.contract(_gradients(losses.sum(), flats))
+    values: list[Tensor] = []
+    rows: list[Tensor] = []
+    for sample in range(samples):
+        flats = {
+            dtype: flat.requires_grad_(True) for dtype, flat in window.combine(coefficients[sample]).items()
+        }
+        loss = loss_fn({**window.unflatten(flats), **fixed})
+        _check_losses(loss, (), iteration, sample)
+        rows.append(window.contract(_gradients(loss, flats)))
+        values.append(loss.detach())
+    return float(torch.stack(values).mean()), torch.stack(rows)
+
+
+def _gradients(loss: Tensor, flats: dict[torch.dtype, Tensor]) -> dict[torch.dtype, Tensor]:
+    if not loss.requires_grad:
+        raise ConfigError(
+            "`loss_fn` returned a loss that does not depend on the averaged parameters: compute it from "
+            "`params` (e.g. with torch.func.functional_call) inside autograd, without .detach() or "
+            "torch.no_grad()"
+        )
+    dtypes = list(flats)
+    grads = torch.autograd.grad(loss, [flats[dtype] for dtype in dtypes], allow_unused=True)
+    found = {dtype: grad for dtype, grad in zip(dtypes, grads, strict=True) if grad is not None}
+    if not found:
+        raise ConfigError("`loss_fn` returned a loss that does not depend on any of the averaged parameters")
+    return found
+
+
+def _check_losses(loss: object, shape: tuple[int, ...], iteration: int, sample: int | None = None) -> None:
+    if not isinstance(loss, Tensor):
+        raise TypeError(f"`loss_fn` must return a torch.Tensor, got {type(loss).__name__}")
+    where = f"iteration {iteration}" + (f", Monte Carlo sample {sample}" if sample is not None else "")
+    if tuple(loss.shape) != shape:
+        expected = "a scalar (shape ())" if not shape else f"one scalar per sample under vmap (shape {shape})"
+        raise ConfigError(f"`loss_fn` must return {expected}, got shape {tuple(loss.shape)} at {where}")
+    if not loss.is_floating_point():
+        raise ConfigError(f"`loss_fn` must return a floating-point loss, got dtype {loss.dtype} at {where}")
+    if not bool(torch.isfinite(loss).all()):
+        value = loss.detach().tolist()
+        raise ConfigError(
+            f"`loss_fn` returned {value} at {where}: SeWA needs a finite loss "
+            "(check the snapshots and the data)"
+        )
