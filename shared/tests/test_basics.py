@@ -119,3 +119,22 @@ def test_lazy_exports_import_on_first_use(tmp_path, monkeypatch):
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
         lazypkg.nope  # noqa: B018
     assert lazy_exports  # the helper itself is importable without torch
+
+
+def test_atomic_folder(tmp_path):
+    from paperpack.core.files import atomic_folder
+    from paperpack.core.testing.contracts import assert_no_partial_output
+
+    target = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt), atomic_folder(target) as folder:
+        (folder / "half").write_text("x")
+        raise KeyboardInterrupt
+    assert_no_partial_output(target)
+    with atomic_folder(target) as folder:
+        (folder / "a").write_text("1")
+    with pytest.raises(FileExistsError, match="already exists"), atomic_folder(target):
+        pass
+    with atomic_folder(target, overwrite=True) as folder:
+        (folder / "b").write_text("2")
+    assert [p.name for p in target.iterdir()] == ["b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

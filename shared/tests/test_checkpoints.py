@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from paperpack.core.checkpoints import (
     LazyStateDict,
     StateDictWriter,
+    _format,
     check_compatible,
     load_state_dict,
     parse_size,
@@ -313,3 +314,21 @@ def test_headers_larger_than_the_reserved_room(tmp_path, max_shard_size):
         loaded = load_file(file)  # the reference reader accepts our padded headers
         assert all(torch.equal(tensor, state[key]) for key, tensor in loaded.items())
     assert not [p for p in path.iterdir() if p.name.endswith(".rewrite")]
+
+
+@pytest.mark.parametrize("misaligned", [False, True])
+def test_large_tensors_are_mapped_privately(tmp_path, misaligned, monkeypatch):
+    """Large aligned tensors are memory-mapped copy-on-write (writing to them never changes the file);
+    misaligned ones are read into memory."""
+    big = torch.arange(2**19, dtype=torch.float32)  # 2 MiB: above the mapping threshold
+    state = {"odd": torch.ones(3, dtype=torch.bool), "big": big} if misaligned else {"big": big}
+    path = save_state_dict(state, tmp_path / "m.safetensors")
+    mappings = []
+    real_mmap = _format.mmap.mmap
+    monkeypatch.setattr(_format.mmap, "mmap", lambda *a, **k: mappings.append(a) or real_mmap(*a, **k))
+    loaded = LazyStateDict(path)["big"]
+    assert torch.equal(loaded, big)
+    assert len(mappings) == (0 if misaligned else 1)
+    loaded.zero_()
+    assert torch.equal(LazyStateDict(path)["big"], big)
+    assert torch.equal(load_file(path)["big"], big)

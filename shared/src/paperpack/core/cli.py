@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if args.command is None else 2
     try:
         return int(handler(args) or 0)
-    except (PaperpackError, FileNotFoundError, ValueError, TypeError) as error:
+    except (PaperpackError, OSError, ValueError, TypeError) as error:
         if args.verbose >= 2:
             raise
         print(f"paperpack: error: {error}", file=sys.stderr)

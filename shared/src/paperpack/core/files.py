@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "remove_path", "temporary_sibling"]
+__all__ = ["atomic_folder", "atomic_path", "atomic_write_text", "remove_path", "temporary_sibling"]
 
 logger = logging.getLogger(__name__)
 _TEMPORARY = "paperpack-tmp"
@@ -84,3 +84,49 @@ def atomic_write_text(target: str | os.PathLike[str], text: str) -> Path:
     with atomic_path(target) as path:
         path.write_text(text, encoding="utf-8")
     return Path(target)
+
+
+@contextmanager
+def atomic_folder(target: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty hidden folder beside ``target`` that becomes ``target`` if the block succeeds.
+
+    For outputs written by other libraries, e.g. a Trainer run and ``save_pretrained`` of its result: a crash
+    or Ctrl-C leaves no ``target``, only the hidden folder, which the next write to ``target`` clears.
+
+    Args:
+        target: the folder to create.
+        overwrite: replace an existing ``target`` (swapped in by two renames); otherwise refuse it.
+
+    Raises:
+        FileExistsError: when ``target`` exists and ``overwrite`` is False (checked before the block runs).
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from paperpack.core.files import atomic_folder
+        >>> target = Path(tempfile.mkdtemp()) / "model"
+        >>> with atomic_folder(target) as folder:
+        ...     _ = (folder / "config.json").write_text("{}")
+        >>> sorted(p.name for p in target.iterdir())
+        ['config.json']
+    """
+    final = Path(target)
+    if final.exists() and not overwrite:
+        raise FileExistsError(
+            f"output {str(target)!r} already exists; choose a new folder or allow overwriting"
+        )
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = temporary_sibling(final)
+    staging.mkdir()
+    try:
+        yield staging
+        if final.exists():
+            old = final.with_name(f".{final.name}.paperpack-old-{uuid.uuid4().hex[:8]}")
+            final.rename(old)
+            staging.rename(final)
+            remove_path(old)
+        else:
+            staging.rename(final)
+    except BaseException:
+        remove_path(staging)
+        raise

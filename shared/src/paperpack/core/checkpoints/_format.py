@@ -2,14 +2,16 @@
 
 A safetensors file is an 8-byte little-endian header length N, N bytes of JSON (``{key: {"dtype", "shape",
 "data_offsets"}}`` plus an optional ``"__metadata__"`` of strings), then the tensor bytes, densely packed.
-Reading and writing through plain file IO (not mmap) keeps the process's resident memory equal to the
-tensors actually held, which is what the streaming helpers promise and what :class:`MemoryMeter` measures.
+No file is mapped as a whole: small tensors are read, and each large tensor maps only its own bytes, so the
+process's resident memory follows the tensors actually alive, which is what the streaming helpers promise and
+what :class:`MemoryMeter` measures.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -43,6 +45,8 @@ DTYPE_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in DTYPES.ite
 _MAX_HEADER_BYTES = 100_000_000
 # Linux reads at most this many bytes per call.
 _MAX_READ = 0x7FFF_F000
+# Tensors at least this large are memory-mapped rather than read.
+_MAP_THRESHOLD = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,17 @@ def _tensor_info(path: Path, key: str, entry: Any, data_start: int) -> TensorInf
 
 
 def read_tensor(fd: int, info: TensorInfo, path: Path) -> torch.Tensor:
-    """Read one tensor's bytes from an open file descriptor into a new CPU tensor."""
+    """Read one tensor from an open file descriptor into a new CPU tensor.
+
+    Large tensors are mapped, not copied: each gets its own private copy-on-write mapping of its bytes, which
+    is released when the tensor is freed, so resident memory still follows the tensors alive. Writes to the
+    tensor never reach the file.
+    """
+    offset = info.start % mmap.ALLOCATIONGRANULARITY
+    if info.nbytes >= _MAP_THRESHOLD and offset % info.dtype.itemsize == 0:
+        mapping = mmap.mmap(fd, offset + info.nbytes, access=mmap.ACCESS_COPY, offset=info.start - offset)
+        raw = torch.frombuffer(mapping, dtype=torch.uint8, count=info.nbytes, offset=offset)
+        return raw.view(info.dtype).reshape(info.shape)
     buffer = torch.empty(info.nbytes, dtype=torch.uint8)
     view = buffer.numpy().data
     done = 0

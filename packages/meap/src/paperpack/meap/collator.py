@@ -1,0 +1,345 @@
+"""Data collators that apply MEAP to batches for ``transformers.Trainer`` and ``trl.SFTTrainer``.
+
+Both pad with TRL's ``DataCollatorForLanguageModeling`` (dynamic right padding, ``-100`` labels on padding,
+optional padding-free output with ``position_ids``), so a MEAP batch has exactly the keys and label counts of
+the batch TRL would build: the Trainer's loss normalisation over gradient accumulation (``num_items_in_batch``
+counts the ``labels`` that are not ``-100``) stays correct. Packed rows (a ``seq_lengths`` column, as TRL's
+packing writes) and padding-free batches are masked per original sequence.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from paperpack.core.errors import ConfigError
+from paperpack.meap.config import MEAPConfig
+from paperpack.meap.masking import sample_mask
+from paperpack.meap.tokens import mask_token_id
+
+__all__ = ["MEAPCollator", "MEAPSFTCollator"]
+
+IGNORE_INDEX = -100
+
+
+def _process_rank() -> int:
+    rank = os.environ.get("RANK")
+    if rank is not None and rank.isdigit():
+        return int(rank)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return int(torch.distributed.get_rank())
+    return 0
+
+
+class _MEAPBase:
+    """Shared plumbing: the mask token, the special ids, TRL padding and a per-process random stream."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        config: MEAPConfig | None = None,
+        *,
+        padding_free: bool = False,
+        pad_to_multiple_of: int | None = None,
+        return_position_ids: bool = False,
+    ) -> None:
+        config = MEAPConfig() if config is None else config
+        if not isinstance(config, MEAPConfig):
+            raise TypeError(f"`config` must be a MEAPConfig, got {type(config).__name__}")
+        self.config = config
+        self.mask_token_id = mask_token_id(tokenizer, config.mask_token)
+        pad_token_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
+        if pad_token_id is None:
+            raise ConfigError("the tokenizer has neither a pad token nor an EOS token to pad with")
+        self.pad_token_id = int(pad_token_id)
+        self.padding_free = bool(padding_free)
+        # TRL is imported here, not at module top, so that `import paperpack.meap` stays light.
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+        self._pad = DataCollatorForLanguageModeling(
+            pad_token_id=self.pad_token_id,
+            padding_free=self.padding_free,
+            return_position_ids=return_position_ids,
+            pad_to_multiple_of=pad_to_multiple_of,
+        )
+        self.special_token_ids = torch.tensor(sorted(set(tokenizer.all_special_ids) | {self.mask_token_id}))
+        self._generator: torch.Generator | None = None
+        self._generator_owner: tuple[int, int] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(config={self.config!r}, mask_token_id={self.mask_token_id}, "
+            f"pad_token_id={self.pad_token_id}, padding_free={self.padding_free})"
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Data-loader workers started with "spawn" pickle the collator; each derives its own stream.
+        state = self.__dict__.copy()
+        state["_generator"] = None
+        state["_generator_owner"] = None
+        return state
+
+    @property
+    def generator(self) -> torch.Generator:
+        """The random stream of this process and data-loader worker, seeded from (seed, rank, worker)."""
+        worker = torch.utils.data.get_worker_info()
+        owner = (os.getpid(), -1 if worker is None else worker.id)
+        if self._generator is None or self._generator_owner != owner:
+            entropy = [self.config.seed, _process_rank(), owner[1] + 1]
+            seed = int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
+            self._generator = torch.Generator().manual_seed(seed)
+            self._generator_owner = owner
+        return self._generator
+
+    def _check_examples(self, examples: Sequence[Mapping[str, Any]], *, labels: bool) -> None:
+        if not isinstance(examples, Sequence) or isinstance(examples, str | bytes) or not examples:
+            raise ConfigError(f"`examples` must be a non-empty list of dicts, got {examples!r:.80}")
+        for index, example in enumerate(examples):
+            if not isinstance(example, Mapping) or "input_ids" not in example:
+                raise ConfigError(f"`examples[{index}]` must be a dict with 'input_ids', got {example!r:.60}")
+            if labels and "labels" not in example:
+                raise ConfigError(
+                    f"`examples[{index}]` has no 'labels': MEAPSFTCollator finds the answer span from the "
+                    "labels "
+                    "that trl.SFTTrainer builds (completion_only_loss / assistant_only_loss); got keys "
+                    f"{sorted(example)}"
+                )
+            if labels and len(example["labels"]) != len(example["input_ids"]):
+                raise ConfigError(
+                    f"`examples[{index}]` has {len(example['labels'])} labels for "
+                    f"{len(example['input_ids'])} input_ids"
+                )
+
+    def _is_special(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return torch.isin(input_ids, self.special_token_ids)
+
+
+def _normalized(examples: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Drop pre-padding and make ``seq_lengths`` all-or-none.
+
+    Positions with ``attention_mask == 0`` are removed (the batch is re-padded dynamically). When any example
+    has ``seq_lengths``, the others get one sequence each: TRL's collator reads the column from all or none.
+    """
+    out: list[Mapping[str, Any]] = []
+    packed = any("seq_lengths" in example for example in examples)
+    for example in examples:
+        current = example
+        attention = current.get("attention_mask")
+        if attention is not None and not all(attention):
+            keep = [index for index, flag in enumerate(attention) if flag]
+            current = {
+                key: [current[key][i] for i in keep] for key in ("input_ids", "labels") if key in current
+            }
+        if packed and "seq_lengths" not in current:
+            current = {**current, "seq_lengths": [len(current["input_ids"])]}
+        out.append(current)
+    return out
+
+
+def _segment_ids(lengths: Sequence[Sequence[int]], width: int) -> torch.Tensor:
+    """Segment ids ``(rows, width)`` from per-row sequence lengths: 0, 1, … per sequence, -1 on padding."""
+    marks = torch.zeros((len(lengths), width + 1), dtype=torch.long)
+    totals = torch.zeros(len(lengths), 1, dtype=torch.long)
+    for row, row_lengths in enumerate(lengths):
+        ends = list(itertools.accumulate(row_lengths))
+        marks[row].index_add_(
+            0, torch.tensor(ends[:-1], dtype=torch.long), torch.ones(len(ends) - 1, dtype=torch.long)
+        )
+        totals[row] = ends[-1] if ends else 0
+    segments = marks.cumsum(dim=1)[:, :width]
+    return segments.masked_fill(torch.arange(width).unsqueeze(0) >= totals, -1)
+
+
+class MEAPCollator(_MEAPBase):
+    """Collator for causal-LM pretraining with MEAP (arXiv:2502.07490, §3).
+
+    Pads a list of tokenized examples like TRL's ``DataCollatorForLanguageModeling`` (labels = the unmasked
+    ``input_ids``, ``-100`` on padding), then replaces ``⌊P·E⌋`` of the ``E`` eligible input positions of
+    every sequence with ``[MASK]`` (``P = config.mask_ratio``). Padding, special tokens and the last token of
+    each sequence are never masked; the labels are never changed, so the loss is the plain next-token loss on
+    the original tokens over all positions, as in the official code.
+
+    Examples may carry ``labels`` (used as they are), an ``attention_mask`` (zeros mark pre-padding, which is
+    dropped and re-padded), and for packed rows ``seq_lengths`` (as TRL's packing writes; pass
+    ``remove_unused_columns=False`` to the Trainer so that the column survives). Each process rank and
+    data-loader worker draws its own masks from ``config.seed``.
+
+    Args:
+        tokenizer: the tokenizer; it must hold ``config.mask_token`` (see :func:`add_mask_token`).
+        config: the MEAP configuration (default ``MEAPConfig()``).
+        padding_free: flatten the batch into one row with ``position_ids`` (TRL's padding-free format).
+        pad_to_multiple_of: pad the length to a multiple of this.
+        return_position_ids: also return ``position_ids`` in the padded format.
+
+    Examples:
+        >>> import torch
+        >>> from paperpack.core.hf import tiny_causal_lm
+        >>> from paperpack.meap import MEAPCollator, MEAPConfig, add_mask_token
+        >>> model, tokenizer = tiny_causal_lm()
+        >>> mask_id = add_mask_token(tokenizer, model)
+        >>> collator = MEAPCollator(tokenizer, MEAPConfig(mask_ratio=0.15))
+        >>> batch = collator([{"input_ids": list(range(10, 51))}, {"input_ids": list(range(10, 31))}])
+        >>> int((batch["input_ids"] == mask_id).sum(dim=1)[0])  # ⌊0.15 · 40⌋
+        6
+        >>> bool((batch["labels"][0] == torch.arange(10, 51)).all())
+        True
+    """
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Collate and mask a list of examples; returns ``input_ids``, ``labels`` and the padding keys."""
+        self._check_examples(examples, labels=False)
+        examples = _normalized(examples)
+        batch: dict[str, Any] = self._pad(examples)
+        input_ids: torch.Tensor = batch["input_ids"]
+        width = input_ids.shape[1]
+        protected = self._is_special(input_ids)
+        if "attention_mask" in batch:
+            protected |= batch["attention_mask"] == 0
+        if self.padding_free:
+            real = sum(len(example["input_ids"]) for example in examples)
+            protected[:, real:] = True
+            segments = torch.cumsum(batch["position_ids"] == 0, dim=1)
+        elif "seq_lengths" in examples[0]:
+            segments = _segment_ids([example["seq_lengths"] for example in examples], width)
+        else:
+            lengths = [[len(example["input_ids"])] for example in examples]
+            segments = _segment_ids(lengths, width)
+        mask = sample_mask(
+            input_ids,
+            ratio=self.config.mask_ratio,
+            generator=self.generator,
+            protected=protected,
+            segment_ids=segments,
+            per_row_positions=self.config.per_row_positions,
+        )
+        batch["input_ids"] = input_ids.masked_fill(mask, self.mask_token_id)
+        return batch
+
+
+class MEAPSFTCollator(_MEAPBase):
+    """Collator for ``trl.SFTTrainer`` that adds MEAP's masked copies of the answers (arXiv:2502.07490, §3).
+
+    The answer span is where the labels that ``SFTTrainer`` builds are not ``-100`` (``completion_only_loss``
+    for prompt-completion data, ``assistant_only_loss`` for conversations), minus special tokens. For every
+    sequence whose answer has at least ``config.min_answer_tokens`` tokens, ``⌊r·E⌋`` of its ``E`` eligible
+    answer positions are masked (``r = config.sft_mask_ratio``; the prompt is never masked), and the masked
+    copy joins the batch:
+
+    - ``sft_layout="separate"`` (official code): the masked copy is an extra row whose labels are ``-100``
+      except at the masked positions (which keep their original token). The clean row is unchanged.
+    - ``sft_layout="concat"`` (the paper's description): the masked copy is appended to its clean sequence,
+      ``[clean ; masked]``, with loss on the clean answer and on the masked positions; positions continue,
+      so the sequence length doubles (halve ``max_length``).
+
+    Short answers get plain next-token prediction. Packed rows (``seq_lengths``) are handled per sequence.
+    ``SFTTrainer`` refuses a custom collator when padding-free (e.g. ``packing=True`` with the default BFD
+    strategy); assign one afterwards: ``trainer.data_collator = MEAPSFTCollator(tok, cfg,
+    padding_free=True)``.
+
+    Args:
+        tokenizer: the tokenizer; it must hold ``config.mask_token`` (see :func:`add_mask_token`).
+        config: the MEAP configuration (default ``MEAPConfig()``).
+        padding_free: flatten the batch into one row with ``position_ids`` (TRL's padding-free format).
+        pad_to_multiple_of: pad the length to a multiple of this.
+        return_position_ids: also return ``position_ids`` in the padded format.
+
+    Examples:
+        >>> from paperpack.core.hf import tiny_causal_lm
+        >>> from paperpack.meap import MEAPConfig, MEAPSFTCollator, add_mask_token
+        >>> model, tokenizer = tiny_causal_lm()
+        >>> mask_id = add_mask_token(tokenizer, model)
+        >>> collator = MEAPSFTCollator(tokenizer, MEAPConfig(sft_mask_ratio=0.5, min_answer_tokens=4))
+        >>> example = {"input_ids": list(range(10, 20)), "labels": [-100] * 4 + list(range(14, 20))}
+        >>> batch = collator([example])
+        >>> batch["input_ids"].shape[0]  # the clean row and its masked copy
+        2
+        >>> int((batch["input_ids"][1] == mask_id).sum())  # ⌊0.5 · 5⌋: the answer's last token is kept
+        2
+    """
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Collate a list of SFT examples and add the masked copies; returns the padded batch."""
+        self._check_examples(examples, labels=True)
+        examples = _normalized(examples)
+        ids_list = [torch.as_tensor(example["input_ids"], dtype=torch.long) for example in examples]
+        labels_list = [torch.as_tensor(example["labels"], dtype=torch.long) for example in examples]
+        lengths = [
+            list(ex.get("seq_lengths") or [len(ids)]) for ex, ids in zip(examples, ids_list, strict=True)
+        ]
+        input_ids = pad_sequence(ids_list, batch_first=True, padding_value=self.pad_token_id)
+        labels = pad_sequence(labels_list, batch_first=True, padding_value=IGNORE_INDEX)
+        segments = _segment_ids(lengths, input_ids.shape[1])
+
+        answer = (labels != IGNORE_INDEX) & ~self._is_special(input_ids) & (segments >= 0)
+        # Answers shorter than min_answer_tokens keep plain NTP: count answer tokens per sequence.
+        starts = torch.ones_like(answer)
+        starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+        sequence = torch.cumsum(starts.reshape(-1), 0) - 1
+        answer_count = torch.zeros(int(sequence[-1]) + 1, dtype=torch.long)
+        answer_count.scatter_add_(0, sequence, answer.reshape(-1).long())
+        long_enough = (answer_count >= self.config.min_answer_tokens).index_select(0, sequence)
+        long_enough = long_enough.reshape(answer.shape)
+
+        mask = sample_mask(
+            input_ids,
+            ratio=self.config.sft_mask_ratio,
+            generator=self.generator,
+            protected=~(answer & long_enough),
+            segment_ids=segments,
+            per_row_positions=self.config.per_row_positions,
+        )
+        masked_ids = input_ids.masked_fill(mask, self.mask_token_id)
+        masked_labels = labels.masked_fill(~mask, IGNORE_INDEX)
+        packed = "seq_lengths" in examples[0]
+        rows: list[dict[str, Any]] = []
+        copies: list[dict[str, Any]] = []
+        for row, ids in enumerate(ids_list):
+            width = ids.numel()
+            clean = (input_ids[row, :width], labels[row, :width])
+            masked = (masked_ids[row, :width], masked_labels[row, :width])
+            if self.config.sft_layout == "separate":
+                rows.append(_row(*clean, lengths[row] if packed else None))
+                if bool(mask[row].any()):
+                    copies.append(_row(*masked, lengths[row] if packed else None))
+            else:
+                rows.append(_concatenated(clean, masked, mask[row, :width], lengths[row], packed=packed))
+        return dict(self._pad(rows + copies))
+
+
+def _row(input_ids: torch.Tensor, labels: torch.Tensor, seq_lengths: list[int] | None) -> dict[str, Any]:
+    row: dict[str, Any] = {"input_ids": input_ids.tolist(), "labels": labels.tolist()}
+    if seq_lengths is not None:
+        row["seq_lengths"] = seq_lengths
+    return row
+
+
+def _concatenated(
+    clean: tuple[torch.Tensor, torch.Tensor],
+    masked: tuple[torch.Tensor, torch.Tensor],
+    mask: torch.Tensor,
+    seq_lengths: list[int],
+    *,
+    packed: bool,
+) -> dict[str, Any]:
+    """``[clean ; masked]`` for every sequence of a row that has masks; the others stay as they are."""
+    pieces: list[tuple[torch.Tensor, torch.Tensor]] = []
+    new_lengths: list[int] = []
+    start = 0
+    for size in seq_lengths:
+        end = start + size
+        pieces.append((clean[0][start:end], clean[1][start:end]))
+        if bool(mask[start:end].any()):
+            pieces.append((masked[0][start:end], masked[1][start:end]))
+        new_lengths.append(size * (2 if bool(mask[start:end].any()) else 1))
+        start = end
+    input_ids = torch.cat([piece[0] for piece in pieces])
+    labels = torch.cat([piece[1] for piece in pieces])
+    return _row(input_ids, labels, new_lengths if packed else None)

@@ -1,0 +1,102 @@
+"""The MEAP configuration shared by the collators, the CLI and the demo."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from paperpack.core.errors import ConfigError
+from paperpack.core.validation import check_choice, check_int, check_range
+
+__all__ = ["SFT_LAYOUTS", "MEAPConfig"]
+
+SFT_LAYOUTS = ("separate", "concat")
+
+
+@dataclass
+class MEAPConfig:
+    """How MEAP masks inputs, for pretraining (:class:`MEAPCollator`) and SFT (:class:`MEAPSFTCollator`).
+
+    MEAP (arXiv:2502.07490, §3) replaces a fraction ``P`` of the *input* tokens with ``[MASK]`` and keeps the
+    ordinary next-token loss on the original tokens: attention stays causal, there is no extra forward pass.
+
+    Defaults taken from the paper / official code: ``mask_ratio=0.15`` (the 1.1B headline run),
+    ``sft_mask_ratio=0.1`` and ``min_answer_tokens=51`` (the official SFT script masks answers longer than 50
+    tokens), ``mask_token="[MASK]"``. Ours: ``sft_layout="separate"`` (the layout of the official code; the
+    paper's concatenated layout is ``"concat"``), ``per_row_positions=True`` (fresh positions for every
+    sequence; the official pretraining code shares one pattern across the batch) and ``seed=0``.
+
+    Examples:
+        >>> from paperpack.meap import MEAPConfig
+        >>> MEAPConfig(mask_ratio=0.1).sft_layout
+        'separate'
+        >>> MEAPConfig(mask_ratio=1.5)
+        Traceback (most recent call last):
+        ...
+        paperpack.core.errors.ConfigError: `mask_ratio` must be in [0, 1), got 1.5
+    """
+
+    mask_ratio: float = field(
+        default=0.15,
+        metadata={
+            "help": "Pretraining mask ratio P: the fraction of each sequence's eligible input tokens "
+            "replaced by [MASK] (paper: 0.15 for the 1.1B model; 0 gives plain next-token prediction)."
+        },
+    )
+    sft_mask_ratio: float = field(
+        default=0.1,
+        metadata={
+            "help": "SFT mask ratio: the fraction of each answer's tokens masked in its masked copy "
+            "(official SFT code: 0.1)."
+        },
+    )
+    min_answer_tokens: int = field(
+        default=51,
+        metadata={
+            "help": "SFT: answers with fewer (non-special) tokens than this get plain next-token prediction "
+            "and no masked copy (official code: answers longer than 50 tokens are masked, i.e. 51)."
+        },
+    )
+    sft_layout: Literal["separate", "concat"] = field(
+        default="separate",
+        metadata={
+            "help": "SFT layout of the masked copy: 'separate' adds it as its own row whose loss is on the "
+            "masked positions only (official code; our default); 'concat' appends it to the clean sequence, "
+            "loss on the answer and the masked positions (the paper's description; doubles the length)."
+        },
+    )
+    per_row_positions: bool = field(
+        default=True,
+        metadata={
+            "help": "Draw fresh mask positions for every sequence (ours). False shares one random pattern "
+            "across the rows of a batch, as the official pretraining code does."
+        },
+    )
+    mask_token: str = field(
+        default="[MASK]",
+        metadata={
+            "help": "The mask token string; it must be in the tokenizer's vocabulary (see add_mask_token). "
+            "A reserved special token (e.g. Llama-3's <|reserved_special_token_0|>) avoids resizing."
+        },
+    )
+    seed: int = field(
+        default=0,
+        metadata={
+            "help": "Seed of the mask sampler (ours). Each process rank and data-loader worker derives its "
+            "own stream from it, so masks differ across ranks and are reproducible."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        check_range("mask_ratio", self.mask_ratio, 0.0, 1.0, high_inclusive=False)
+        check_range("sft_mask_ratio", self.sft_mask_ratio, 0.0, 1.0, high_inclusive=False)
+        check_int("min_answer_tokens", self.min_answer_tokens, minimum=0)
+        check_choice("sft_layout", self.sft_layout, SFT_LAYOUTS)
+        if not isinstance(self.per_row_positions, bool):
+            raise ConfigError(
+                f"`per_row_positions` must be True or False, got {self.per_row_positions!r} "
+                f"({type(self.per_row_positions).__name__})"
+            )
+        if not isinstance(self.mask_token, str) or not self.mask_token:
+            raise ConfigError(f"`mask_token` must be a non-empty string, got {self.mask_token!r}")
+        check_int("seed", self.seed, minimum=0)

@@ -1,0 +1,186 @@
+"""MEAP input masking on plain tensors (arXiv:2502.07490, §3).
+
+For a token sequence ``x_1 … x_T`` MEAP draws a set ``M`` of positions, replaces ``x_t`` by ``[MASK]`` for
+``t ∈ M`` in the *input* only, and trains with the unchanged next-token loss
+``-Σ_t log p(x_{t+1} | x̃_{≤t})`` on the original tokens. The logit at ``t-1`` still predicts the true
+``x_t``; position ``t`` must predict ``x_{t+1}`` without seeing ``x_t``.
+
+These functions draw ``M``; they know nothing about tokenizers or trainers.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import torch
+
+from paperpack.core.errors import ConfigError
+from paperpack.core.validation import check_int, check_range
+
+__all__ = ["mask_inputs", "sample_mask"]
+
+# Scores are integers in [0, 2**24); ineligible positions get 2**24, so they sort after every eligible one.
+_SCORE_BITS = 24
+# A ratio becomes an exact fraction with a bounded denominator so that ⌊P·E⌋ has no float surprises
+# (0.29 * 100 == 28.999999999999996 in floating point).
+_MAX_DENOMINATOR = 1_000_000
+
+
+def _check_tensor(name: str, value: object, shape: torch.Size, *, boolean: bool) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(value).__name__}")
+    if boolean and value.dtype != torch.bool:
+        raise TypeError(f"`{name}` must be a boolean tensor, got dtype {value.dtype}")
+    if not boolean and (value.dtype == torch.bool or value.is_floating_point() or value.is_complex()):
+        raise TypeError(f"`{name}` must be an integer tensor, got dtype {value.dtype}")
+    if value.shape != shape:
+        raise ConfigError(
+            f"`{name}` must have the shape of `input_ids` {tuple(shape)}, got {tuple(value.shape)}"
+        )
+    return value
+
+
+def sample_mask(
+    input_ids: torch.Tensor,
+    *,
+    ratio: float,
+    generator: torch.Generator | None = None,
+    protected: torch.Tensor | None = None,
+    segment_ids: torch.Tensor | None = None,
+    per_row_positions: bool = True,
+) -> torch.Tensor:
+    """Draw the MEAP mask positions ``M``: a boolean tensor shaped like ``input_ids``.
+
+    Every sequence (a row, or a segment of a packed row) has ``E`` eligible positions: those not
+    ``protected`` and not its last position. Exactly ``n = ⌊P·E⌋`` of them are drawn uniformly without
+    replacement (``P`` = ``ratio``; the official code uses ``int(P·L)``, the same floor).
+
+    Args:
+        input_ids: integer tensor ``(batch, length)`` or ``(length,)``; only its shape and device are used.
+        ratio: the mask ratio ``P`` in ``[0, 1)``: the fraction of each sequence's eligible positions masked.
+        generator: random generator (its device is used for the draw); ``None`` uses torch's global one.
+        protected: boolean tensor shaped like ``input_ids``; ``True`` positions are never masked.
+        segment_ids: integer tensor shaped like ``input_ids`` for packed rows: each run of equal ids in a
+            row is one sequence, which gets its own count and whose last position is never masked.
+        per_row_positions: ``False`` draws one random score per column shared by all rows, so rows with
+            the same eligible positions get the same pattern (the official pretraining code's behaviour).
+
+    Returns:
+        A new boolean tensor, ``True`` where the input is to be replaced by ``[MASK]``.
+
+    Raises:
+        TypeError: for a non-tensor or a tensor of the wrong dtype.
+        ConfigError: for a ratio outside ``[0, 1)`` or a shape mismatch.
+
+    Examples:
+        >>> import torch
+        >>> from paperpack.meap import sample_mask
+        >>> ids = torch.arange(21).unsqueeze(0)
+        >>> int(sample_mask(ids, ratio=0.5, generator=torch.Generator().manual_seed(0)).sum())  # ⌊0.5·20⌋
+        10
+    """
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"`input_ids` must be a torch.Tensor, got {type(input_ids).__name__}")
+    if input_ids.dim() not in (1, 2):
+        raise ConfigError(f"`input_ids` must be 1-D or 2-D, got shape {tuple(input_ids.shape)}")
+    check_range("ratio", ratio, 0.0, 1.0, high_inclusive=False)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"`generator` must be a torch.Generator or None, got {type(generator).__name__}")
+    if protected is not None:
+        _check_tensor("protected", protected, input_ids.shape, boolean=True)
+    if segment_ids is not None:
+        _check_tensor("segment_ids", segment_ids, input_ids.shape, boolean=False)
+    if not isinstance(per_row_positions, bool):
+        raise TypeError(f"`per_row_positions` must be a bool, got {type(per_row_positions).__name__}")
+
+    device = input_ids.device
+    if ratio == 0 or input_ids.numel() == 0:
+        return torch.zeros(input_ids.shape, dtype=torch.bool, device=device)
+    ids = input_ids.reshape(-1, input_ids.shape[-1])
+    rows, length = ids.shape
+
+    starts = torch.zeros((rows, length), dtype=torch.bool, device=device)
+    starts[:, 0] = True
+    if segment_ids is not None:
+        segments = segment_ids.reshape(rows, length).to(device)
+        starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    ends = torch.ones_like(starts)
+    ends[:, :-1] = starts[:, 1:]
+    eligible = ~ends
+    if protected is not None:
+        eligible &= ~protected.reshape(rows, length).to(device)
+
+    # Every sequence is a contiguous run of the flattened batch: number the runs and count E per run.
+    flat_starts = starts.reshape(-1)
+    sequence = torch.cumsum(flat_starts, 0) - 1
+    first = flat_starts.nonzero().squeeze(1)
+    eligible_count = torch.zeros(first.numel(), dtype=torch.long, device=device)
+    eligible_count.scatter_add_(0, sequence, eligible.reshape(-1).long())
+    fraction = Fraction(ratio).limit_denominator(_MAX_DENOMINATOR)
+    count = (eligible_count * fraction.numerator) // fraction.denominator  # n = ⌊P·E⌋, exactly
+
+    draw_device = generator.device if generator is not None else device
+    score_rows = rows if per_row_positions else 1
+    scores = torch.randint(
+        0, 1 << _SCORE_BITS, (score_rows, length), generator=generator, device=draw_device, dtype=torch.long
+    ).to(device)
+    scores = scores.expand(rows, length).masked_fill(~eligible, 1 << _SCORE_BITS)
+    # Sorting by (sequence, score) keeps every sequence in its own block, so a position's rank within its
+    # sequence is its sorted index minus the block's first index; the n lowest scores are masked.
+    keys = (sequence << (_SCORE_BITS + 1)) | scores.reshape(-1)
+    order = torch.sort(keys, stable=True).indices
+    # index_select / scatter rather than advanced indexing: the latter is parallelised even for a few
+    # thousand elements and becomes 1000x slower on a busy machine (measured: 28 ms vs 0.005 ms on 2 cores).
+    rank = torch.arange(keys.numel(), device=device) - first.index_select(0, sequence)
+    chosen = rank < count.index_select(0, sequence)
+    mask = torch.zeros_like(chosen).scatter_(0, order, chosen)
+    return mask.reshape(input_ids.shape)
+
+
+def mask_inputs(
+    input_ids: torch.Tensor,
+    *,
+    mask_token_id: int,
+    ratio: float,
+    generator: torch.Generator | None = None,
+    protected: torch.Tensor | None = None,
+    segment_ids: torch.Tensor | None = None,
+    per_row_positions: bool = True,
+) -> torch.Tensor:
+    """Return a copy of ``input_ids`` with the MEAP mask applied: ``x̃_t = [MASK]`` for ``t ∈ M``.
+
+    The labels of a MEAP batch are the *unmasked* ``input_ids``; only the model input changes. ``M`` is drawn
+    by :func:`sample_mask` (see there for ``protected``, ``segment_ids`` and ``per_row_positions``):
+    protected positions and the last position of every sequence are never masked, and ``⌊P·E⌋`` of the
+    ``E`` eligible positions of each sequence are.
+
+    Args:
+        input_ids: integer tensor ``(batch, length)`` or ``(length,)``; never modified.
+        mask_token_id: id of the ``[MASK]`` token.
+        ratio: the mask ratio ``P`` in ``[0, 1)``; ``0`` returns an unchanged copy (plain NTP).
+        generator: random generator; ``None`` uses torch's global one.
+        protected: boolean tensor shaped like ``input_ids``; ``True`` positions are never masked.
+        segment_ids: segment ids of packed rows (see :func:`sample_mask`).
+        per_row_positions: ``False`` shares one random pattern across rows (official pretraining parity).
+
+    Returns:
+        A new tensor like ``input_ids``.
+
+    Examples:
+        >>> import torch
+        >>> from paperpack.meap import mask_inputs
+        >>> ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]])
+        >>> out = mask_inputs(ids, mask_token_id=0, ratio=0.2, generator=torch.Generator().manual_seed(0))
+        >>> int((out == 0).sum()), int(out[0, -1])  # ⌊0.2·10⌋ masks; the last position is kept
+        (2, 15)
+    """
+    check_int("mask_token_id", mask_token_id, minimum=0)
+    mask = sample_mask(
+        input_ids,
+        ratio=ratio,
+        generator=generator,
+        protected=protected,
+        segment_ids=segment_ids,
+        per_row_positions=per_row_positions,
+    )
+    return input_ids.masked_fill(mask, mask_token_id)
