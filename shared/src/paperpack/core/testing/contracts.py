@@ -85,7 +85,9 @@ def run_distributed(
     """Run ``script`` under ``accelerate launch --multi_gpu --num_processes N`` on the CPU (gloo), offline.
 
     CUDA is hidden from the processes, so the launch is a CPU data-parallel run on any machine; accelerate's
-    ``--cpu`` flag would start a single process.
+    ``--cpu`` flag would start a single process. Inside the script, build the Trainer's arguments with
+    :func:`paperpack.core.hf.training_args` (``use_cpu=True`` without CUDA) or create
+    ``accelerate.PartialState(cpu=True)``: a bare ``PartialState()`` with CUDA hidden reports one process.
 
     Raises:
         AssertionError: with the captured output, when the launch fails.
