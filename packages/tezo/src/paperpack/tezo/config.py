@@ -1,0 +1,154 @@
+"""``ZOConfig``: ``transformers.TrainingArguments`` plus the zeroth-order settings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+from paperpack.core.errors import ConfigError
+from paperpack.core.validation import check_choice, check_int, check_positive
+from paperpack.tezo.methods import ESTIMATES, METHODS, ONE_DIM_MODES
+
+__all__ = ["ZOConfig"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ZOConfig(TrainingArguments):
+    """Training arguments for :class:`~paperpack.tezo.ZOTrainer`.
+
+    The learning rate η is ``learning_rate``, β1 and β2 are ``adam_beta1`` and ``adam_beta2``, the Adam ε is
+    ``adam_epsilon`` and the weight decay λ is ``weight_decay`` (decoupled; HF's rule excludes biases and norm
+    weights). The learning-rate scheduler, gradient accumulation, evaluation and checkpointing are the
+    ``TrainingArguments`` ones.
+
+    Defaults that differ from ``TrainingArguments``: ``learning_rate=1e-5`` (in both the SGD and Adam grids of
+    the TeZO paper, and MeZO's script value) and ``max_grad_norm=0.0`` (there are no gradients to clip).
+
+    Raises:
+        ConfigError: for a bad value, for ``gradient_checkpointing`` (there is no backward pass to save memory
+            for), for ``fp16`` (its gradient scaler needs gradients; use ``bf16`` or float32), and for FSDP or
+            DeepSpeed (the in-place perturbation needs every rank to hold the whole parameters).
+
+    Example:
+        >>> from paperpack.tezo import ZOConfig
+        >>> args = ZOConfig("out", zo_method="tezo_adam", zo_rank=16, max_steps=100, report_to="none")
+        >>> args.optimizer_kwargs()["rank"]
+        16
+    """
+
+    zo_method: str = field(
+        default="tezo_adam",
+        metadata={
+            "help": "Zeroth-order method: "
+            + ", ".join(METHODS)
+            + ". Default tezo_adam (the paper's best variant)."
+        },
+    )
+    zo_eps: float = field(
+        default=1e-3,
+        metadata={"help": "Perturbation scale ρ (MeZO's ε). Default 1e-3: MeZO's value TeZO's unknown."},
+    )
+    zo_rank: int = field(
+        default=8,
+        metadata={
+            "help": "Rank r of TeZO's CPD directions U diag(τ) Vᵀ and of LOZO's U Vᵀ. Default 8 (ours)."
+        },
+    )
+    zo_cache_factors: bool = field(
+        default=True,
+        metadata={
+            "help": "Keep TeZO's fixed factors U, V (LOZO's V) in memory, (m+n)·r numbers per matrix; False "
+            "regenerates them from per-layer seeds at every use. Default True (ours)."
+        },
+    )
+    zo_scale_by_rank: bool = field(
+        default=False,
+        metadata={
+            "help": "Draw τ_t ~ N(0, I/r) (LOZO: divide Z by √r), which makes the estimate unbiased instead "
+            "of r times the gradient. Default False, as in the peers' code (ours)."
+        },
+    )
+    zo_estimate: str = field(
+        default="two_sided",
+        metadata={
+            "help": "two_sided: κ = (ℓ(θ+ρZ) − ℓ(θ−ρZ))/(2ρ) (MeZO, TeZO); one_sided: κ = (ℓ(θ+ρZ) − ℓ(θ))/ρ "
+            "(ZO-Bench). Default two_sided (the papers')."
+        },
+    )
+    zo_one_dim: str = field(
+        default="dense",
+        metadata={
+            "help": "1-D parameters (biases, norms): dense perturbs them with a dense Gaussian as LOZO does; "
+            "freeze leaves them untouched. Default dense (ours)."
+        },
+    )
+    zo_lozo_interval: int = field(
+        default=100,
+        metadata={"help": "ν: LOZO redraws its V every ν steps. Default 100 (LOZO's script)."},
+    )
+    zo_seed: int | None = field(
+        default=None,
+        metadata={"help": "Seed of every zeroth-order random draw; None uses `seed`."},
+    )
+    learning_rate: float = field(
+        default=1e-5,
+        metadata={"help": "Learning rate η. Default 1e-5 (in the TeZO paper's SGD and Adam grids; ours)."},
+    )
+    max_grad_norm: float = field(
+        default=0.0,
+        metadata={"help": "Unused by zeroth-order training (no gradients); default 0.0."},
+    )
+
+    def __post_init__(self) -> None:
+        check_choice("zo_method", self.zo_method, METHODS)
+        check_positive("zo_eps", self.zo_eps)
+        check_int("zo_rank", self.zo_rank, minimum=1)
+        check_choice("zo_estimate", self.zo_estimate, ESTIMATES)
+        check_choice("zo_one_dim", self.zo_one_dim, ONE_DIM_MODES)
+        check_int("zo_lozo_interval", self.zo_lozo_interval, minimum=1)
+        if self.zo_seed is not None:
+            check_int("zo_seed", self.zo_seed, minimum=0)
+        if self.gradient_checkpointing:
+            raise ConfigError(
+                "`gradient_checkpointing` must be False for zeroth-order training, got True: there is no "
+                "backward pass whose memory it could save"
+            )
+        if self.fp16:
+            raise ConfigError(
+                "`fp16` must be False for zeroth-order training, got True: fp16 mixed precision needs "
+                "gradients for its loss scaler; use bf16=True or float32"
+            )
+        if self.fsdp or self.deepspeed is not None:
+            raise ConfigError(
+                "`fsdp` and `deepspeed` are not supported by zeroth-order training, got "
+                f"fsdp={self.fsdp!r}, deepspeed={self.deepspeed!r}: every rank must hold whole parameters; "
+                "use DDP (accelerate launch without FSDP / DeepSpeed)"
+            )
+        super().__post_init__()
+        if self.max_grad_norm > 0:
+            logger.warning(
+                "max_grad_norm=%s is ignored: zeroth-order training has no gradients", self.max_grad_norm
+            )
+
+    def optimizer_kwargs(self) -> dict[str, Any]:
+        """The :class:`~paperpack.tezo.ZOOptimizer` keyword arguments these settings describe."""
+        return {
+            "method": self.zo_method,
+            "lr": self.learning_rate,
+            "eps": self.zo_eps,
+            "rank": self.zo_rank,
+            "betas": (self.adam_beta1, self.adam_beta2),
+            "seed": self.seed if self.zo_seed is None else self.zo_seed,
+            "adam_eps": self.adam_epsilon,
+            "weight_decay": self.weight_decay,
+            "cache_factors": self.zo_cache_factors,
+            "scale_by_rank": self.zo_scale_by_rank,
+            "estimate": self.zo_estimate,
+            "one_dim": self.zo_one_dim,
+            "lozo_interval": self.zo_lozo_interval,
+        }

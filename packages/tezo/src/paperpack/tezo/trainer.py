@@ -1,0 +1,106 @@
+"""``ZOTrainer``: a ``transformers.Trainer`` whose training step is zeroth-order."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import torch
+from torch import Tensor, nn
+from transformers import Trainer
+
+from paperpack.tezo.config import ZOConfig
+from paperpack.tezo.optim import ZOOptimizer, unwrap_optimizer
+
+__all__ = ["ZOTrainer"]
+
+
+class ZOTrainer(Trainer):
+    """Zeroth-order fine-tuning with the Hugging Face ``Trainer``: only ``training_step`` is replaced.
+
+    The optimizer is a :class:`~paperpack.tezo.ZOOptimizer` built from ``args`` (``ZOConfig``) on the
+    trainable parameters, with HF's weight-decay groups, so the HF learning-rate scheduler, checkpointing
+    (``optimizer.pt`` holds the ZO state and the step counter that fixes the seed sequence), resume,
+    evaluation, logging and accelerate DDP work unchanged. Each micro-batch's ``training_step`` puts the model
+    in eval mode (dropout off, as in MeZO), evaluates the loss at θ ± ρZ_t without autograd and adds its
+    projected gradient κ; HF's ``optimizer.step()`` then applies the sum of the micro-batch κ (losses are
+    scaled for gradient accumulation exactly as before ``backward``, so accumulating k micro-batches equals
+    one step on the k-times larger batch), averaged across DDP ranks. PEFT models train their adapter
+    parameters only (those with ``requires_grad``).
+
+    The loss logged is (ℓ⁺ + ℓ⁻)/2, equal to ℓ(θ) up to O(ρ²) (MeZO logs ℓ⁺). ``grad_norm`` is logged as 0:
+    there are no gradients.
+
+    Args:
+        model: the model (a ``PreTrainedModel``, a PEFT model or any module returning a loss).
+        args: a :class:`~paperpack.tezo.ZOConfig`.
+        **kwargs: any other ``Trainer`` argument. ``optimizers`` may pass a ready ``ZOOptimizer`` (and
+            scheduler).
+
+    Raises:
+        TypeError: when ``args`` is not a ``ZOConfig`` or the optimizer is not a ``ZOOptimizer``.
+
+    Example:
+        >>> import tempfile
+        >>> from paperpack.core.hf import tiny_causal_lm
+        >>> from paperpack.tezo import ZOConfig, ZOTrainer
+        >>> model, tokenizer = tiny_causal_lm()
+        >>> batch = tokenizer(["the model and the data"] * 4, return_tensors="pt")
+        >>> data = [{"input_ids": ids, "labels": ids} for ids in batch["input_ids"]]
+        >>> args = ZOConfig(tempfile.mkdtemp(), max_steps=2, learning_rate=1e-4, report_to="none",
+        ...                 use_cpu=True, save_strategy="no", disable_tqdm=True)
+        >>> trainer = ZOTrainer(model=model, args=args, train_dataset=data)
+        >>> trainer.train().global_step  # the Trainer prints its summary  # doctest: +ELLIPSIS
+        {'train_runtime': ...}
+        2
+    """
+
+    args: ZOConfig
+
+    def __init__(self, model: nn.Module | None = None, args: ZOConfig | None = None, **kwargs: Any) -> None:
+        if not isinstance(args, ZOConfig):
+            raise TypeError(f"`args` must be a ZOConfig, got {type(args).__name__}")
+        optimizer, _ = kwargs.get("optimizers", (None, None))
+        if optimizer is not None and not isinstance(optimizer, ZOOptimizer):
+            raise TypeError(f"`optimizers[0]` must be a ZOOptimizer, got {type(optimizer).__name__}")
+        cls_and_kwargs = kwargs.get("optimizer_cls_and_kwargs")
+        if cls_and_kwargs is not None and not issubclass(cls_and_kwargs[0], ZOOptimizer):
+            raise TypeError(f"`optimizer_cls_and_kwargs[0]` must be ZOOptimizer, got {cls_and_kwargs[0]!r}")
+        if optimizer is None and cls_and_kwargs is None:
+            kwargs["optimizer_cls_and_kwargs"] = (ZOOptimizer, _without_group_keys(args.optimizer_kwargs()))
+        super().__init__(model=model, args=args, **kwargs)
+
+    def training_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Tensor | Any],
+        num_items_in_batch: Tensor | int | None = None,
+    ) -> Tensor:
+        """Estimate κ on one micro-batch from two forward passes (no backward) and return its loss.
+
+        The update itself happens in HF's ``optimizer.step()`` after the last micro-batch of the step.
+        """
+        optimizer = unwrap_optimizer(self.optimizer)
+        model.eval()
+        inputs = self._prepare_inputs(inputs)
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)
+        if scaled is None:
+            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or (
+                self.compute_loss_func is not None
+            )
+
+        def closure() -> Tensor:
+            with self.compute_loss_context_manager():
+                loss = cast(Tensor, self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch))
+            if self.args.n_gpu > 1:
+                loss = loss.mean()
+            # The same scaling as before ``backward``: the micro-batch κ then add up to the step's κ.
+            return loss if scaled else loss / self.current_gradient_accumulation_steps
+
+        with torch.no_grad():
+            loss = optimizer.estimate(closure)
+        return loss.to(self.args.device)
+
+
+def _without_group_keys(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Drop ``weight_decay``: HF's ``create_optimizer`` sets it per group (none on biases and norms)."""
+    return {key: value for key, value in kwargs.items() if key != "weight_decay"}

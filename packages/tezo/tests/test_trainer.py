@@ -1,0 +1,234 @@
+"""ZOTrainer on tiny_causal_lm(): loss, resume, gradient accumulation, evaluation, PEFT, bad input, DDP."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
+
+from paperpack.core.errors import ConfigError
+from paperpack.core.testing.contracts import assert_state_dicts_equal, run_distributed
+from paperpack.tezo import ZOConfig, ZOOptimizer, ZOTrainer, zo_state_bytes
+from paperpack.tezo.optim import unwrap_optimizer
+
+HERE = Path(__file__).parent
+
+
+def _loss(model: torch.nn.Module, dataset: list[dict[str, list[int]]], collator: Any) -> float:
+    model.eval()
+    with torch.no_grad():
+        return float(model(**collator(dataset)).loss)
+
+
+@pytest.mark.parametrize("method", ["tezo_adam", "mezo_sgd"])
+def test_training_lowers_the_loss(method: str, fresh_model, make_args, lm_dataset, collator) -> None:
+    model = fresh_model()
+    before = _loss(model, lm_dataset, collator)
+    args = make_args(zo_method=method, max_steps=30, learning_rate=1e-3, lr_scheduler_type="constant")
+    trainer = ZOTrainer(model=model, args=args, train_dataset=lm_dataset, data_collator=collator)
+    trainer.train()
+    after = _loss(model, lm_dataset, collator)
+    # From a random initialisation (loss ≈ ln 512) 30 ZO steps lower the loss by 0.01-0.05; a flipped sign
+    # or a broken restore raises it.
+    assert after < before - 0.005, (before, after)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 30
+    optimizer = unwrap_optimizer(trainer.optimizer)
+    assert optimizer.zo_step == 30
+    assert zo_state_bytes(trainer) == optimizer.state_bytes() > 0 or method == "mezo_sgd"
+
+
+@pytest.mark.parametrize("method", ["tezo_adam", "lozo"])
+def test_resume_reproduces_the_uninterrupted_run(
+    method: str, fresh_model, make_args, lm_dataset, collator
+) -> None:
+    common = {"zo_method": method, "max_steps": 6, "zo_lozo_interval": 2, "lr_scheduler_type": "linear"}
+    full = fresh_model()
+    ZOTrainer(
+        model=full, args=make_args("full", **common), train_dataset=lm_dataset, data_collator=collator
+    ).train()
+
+    interrupted_args = make_args("cut", save_strategy="steps", save_steps=3, **common)
+    first = fresh_model()
+
+    class StopAtThree(TrainerCallback):
+        def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> Any:
+            if state.global_step == 3:
+                control.should_training_stop = True
+            return control
+
+    ZOTrainer(
+        model=first,
+        args=interrupted_args,
+        train_dataset=lm_dataset,
+        data_collator=collator,
+        callbacks=[StopAtThree()],
+    ).train()
+    checkpoint = Path(interrupted_args.output_dir) / "checkpoint-3"
+    assert (checkpoint / "optimizer.pt").is_file()
+
+    resumed = fresh_model()
+    trainer = ZOTrainer(
+        model=resumed, args=interrupted_args, train_dataset=lm_dataset, data_collator=collator
+    )
+    trainer.train(resume_from_checkpoint=str(checkpoint))
+    assert unwrap_optimizer(trainer.optimizer).zo_step == 6
+    assert_state_dicts_equal(resumed.state_dict(), full.state_dict())
+
+
+def test_gradient_accumulation_equals_the_doubled_batch(fresh_model, make_args, lm_dataset, collator) -> None:
+    """Two micro-batches of 4 give the κ of one batch of 8, up to float32 rounding of the losses.
+
+    The models' loss is float32 (transformers upcasts logits to float32), so κ = (ℓ⁺ − ℓ⁻)/(2ρ) carries an
+    error of a few ulp(ℓ)/(2ρ) from the summation order; ρ = 1e-2 keeps that near 1e-4, while a wrong
+    accumulation (mean instead of sum, a missing 1/k) would be off by a factor of 2.
+    """
+    kappas: dict[str, list[float]] = {"big": [], "accumulated": []}
+
+    class RecordKappa(TrainerCallback):
+        def __init__(self, key: str) -> None:
+            self.key = key
+
+        def on_optimizer_step(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+            kappas[self.key].append(unwrap_optimizer(kwargs["optimizer"]).last_kappa)
+
+    big = fresh_model()
+    args = make_args("big", per_device_train_batch_size=8, max_steps=3, zo_method="mezo_adam", zo_eps=1e-2)
+    ZOTrainer(
+        model=big, args=args, train_dataset=lm_dataset, data_collator=collator, callbacks=[RecordKappa("big")]
+    ).train()
+    accumulated = fresh_model()
+    args = make_args(
+        "acc",
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        max_steps=3,
+        zo_method="mezo_adam",
+        zo_eps=1e-2,
+    )
+    ZOTrainer(
+        model=accumulated,
+        args=args,
+        train_dataset=lm_dataset,
+        data_collator=collator,
+        callbacks=[RecordKappa("accumulated")],
+    ).train()
+    assert len(kappas["big"]) == 3
+    ulp = torch.finfo(torch.float32).eps * 8  # ulp of a loss in [4, 8)
+    assert kappas["accumulated"] == pytest.approx(kappas["big"], abs=4 * ulp / (2 * 1e-2))
+    assert_state_dicts_equal(accumulated.state_dict(), big.state_dict(), atol=1e-5, rtol=0)
+
+
+def test_evaluation_during_training(fresh_model, make_args, lm_dataset, collator) -> None:
+    args = make_args(max_steps=4, eval_strategy="steps", eval_steps=2, per_device_eval_batch_size=8)
+    trainer = ZOTrainer(
+        model=fresh_model(),
+        args=args,
+        train_dataset=lm_dataset,
+        eval_dataset=lm_dataset[:8],
+        data_collator=collator,
+    )
+    trainer.train()
+    evals = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
+    assert len(evals) == 2
+    assert all(torch.isfinite(torch.tensor(evals)))
+
+
+def test_peft_model_trains_only_the_adapter(fresh_model, make_args, lm_dataset, collator) -> None:
+    base = fresh_model()
+    frozen_before = {k: v.clone() for k, v in base.state_dict().items()}
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    adapter_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    args = make_args(zo_method="tezo_adam", max_steps=3)
+    trainer = ZOTrainer(model=model, args=args, train_dataset=lm_dataset, data_collator=collator)
+    trainer.train()
+    optimizer = unwrap_optimizer(trainer.optimizer)
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert trained == {id(p) for p in model.parameters() if p.requires_grad}
+    changed = [
+        n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, adapter_before[n])
+    ]
+    assert changed, "no adapter parameter changed"
+    for name, param in model.get_base_model().named_parameters():
+        if "lora_" not in name:
+            original = name.replace(".base_layer", "")
+            assert torch.equal(param, frozen_before[original]), name
+
+
+def test_config_parses_with_hf_argument_parser(tmp_path: Path) -> None:
+    (args,) = HfArgumentParser(ZOConfig).parse_args_into_dataclasses(
+        [
+            "--output_dir", str(tmp_path), "--zo_method", "lozo", "--zo_rank", "2", "--zo_eps", "1e-4",
+            "--zo_cache_factors", "false", "--zo_seed", "7", "--use_cpu", "true", "--report_to", "none",
+        ]
+    )  # fmt: skip
+    assert isinstance(args, ZOConfig)
+    kwargs = args.optimizer_kwargs()
+    assert (kwargs["method"], kwargs["rank"], kwargs["eps"], kwargs["cache_factors"], kwargs["seed"]) == (
+        "lozo", 2, 1e-4, False, 7,
+    )  # fmt: skip
+    assert args.learning_rate == 1e-5
+    assert args.max_grad_norm == 0.0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"zo_rank": 0}, "`zo_rank` must be >= 1, got 0"),
+        ({"zo_eps": 0.0}, "`zo_eps` must be > 0, got 0.0"),
+        ({"zo_eps": -1.0}, "`zo_eps` must be > 0, got -1.0"),
+        ({"zo_method": "tezo_lion"}, "`zo_method` must be one of 'mezo_sgd', "),
+        ({"zo_estimate": "both"}, "`zo_estimate` must be one of 'two_sided', 'one_sided', got 'both'"),
+        ({"zo_one_dim": "sparse"}, "`zo_one_dim` must be one of 'dense', 'freeze', got 'sparse'"),
+        ({"zo_lozo_interval": 0}, "`zo_lozo_interval` must be >= 1, got 0"),
+        ({"gradient_checkpointing": True}, "`gradient_checkpointing` must be False"),
+        ({"fp16": True}, "`fp16` must be False"),
+        ({"fsdp": "full_shard"}, "`fsdp` and `deepspeed` are not supported"),
+    ],
+)
+def test_config_rejects_bad_values(overrides: dict[str, Any], message: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ZOConfig(str(tmp_path), use_cpu=True, report_to="none", **overrides)
+
+
+def test_trainer_rejects_other_arguments_and_optimizers(fresh_model, make_args, tmp_path: Path) -> None:
+    model = fresh_model()
+    with pytest.raises(TypeError, match="`args` must be a ZOConfig, got TrainingArguments"):
+        ZOTrainer(model=model, args=TrainingArguments(str(tmp_path), use_cpu=True, report_to="none"))
+    adam = torch.optim.AdamW(model.parameters())
+    with pytest.raises(TypeError, match=r"`optimizers\[0\]` must be a ZOOptimizer, got AdamW"):
+        ZOTrainer(model=model, args=make_args(), optimizers=(adam, None))
+    with pytest.raises(TypeError, match="must be ZOOptimizer"):
+        ZOTrainer(model=model, args=make_args(), optimizer_cls_and_kwargs=(torch.optim.SGD, {"lr": 0.1}))
+
+
+def test_trainer_accepts_a_ready_optimizer(fresh_model, make_args, lm_dataset, collator) -> None:
+    model = fresh_model()
+    optimizer = ZOOptimizer(model.parameters(), method="lozo", lr=1e-4, rank=2)
+    trainer = ZOTrainer(
+        model=model, args=make_args(max_steps=2), train_dataset=lm_dataset, data_collator=collator,
+        optimizers=(optimizer, None),
+    )  # fmt: skip
+    trainer.train()
+    assert optimizer.zo_step == 2
+    assert unwrap_optimizer(trainer.optimizer) is optimizer
+
+
+@pytest.mark.slow
+def test_ddp_ranks_agree_and_average_kappa(tmp_path: Path) -> None:
+    """Two gloo ranks: same seed, κ averaged, so both replicas hold identical weights after every step."""
+    run_distributed(HERE / "ddp_script.py", str(tmp_path), num_processes=2)
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert_state_dicts_equal(rank0["weights"], rank1["weights"])
+    assert rank0["applied"] == rank1["applied"]
+    assert len(rank0["applied"]) == 3
+    for local0, local1, applied in zip(rank0["local"], rank1["local"], rank0["applied"], strict=True):
+        assert local0 != local1  # each rank saw its own shard of the batch
+        assert applied == pytest.approx((local0 + local1) / 2, rel=1e-9)
+    assert any(not torch.equal(w, rank0["initial"][k]) for k, w in rank0["weights"].items())
