@@ -16,8 +16,8 @@ from numpy.typing import ArrayLike, NDArray
 from tqdm.auto import tqdm
 
 from paperpack.core.errors import ConfigError
-from paperpack.core.validation import check_int
 from paperpack.core.files import atomic_path
+from paperpack.core.validation import check_int
 from paperpack.ma_osma.consensus import adjacency_matrix, consensus_matrix
 from paperpack.ma_osma.greedy import offline_greedy
 from paperpack.ma_osma.maosma import MAOSEA, MAOSMA
