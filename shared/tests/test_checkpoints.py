@@ -332,3 +332,38 @@ def test_large_tensors_are_mapped_privately(tmp_path, misaligned, monkeypatch):
     loaded.zero_()
     assert torch.equal(LazyStateDict(path)["big"], big)
     assert torch.equal(load_file(path)["big"], big)
+
+
+def test_round_trip_contract(tmp_path):
+    from paperpack.core.testing.contracts import check_state_dict_round_trip
+
+    check_state_dict_round_trip(make_state(torch.bfloat16), tmp_path)
+
+    def lossy_save(state, path, max_shard_size):
+        return save_state_dict({k: v.float() for k, v in state.items()}, path, max_shard_size=max_shard_size)
+
+    with pytest.raises(AssertionError):
+        check_state_dict_round_trip(make_state(torch.bfloat16), tmp_path / "lossy", save=lossy_save)
+
+
+def test_fails_cleanly_contract(tmp_path):
+    from paperpack.core.testing.contracts import check_fails_cleanly
+
+    a = save_state_dict(make_state(), tmp_path / "a")
+    b = save_state_dict({"other": torch.zeros(1)}, tmp_path / "b")
+    check_fails_cleanly(
+        lambda: stream_state_dicts([a, b], lambda k, ts: ts[0], tmp_path / "out", progress=False),
+        CheckpointError,
+        "different keys",
+        inputs=[a, b],
+        output=tmp_path / "out",
+    )
+
+    def vandal():
+        (a / "model.safetensors").write_bytes(b"")
+        raise CheckpointError("boom")
+
+    with pytest.raises(AssertionError, match="an input was modified"):
+        check_fails_cleanly(vandal, CheckpointError, "boom", inputs=[a])
+    with pytest.raises(pytest.fail.Exception, match="DID NOT RAISE"):
+        check_fails_cleanly(lambda: None, CheckpointError, "x")

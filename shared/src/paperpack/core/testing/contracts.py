@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from paperpack.core.testing.plugin import OFFLINE_ENV
@@ -21,6 +22,8 @@ __all__ = [
     "assert_no_partial_output",
     "assert_state_dicts_equal",
     "assert_states_equal",
+    "check_fails_cleanly",
+    "check_state_dict_round_trip",
     "run_distributed",
 ]
 
@@ -77,6 +80,64 @@ def assert_no_partial_output(path: str | os.PathLike[str]) -> None:
         [p.name for p in target.parent.glob(f".{target.name}.paperpack-*")] if target.parent.exists() else []
     )
     assert not leftovers, f"temporary files left beside {target}: {leftovers}"
+
+
+def check_state_dict_round_trip(
+    state: Mapping[str, torch.Tensor],
+    tmp_path: Path,
+    *,
+    save: Callable[..., Path] | None = None,
+    load: Callable[[Path], Mapping[str, torch.Tensor]] | None = None,
+) -> None:
+    """Check that ``state`` survives a save and a load exactly, as one file, a folder and a sharded folder.
+
+    ``save(state, path, max_shard_size=...)`` and ``load(path)`` default to the core's ``save_state_dict``
+    and ``load_state_dict``; pass a package's own pair to check it.
+    """
+    from paperpack.core.checkpoints import load_state_dict, save_state_dict
+
+    save = save or save_state_dict
+    load = load or load_state_dict
+    smallest = min((t.numel() * t.element_size() for t in state.values()), default=1)
+    layouts: dict[str, int | str] = {"file.safetensors": "5GB", "folder": "5GB", "sharded": max(smallest, 1)}
+    for name, shard_size in layouts.items():
+        path = save(state, tmp_path / name, max_shard_size=shard_size)
+        assert_state_dicts_equal(load(path), state)
+
+
+def _snapshot(paths: Iterable[str | os.PathLike[str]]) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    for item in paths:
+        root = Path(item)
+        for file in [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()):
+            files[str(file)] = file.read_bytes()
+    return files
+
+
+def check_fails_cleanly(
+    call: Callable[[], object],
+    error: type[BaseException],
+    match: str,
+    *,
+    inputs: Iterable[str | os.PathLike[str]] = (),
+    output: str | os.PathLike[str] | None = None,
+) -> BaseException:
+    """Check that ``call()`` raises ``error`` with a message matching ``match`` and leaves no trace.
+
+    The files under ``inputs`` must be byte-for-byte unchanged, and nothing may exist at ``output`` (nor a
+    temporary sibling of it).
+
+    Returns:
+        The exception, for further checks.
+    """
+    paths = list(inputs)
+    before = _snapshot(paths)
+    with pytest.raises(error, match=match) as raised:
+        call()
+    assert _snapshot(paths) == before, "an input was modified"
+    if output is not None:
+        assert_no_partial_output(output)
+    return raised.value
 
 
 def run_distributed(
