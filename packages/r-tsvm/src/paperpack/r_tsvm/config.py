@@ -1,0 +1,536 @@
+"""The merge methods' parameters: one dataclass per method, validated on construction.
+
+Every field's help names the paper's symbol and says whether its default is the paper's or ours; every config
+parses with ``transformers.HfArgumentParser``. This module imports no torch, so the command line can build its
+flags from these classes instantly.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from paperpack.core.errors import ConfigError
+from paperpack.core.validation import (
+    check_choice,
+    check_int,
+    check_positive,
+    check_probability,
+    check_range,
+)
+
+__all__ = [
+    "OUTLIER_ACTIONS",
+    "OUTLIER_MODES",
+    "RANK_MODES",
+    "SIGN_METHODS",
+    "BreadcrumbsConfig",
+    "ConsensusConfig",
+    "DareConfig",
+    "DareTiesConfig",
+    "DellaConfig",
+    "FisherConfig",
+    "IsoCConfig",
+    "IsoCTSConfig",
+    "LinearConfig",
+    "RTSVMConfig",
+    "RegMeanConfig",
+    "SlerpConfig",
+    "TSVMConfig",
+    "TaskArithmeticConfig",
+    "TiesConfig",
+    "check_bool",
+    "check_number",
+    "check_patterns",
+]
+
+
+def check_number(name: str, value: object) -> None:
+    """Check that a config value is a finite real number (not a bool).
+
+    Raises:
+        ConfigError: naming the field and the value.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"`{name}` must be a finite number, got {value!r}")
+
+
+def check_bool(name: str, value: object) -> None:
+    """Check that a config value is a bool.
+
+    Raises:
+        ConfigError: naming the field and the value.
+    """
+    if not isinstance(value, bool):
+        raise ConfigError(f"`{name}` must be true or false, got {value!r}")
+
+
+def check_patterns(name: str, patterns: object) -> None:
+    """Check a list of regular expressions (``exclude_keys``).
+
+    Raises:
+        ConfigError: for a non-list or an invalid pattern.
+    """
+    if isinstance(patterns, str) or not isinstance(patterns, list | tuple):
+        raise ConfigError(f"`{name}` must be a list of regular expressions, got {patterns!r}")
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise ConfigError(f"`{name}` must hold strings, got {pattern!r}")
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ConfigError(f"`{name}` holds an invalid regular expression {pattern!r}: {error}") from None
+
+
+#: How TIES elects a sign per entry: by total mass ("sum", the paper) or by vote count ("count").
+SIGN_METHODS = ("sum", "count")
+
+
+OUTLIER_MODES = ("none", "mad", "sigma")
+
+
+OUTLIER_ACTIONS = ("downweight", "clip", "both")
+
+
+RANK_MODES = ("fixed", "sparsity", "energy")
+
+
+@dataclass
+class LinearConfig:
+    """Parameters of linear merging (a weighted model soup).
+
+    Args:
+        normalize: divide by Σ_t w_t, so the weights need not sum to one.
+    """
+
+    normalize: bool = field(
+        default=True,
+        metadata={
+            "help": "Divide Σ_t w_t θ_t by Σ_t w_t (default True: the uniform soup; mergekit's default)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        check_bool("normalize", self.normalize)
+
+
+@dataclass
+class TaskArithmeticConfig:
+    """Parameters of task arithmetic.
+
+    Args:
+        scaling: λ, the factor on the summed task vector.
+        normalize: divide Σ_t w_t τ_t by Σ_t w_t (a weighted mean instead of a sum).
+    """
+
+    scaling: float = field(
+        default=1.0,
+        metadata={
+            "help": "λ: θ = θ_0 + λ Σ_t w_t τ_t. The paper tunes λ on validation; 1.0 is ours (mergekit's)."
+        },
+    )
+    normalize: bool = field(
+        default=False,
+        metadata={
+            "help": "Divide Σ_t w_t τ_t by Σ_t w_t (default False: the paper's sum; mergekit's default)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        check_number("scaling", self.scaling)
+        check_bool("normalize", self.normalize)
+
+
+@dataclass
+class TiesConfig:
+    """Parameters of TIES merging.
+
+    Args:
+        density: k, the fraction of each task vector's entries kept by magnitude.
+        scaling: λ.
+        normalize: the disjoint mean (True) or a disjoint sum (False).
+        majority_sign: "sum" (elect by mass, the paper) or "count" (elect by votes).
+    """
+
+    density: float = field(
+        default=0.2,
+        metadata={"help": "k: fraction of entries of each τ_t kept by magnitude (paper's default: top-20%)."},
+    )
+    scaling: float = field(
+        default=1.0,
+        metadata={"help": "λ: θ = θ_0 + λ τ_m. The paper tunes λ on validation; 1.0 is ours (mergekit's)."},
+    )
+    normalize: bool = field(
+        default=True,
+        metadata={"help": "Disjoint mean over agreeing tasks (True, the paper's) or disjoint sum (False)."},
+    )
+    majority_sign: str = field(
+        default="sum",
+        metadata={"help": "Sign election γ: 'sum' of masses (the paper's) or 'count' of votes."},
+    )
+
+    def __post_init__(self) -> None:
+        check_probability("density", self.density)
+        check_number("scaling", self.scaling)
+        check_bool("normalize", self.normalize)
+        check_choice("majority_sign", self.majority_sign, SIGN_METHODS)
+
+
+@dataclass
+class DareConfig:
+    """Parameters of DARE followed by task arithmetic (``dare_linear``).
+
+    Args:
+        density: 1 − p, the probability of keeping each entry.
+        rescale: divide the kept entries by the density (the paper's 1 / (1 − p)).
+        scaling: λ.
+        normalize: divide the sum by Σ_t w_t.
+        seed: seeds the random masks (combined with the parameter's name).
+    """
+
+    density: float = field(
+        default=0.5,
+        metadata={
+            "help": "1 − p: probability of keeping an entry of τ_t. 0.5 is ours (FusionBench's); the "
+            "paper sweeps p from 0.1 to 0.99."
+        },
+    )
+    rescale: bool = field(
+        default=True, metadata={"help": "Rescale kept entries by 1 / (1 − p) (the paper's Eq. 1)."}
+    )
+    scaling: float = field(
+        default=1.0, metadata={"help": "λ on the merged task vector (1.0: ours, mergekit's)."}
+    )
+    normalize: bool = field(
+        default=False, metadata={"help": "Divide Σ_t w_t τ̃_t by Σ_t w_t (default False, as mergekit)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the Bernoulli masks (ours)."})
+
+    def __post_init__(self) -> None:
+        check_probability("density", self.density)
+        check_bool("rescale", self.rescale)
+        check_number("scaling", self.scaling)
+        check_bool("normalize", self.normalize)
+        check_int("seed", self.seed, minimum=0)
+
+
+@dataclass
+class DareTiesConfig(DareConfig):
+    """Parameters of DARE followed by TIES's sign election and disjoint merge (``dare_ties``).
+
+    Args:
+        majority_sign: "sum" or "count", as in :class:`~paperpack.r_tsvm.TiesConfig`.
+    """
+
+    majority_sign: str = field(
+        default="sum", metadata={"help": "Sign election: 'sum' of masses (TIES's) or 'count' of votes."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("majority_sign", self.majority_sign, SIGN_METHODS)
+
+
+@dataclass
+class BreadcrumbsConfig:
+    """Parameters of Model Breadcrumbs.
+
+    Args:
+        density: fraction of each task vector's entries kept.
+        gamma: fraction of largest-magnitude entries removed as outliers.
+        scaling: λ.
+        normalize: divide the sum by Σ_t w_t.
+    """
+
+    density: float = field(
+        default=0.9,
+        metadata={"help": "Fraction of entries of τ_t kept after both tails are cut (0.9: ours)."},
+    )
+    gamma: float = field(
+        default=0.01,
+        metadata={
+            "help": "Fraction of largest-magnitude entries removed as outliers (0.01: ours, mergekit's)."
+        },
+    )
+    scaling: float = field(
+        default=1.0, metadata={"help": "λ on the merged task vector (1.0: ours, mergekit's)."}
+    )
+    normalize: bool = field(
+        default=False, metadata={"help": "Divide Σ_t w_t τ_t by Σ_t w_t (default False)."}
+    )
+
+    def __post_init__(self) -> None:
+        check_probability("density", self.density)
+        check_probability("gamma", self.gamma)
+        check_number("scaling", self.scaling)
+        check_bool("normalize", self.normalize)
+
+
+@dataclass
+class DellaConfig:
+    """Parameters of DELLA.
+
+    Args:
+        density: mean keep probability (1 − p).
+        epsilon: ε, the width of the keep-probability range across magnitude ranks.
+        rescale: divide each kept entry by its keep probability.
+        scaling: λ.
+        normalize: disjoint mean (True) or disjoint sum (False).
+        majority_sign: "sum" or "count".
+        seed: seeds the random masks (combined with the parameter's name).
+    """
+
+    density: float = field(default=0.5, metadata={"help": "Mean keep probability 1 − p (0.5: ours)."})
+    epsilon: float = field(
+        default=0.1,
+        metadata={
+            "help": "ε: keep probabilities span [density − ε/2, density + ε/2] by magnitude rank (0.1: ours)."
+        },
+    )
+    rescale: bool = field(default=True, metadata={"help": "Rescale kept entries by 1 / q_i (the paper's)."})
+    scaling: float = field(default=1.0, metadata={"help": "λ on the merged task vector (1.0: ours)."})
+    normalize: bool = field(
+        default=True, metadata={"help": "Disjoint mean (True, the paper's fuse step) or sum."}
+    )
+    majority_sign: str = field(default="sum", metadata={"help": "Sign election: 'sum' (TIES's) or 'count'."})
+    seed: int = field(default=0, metadata={"help": "Seed of the random masks (ours)."})
+
+    def __post_init__(self) -> None:
+        check_range("density", self.density, 0.0, 1.0, low_inclusive=False)
+        check_range("epsilon", self.epsilon, 0.0, 1.0)
+        low, high = self.density - self.epsilon / 2, self.density + self.epsilon / 2
+        if low <= 0.0 or high > 1.0:
+            raise ConfigError(
+                f"`density` ± `epsilon`/2 must lie in (0, 1], got density={self.density!r}, "
+                f"epsilon={self.epsilon!r} (range [{low:g}, {high:g}])"
+            )
+        check_bool("rescale", self.rescale)
+        check_number("scaling", self.scaling)
+        check_bool("normalize", self.normalize)
+        check_choice("majority_sign", self.majority_sign, SIGN_METHODS)
+        check_int("seed", self.seed, minimum=0)
+
+
+@dataclass
+class ConsensusConfig:
+    """Parameters of consensus merging.
+
+    Args:
+        tall_lambda: λ_t, the TALL mask threshold (one value for every task).
+        min_agreement: k, how many TALL masks must keep an entry.
+        scaling: α on the masked multi-task vector.
+    """
+
+    tall_lambda: float = field(
+        default=0.6,
+        metadata={
+            "help": "λ_t of the TALL masks (paper tunes it per task in [0.2, 0.6]; 0.6: ours, FusionBench's)."
+        },
+    )
+    min_agreement: int = field(
+        default=2,
+        metadata={"help": "k: an entry is kept when at least k TALL masks keep it (paper's k = 2)."},
+    )
+    scaling: float = field(
+        default=1.0, metadata={"help": "α on the masked multi-task vector (tuned in the paper; 1.0: ours)."}
+    )
+
+    def __post_init__(self) -> None:
+        check_positive("tall_lambda", self.tall_lambda, allow_zero=True)
+        check_int("min_agreement", self.min_agreement, minimum=1)
+        check_number("scaling", self.scaling)
+
+
+@dataclass
+class TSVMConfig:
+    """Parameters of TSV-M.
+
+    Args:
+        alpha: α on the merged task matrix.
+        exclude_keys: regular expressions; matching parameters are averaged instead of decomposed.
+    """
+
+    alpha: float = field(
+        default=1.0, metadata={"help": "α: θ = θ_0 + α Δ (1.0: FusionBench's; the paper's code tunes it)."}
+    )
+    exclude_keys: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Regexes of parameter names averaged instead of decomposed (none: FusionBench's)."},
+    )
+
+    def __post_init__(self) -> None:
+        check_number("alpha", self.alpha)
+        check_patterns("exclude_keys", self.exclude_keys)
+        self.exclude_keys = list(self.exclude_keys)
+
+
+@dataclass
+class IsoCConfig:
+    """Parameters of Iso-C.
+
+    Args:
+        alpha: α on the isotropic task matrix.
+        exclude_keys: regular expressions; matching parameters are averaged.
+    """
+
+    alpha: float = field(
+        default=1.0, metadata={"help": "α: θ = θ_0 + α σ̄ U Vᵀ (tuned in the paper; 1.0: FusionBench's)."}
+    )
+    exclude_keys: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Regexes of parameter names averaged instead (none: FusionBench's)."},
+    )
+
+    def __post_init__(self) -> None:
+        check_number("alpha", self.alpha)
+        check_patterns("exclude_keys", self.exclude_keys)
+        self.exclude_keys = list(self.exclude_keys)
+
+
+@dataclass
+class IsoCTSConfig(IsoCConfig):
+    """Parameters of Iso-CTS.
+
+    Args:
+        common_space_fraction: f, the share of the rank given to the common subspace.
+    """
+
+    common_space_fraction: float = field(
+        default=0.8,
+        metadata={"help": "f: share of the rank r kept for the common subspace (the paper's 0.8)."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("common_space_fraction", self.common_space_fraction, 0.0, 1.0)
+
+
+@dataclass
+class SlerpConfig:
+    """Parameters of SLERP.
+
+    Args:
+        t: the interpolation factor; 0 gives the first model, 1 the second.
+        dot_threshold: above this |cos Ω| the models are interpolated linearly.
+    """
+
+    t: float = field(
+        default=0.5, metadata={"help": "t: 0 returns the first model, 1 the second (0.5: ours)."}
+    )
+    dot_threshold: float = field(
+        default=0.9995,
+        metadata={"help": "Use linear interpolation when |cos Ω| exceeds this (mergekit's 0.9995)."},
+    )
+
+    def __post_init__(self) -> None:
+        check_probability("t", self.t)
+        check_range("dot_threshold", self.dot_threshold, 0.0, 1.0)
+
+
+@dataclass
+class FisherConfig:
+    """Parameters of Fisher merging.
+
+    Args:
+        fisher_floor: ε, the smallest Fisher value used.
+    """
+
+    fisher_floor: float = field(
+        default=1e-6, metadata={"help": "ε: Fisher values are floored at ε (1e-6, as in the paper's code)."}
+    )
+
+    def __post_init__(self) -> None:
+        check_positive("fisher_floor", self.fisher_floor)
+
+
+@dataclass
+class RegMeanConfig:
+    """Parameters of RegMean.
+
+    Args:
+        alpha: α, the factor on the off-diagonal entries of each Gram matrix.
+    """
+
+    alpha: float = field(
+        default=0.6,
+        metadata={
+            "help": "α: off-diagonal Gram entries are scaled by α (tuned in the paper; 0.6: FusionBench's)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        check_probability("alpha", self.alpha)
+
+
+@dataclass
+class RTSVMConfig:
+    """Parameters of R-TSVM (RESM). Every default is ours: the paper's values are not public.
+
+    Args:
+        alpha: α on the merged task matrix.
+        outlier_mode: how robust z-scores are computed ("none" turns outlier handling off).
+        kappa: κ, the z-score beyond which an entry is an outlier.
+        outlier_action: "downweight" (per-task weights), "clip" (winsorise entries) or "both".
+        gamma: γ, the strength of the downweighting.
+        rank_mode: "fixed" (TSV-M), "sparsity" or "energy".
+        eps_rel: ε_rel, the relative magnitude below which an entry counts as zero.
+        energy_tau: τ, the spectral energy kept per task in "energy" mode.
+        k_min: the smallest rank per task.
+        exclude_keys: regular expressions of parameter names averaged instead of decomposed.
+    """
+
+    alpha: float = field(
+        default=1.0, metadata={"help": "α: θ = θ_0 + α Δ (1.0: ours, as TSV-M in FusionBench)."}
+    )
+    outlier_mode: str = field(
+        default="mad",
+        metadata={
+            "help": "Robust z-scores: 'mad' (median/MAD), 'sigma' (mean/std) or 'none' (off). Ours: 'mad'."
+        },
+    )
+    kappa: float = field(default=3.0, metadata={"help": "κ: entries with |z| > κ are outliers (ours: 3.0)."})
+    outlier_action: str = field(
+        default="downweight",
+        metadata={
+            "help": "'downweight' (per-task, per-layer ω_t), 'clip' (winsorise) or 'both' (ours: downweight)."
+        },
+    )
+    gamma: float = field(
+        default=1.0,
+        metadata={"help": "γ in ω_t = 1 / (1 + γ o_t / ō); 0 disables downweighting (ours: 1.0)."},
+    )
+    rank_mode: str = field(
+        default="sparsity",
+        metadata={
+            "help": "Per-layer rank: 'fixed' (TSV-M's ⌊r/T⌋), 'sparsity' or 'energy' (ours: sparsity)."
+        },
+    )
+    eps_rel: float = field(
+        default=1e-3,
+        metadata={"help": "ε_rel: |Δ| ≤ ε_rel · max|Δ| counts as zero for the sparsity s_p (ours)."},
+    )
+    energy_tau: float = field(
+        default=0.9, metadata={"help": "τ: spectral energy kept per task in 'energy' mode (ours: 0.9)."}
+    )
+    k_min: int = field(default=1, metadata={"help": "Smallest rank per task and layer (ours: 1)."})
+    exclude_keys: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Regexes of parameter names averaged, not decomposed (ours: none, as TSV-M; "
+            "['embed_tokens', 'lm_head'] saves the two largest SVDs of an LLM)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        check_number("alpha", self.alpha)
+        check_choice("outlier_mode", self.outlier_mode, OUTLIER_MODES)
+        check_positive("kappa", self.kappa)
+        check_choice("outlier_action", self.outlier_action, OUTLIER_ACTIONS)
+        check_positive("gamma", self.gamma, allow_zero=True)
+        check_choice("rank_mode", self.rank_mode, RANK_MODES)
+        check_range("eps_rel", self.eps_rel, 0.0, 1.0, high_inclusive=False)
+        check_range("energy_tau", self.energy_tau, 0.0, 1.0, low_inclusive=False)
+        check_int("k_min", self.k_min, minimum=1)
+        check_patterns("exclude_keys", self.exclude_keys)
+        self.exclude_keys = list(self.exclude_keys)

@@ -1,0 +1,119 @@
+"""Isotropic merging, Iso-C and Iso-CTS: task-arithmetic matrices with a flattened singular spectrum.
+
+Marczak et al., 2025, "No Task Left Behind: Isotropic Model Merging with Common and Task-Specific Subspaces",
+arXiv:2502.04959.
+
+Iso-C: for each 2-D parameter, the task-arithmetic sum Δ_TA = Σ_t w_t τ_t = U Σ Vᵀ is replaced by
+σ̄ U Vᵀ, where σ̄ is the mean singular value (a flat, "isotropic" spectrum), and θ = θ_0 + α σ̄ U Vᵀ.
+
+Iso-CTS: the top-k singular vectors of Δ_TA (k = ⌊f · r⌋, f = ``common_space_fraction``) span the common
+subspace. Each task matrix is projected out of it, τ_t − U_c U_cᵀ τ_t, and contributes its top s = (r − k) / T
+singular vectors (k is adjusted so that T divides r − k). The concatenated bases are orthogonalized (polar
+factors, as in TSV-M), every singular value is replaced by the mean of all kept ones, and θ = θ_0 + α Δ.
+
+Parameters that are not matrices, and keys matching ``exclude_keys``, are averaged: θ = θ_0 + α · mean_t τ_t
+(as in the paper's code and FusionBench).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from paperpack.r_tsvm.config import IsoCConfig, IsoCTSConfig
+from paperpack.r_tsvm.methods._common import (
+    is_excluded,
+    resolve_weights,
+    stack_task_vectors,
+    weight_column,
+)
+from paperpack.r_tsvm.methods.tsv import orthogonalize
+
+__all__ = ["iso_c_merge", "iso_cts_merge", "iso_cts_spaces"]
+
+
+def _averaged(base: Tensor, deltas: Tensor, alpha: float, dtype: torch.dtype) -> Tensor:
+    return (base + alpha * deltas.mean(dim=0)).to(dtype)
+
+
+def iso_c_merge(
+    base: Tensor | None,
+    tensors: Sequence[Tensor],
+    *,
+    weights: Sequence[float] | None = None,
+    config: IsoCConfig | None = None,
+    key: str | None = None,
+) -> Tensor:
+    """Iso-C of one parameter: flatten the spectrum of the task-arithmetic sum.
+
+    Args:
+        base: θ_0.
+        tensors: θ_1..θ_T.
+        weights: w_t; None gives 1 for every model.
+        config: :class:`IsoCConfig`.
+        key: the parameter's name, matched against ``exclude_keys``.
+
+    Returns:
+        θ_0 + α σ̄ U Vᵀ, in the dtype of ``tensors[0]``.
+    """
+    config = config or IsoCConfig()
+    base_c, deltas = stack_task_vectors(base, tensors, method="iso_c")
+    deltas.mul_(weight_column(resolve_weights(weights, len(tensors)), deltas))
+    if deltas.dim() != 3 or is_excluded(key, config.exclude_keys):
+        return _averaged(base_c, deltas, config.alpha, tensors[0].dtype)
+    left, singular, right = torch.linalg.svd(deltas.sum(dim=0), full_matrices=False)
+    merged: Tensor = singular.mean() * torch.matmul(left, right)
+    return (base_c + config.alpha * merged).to(tensors[0].dtype)
+
+
+def iso_cts_spaces(rank: int, num_tasks: int, fraction: float) -> tuple[int, int]:
+    """Sizes of Iso-CTS's subspaces: (k common directions, s directions per task), with k + T·s = r."""
+    common = int(rank * fraction)
+    per_task = round((rank - common) / num_tasks)
+    common = max(0, rank - per_task * num_tasks)
+    return common, (rank - common) // num_tasks
+
+
+def iso_cts_merge(
+    base: Tensor | None,
+    tensors: Sequence[Tensor],
+    *,
+    weights: Sequence[float] | None = None,
+    config: IsoCTSConfig | None = None,
+    key: str | None = None,
+) -> Tensor:
+    """Iso-CTS of one parameter: a common subspace plus task-specific directions, with a flat spectrum.
+
+    Args:
+        base: θ_0.
+        tensors: θ_1..θ_T.
+        weights: w_t; None gives 1 for every model.
+        config: :class:`IsoCTSConfig`.
+        key: the parameter's name, matched against ``exclude_keys``.
+
+    Returns:
+        θ_0 + α σ̄ U⊥ V⊥ᵀ, in the dtype of ``tensors[0]``.
+    """
+    config = config or IsoCTSConfig()
+    base_c, deltas = stack_task_vectors(base, tensors, method="iso_cts")
+    deltas.mul_(weight_column(resolve_weights(weights, len(tensors)), deltas))
+    if deltas.dim() != 3 or is_excluded(key, config.exclude_keys):
+        return _averaged(base_c, deltas, config.alpha, tensors[0].dtype)
+    num_tasks, rows, cols = deltas.shape
+    common, per_task = iso_cts_spaces(min(rows, cols), num_tasks, config.common_space_fraction)
+    left, singular, right = torch.linalg.svd(deltas.sum(dim=0), full_matrices=False)
+    u_parts, s_parts, vh_parts = [left[:, :common]], [singular[:common]], [right[:common]]
+    if per_task > 0:
+        u_common = left[:, :common]
+        specific = deltas - u_common @ (u_common.mT @ deltas)
+        t_left, t_singular, t_right = torch.linalg.svd(specific, full_matrices=False)
+        for t in range(num_tasks):
+            u_parts.append(t_left[t, :, :per_task])
+            s_parts.append(t_singular[t, :per_task])
+            vh_parts.append(t_right[t, :per_task])
+    u = orthogonalize(torch.cat(u_parts, dim=1))
+    vh = orthogonalize(torch.cat(vh_parts, dim=0))
+    merged = torch.cat(s_parts).mean() * (u @ vh)
+    return (base_c + config.alpha * merged).to(tensors[0].dtype)

@@ -1,0 +1,315 @@
+"""Slow, literal reference implementations of the merge methods, written from the papers' equations.
+
+Element-wise methods loop over entries in plain Python; spectral methods use numpy and follow the papers'
+(and FusionBench's) zero-padded construction literally. Random methods take their uniform draws as an argument
+so the reference can replay the draws of the fast code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+def _lists(tensors):
+    return [t.double().reshape(-1).tolist() for t in tensors]
+
+
+def _out(values, like):
+    return torch.tensor(values, dtype=torch.float64).reshape(like.shape)
+
+
+def linear(tensors, weights, normalize=True):
+    flats = _lists(tensors)
+    out = []
+    for i in range(len(flats[0])):
+        total = sum(w * f[i] for w, f in zip(weights, flats, strict=True))
+        out.append(total / sum(weights) if normalize else total)
+    return _out(out, tensors[0])
+
+
+def task_vectors(base, tensors):
+    b = base.double().reshape(-1).tolist()
+    return b, [[x - y for x, y in zip(f, b, strict=True)] for f in _lists(tensors)]
+
+
+def task_arithmetic(base, tensors, weights, scaling=1.0, normalize=False):
+    b, taus = task_vectors(base, tensors)
+    out = []
+    for i in range(len(b)):
+        total = sum(w * tau[i] for w, tau in zip(weights, taus, strict=True))
+        if normalize:
+            total /= sum(weights)
+        out.append(b[i] + scaling * total)
+    return _out(out, base)
+
+
+def top_k(values, density):
+    """Indices of the max(1, ⌊density·n⌋) largest magnitudes (density < 1)."""
+    if density >= 1:
+        return set(range(len(values)))
+    k = max(1, int(density * len(values)))
+    order = sorted(range(len(values)), key=lambda i: -abs(values[i]))
+    return set(order[:k])
+
+
+def _elect_and_merge(b, taus, weights, *, scaling, normalize, sign_method):
+    out = []
+    for i in range(len(b)):
+        weighted = [w * tau[i] for w, tau in zip(weights, taus, strict=True)]
+        if sign_method is None:
+            total = sum(weighted)
+            mass = sum(weights)
+        else:
+            score = sum(weighted) if sign_method == "sum" else sum((v > 0) - (v < 0) for v in weighted)
+            sign = 1.0 if score >= 0 else -1.0
+            agree = [t for t, v in enumerate(weighted) if v != 0 and math.copysign(1.0, v) == sign]
+            total = sum(weighted[t] for t in agree)
+            mass = sum(weights[t] for t in agree)
+        if normalize:
+            total = total / mass if abs(mass) >= 1e-12 else total
+        out.append(b[i] + scaling * total)
+    return out
+
+
+def ties(base, tensors, weights, *, density, scaling=1.0, normalize=True, sign="sum"):
+    b, taus = task_vectors(base, tensors)
+    trimmed = []
+    for tau in taus:
+        keep = top_k(tau, density)
+        trimmed.append([v if i in keep else 0.0 for i, v in enumerate(tau)])
+    return _out(
+        _elect_and_merge(b, trimmed, weights, scaling=scaling, normalize=normalize, sign_method=sign), base
+    )
+
+
+def dare(base, tensors, weights, *, density, uniforms, rescale=True, scaling=1.0, normalize=False, sign=None):
+    b, taus = task_vectors(base, tensors)
+    dropped = []
+    for tau, draws in zip(taus, uniforms, strict=True):
+        u = draws.reshape(-1).tolist()
+        dropped.append(
+            [(v / density if rescale else v) if u[i] < density else 0.0 for i, v in enumerate(tau)]
+        )
+    return _out(
+        _elect_and_merge(b, dropped, weights, scaling=scaling, normalize=normalize, sign_method=sign), base
+    )
+
+
+def breadcrumbs(base, tensors, weights, *, density, gamma, scaling=1.0):
+    b, taus = task_vectors(base, tensors)
+    masked = []
+    for tau in taus:
+        n = len(tau)
+        keep_n = int(density * n)
+        bottom = max(0, n - keep_n - int(gamma * n))
+        order = sorted(range(n), key=lambda i: abs(tau[i]))
+        keep = set(order[bottom : bottom + keep_n])
+        masked.append([v if i in keep else 0.0 for i, v in enumerate(tau)])
+    return _out(
+        _elect_and_merge(b, masked, weights, scaling=scaling, normalize=False, sign_method=None), base
+    )
+
+
+def della(base, tensors, weights, *, density, epsilon, uniforms, scaling=1.0, normalize=True, sign="sum"):
+    b, taus = task_vectors(base, tensors)
+    shape = base.shape
+    rows = 1 if len(shape) < 2 else shape[0]
+    width = len(b) // rows
+    pruned = []
+    for tau, draws in zip(taus, uniforms, strict=True):
+        u = draws.reshape(-1).tolist()
+        out = [0.0] * len(tau)
+        for r in range(rows):
+            idx = list(range(r * width, (r + 1) * width))
+            order = sorted(idx, key=lambda i: abs(tau[i]))
+            for rank, i in enumerate(order):
+                q = density if width == 1 else density + epsilon * (rank / (width - 1) - 0.5)
+                out[i] = tau[i] / q if u[i] < q else 0.0
+        pruned.append(out)
+    return _out(
+        _elect_and_merge(b, pruned, weights, scaling=scaling, normalize=normalize, sign_method=sign), base
+    )
+
+
+def consensus(base, tensors, weights, *, tall_lambda, k, scaling=1.0):
+    b, taus = task_vectors(base, tensors)
+    out = []
+    for i in range(len(b)):
+        weighted = [w * tau[i] for w, tau in zip(weights, taus, strict=True)]
+        mtl = sum(weighted)
+        votes = sum(abs(v) >= tall_lambda * abs(mtl - v) for v in weighted)
+        out.append(b[i] + scaling * (mtl if votes >= k else 0.0))
+    return _out(out, base)
+
+
+def _np(t):
+    return t.double().numpy()
+
+
+def _polar(matrix):
+    u, _, vh = np.linalg.svd(matrix, full_matrices=False)
+    return u @ vh
+
+
+def tsv_padded(deltas, ranks, scales=None):
+    """TSV-M as written in the paper's code: zero-padded U, S, V sums, then polar factors (numpy)."""
+    num = len(deltas)
+    scales = scales or [1.0] * num
+    rows, cols = deltas[0].shape
+    r = min(rows, cols)
+    sum_u = np.zeros((rows, r * num))
+    sum_s = np.zeros(r * num)
+    sum_v = np.zeros((r * num, cols))
+    offset = 0
+    for t, delta in enumerate(deltas):
+        u, s, vh = np.linalg.svd(delta, full_matrices=False)
+        k = ranks[t]
+        sum_u[:, offset : offset + k] = u[:, :k]
+        sum_s[offset : offset + k] = s[:k] * scales[t]
+        sum_v[offset : offset + k, :] = vh[:k, :]
+        offset += k
+    sum_u, sum_s, sum_v = sum_u[:, :offset], sum_s[:offset], sum_v[:offset]
+    return _polar(sum_u) @ np.diag(sum_s) @ _polar(sum_v)
+
+
+def tsv_m(base, tensors, weights, alpha=1.0):
+    deltas = [w * (_np(t) - _np(base)) for w, t in zip(weights, tensors, strict=True)]
+    if base.dim() != 2:
+        return torch.from_numpy(_np(base) + alpha * sum(deltas) / len(deltas))
+    k = max(1, min(base.shape) // len(deltas))
+    return torch.from_numpy(_np(base) + alpha * tsv_padded(deltas, [k] * len(deltas)))
+
+
+def iso_c(base, tensors, weights, alpha=1.0):
+    deltas = [w * (_np(t) - _np(base)) for w, t in zip(weights, tensors, strict=True)]
+    if base.dim() != 2:
+        return torch.from_numpy(_np(base) + alpha * sum(deltas) / len(deltas))
+    u, s, vh = np.linalg.svd(sum(deltas), full_matrices=False)
+    return torch.from_numpy(_np(base) + alpha * (u @ np.diag(np.full_like(s, s.mean())) @ vh))
+
+
+def iso_cts(base, tensors, weights, fraction, alpha=1.0):
+    deltas = [w * (_np(t) - _np(base)) for w, t in zip(weights, tensors, strict=True)]
+    if base.dim() != 2:
+        return torch.from_numpy(_np(base) + alpha * sum(deltas) / len(deltas))
+    num = len(deltas)
+    r = min(base.shape)
+    common = int(r * fraction)
+    common = r - round((r - common) / num) * num
+    per_task = (r - common) // num
+    u, s, vh = np.linalg.svd(sum(deltas), full_matrices=False)
+    u_all = np.zeros((base.shape[0], r))
+    s_all = np.zeros(r)
+    v_all = np.zeros((r, base.shape[1]))
+    uc = u[:, :common]
+    for t, delta in enumerate(deltas):
+        ut, st, vt = np.linalg.svd(delta - uc @ uc.T @ delta, full_matrices=False)
+        u_all[:, t * per_task : (t + 1) * per_task] = ut[:, :per_task]
+        s_all[t * per_task : (t + 1) * per_task] = st[:per_task]
+        v_all[t * per_task : (t + 1) * per_task] = vt[:per_task]
+    u_all[:, num * per_task :] = uc
+    s_all[num * per_task :] = s[:common]
+    v_all[num * per_task :] = vh[:common]
+    merged = _polar(u_all) @ np.diag(np.full(r, s_all.mean())) @ _polar(v_all)
+    return torch.from_numpy(_np(base) + alpha * merged)
+
+
+def slerp(v0, v1, t, threshold=0.9995):
+    a, b = _lists([v0, v1])
+    na, nb = math.sqrt(sum(x * x for x in a)), math.sqrt(sum(x * x for x in b))
+    dot = sum(x * y for x, y in zip(a, b, strict=True)) / (na * nb)
+    if abs(dot) > threshold:
+        return _out([(1 - t) * x + t * y for x, y in zip(a, b, strict=True)], v0)
+    omega = math.acos(max(-1.0, min(1.0, dot)))
+    c0, c1 = math.sin((1 - t) * omega) / math.sin(omega), math.sin(t * omega) / math.sin(omega)
+    return _out([c0 * x + c1 * y for x, y in zip(a, b, strict=True)], v0)
+
+
+def fisher(tensors, fishers, weights, floor=1e-6):
+    flats, fs = _lists(tensors), _lists(fishers)
+    out = []
+    for i in range(len(flats[0])):
+        num = sum(w * max(f[i], floor) * x[i] for w, f, x in zip(weights, fs, flats, strict=True))
+        den = sum(w * max(f[i], floor) for w, f in zip(weights, fs, strict=True))
+        out.append(num / den)
+    return _out(out, tensors[0])
+
+
+def regmean(tensors, grams, weights, alpha):
+    lhs = 0
+    rhs = 0
+    for w, weight, gram in zip(weights, tensors, grams, strict=True):
+        g = _np(gram)
+        g = alpha * g + (1 - alpha) * np.diag(np.diag(g))
+        lhs = lhs + w * g
+        rhs = rhs + w * g @ _np(weight).T
+    return torch.from_numpy((np.linalg.inv(lhs) @ rhs).T)
+
+
+def robust_outliers(delta, kappa, mode="mad"):
+    values = delta[delta != 0]
+    if values.size < 2:
+        return 0.0, 0.0, 0.0
+    if mode == "mad":
+        # torch.median returns the lower of the two middle values; so does this.
+        srt = np.sort(values)
+        center = srt[(values.size - 1) // 2]
+        dev = np.sort(np.abs(values - center))
+        scale = 1.4826 * dev[(values.size - 1) // 2]
+    else:
+        center, scale = values.mean(), values.std(ddof=1)
+    if scale <= 0:
+        return 0.0, center, 0.0
+    return float(np.mean(np.abs(values - center) > kappa * scale)), center, scale
+
+
+def r_tsvm(
+    base,
+    tensors,
+    weights,
+    *,
+    alpha=1.0,
+    outlier_mode="mad",
+    kappa=3.0,
+    outlier_action="downweight",
+    gamma=1.0,
+    rank_mode="sparsity",
+    eps_rel=1e-3,
+    energy_tau=0.9,
+    k_min=1,
+):
+    mode, action = outlier_mode, outlier_action
+    deltas = [w * (_np(t) - _np(base)) for w, t in zip(weights, tensors, strict=True)]
+    num = len(deltas)
+    if base.dim() != 2:
+        return torch.from_numpy(_np(base) + alpha * sum(deltas) / num)
+    fractions = [0.0] * num
+    omega = [1.0] * num
+    if mode != "none":
+        for t in range(num):
+            fractions[t], center, scale = robust_outliers(deltas[t], kappa, mode)
+            if action in ("clip", "both") and scale > 0:
+                clipped = np.clip(deltas[t], center - kappa * scale, center + kappa * scale)
+                deltas[t] = np.where(deltas[t] != 0, clipped, deltas[t])
+        mean = sum(fractions) / num
+        if action in ("downweight", "both") and mean > 0:
+            raw = [1 / (1 + gamma * f / mean) for f in fractions]
+            omega = [x * num / sum(raw) for x in raw]
+    k_cap = max(1, min(base.shape) // num)
+    k_lo = min(k_min, k_cap)
+    zeros = [np.mean(np.abs(d) <= eps_rel * np.abs(d).max()) for d in deltas]
+    sparsity = sum(zeros) / num
+    if rank_mode == "fixed":
+        ranks = [k_cap] * num
+    elif rank_mode == "sparsity":
+        ranks = [min(max(round(k_cap * (1 - sparsity)), k_lo), k_cap)] * num
+    else:
+        ranks = []
+        for d in deltas:
+            s2 = np.linalg.svd(d, compute_uv=False) ** 2
+            k = int(np.argmax(np.cumsum(s2) >= energy_tau * s2.sum())) + 1 if s2.sum() > 0 else k_lo
+            ranks.append(min(max(k, k_lo), k_cap))
+    return torch.from_numpy(_np(base) + alpha * tsv_padded(deltas, ranks, omega))

@@ -1,0 +1,460 @@
+"""Each merge method against its slow, literal reference, plus the identities the papers imply."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from paperpack.core.errors import ConfigError
+from paperpack.r_tsvm import get_method, list_methods, merge_tensors
+from paperpack.r_tsvm.methods._common import generator_for
+
+from . import _reference as ref
+
+SHAPES = [(7, 5), (5, 9), (6,)]
+WEIGHTS = [0.7, 1.3, 1.0]
+
+
+def make_models(shape, *, seed=0, num=3, scale=0.5):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(shape, generator=g)
+    return base, [base + scale * torch.randn(shape, generator=g) for _ in range(num)]
+
+
+def uniforms(seed, key, shape, num):
+    g = generator_for(seed, key)
+    return [torch.rand(shape, generator=g) for _ in range(num)]
+
+
+def close(fast, slow, atol=1e-5):
+    torch.testing.assert_close(fast.double(), slow.double(), atol=atol, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_linear_matches_reference(shape, normalize):
+    _, models = make_models(shape)
+    close(
+        merge_tensors("linear", None, models, weights=WEIGHTS, normalize=normalize),
+        ref.linear(models, WEIGHTS, normalize),
+    )
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_task_arithmetic_matches_reference(shape, normalize):
+    base, models = make_models(shape)
+    fast = merge_tensors("task_arithmetic", base, models, weights=WEIGHTS, scaling=0.7, normalize=normalize)
+    close(fast, ref.task_arithmetic(base, models, WEIGHTS, 0.7, normalize))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize(
+    ("density", "normalize", "sign"), [(0.2, True, "sum"), (0.5, False, "count"), (1.0, True, "sum")]
+)
+def test_ties_matches_reference(shape, density, normalize, sign):
+    base, models = make_models(shape)
+    fast = merge_tensors(
+        "ties",
+        base,
+        models,
+        weights=WEIGHTS,
+        density=density,
+        scaling=0.9,
+        normalize=normalize,
+        majority_sign=sign,
+    )
+    close(fast, ref.ties(base, models, WEIGHTS, density=density, scaling=0.9, normalize=normalize, sign=sign))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("method", ["dare_linear", "dare_ties"])
+def test_dare_matches_reference(shape, method):
+    base, models = make_models(shape)
+    fast = merge_tensors(method, base, models, weights=WEIGHTS, density=0.4, seed=3, key="layer.weight")
+    draws = uniforms(3, "layer.weight", shape, 3)
+    sign = "sum" if method == "dare_ties" else None
+    close(fast, ref.dare(base, models, WEIGHTS, density=0.4, uniforms=draws, sign=sign))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_breadcrumbs_matches_reference(shape):
+    base, models = make_models(shape)
+    fast = merge_tensors("breadcrumbs", base, models, weights=WEIGHTS, density=0.6, gamma=0.1, scaling=0.8)
+    close(fast, ref.breadcrumbs(base, models, WEIGHTS, density=0.6, gamma=0.1, scaling=0.8))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_della_matches_reference(shape):
+    base, models = make_models(shape)
+    fast = merge_tensors("della", base, models, weights=WEIGHTS, density=0.5, epsilon=0.3, seed=1, key="k")
+    close(
+        fast, ref.della(base, models, WEIGHTS, density=0.5, epsilon=0.3, uniforms=uniforms(1, "k", shape, 3))
+    )
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_consensus_matches_reference(shape, k):
+    base, models = make_models(shape)
+    fast = merge_tensors(
+        "consensus", base, models, weights=WEIGHTS, tall_lambda=0.4, min_agreement=k, scaling=0.6
+    )
+    close(fast, ref.consensus(base, models, WEIGHTS, tall_lambda=0.4, k=k, scaling=0.6))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_tsv_m_matches_reference(shape):
+    base, models = make_models(shape)
+    close(
+        merge_tensors("tsv_m", base, models, weights=WEIGHTS, alpha=0.8),
+        ref.tsv_m(base, models, WEIGHTS, 0.8),
+    )
+
+
+@pytest.mark.parametrize("shape", [*SHAPES, (12, 10)])
+def test_iso_matches_reference(shape):
+    base, models = make_models(shape)
+    close(
+        merge_tensors("iso_c", base, models, weights=WEIGHTS, alpha=1.2),
+        ref.iso_c(base, models, WEIGHTS, 1.2),
+    )
+    fast = merge_tensors("iso_cts", base, models, weights=WEIGHTS, alpha=1.1, common_space_fraction=0.5)
+    close(fast, ref.iso_cts(base, models, WEIGHTS, 0.5, 1.1))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("t", [0.0, 0.3, 1.0])
+def test_slerp_matches_reference(shape, t):
+    _, models = make_models(shape, num=2, scale=2.0)
+    close(merge_tensors("slerp", None, models, t=t), ref.slerp(models[0], models[1], t))
+
+
+def test_slerp_falls_back_to_lerp_for_colinear_models():
+    v = torch.randn(10)
+    torch.testing.assert_close(merge_tensors("slerp", None, [v, 2 * v], t=0.25), 1.25 * v)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fisher_matches_reference(shape):
+    _, models = make_models(shape)
+    g = torch.Generator().manual_seed(5)
+    fishers = [torch.rand(shape, generator=g) * (torch.rand(shape, generator=g) > 0.3) for _ in models]
+    fast = merge_tensors("fisher", None, models, weights=WEIGHTS, statistics=fishers)
+    close(fast, ref.fisher(models, fishers, WEIGHTS))
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 1.0])
+def test_regmean_matches_reference(alpha):
+    _, models = make_models((4, 6))
+    g = torch.Generator().manual_seed(2)
+    grams = []
+    for _ in models:
+        x = torch.randn(20, 6, generator=g)
+        grams.append(x.T @ x / 20)
+    fast = merge_tensors("regmean", None, models, weights=WEIGHTS, statistics=grams, alpha=alpha)
+    close(fast, ref.regmean(models, grams, WEIGHTS, alpha))
+
+
+def test_regmean_reproduces_each_models_outputs_in_the_least_squares_sense():
+    # With identical Gram matrices RegMean is the plain average (the paper's sanity property).
+    _, models = make_models((4, 6))
+    x = torch.randn(30, 6)
+    gram = x.T @ x / 30
+    out = merge_tensors("regmean", None, models, statistics=[gram] * 3, alpha=1.0)
+    close(out, torch.stack(models).mean(0), atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(9, 7), (7, 12), (30, 24), (5,)])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"outlier_mode": "sigma", "kappa": 2.0, "outlier_action": "both", "gamma": 2.0},
+        {"outlier_action": "clip", "rank_mode": "energy", "energy_tau": 0.8},
+        {"outlier_mode": "none", "rank_mode": "fixed"},
+    ],
+)
+def test_r_tsvm_matches_reference(shape, params):
+    base, models = make_models(shape)
+    # A heavy-tailed task and a partly frozen one, so outliers and sparsity matter.
+    models[2] = models[2] + 5.0 * (torch.rand(shape, generator=torch.Generator().manual_seed(9)) > 0.95)
+    models[1] = torch.where(torch.arange(models[1].numel()).reshape(shape) % 3 == 0, base, models[1])
+    fast = merge_tensors(
+        "r_tsvm", base, models, weights=WEIGHTS, alpha=0.9, key="layers.0.q_proj.weight", **params
+    )
+    close(fast, ref.r_tsvm(base, models, WEIGHTS, alpha=0.9, **params))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Identities
+
+
+def test_linear_of_one_model_is_that_model():
+    _, models = make_models((5, 4), num=1)
+    torch.testing.assert_close(merge_tensors("linear", None, models), models[0])
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_ties_with_full_density_and_no_sign_conflict_is_task_arithmetic(normalize):
+    base = torch.randn(6, 5)
+    magnitudes = [torch.rand(6, 5) + 0.1 for _ in range(3)]
+    signs = torch.sign(torch.randn(6, 5))
+    models = [base + signs * m for m in magnitudes]
+    ties = merge_tensors("ties", base, models, weights=WEIGHTS, density=1.0, normalize=normalize)
+    ta = merge_tensors("task_arithmetic", base, models, weights=WEIGHTS, normalize=normalize)
+    torch.testing.assert_close(ties, ta)
+
+
+def test_tsv_m_with_one_task_and_full_rank_returns_the_task_vector():
+    base, models = make_models((8, 6), num=1)
+    torch.testing.assert_close(merge_tensors("tsv_m", base, models), models[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(10, 8), (6, 13)])
+def test_r_tsvm_with_both_components_off_is_tsv_m(shape):
+    base, models = make_models(shape)
+    r = merge_tensors("r_tsvm", base, models, outlier_mode="none", rank_mode="fixed", key="w")
+    torch.testing.assert_close(r, merge_tensors("tsv_m", base, models, key="w"), atol=1e-6, rtol=1e-6)
+
+
+def test_r_tsvm_ranks_never_exceed_the_tsv_budget():
+    spec = get_method("r_tsvm")
+    base, models = make_models((12, 9))
+    for rank_mode in ("sparsity", "energy", "fixed"):
+        config = spec.make_config(rank_mode=rank_mode, energy_tau=0.999)
+        _, report = spec.merge_with_report(base, models, config=config, key="w")
+        assert report["k_cap"] == 3
+        assert all(1 <= k <= 3 for k in report["ranks"])
+
+
+def test_r_tsvm_sparsity_lowers_the_rank_of_a_sparse_layer():
+    spec = get_method("r_tsvm")
+    base, models = make_models((30, 30))
+    frozen = [base.clone(), base.clone(), models[2]]  # two of three tasks did not touch this layer
+    _, dense = spec.merge_with_report(base, models, key="w")
+    _, sparse = spec.merge_with_report(base, frozen, key="w")
+    assert dense["ranks"] == [10, 10, 10]
+    assert sparse["ranks"] == [3, 3, 3]  # round(10 * (1 - 2/3))
+
+
+def test_r_tsvm_downweights_the_task_with_planted_outliers():
+    spec = get_method("r_tsvm")
+    base, models = make_models((40, 40), scale=0.1)
+    spikes = torch.zeros(40, 40)
+    spikes.view(-1)[torch.randperm(1600, generator=torch.Generator().manual_seed(0))[:16]] = 20.0
+    models[2] = models[2] + spikes
+    _, report = spec.merge_with_report(base, models, key="w")
+    assert report["weights"][2] < min(report["weights"][:2])
+    assert sum(report["weights"]) == pytest.approx(3.0)
+
+
+def test_r_tsvm_clip_removes_planted_spikes():
+    base, models = make_models((40, 40), scale=0.1)
+    clean = merge_tensors("r_tsvm", base, models, outlier_action="clip", key="w")
+    spiked = [m.clone() for m in models]
+    spiked[2].view(-1)[::97] += 20.0
+    out = merge_tensors("r_tsvm", base, spiked, outlier_action="clip", key="w")
+    off = merge_tensors("r_tsvm", base, spiked, outlier_mode="none", key="w")
+    assert (out - clean).norm() < 0.25 * (off - clean).norm()
+
+
+@pytest.mark.parametrize("method", ["tsv_m", "iso_c", "iso_cts", "r_tsvm"])
+def test_excluded_keys_are_averaged(method):
+    base, models = make_models((6, 5))
+    out = merge_tensors(method, base, models, exclude_keys=["embed"], key="model.embed_tokens.weight")
+    torch.testing.assert_close(out, base + torch.stack([m - base for m in models]).mean(0))
+
+
+def test_r_tsvm_decomposes_every_matrix_by_default_like_tsv_m():
+    base, models = make_models((6, 5))
+    mean = base + torch.stack([m - base for m in models]).mean(0)
+    for key in ("model.embed_tokens.weight", "lm_head.weight"):
+        merged = merge_tensors("r_tsvm", base, models, key=key, outlier_mode="none", rank_mode="fixed")
+        torch.testing.assert_close(merged, merge_tensors("tsv_m", base, models, key=key))
+        assert not torch.allclose(merged, mean)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Properties over every method
+
+
+def _inputs(name, shape=(6, 5), dtype=torch.float32, *, zero=False, seed=0):
+    spec = get_method(name)
+    num = 2 if name == "slerp" else 3
+    base, models = make_models(shape, num=num, seed=seed)
+    if zero:
+        models = [base.clone() for _ in models]
+    base, models = base.to(dtype), [m.to(dtype) for m in models]
+    stats = None
+    if spec.statistic == "fisher":
+        stats = [torch.rand(shape) for _ in models]
+    elif spec.statistic == "gram":
+        stats = [torch.eye(shape[1]) + 0.1 * torch.ones(shape[1], shape[1]) for _ in models]
+    return spec, base, models, stats
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_zero_task_vectors_give_no_nan(name):
+    spec, base, models, stats = _inputs(name, zero=True)
+    out = merge_tensors(name, base, models, statistics=stats, key="w")
+    assert torch.isfinite(out).all()
+    if spec.uses_base or name in ("linear", "slerp", "fisher", "regmean"):
+        torch.testing.assert_close(out, base, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_dtype_is_preserved_and_inputs_untouched(name):
+    _, base, models, stats = _inputs(name, dtype=torch.bfloat16)
+    copies = [m.clone() for m in models]
+    base_copy = base.clone()
+    out = merge_tensors(name, base, models, statistics=stats, key="w")
+    assert out.dtype == torch.bfloat16
+    assert out.shape == base.shape
+    for before, after in zip(copies, models, strict=True):
+        assert torch.equal(before, after)
+    assert torch.equal(base, base_copy)
+
+
+@pytest.mark.parametrize("name", [n for n in list_methods() if n != "slerp"])
+def test_task_order_does_not_matter(name):
+    spec, base, models, stats = _inputs(name, shape=(8, 6))
+    if spec.randomized:
+        pytest.skip("random masks are drawn task by task, so the order changes which entries are dropped")
+    expected = merge_tensors(name, base, models, weights=WEIGHTS, statistics=stats, key="w")
+    for order in itertools.permutations(range(3)):
+        permuted = merge_tensors(
+            name,
+            base,
+            [models[i] for i in order],
+            weights=[WEIGHTS[i] for i in order],
+            statistics=None if stats is None else [stats[i] for i in order],
+            key="w",
+        )
+        torch.testing.assert_close(permuted, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_slerp_is_symmetric_under_swapping_models_and_t():
+    _, models = make_models((5, 5), num=2)
+    a = merge_tensors("slerp", None, models, t=0.3)
+    b = merge_tensors("slerp", None, models[::-1], t=0.7)
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", [n for n in list_methods() if get_method(n).randomized])
+def test_random_methods_are_deterministic_per_seed_and_key(name):
+    _, base, models, _ = _inputs(name, shape=(20, 20))
+    a = merge_tensors(name, base, models, seed=7, key="layer.0")
+    torch.testing.assert_close(a, merge_tensors(name, base, models, seed=7, key="layer.0"))
+    assert not torch.equal(a, merge_tensors(name, base, models, seed=8, key="layer.0"))
+    assert not torch.equal(a, merge_tensors(name, base, models, seed=7, key="layer.1"))
+
+
+def test_dare_is_unbiased():
+    base, models = make_models((50, 50))
+    mean = torch.stack(
+        [merge_tensors("dare_linear", base, models, seed=s, density=0.3) for s in range(200)]
+    ).mean(0)
+    expected = merge_tensors("task_arithmetic", base, models)
+    assert (mean - expected).abs().mean() < 0.1 * (expected - base).abs().mean()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Errors
+
+
+def test_unknown_method_lists_the_available_ones():
+    with pytest.raises(ConfigError, match="unknown merge method 'tie'; available: breadcrumbs"):
+        merge_tensors("tie", torch.zeros(2), [torch.ones(2)])
+
+
+def test_unknown_parameter_lists_the_allowed_ones():
+    with pytest.raises(
+        ConfigError, match="unknown parameter 'densty' for merge method 'ties'; allowed: density"
+    ):
+        merge_tensors("ties", torch.zeros(2), [torch.ones(2)], densty=0.3)
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "match"),
+    [
+        ("ties", {"density": 1.5}, r"`density` must be in \[0, 1\], got 1.5"),
+        ("ties", {"majority_sign": "vote"}, "`majority_sign` must be one of 'sum', 'count', got 'vote'"),
+        ("task_arithmetic", {"scaling": float("nan")}, "`scaling` must be a finite number"),
+        ("della", {"density": 0.95, "epsilon": 0.2}, r"`density` ± `epsilon`/2 must lie in \(0, 1\]"),
+        ("r_tsvm", {"rank_mode": "adaptive"}, "`rank_mode` must be one of 'fixed', 'sparsity', 'energy'"),
+        ("r_tsvm", {"k_min": 0}, "`k_min` must be >= 1, got 0"),
+        ("r_tsvm", {"exclude_keys": "lm_head"}, "`exclude_keys` must be a list"),
+        ("tsv_m", {"exclude_keys": ["("]}, "invalid regular expression"),
+        ("dare_linear", {"seed": 1.5}, "`seed` must be an integer"),
+    ],
+)
+def test_bad_parameter_values_are_refused(method, params, match):
+    with pytest.raises(ConfigError, match=match):
+        merge_tensors(method, torch.zeros(2), [torch.ones(2)], **params)
+
+
+def test_task_vector_methods_need_a_base():
+    with pytest.raises(ConfigError, match="'ties' works on task vectors and needs a base model"):
+        merge_tensors("ties", None, [torch.ones(2)])
+
+
+def test_slerp_needs_exactly_two_models():
+    with pytest.raises(ConfigError, match="'slerp' merges exactly 2 model"):
+        merge_tensors("slerp", None, [torch.ones(2)] * 3)
+
+
+def test_mismatched_shapes_and_weights_are_refused():
+    with pytest.raises(ConfigError, match=r"`tensors\[1\]` has shape \[3\], but `tensors\[0\]` has \[2\]"):
+        merge_tensors("linear", None, [torch.ones(2), torch.ones(3)])
+    with pytest.raises(ConfigError, match=r"`base` has shape \[3\]"):
+        merge_tensors("ties", torch.zeros(3), [torch.ones(2)])
+    with pytest.raises(ConfigError, match=r"`weights` must hold one number per model \(2\), got 1"):
+        merge_tensors("linear", None, [torch.ones(2)] * 2, weights=[1.0])
+    with pytest.raises(TypeError, match=r"`tensors\[0\]` must be a floating-point tensor"):
+        merge_tensors("linear", None, [torch.ones(2, dtype=torch.int64)])
+
+
+def test_statistics_are_checked():
+    with pytest.raises(ConfigError, match="needs `statistics`: one diagonal Fisher per model"):
+        merge_tensors("fisher", None, [torch.ones(2)] * 2)
+    with pytest.raises(ConfigError, match=r"`statistics\[1\]` \(diagonal Fisher\) has shape \[3\]"):
+        merge_tensors("fisher", None, [torch.ones(2)] * 2, statistics=[torch.ones(2), torch.ones(3)])
+    with pytest.raises(ConfigError, match="'ties' takes no `statistics`"):
+        merge_tensors("ties", torch.zeros(2), [torch.ones(2)], statistics=[torch.ones(2)])
+
+
+def test_consensus_needs_enough_models_to_agree():
+    with pytest.raises(ConfigError, match="`min_agreement` is 2 but only 1 model"):
+        merge_tensors("consensus", torch.zeros(2), [torch.ones(2)])
+
+
+def test_registry_refuses_duplicates_and_offers_an_alias():
+    from paperpack.r_tsvm import register_method
+
+    with pytest.raises(ConfigError, match="'ties' is already registered"):
+        register_method(get_method("ties"))
+    assert get_method("resm") is get_method("r_tsvm")
+
+
+@pytest.mark.parametrize("name", [n for n in list_methods() if get_method(n).name == n])
+def test_configs_parse_with_hf_argument_parser(name):
+    from transformers import HfArgumentParser
+
+    config_class = get_method(name).config_class
+    (defaults,) = HfArgumentParser(config_class).parse_args_into_dataclasses(args=[])
+    assert defaults == config_class()
+    field = next(iter(config_class.__dataclass_fields__.values()))
+    assert field.metadata["help"]
+
+
+def test_r_tsvm_config_from_command_line_flags():
+    from transformers import HfArgumentParser
+
+    from paperpack.r_tsvm import RTSVMConfig
+
+    args = ["--kappa", "2.5", "--rank_mode", "energy", "--exclude_keys", "embed_tokens", "lm_head"]
+    (config,) = HfArgumentParser(RTSVMConfig).parse_args_into_dataclasses(args=args)
+    assert config == RTSVMConfig(kappa=2.5, rank_mode="energy", exclude_keys=["embed_tokens", "lm_head"])
