@@ -138,3 +138,37 @@ def test_atomic_folder(tmp_path):
         (folder / "b").write_text("2")
     assert [p.name for p in target.iterdir()] == ["b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_config_arguments():
+    import argparse
+    from dataclasses import dataclass, field
+    from typing import Literal
+
+    from paperpack.core.arguments import add_config_arguments, config_overrides
+
+    @dataclass
+    class Config:
+        rank: int = field(default=8, metadata={"help": "the rank r (100% ours)"})
+        eps: float = 1e-3
+        mode: Literal["a", "b"] = "a"
+        keys: list[str] = field(default_factory=list)
+        scale: bool = False
+        note: str | None = None
+
+    parser = argparse.ArgumentParser()
+    names = add_config_arguments(parser, Config, exclude=["eps"])
+    assert names == ["rank", "mode", "keys", "scale", "note"]
+    args = parser.parse_args(["--rank", "4", "--mode", "b", "--keys", "x", "y", "--no-scale"])
+    assert config_overrides(args, names) == {"rank": 4, "mode": "b", "keys": ["x", "y"], "scale": False}
+    assert config_overrides(parser.parse_args([]), names) == {}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--mode", "c"])
+    assert "100% ours" in parser.format_help()
+
+    @dataclass
+    class Bad:
+        table: dict[str, int] = field(default_factory=dict)
+
+    with pytest.raises(TypeError, match="cannot turn a field"):
+        add_config_arguments(argparse.ArgumentParser(), Bad)

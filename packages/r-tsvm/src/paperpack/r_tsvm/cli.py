@@ -10,30 +10,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import typing
-from typing import Any
+
+from paperpack.core.arguments import add_config_arguments, config_overrides
 
 __all__ = ["configure_merge_parser", "configure_parser"]
-
-
-def _add_config_arguments(parser: argparse.ArgumentParser, config_class: type[Any]) -> list[str]:
-    """Add one ``--flag`` per config field (default None: the config's own default applies)."""
-    hints = typing.get_type_hints(config_class)
-    names = []
-    for item in dataclasses.fields(config_class):
-        if not item.init:
-            continue
-        flag = "--" + item.name.replace("_", "-")
-        hint = hints[item.name]
-        help_text = item.metadata.get("help", "")
-        if hint is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif typing.get_origin(hint) is list:
-            parser.add_argument(flag, nargs="*", default=None, metavar="PATTERN", help=help_text)
-        else:
-            parser.add_argument(flag, type=hint, default=None, help=help_text)
-        names.append(item.name)
-    return names
 
 
 def _run_recipe(args: argparse.Namespace) -> int:
@@ -89,9 +69,7 @@ def _run_r_tsvm(args: argparse.Namespace) -> int:
         models=[
             ModelSpec(model=path, weight=weight) for path, weight in zip(args.models, weights, strict=True)
         ],
-        parameters={
-            name: getattr(args, name) for name in args.config_fields if getattr(args, name) is not None
-        },
+        parameters=config_overrides(args, args.config_fields),
         dtype=args.dtype,
         vocab_mismatch=args.vocab_mismatch,
         max_shard_size=args.max_shard_size,
@@ -151,7 +129,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     merge.add_argument(
         "--device", default="cpu", help="where the arithmetic runs: cpu, cuda, auto (default: cpu)"
     )
-    fields = _add_config_arguments(merge, RTSVMConfig)
+    fields = add_config_arguments(merge, RTSVMConfig)
     merge.set_defaults(handler=_run_r_tsvm, config_fields=fields)
     methods = commands.add_parser("methods", help="list every merge method, its paper and its parameters")
     methods.set_defaults(handler=_list_methods)
