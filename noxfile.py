@@ -68,8 +68,13 @@ def _uv_run(session: nox.Session, *args: str) -> None:
 
 
 def _system_install(session: nox.Session) -> None:
-    """Install the workspace into the current Python without dependencies (offline GPU machines)."""
-    wanted = ["pytest", "hatchling"]
+    """Install the workspace into the current Python, offline (GPU machines without network).
+
+    Requirements the Python lacks (and their own dependencies) come from the wheel folder
+    ``PAPERPACK_WHEELHOUSE``, never from an index; what is installed already (torch, transformers, ...) is
+    kept. Then the workspace packages are installed in editable mode without dependencies.
+    """
+    wanted = ["pytest", "hatchling", "editables"]  # hatchling needs editables for editable installs
     for folder in MEMBERS.values():
         wanted += [re.split(r"[\s<>=!~;\[]", dep, maxsplit=1)[0] for dep in _project(folder)["dependencies"]]
     missing = []
@@ -80,15 +85,16 @@ def _system_install(session: nox.Session) -> None:
             importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             missing.append(name)
-    pip = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--no-build-isolation"]
+    pip = [sys.executable, "-m", "pip", "install", "--no-index"]
     if missing:
         if not WHEELHOUSE:
             session.error(
-                f"missing {', '.join(missing)}: put their wheels in a folder and set PAPERPACK_WHEELHOUSE"
+                f"missing {', '.join(missing)}: put their wheels (with their dependencies) in a folder and set "
+                "PAPERPACK_WHEELHOUSE to it"
             )
         session.run(*pip, "--find-links", WHEELHOUSE, *missing, external=True)
     editable = [arg for folder in MEMBERS.values() for arg in ("-e", str(folder))]
-    session.run(*pip, *editable, external=True)
+    session.run(*pip, "--no-deps", "--no-build-isolation", *editable, external=True)
 
 
 @nox.session(tags=["default"])
