@@ -35,7 +35,8 @@ def fake_demo(ctx: DemoContext) -> DemoReport:
 
 
 def test_run_demos_writes_results(tmp_path):
-    reports = run_demos({"fake": fake_demo}, tmp_path / "out", quick=True, seed=3)
+    run = run_demos({"fake": fake_demo}, tmp_path / "out", quick=True, seed=3)
+    reports = run.reports
     payload = json.loads((tmp_path / "out" / "results.json").read_text())
     assert payload["quick"] is True and payload["demos"]["fake"]["plots"] == ["fake/curve.png"]
     markdown = (tmp_path / "out" / "results.md").read_text()
@@ -45,11 +46,26 @@ def test_run_demos_writes_results(tmp_path):
     assert table.splitlines()[0].startswith("package") and "reported" in table
 
 
-def test_run_demos_rejects_bad_reports(tmp_path):
-    with pytest.raises(ConfigError, match="returned dict"):
-        run_demos({"bad": lambda ctx: {}}, tmp_path)
-    with pytest.raises(ConfigError, match="plots that do not exist"):
-        run_demos({"bad": lambda ctx: DemoReport("t", [], plots=[ctx.output_dir / "no.png"])}, tmp_path)
+def test_a_failing_demo_is_recorded_and_the_others_still_run(tmp_path):
+    def broken(ctx):
+        raise RuntimeError("out of luck")
+
+    demos = {
+        "bad-type": lambda ctx: {},
+        "no-plot": lambda ctx: DemoReport("t", [], plots=[ctx.output_dir / "no.png"]),
+        "outside": lambda ctx: DemoReport("t", [], plots=[tmp_path / "elsewhere.png"]),
+        "broken": broken,
+        "fake": fake_demo,
+    }
+    (tmp_path / "elsewhere.png").write_bytes(b"")
+    run = run_demos(demos, tmp_path / "out")
+    assert list(run.reports) == ["fake"]
+    assert run.failures["bad-type"] == "ConfigError: demo 'bad-type' returned dict, not a DemoReport"
+    assert "missing" in run.failures["no-plot"] and "outside" in run.failures["outside"]
+    assert run.failures["broken"] == "RuntimeError: out of luck"
+    payload = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(payload["failures"]) == {"bad-type", "no-plot", "outside", "broken"}
+    assert "**broken failed**: RuntimeError: out of luck" in (tmp_path / "out" / "results.md").read_text()
 
 
 def entry(name, value, group):
@@ -66,6 +82,9 @@ def test_demo_command_with_fake_registry(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "o" / "results.json").is_file()
     assert cli.main(["demo", "--only", "nope"]) == 2
     assert "unknown demo(s) 'nope'; installed: fake" in capsys.readouterr().err
+    monkeypatch.setattr(EntryPoint, "load", lambda self: lambda ctx: 1 / 0)
+    assert cli.main(["demo", "--output", str(tmp_path / "o2")]) == 1
+    assert "fake FAILED: ZeroDivisionError" in capsys.readouterr().err
 
 
 def test_demo_with_nothing_installed(monkeypatch, capsys):

@@ -99,10 +99,12 @@ def _demo(args: argparse.Namespace) -> int:
             f"--only names unknown demo(s) {', '.join(map(repr, unknown))}; installed: {', '.join(available)}"
         )
     demos = {name: available[name].load() for name in selected}
-    reports = run_demos(demos, Path(args.output), quick=args.quick, seed=args.seed)
-    print(format_claims(reports))
+    run = run_demos(demos, Path(args.output), quick=args.quick, seed=args.seed)
+    print(format_claims(run.reports))
+    for name, error in run.failures.items():
+        print(f"\n{name} FAILED: {error}", file=sys.stderr)
     print(f"\nResults: {Path(args.output) / 'results.md'} (and results.json, plots)")
-    return 0
+    return 1 if run.failures else 0
 
 
 def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:

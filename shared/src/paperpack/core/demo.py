@@ -23,7 +23,16 @@ from paperpack.core.device import seed_everything
 from paperpack.core.errors import ConfigError
 from paperpack.core.files import atomic_write_text
 
-__all__ = ["Claim", "DemoContext", "DemoFn", "DemoReport", "DemoTable", "format_claims", "run_demos"]
+__all__ = [
+    "Claim",
+    "DemoContext",
+    "DemoFn",
+    "DemoReport",
+    "DemoRun",
+    "DemoTable",
+    "format_claims",
+    "run_demos",
+]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -157,11 +166,12 @@ def _markdown_table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> li
     return lines
 
 
-def _markdown(reports: dict[str, DemoReport], output: Path, seconds: dict[str, float], quick: bool) -> str:
+def _markdown(run: DemoRun, output: Path, quick: bool) -> str:
     lines = ["# paperpack demo results", "", f"Mode: {'quick' if quick else 'full'}.", ""]
-    lines += _markdown_table(_CLAIM_COLUMNS, _claim_rows(reports))
-    for name, report in reports.items():
-        lines += ["", f"## {name}: {report.title}", "", f"Run time: {seconds[name]:.0f} s.", ""]
+    lines += _markdown_table(_CLAIM_COLUMNS, _claim_rows(run.reports))
+    lines += [f"\n**{name} failed**: {error}" for name, error in run.failures.items()]
+    for name, report in run.reports.items():
+        lines += ["", f"## {name}: {report.title}", "", f"Run time: {run.seconds[name]:.0f} s.", ""]
         for table in report.tables:
             lines += [f"### {table.title}", "", *_markdown_table(table.columns, table.rows), ""]
         lines += [f"![{plot.stem}]({plot.relative_to(output).as_posix()})" for plot in report.plots]
@@ -169,17 +179,40 @@ def _markdown(reports: dict[str, DemoReport], output: Path, seconds: dict[str, f
     return "\n".join(lines) + "\n"
 
 
-def run_demos(
-    demos: dict[str, DemoFn], output: Path, *, quick: bool = False, seed: int = 0
-) -> dict[str, DemoReport]:
+@dataclass
+class DemoRun:
+    """What ``paperpack demo`` ran: reports of the demos that finished, errors of those that failed."""
+
+    reports: dict[str, DemoReport]
+    failures: dict[str, str]
+    seconds: dict[str, float]
+
+
+def _check_report(name: str, report: object, folder: Path) -> DemoReport:
+    if not isinstance(report, DemoReport):
+        raise ConfigError(f"demo {name!r} returned {type(report).__name__}, not a DemoReport")
+    plots = [(plot if plot.is_absolute() else folder / plot).resolve() for plot in report.plots]
+    outside = [str(plot) for plot in plots if not plot.is_relative_to(folder)]
+    missing = [str(plot) for plot in plots if not plot.is_file()]
+    if outside or missing:
+        raise ConfigError(
+            f"demo {name!r} reports plots outside its folder or missing: {', '.join(outside + missing)}"
+        )
+    report.plots = plots
+    return report
+
+
+def run_demos(demos: dict[str, DemoFn], output: Path, *, quick: bool = False, seed: int = 0) -> DemoRun:
     """Run each demo into ``output/<name>/`` and write ``results.json`` and ``results.md``.
 
+    A demo that raises is logged with its traceback and recorded as failed; the others still run.
+
     Returns:
-        The reports by demo name. A demo that raises stops the run (its error names the demo).
+        The reports of the demos that finished and the errors of those that failed.
     """
+    output = output.resolve()
     output.mkdir(parents=True, exist_ok=True)
-    reports: dict[str, DemoReport] = {}
-    seconds: dict[str, float] = {}
+    run = DemoRun(reports={}, failures={}, seconds={})
     bar = tqdm(demos.items(), desc="paperpack demo", unit="demo", position=0)
     for name, demo in bar:
         bar.set_postfix_str(name)
@@ -187,27 +220,30 @@ def run_demos(
         folder.mkdir(exist_ok=True)
         seed_everything(seed)
         started = time.perf_counter()
-        report = demo(DemoContext(name=name, output_dir=folder, quick=quick, seed=seed))
-        seconds[name] = time.perf_counter() - started
-        if not isinstance(report, DemoReport):
-            raise ConfigError(f"demo {name!r} returned {type(report).__name__}, not a DemoReport")
-        report.plots = [plot if plot.is_absolute() else folder / plot for plot in report.plots]
-        missing = [str(plot) for plot in report.plots if not plot.is_file()]
-        if missing:
-            raise ConfigError(f"demo {name!r} reports plots that do not exist: {', '.join(missing)}")
-        reports[name] = report
+        try:
+            report = _check_report(
+                name, demo(DemoContext(name=name, output_dir=folder, quick=quick, seed=seed)), folder
+            )
+        except Exception as error:  # one broken demo must not lose the others' results
+            logger.exception("demo %r failed", name)
+            run.failures[name] = f"{type(error).__name__}: {error}"
+            continue
+        finally:
+            run.seconds[name] = time.perf_counter() - started
+        run.reports[name] = report
     payload = {
         "quick": quick,
         "seed": seed,
+        "failures": run.failures,
         "demos": {
             name: {
                 **asdict(report),
                 "plots": [str(p.relative_to(output)) for p in report.plots],
-                "seconds": seconds[name],
+                "seconds": run.seconds[name],
             }
-            for name, report in reports.items()
+            for name, report in run.reports.items()
         },
     }
     atomic_write_text(output / "results.json", json.dumps(payload, indent=2, default=str) + "\n")
-    atomic_write_text(output / "results.md", _markdown(reports, output, seconds, quick))
-    return reports
+    atomic_write_text(output / "results.md", _markdown(run, output, quick))
+    return run
