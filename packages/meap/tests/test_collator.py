@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import math
 import pickle
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
@@ -132,6 +134,9 @@ def test_pretraining_bad_input(meap_lm: tuple[Any, Any, int], tiny_lm: tuple[Any
         collator([])
     with pytest.raises(ConfigError, match=r"`examples\[1\]` must be a dict with 'input_ids'"):
         collator([{"input_ids": [1, 2]}, {"text": "x"}])
+    for bad in ([], [1.5, 2.0], [[1, 2]]):
+        with pytest.raises(ConfigError, match=r"`examples\[0\]\['input_ids'\]` must be a non-empty 1-D"):
+            collator([{"input_ids": bad}])
 
 
 # SFT -------------------------------------------------------------------------------------------------
@@ -203,6 +208,90 @@ def test_sft_packed_rows(meap_lm: tuple[Any, Any, int]) -> None:
     assert int((separate["input_ids"][1] == mask_id).sum()) == 4
 
 
+def literal_segments(row: dict[str, Any], config: MEAPConfig, special: set[int]) -> list[dict[str, Any]]:
+    """Each sequence of a (packed) SFT row with the set E of its maskable positions and n = ⌊r·|E|⌋."""
+    segments, start = [], 0
+    for size in row.get("seq_lengths", [len(row["input_ids"])]):
+        ids, labels = row["input_ids"][start : start + size], row["labels"][start : start + size]
+        answer = [t for t in range(size) if labels[t] != -100 and ids[t] not in special]
+        eligible = {t for t in answer if t != size - 1} if len(answer) >= config.min_answer_tokens else set()
+        count = math.floor(config.sft_mask_ratio * len(eligible))
+        segments.append({"ids": ids, "labels": labels, "eligible": eligible, "count": count})
+        start += size
+    return segments
+
+
+def check_copy(segment: dict[str, Any], copy_ids: list[int], copy_labels: list[int], mask_id: int) -> None:
+    """A masked copy: n masks on E, the other tokens unchanged, loss only at the masks (original tokens)."""
+    ids = segment["ids"]
+    masked = {t for t, token in enumerate(copy_ids) if token == mask_id}
+    assert len(masked) == segment["count"] and masked <= segment["eligible"]
+    assert copy_ids == [mask_id if t in masked else token for t, token in enumerate(ids)]
+    assert copy_labels == [token if t in masked else -100 for t, token in enumerate(ids)]
+
+
+@pytest.mark.parametrize("layout", ["separate", "concat"])
+def test_sft_layouts_match_a_literal_construction(meap_lm: tuple[Any, Any, int], layout: str) -> None:
+    # Several packed rows of different lengths: sequences with long and short answers, a special token in an
+    # answer, a row whose sequences are all short (no copy). Read back sequence by sequence.
+    _, tokenizer, mask_id = meap_lm
+    special = set(tokenizer.all_special_ids)
+    layouts = [[(4, 30), (6, 2), (3, 12)], [(10, 3)], [(2, 9), (5, 40)], [(8, 20)]]
+    rows: list[dict[str, Any]] = []
+    for index, sequences in enumerate(layouts):
+        parts = [sft_example(prompt, answer, start=10 + 37 * index) for prompt, answer in sequences]
+        row = {key: [token for part in parts for token in part[key]] for key in ("input_ids", "labels")}
+        row["seq_lengths"] = [prompt + answer for prompt, answer in sequences]
+        rows.append(row)
+    rows[2]["input_ids"][20] = tokenizer.eos_token_id  # inside the answer of its second sequence
+    config = MEAPConfig(sft_mask_ratio=0.3, min_answer_tokens=5, sft_layout=layout, seed=1)
+    batch = MEAPSFTCollator(tokenizer, config, return_position_ids=True)(rows)
+    ids, labels = batch["input_ids"].tolist(), batch["labels"].tolist()
+    positions, lengths = batch["position_ids"].tolist(), batch["attention_mask"].sum(dim=1).tolist()
+    expected_rows = len(rows)
+    for index, row in enumerate(rows):
+        segments = literal_segments(row, config, special)
+        pointer = 0
+        for segment in segments:
+            size = len(segment["ids"])
+            assert ids[index][pointer : pointer + size] == segment["ids"]
+            assert labels[index][pointer : pointer + size] == segment["labels"]
+            doubled = layout == "concat" and segment["count"] > 0
+            if doubled:
+                copy = slice(pointer + size, pointer + 2 * size)
+                check_copy(segment, ids[index][copy], labels[index][copy], mask_id)
+            span = size * (2 if doubled else 1)
+            assert positions[index][pointer : pointer + span] == list(range(span))
+            pointer += span
+        assert lengths[index] == pointer
+        if layout == "separate" and any(segment["count"] for segment in segments):
+            copy_row, pointer = expected_rows, 0
+            for segment in segments:
+                size = len(segment["ids"])
+                span = slice(pointer, pointer + size)
+                check_copy(segment, ids[copy_row][span], labels[copy_row][span], mask_id)
+                pointer += size
+            assert lengths[copy_row] == pointer
+            expected_rows += 1
+    assert len(ids) == expected_rows
+    assert expected_rows == (7 if layout == "separate" else 4)  # rows 0, 2 and 3 have masks; row 1 none
+
+
+def test_token_arrays_and_tensors_are_accepted_and_not_modified(meap_lm: tuple[Any, Any, int]) -> None:
+    _, tokenizer, _ = meap_lm
+    rows = examples([40, 25])
+    as_lists = MEAPCollator(tokenizer, MEAPConfig(seed=5))(rows)
+    arrays = [{"input_ids": np.array(row["input_ids"], dtype=np.int32)} for row in rows]
+    tensors = [{"input_ids": torch.tensor(row["input_ids"])} for row in rows]
+    before = [row["input_ids"].copy() for row in arrays], [row["input_ids"].clone() for row in tensors]
+    for other in (arrays, tensors):
+        batch = MEAPCollator(tokenizer, MEAPConfig(seed=5))(other)
+        assert all(torch.equal(batch[key], as_lists[key]) for key in as_lists)
+        assert batch["input_ids"].dtype == torch.long
+    assert all(np.array_equal(row["input_ids"], kept) for row, kept in zip(arrays, before[0], strict=True))
+    assert all(torch.equal(row["input_ids"], kept) for row, kept in zip(tensors, before[1], strict=True))
+
+
 def test_sft_bad_input(meap_lm: tuple[Any, Any, int]) -> None:
     _, tokenizer, _ = meap_lm
     collator = MEAPSFTCollator(tokenizer)
@@ -210,3 +299,9 @@ def test_sft_bad_input(meap_lm: tuple[Any, Any, int]) -> None:
         collator([{"input_ids": [1, 2, 3]}])
     with pytest.raises(ConfigError, match=r"`examples\[0\]` has 2 labels for 3 input_ids"):
         collator([{"input_ids": [1, 2, 3], "labels": [1, 2]}])
+    with pytest.raises(ConfigError, match=r"`examples\[0\]` has 2 attention_mask for 3 input_ids"):
+        collator([{"input_ids": [1, 2, 3], "labels": [1, 2, 3], "attention_mask": [1, 1]}])
+    with pytest.raises(ConfigError, match=r"`examples\[0\]\['labels'\]` must be a non-empty 1-D sequence"):
+        collator([{"input_ids": [1, 2, 3], "labels": [1.0, 2.0, 3.0]}])
+    with pytest.raises(ConfigError, match=r"`examples\[1\]\['seq_lengths'\]` must be positive and sum to"):
+        collator([sft_example(2, 3), {**sft_example(2, 3), "seq_lengths": [2, 2]}])

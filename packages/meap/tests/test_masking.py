@@ -75,6 +75,30 @@ def test_matches_literal_reference(seed: int) -> None:
     assert torch.equal(fast, slow)
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_padded_rows_match_literal_reference(seed: int) -> None:
+    # Unpacked rows of different lengths, as the collators build them: padding is protected and is its own
+    # run, so each row has one sequence to mask (the draw's per-row top-k route; packed rows above take the
+    # per-sequence sort).
+    rng = torch.Generator().manual_seed(2000 + seed)
+    rows, width = (
+        int(torch.randint(1, 9, (1,), generator=rng)),
+        int(torch.randint(2, 300, (1,), generator=rng)),
+    )
+    lengths = torch.randint(1, width + 1, (rows,), generator=rng)
+    padding = torch.arange(width).unsqueeze(0) >= lengths.unsqueeze(1)
+    case: dict[str, object] = {
+        "input_ids": torch.randint(0, 100, (rows, width), generator=rng),
+        "ratio": [0.1, 0.15, 0.5, 0.9][seed % 4],
+        "protected": padding | (torch.rand((rows, width), generator=rng) < 0.1),
+        "segment_ids": padding.long(),
+        "per_row_positions": seed % 3 != 0,
+    }
+    fast = sample_mask(generator=torch.Generator().manual_seed(seed), **case)  # type: ignore[arg-type]
+    slow = reference_mask(generator=torch.Generator().manual_seed(seed), **case)  # type: ignore[arg-type]
+    assert torch.equal(fast, slow)
+
+
 def test_exact_count_protected_and_last_positions() -> None:
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(0, 50, (64, 40), generator=generator)

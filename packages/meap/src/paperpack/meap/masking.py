@@ -19,7 +19,8 @@ from paperpack.core.validation import check_int, check_range
 
 __all__ = ["mask_inputs", "sample_mask"]
 
-# Scores are integers in [0, 2**24); ineligible positions get 2**24, so they sort after every eligible one.
+# Scores are integers in [0, 2**24); ineligible positions get a larger key, so they sort after every eligible
+# one.
 _SCORE_BITS = 24
 # A ratio becomes an exact fraction with a bounded denominator so that ⌊P·E⌋ has no float surprises
 # (0.29 * 100 == 28.999999999999996 in floating point).
@@ -96,8 +97,7 @@ def sample_mask(
     device = input_ids.device
     if ratio == 0 or input_ids.numel() == 0:
         return torch.zeros(input_ids.shape, dtype=torch.bool, device=device)
-    ids = input_ids.reshape(-1, input_ids.shape[-1])
-    rows, length = ids.shape
+    rows, length = input_ids.shape if input_ids.dim() == 2 else (1, input_ids.shape[0])
 
     starts = torch.zeros((rows, length), dtype=torch.bool, device=device)
     starts[:, 0] = True
@@ -110,31 +110,73 @@ def sample_mask(
     if protected is not None:
         eligible &= ~protected.reshape(rows, length).to(device)
 
-    # Every sequence is a contiguous run of the flattened batch: number the runs and count E per run.
-    flat_starts = starts.reshape(-1)
-    sequence = torch.cumsum(flat_starts, 0) - 1
-    first = flat_starts.nonzero().squeeze(1)
-    eligible_count = torch.zeros(first.numel(), dtype=torch.long, device=device)
+    # Every sequence is a contiguous run of the flattened batch: number the runs, count E per run, and give
+    # every position the n = ⌊P·E⌋ of its own sequence.
+    sequence = torch.cumsum(starts.reshape(-1), 0) - 1
+    eligible_count = torch.zeros(int(sequence[-1]) + 1, dtype=torch.long, device=device)
     eligible_count.scatter_add_(0, sequence, eligible.reshape(-1).long())
     fraction = Fraction(ratio).limit_denominator(_MAX_DENOMINATOR)
-    count = (eligible_count * fraction.numerator) // fraction.denominator  # n = ⌊P·E⌋, exactly
+    count = (eligible_count * fraction.numerator) // fraction.denominator  # exact integer floor
+    count_at = count.index_select(0, sequence).reshape(rows, length)
 
     draw_device = generator.device if generator is not None else device
-    score_rows = rows if per_row_positions else 1
-    scores = torch.randint(
-        0, 1 << _SCORE_BITS, (score_rows, length), generator=generator, device=draw_device, dtype=torch.long
-    ).to(device)
-    scores = scores.expand(rows, length).masked_fill(~eligible, 1 << _SCORE_BITS)
-    # Sorting by (sequence, score) keeps every sequence in its own block, so a position's rank within its
-    # sequence is its sorted index minus the block's first index; the n lowest scores are masked.
-    keys = (sequence << (_SCORE_BITS + 1)) | scores.reshape(-1)
-    order = torch.sort(keys, stable=True).indices
-    # index_select / scatter rather than advanced indexing: the latter is parallelised even for a few
-    # thousand elements and becomes 1000x slower on a busy machine (measured: 28 ms vs 0.005 ms on 2 cores).
-    rank = torch.arange(keys.numel(), device=device) - first.index_select(0, sequence)
-    chosen = rank < count.index_select(0, sequence)
-    mask = torch.zeros_like(chosen).scatter_(0, order, chosen)
+    scores = (
+        torch.randint(
+            0,
+            1 << _SCORE_BITS,
+            (rows if per_row_positions else 1, length),
+            generator=generator,
+            device=draw_device,
+            dtype=torch.long,
+        )
+        .to(device)
+        .expand(rows, length)
+    )
+    if bool(((starts & (count_at > 0)).sum(dim=1) <= 1).all()):
+        mask = _lowest_per_row(scores, eligible & (count_at > 0), count_at.amax(dim=1))
+    else:
+        mask = _lowest_per_sequence(scores, eligible, starts, count_at)
     return mask.reshape(input_ids.shape)
+
+
+def _lowest_per_row(scores: torch.Tensor, candidates: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """The ``count[r]`` candidates of every row ``r`` with the lowest (score, column).
+
+    For rows whose candidates all belong to one sequence (unpacked batches): a partial top-k and one threshold
+    per row, no full sort.
+    """
+    length = candidates.shape[1]
+    columns = torch.arange(length, device=candidates.device)
+    # (score, column) as one integer: distinct within a row, ordered like the reference's sort key; the
+    # sentinel of non-candidates exceeds every candidate's key.
+    keys = (scores * length + columns).masked_fill(~candidates, (1 << _SCORE_BITS) * length)
+    largest = int(count.max())
+    if largest == 0:
+        return torch.zeros_like(candidates)
+    lowest = torch.topk(keys, largest, dim=1, largest=False, sorted=True).values
+    threshold = lowest.gather(1, (count - 1).clamp(min=0).unsqueeze(1))
+    return (keys <= threshold) & (count > 0).unsqueeze(1)
+
+
+def _lowest_per_sequence(
+    scores: torch.Tensor, eligible: torch.Tensor, starts: torch.Tensor, count_at: torch.Tensor
+) -> torch.Tensor:
+    """The ``n`` eligible positions of every sequence with the lowest (score, column).
+
+    For packed rows: one stable sort of every row by (sequence, score).
+    """
+    length = eligible.shape[1]
+    local = torch.cumsum(starts, dim=1) - 1  # the sequence's index within its row
+    keys = (local << (_SCORE_BITS + 1)) | scores.masked_fill(~eligible, 1 << _SCORE_BITS)
+    order = torch.sort(keys, dim=1, stable=True).indices
+    # The sort keeps every sequence's block at its own columns, so the rank of a sorted entry within its
+    # sequence is its column minus the sequence's first column, and its sequence's n is count_at there.
+    columns = torch.arange(length, device=eligible.device)
+    first = torch.cummax(torch.where(starts, columns, 0), dim=1).values
+    chosen = (columns - first) < count_at
+    # scatter_ rather than advanced indexing: the latter is parallelised even for a few thousand elements
+    # and becomes 1000x slower on a busy machine (measured: 28 ms vs 0.005 ms on 2 cores).
+    return torch.zeros_like(chosen).scatter_(1, order, chosen)
 
 
 def mask_inputs(
