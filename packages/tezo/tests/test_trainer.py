@@ -79,6 +79,9 @@ def test_resume_reproduces_the_uninterrupted_run(
     trainer.train(resume_from_checkpoint=str(checkpoint))
     assert unwrap_optimizer(trainer.optimizer).zo_step == 6
     assert_state_dicts_equal(resumed.state_dict(), full.state_dict())
+    # Steps 4-6 moved the weights, so replaying the wrong seeds (a step counter not restored) would show.
+    at_three = first.state_dict()
+    assert any(not torch.equal(w, at_three[k]) for k, w in resumed.state_dict().items())
 
 
 def test_gradient_accumulation_equals_the_doubled_batch(fresh_model, make_args, lm_dataset, collator) -> None:
@@ -122,6 +125,31 @@ def test_gradient_accumulation_equals_the_doubled_batch(fresh_model, make_args, 
     ulp = torch.finfo(torch.float32).eps * 8  # ulp of a loss in [4, 8)
     assert kappas["accumulated"] == pytest.approx(kappas["big"], abs=4 * ulp / (2 * 1e-2))
     assert_state_dicts_equal(accumulated.state_dict(), big.state_dict(), atol=1e-5, rtol=0)
+
+
+def test_forward_passes_skip_the_key_value_cache(fresh_model, make_args, lm_dataset, collator) -> None:
+    # Eval mode does not switch the cache off: a cache would be memory spent on nothing in ZO training.
+    model = fresh_model()
+    assert model.config.use_cache
+    seen: list[Any] = []
+    model.register_forward_pre_hook(lambda module, _args: seen.append(module.config.use_cache))
+    trainer = ZOTrainer(
+        model=model, args=make_args(max_steps=2), train_dataset=lm_dataset, data_collator=collator
+    )
+    trainer.train()
+    assert seen == [False] * 4  # two steps, two forward passes each
+
+
+def test_optimizer_follows_args_changed_before_training(fresh_model, make_args, lm_dataset, collator) -> None:
+    """The optimizer is built from ``trainer.args`` when training starts (as ``hyperparameter_search`` needs)."""
+    args = make_args(max_steps=1, zo_method="tezo_adam", zo_rank=4, lr_scheduler_type="constant")
+    trainer = ZOTrainer(model=fresh_model(), args=args, train_dataset=lm_dataset, data_collator=collator)
+    trainer.args.learning_rate = 5e-4
+    trainer.args.zo_rank = 2
+    trainer.train()
+    optimizer = unwrap_optimizer(trainer.optimizer)
+    assert optimizer.defaults["rank"] == 2
+    assert [group["lr"] for group in optimizer.param_groups] == [5e-4, 5e-4]
 
 
 def test_evaluation_during_training(fresh_model, make_args, lm_dataset, collator) -> None:

@@ -6,7 +6,7 @@ from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
-from transformers import Trainer
+from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from paperpack.tezo.config import ZOConfig
 from paperpack.tezo.optim import ZOOptimizer, unwrap_optimizer
@@ -15,10 +15,11 @@ __all__ = ["ZOTrainer"]
 
 
 class ZOTrainer(Trainer):
-    """Zeroth-order fine-tuning with the Hugging Face ``Trainer``: only ``training_step`` is replaced.
+    """Zeroth-order fine-tuning with the Hugging Face ``Trainer``: HF's loop, ``training_step`` replaced.
 
     The optimizer is a :class:`~paperpack.tezo.ZOOptimizer` built from ``args`` (``ZOConfig``) on the
-    trainable parameters, with HF's weight-decay groups, so the HF learning-rate scheduler, checkpointing
+    trainable parameters, with HF's weight-decay groups (through ``get_optimizer_cls_and_kwargs``, the hook
+    HF's ``create_optimizer`` reads), so the HF learning-rate scheduler, checkpointing
     (``optimizer.pt`` holds the ZO state and the step counter that fixes the seed sequence), resume,
     evaluation, logging and accelerate DDP work unchanged. Each micro-batch's ``training_step`` puts the model
     in eval mode (dropout off, as in MeZO), evaluates the loss at θ ± ρZ_t without autograd and adds its
@@ -65,9 +66,20 @@ class ZOTrainer(Trainer):
         cls_and_kwargs = kwargs.get("optimizer_cls_and_kwargs")
         if cls_and_kwargs is not None and not issubclass(cls_and_kwargs[0], ZOOptimizer):
             raise TypeError(f"`optimizer_cls_and_kwargs[0]` must be ZOOptimizer, got {cls_and_kwargs[0]!r}")
-        if optimizer is None and cls_and_kwargs is None:
-            kwargs["optimizer_cls_and_kwargs"] = (ZOOptimizer, _without_group_keys(args.optimizer_kwargs()))
         super().__init__(model=model, args=args, **kwargs)
+
+    @staticmethod
+    def get_optimizer_cls_and_kwargs(
+        args: TrainingArguments, model: PreTrainedModel | None = None
+    ) -> tuple[Any, Any]:
+        """``ZOOptimizer`` and its settings from ``args``, read when HF's ``create_optimizer`` runs.
+
+        HF's ``create_optimizer`` then builds the optimizer on its weight-decay groups, so settings changed on
+        ``trainer.args`` before training (or by ``hyperparameter_search``) take effect.
+        """
+        if not isinstance(args, ZOConfig):
+            raise TypeError(f"`args` must be a ZOConfig, got {type(args).__name__}")
+        return ZOOptimizer, _without_group_keys(args.optimizer_kwargs())
 
     def training_step(
         self,
@@ -77,7 +89,9 @@ class ZOTrainer(Trainer):
     ) -> Tensor:
         """Estimate κ on one micro-batch from two forward passes (no backward) and return its loss.
 
-        The update itself happens in HF's ``optimizer.step()`` after the last micro-batch of the step.
+        The update itself happens in HF's ``optimizer.step()`` after the last micro-batch of the step. No
+        key/value cache is built: HF's ``Trainer`` sets ``model.config.use_cache`` from ``args.use_cache``
+        (``False`` by default).
         """
         optimizer = unwrap_optimizer(self.optimizer)
         model.eval()
