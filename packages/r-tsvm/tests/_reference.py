@@ -155,14 +155,18 @@ def _polar(matrix):
 
 
 def tsv_padded(deltas, ranks, scales=None):
-    """TSV-M as written in the paper's code: zero-padded U, S, V sums, then polar factors (numpy)."""
+    """TSV-M as written in the paper's code: zero-padded U, S, V sums, then polar factors (numpy).
+
+    The sums have r = min(rows, cols) slots (more only when the ranks add up to more than r), and the unused
+    slots stay zero, as in the paper's code; the fast code concatenates only the kept triplets instead.
+    """
     num = len(deltas)
     scales = scales or [1.0] * num
     rows, cols = deltas[0].shape
-    r = min(rows, cols)
-    sum_u = np.zeros((rows, r * num))
-    sum_s = np.zeros(r * num)
-    sum_v = np.zeros((r * num, cols))
+    size = max(min(rows, cols), sum(ranks))
+    sum_u = np.zeros((rows, size))
+    sum_s = np.zeros(size)
+    sum_v = np.zeros((size, cols))
     offset = 0
     for t, delta in enumerate(deltas):
         u, s, vh = np.linalg.svd(delta, full_matrices=False)
@@ -171,7 +175,6 @@ def tsv_padded(deltas, ranks, scales=None):
         sum_s[offset : offset + k] = s[:k] * scales[t]
         sum_v[offset : offset + k, :] = vh[:k, :]
         offset += k
-    sum_u, sum_s, sum_v = sum_u[:, :offset], sum_s[:offset], sum_v[:offset]
     return _polar(sum_u) @ np.diag(sum_s) @ _polar(sum_v)
 
 

@@ -71,6 +71,31 @@ def test_sharded_merge_matches_in_memory_merge_and_loads(model_dirs, tmp_path, m
     assert_state_dicts_equal(load_state_dict(again), expected)
 
 
+@pytest.mark.parametrize("method", ["linear", "ties", "r_tsvm"])
+def test_streaming_holds_one_tensor_per_input_at_a_time(model_dirs, tmp_path, monkeypatch, method):
+    # Every tensor read from disk is tracked until it is freed: a merge that streams never holds more than
+    # the current key's tensors (base + 3 experts), whatever the number of keys.
+    import weakref
+
+    original = LazyStateDict.__getitem__
+    alive: list[weakref.ref[torch.Tensor]] = []
+    peak = {"alive": 0, "reads": 0}
+
+    def tracked(self, key):
+        tensor = original(self, key)
+        alive[:] = [ref for ref in alive if ref() is not None]
+        alive.append(weakref.ref(tensor))
+        peak["alive"] = max(peak["alive"], len(alive))
+        peak["reads"] += 1
+        return tensor
+
+    monkeypatch.setattr(LazyStateDict, "__getitem__", tracked)
+    experts = [model_dirs[f"expert{i}"] for i in range(3)]
+    merge_checkpoints(recipe(method, model_dirs["base"], experts), tmp_path / "merged", progress=False)
+    assert peak["reads"] > 4 * 10
+    assert peak["alive"] <= 4
+
+
 def test_r_tsvm_writes_a_report_per_layer(model_dirs, tmp_path):
     experts = [model_dirs[f"expert{i}"] for i in range(3)]
     out = merge_checkpoints(
@@ -298,3 +323,14 @@ def test_yaml_config_validation(model_dirs, tmp_path):
     (tmp_path / "b").mkdir()
     config = MergeConfig.from_yaml(write(relative))
     assert config.models[0].model == str(tmp_path / "a")
+
+
+def test_merging_again_into_the_same_folder_replaces_the_report(tmp_path):
+    base = save_state_dict({"w": torch.zeros(4, 4)}, tmp_path / "base")
+    models = [save_state_dict({"w": torch.randn(4, 4)}, tmp_path / f"m{i}") for i in range(3)]
+    for method in ("r_tsvm", "ties"):
+        out = merge_checkpoints(recipe(method, base, models), tmp_path / "out", progress=False)
+        report = json.loads((out / "merge_report.json").read_text())
+        assert report["merge_method"] == method
+        assert MergeConfig.from_yaml(out / "merge_config.yaml").merge_method == method
+    assert report["layers"] == {}

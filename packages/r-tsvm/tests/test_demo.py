@@ -38,6 +38,8 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "_QUICK", tiny)
     report = demo.run_demo(DemoContext(name="r-tsvm", output_dir=tmp_path, quick=True, seed=0))
     assert len(report.claims) == 5
+    # The planted-outlier claim states whether the outliers hurt TSV-M at all.
+    assert "TSV-M (" in report.claims[1].note and report.claims[1].note in report.notes[-1]
     rows = {row[0] for row in report.tables[0].rows}
     assert {"tsv_m", "r_tsvm", "data mixture (uniform)", "fisher", "regmean"} <= rows
     assert all(plot.is_file() for plot in report.plots)

@@ -3,8 +3,9 @@
 Everything that can be checked from file headers is checked before the first tensor is read: keys, shapes,
 vocabulary sizes, LoRA targets, statistics and the output path. The output is written through the core's
 :class:`~paperpack.core.checkpoints.StateDictWriter` into a hidden staging folder that is renamed into place
-only when complete, with the base model's config and tokenizer, the recipe (``merge_config.yaml``) and, for
-methods that report, ``merge_report.json``.
+only when complete, with the base model's config and tokenizer, the recipe (``merge_config.yaml``) and
+``merge_report.json`` (the method, its parameters, the models and, for R-TSVM, each layer's ranks and
+weights).
 """
 
 from __future__ import annotations
@@ -264,8 +265,8 @@ def merge_checkpoints(
     Inputs are model folders (single or sharded safetensors), ``.safetensors`` files, or PEFT LoRA adapter
     folders (merged as dense deltas s · B A on the base model). The output folder holds the merged weights
     (sharded above ``max_shard_size``), the base model's config, generation config and tokenizer, the recipe
-    ``merge_config.yaml`` and, for R-TSVM, ``merge_report.json`` with each layer's ranks and outlier weights.
-    It loads with ``from_pretrained``.
+    ``merge_config.yaml`` and ``merge_report.json`` (the method, its parameters and models; for R-TSVM also
+    each layer's ranks and outlier weights). It loads with ``from_pretrained``.
 
     Args:
         config: a :class:`MergeConfig`, a path to its YAML file, or a mapping in the YAML layout.
@@ -308,13 +309,15 @@ def merge_checkpoints(
             source = config.base_model or config.models[0].model
             copy_model_files(source, writer.staging_dir)
             (writer.staging_dir / "merge_config.yaml").write_text(config.to_yaml())
-            if layers:
-                summary = {
-                    "merge_method": plan.method.name,
-                    "parameters": asdict(config.method_config),
-                    "weights": config.weights,
-                    "models": [spec.model for spec in config.models],
-                    "layers": layers,
-                }
-                (writer.staging_dir / "merge_report.json").write_text(json.dumps(summary, indent=2))
+            # Written for every method (``layers`` empty for those without a per-layer report): the writer
+            # keeps an existing output folder's other files, so a report left by an earlier merge into the
+            # same folder must be replaced, never left beside a different model.
+            summary = {
+                "merge_method": plan.method.name,
+                "parameters": asdict(config.method_config),
+                "weights": config.weights,
+                "models": [spec.model for spec in config.models],
+                "layers": layers,
+            }
+            (writer.staging_dir / "merge_report.json").write_text(json.dumps(summary, indent=2))
     return writer.path

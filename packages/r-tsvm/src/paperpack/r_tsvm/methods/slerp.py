@@ -6,8 +6,9 @@ For one parameter, flatten both tensors v_0, v_1, measure the angle between them
     slerp(v_0, v_1; t) = sin((1 − t) Ω) / sin Ω · v_0 + sin(t Ω) / sin Ω · v_1.
 
 When the vectors are nearly colinear (|cos Ω| > ``dot_threshold``) the formula is ill-conditioned and linear
-interpolation (1 − t) v_0 + t v_1 is used instead. The angle is taken over the whole tensor (mergekit's
-current release takes it per row; the original formulation is per tensor).
+interpolation (1 − t) v_0 + t v_1 is used instead. The angle is taken over the whole tensor, as mergekit's
+``slerp`` does. Ours: a tensor with a norm below ``eps`` is interpolated linearly (mergekit leaves it
+unnormalised).
 """
 
 from __future__ import annotations
