@@ -1,7 +1,10 @@
 """SeWA's costs, measured side by side in one run (not a test).
 
-1. Selection time against one training epoch of the demo (digits MLP, 1000 examples, batch 32): the default
-   search (per-sample minibatches) and the vmapped one, each as a ratio to the epoch timed in the same run.
+1. Selection time against one training epoch of the demo (digits MLP, 1000 examples, batch 32, the demo's
+   own training step): the default search (per-sample minibatches), the vmapped one and a short one, each as
+   a ratio to the epoch timed in the same run, beside the default search's loss calls timed alone (the floor
+   any implementation of the default search has) and the number of examples each pushes through the
+   network, counted in epochs.
 2. Snapshot memory on tiny_causal_lm(): SeWACallback's trainable-only snapshots of a fully fine-tuned model
    and of a LoRA (r=8) model, against keeping full copies of the model; exact tensor bytes plus the resident
    memory a window of snapshots adds (MemoryMeter).
@@ -30,18 +33,23 @@ from paperpack.core.device import MemoryMeter, format_bytes
 from paperpack.core.hf import default_corpus, tiny_causal_lm
 from paperpack.sewa import SeWAConfig, select_checkpoints
 from paperpack.sewa.callback import trainable_state
-from paperpack.sewa.demo import DemoSettings, _loss_fn, train_trajectory
+from paperpack.sewa.demo import DemoSettings, _loss_fn, sgd_step, train_trajectory
 from paperpack.sewa.loss import model_loss
 from paperpack.sewa.store import SnapshotStore
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    times = []
+def interleaved_seconds(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Seconds of every call of each function over ``repeats`` rounds; each round calls every function once,
+    in turn, so that a change in the machine's load reaches all of them alike (the machine is shared)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()  # warm-up
     for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    return times
 
 
 def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
@@ -57,19 +65,28 @@ def digits_selection(repeats: int) -> None:
     settings = DemoSettings()
     run = train_trajectory(0, settings)
     model, train = run.model, run.train
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: time an epoch without changing the model
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    generator = torch.Generator().manual_seed(0)
+    size, batch_size = len(train.y), settings.batch_size
 
     def epoch() -> None:
-        for start in range(0, len(train.y) - settings.batch_size + 1, settings.batch_size):
-            loss = nn.functional.cross_entropy(
-                model(train.x[start : start + settings.batch_size]),
-                train.y[start : start + settings.batch_size],
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        # The demo's own step (shuffled minibatches, the learning rate set per step) at lr 0, so that the model
+        # stays the one the window came from.
+        order = torch.randperm(size, generator=generator)
+        for start in range(0, size - batch_size + 1, batch_size):
+            sgd_step(model, optimizer, train, order[start : start + batch_size], 0.0)
 
     base = SeWAConfig(k=settings.k, iterations=settings.iterations, mc_samples=settings.mc_samples)
+    calls = base.iterations * base.mc_samples
+    params = {key: value.clone().requires_grad_(True) for key, value in run.snapshots[-1].items()}
+
+    def loss_calls_alone() -> None:
+        # The passes any implementation of the default search must make: I × M calls of the demo's loss on
+        # minibatches of 128 with their backward pass, and nothing else.
+        loss_fn = _loss_fn(model, train, settings.selection_batch, 0)
+        for _ in range(calls):
+            torch.autograd.grad(loss_fn(params), list(params.values()))
+
     variants = {
         f"SeWA default (I={base.iterations}, M={base.mc_samples}, batch 128 per sample)": (
             base,
@@ -84,29 +101,45 @@ def digits_selection(repeats: int) -> None:
             32,
         ),
     }
-    epoch()
-    epoch_seconds = median_seconds(epoch, repeats * 4)
-    rows = [["one training epoch (31 steps of 32)", f"{epoch_seconds * 1000:.1f} ms", "1.00", "-"]]
+    floor = f"the default search's {calls} loss calls alone (forward + backward, batch 128)"
+    fns: dict[str, Callable[[], object]] = {"epoch": epoch, floor: loss_calls_alone}
     for name, (config, batch) in variants.items():
-        seconds = median_seconds(
-            lambda c=config, b=batch: select_checkpoints(run.snapshots, _loss_fn(model, train, b, 0), c),
-            repeats,
+        fns[name] = lambda c=config, b=batch: select_checkpoints(
+            run.snapshots, _loss_fn(model, train, b, 0), c
         )
-        evaluations = config.iterations * (1 if config.vmap_loss else config.mc_samples)
-        rows.append([name, f"{seconds * 1000:.1f} ms", f"{seconds / epoch_seconds:.2f}", str(evaluations)])
-    epoch_after = median_seconds(epoch, repeats * 4)
-    rows.append(
+    times = interleaved_seconds(fns, repeats)
+    epoch_seconds = statistics.median(times["epoch"])
+    examples = (size // batch_size) * batch_size
+    work = {floor: calls * settings.selection_batch}
+    evaluations = {floor: calls}
+    for name, (config, batch) in variants.items():
+        work[name] = config.iterations * config.mc_samples * batch
+        evaluations[name] = config.iterations * (1 if config.vmap_loss else config.mc_samples)
+    rows = [
         [
-            "one training epoch, timed again after",
-            f"{epoch_after * 1000:.1f} ms",
-            f"{epoch_after / epoch_seconds:.2f}",
+            f"one training epoch of the demo ({size // batch_size} steps of {batch_size})",
+            f"{epoch_seconds * 1000:.1f} ms",
+            "1.00",
             "-",
+            "1.00",
         ]
-    )
+    ]
+    for name, examples_seen in work.items():
+        seconds = statistics.median(times[name])
+        rows.append(
+            [
+                name,
+                f"{seconds * 1000:.1f} ms",
+                f"{seconds / epoch_seconds:.2f}",
+                str(evaluations[name]),
+                f"{examples_seen / examples:.1f}",
+            ]
+        )
     table(
-        f"1. Selection time vs one epoch of the demo (K={settings.window}, k={settings.k}; "
-        f"median of {repeats})",
-        ["what", "time", "ratio to epoch", "loss calls"],
+        f"1. Selection time vs one epoch of the demo (K={settings.window}, k={settings.k}; median of {repeats} "
+        f"interleaved rounds; epoch {min(times['epoch']) * 1000:.1f} to {max(times['epoch']) * 1000:.1f} ms "
+        f"over the rounds; the demo's own training measured {run.seconds_per_epoch * 1000:.1f} ms per epoch)",
+        ["what", "time", "ratio to epoch", "loss calls", "examples through the network, in epochs"],
         rows,
     )
 
@@ -194,16 +227,15 @@ def lm_selection(repeats: int) -> None:
             while True:
                 yield batch
 
-        step()
-        step_seconds = median_seconds(step, repeats * 4)
-        model.eval()
-        seconds = median_seconds(
-            lambda m=model, w=window: select_checkpoints(
-                w, model_loss(m, batches(), torch.device("cpu")), config
-            ),
-            repeats,
-        )  # type: ignore[arg-type]
-        model.train()
+        def select(m: nn.Module = model, w: list[dict[str, torch.Tensor]] = window) -> None:
+            m.eval()
+            try:
+                select_checkpoints(w, model_loss(m, batches(), torch.device("cpu")), config)  # type: ignore[arg-type]
+            finally:
+                m.train()
+
+        times = interleaved_seconds({"step": step, "select": select}, repeats)
+        step_seconds, seconds = statistics.median(times["step"]), statistics.median(times["select"])
         rows.append(
             [
                 name,

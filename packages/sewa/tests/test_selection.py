@@ -97,6 +97,28 @@ def test_vmap_loss_matches_literal_reference(regression) -> None:
     )
 
 
+@pytest.mark.parametrize("vmap_loss", [False, True], ids=["per-sample", "vmap"])
+def test_loss_on_some_keys_of_mixed_dtypes_matches_literal_reference(regression, vmap_loss) -> None:
+    """Keys the loss never reads get no gradient; a float32 key beside float64 ones is its own matrix."""
+    model, inputs, targets = regression
+    window = _window(6, bad=(2,))
+    for snapshot in window:
+        snapshot["unused"] = snapshot["0.bias"].clone()
+        snapshot["2.bias"] = snapshot["2.bias"].float()
+    full = _loss(model, inputs, targets)
+
+    def loss_fn(params):
+        return full({key: value.double() for key, value in params.items() if key != "unused"})
+
+    config = SeWAConfig(k=2, iterations=8, mc_samples=3, seed=3, vmap_loss=vmap_loss)
+    result = select_checkpoints(window, loss_fn, config)
+    indices, probabilities, _ = reference_select(window, loss_fn, config)
+    assert result.indices == indices
+    torch.testing.assert_close(
+        result.probabilities, torch.tensor(probabilities, dtype=torch.float64), rtol=0, atol=1e-6
+    )
+
+
 def test_state_dict_is_exact_mean_of_selected(regression) -> None:
     model, inputs, targets = regression
     window = _window(8, bad=(3,), dtype=torch.float32)
@@ -265,6 +287,17 @@ def test_loss_not_scalar() -> None:
 def test_loss_nan() -> None:
     with pytest.raises(ConfigError, match=r"`loss_fn` returned nan at iteration 0, Monte Carlo sample 0"):
         select_checkpoints(_simple_window(), lambda params: params["w"].sum() * math.nan, SeWAConfig(k=1))
+
+
+def test_loss_nan_in_a_later_sample_names_that_sample() -> None:
+    calls = []
+
+    def loss_fn(params):
+        calls.append(None)
+        return params["w"].sum() * (math.nan if len(calls) == 3 else 1.0)
+
+    with pytest.raises(ConfigError, match=r"returned nan at iteration 0, Monte Carlo sample 2"):
+        select_checkpoints(_simple_window(), loss_fn, SeWAConfig(k=1, mc_samples=4))
 
 
 def test_loss_not_a_tensor_or_detached() -> None:

@@ -30,7 +30,7 @@ from paperpack.sewa.averaging import average_checkpoints, baseline_weights
 from paperpack.sewa.config import SeWAConfig
 from paperpack.sewa.selection import SeWAResult, select_checkpoints
 
-__all__ = ["DemoSettings", "Trajectory", "run_demo", "run_seed", "train_trajectory"]
+__all__ = ["DemoSettings", "Trajectory", "run_demo", "run_seed", "sgd_step", "train_trajectory"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,12 +115,7 @@ def train_trajectory(seed: int, settings: DemoSettings, *, spikes: bool = True) 
         batch = order[position : position + settings.batch_size]
         position += settings.batch_size
         spiked = spikes and step % settings.spike_period == settings.spike_period // 2
-        for group in optimizer.param_groups:
-            group["lr"] = settings.lr * (settings.spike_factor if spiked else 1.0)
-        loss = nn.functional.cross_entropy(model(train.x[batch]), train.y[batch])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        sgd_step(model, optimizer, train, batch, settings.lr * (settings.spike_factor if spiked else 1.0))
         remaining = settings.steps - step
         if remaining % settings.snapshot_every == 0 and remaining < settings.window * settings.snapshot_every:
             snapshots.append({name: p.detach().clone() for name, p in model.named_parameters()})
@@ -128,6 +123,18 @@ def train_trajectory(seed: int, settings: DemoSettings, *, spikes: bool = True) 
     seconds = time.perf_counter() - started
     epochs = settings.steps * settings.batch_size / size
     return Trajectory(model, snapshots, bad, train, val, test, seconds / epochs)
+
+
+def sgd_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, split: Split, batch: Tensor, lr: float
+) -> None:
+    """One training step of the demo on the examples ``batch`` of ``split`` at learning rate ``lr``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss = nn.functional.cross_entropy(model(split.x[batch]), split.y[batch])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
 
 
 def _loss_fn(

@@ -12,12 +12,13 @@ Symbols (paper arXiv:2502.10119 and the reconstruction in the paper note, which 
 - Annealing: τ goes from τ_0 to τ_min over the I iterations.
 - Final mask: the k largest s_i (ties go to the later snapshot); w* = (1/k) Σ_{i selected} w_i.
 
-Vectorisation: the M masks of an iteration are drawn together; the window is stacked into one (K × P)
-matrix per dtype, so a soft average of all parameters is one product with it. The network passes are either
-M calls of ``loss_fn`` (each may draw its own minibatch) or one ``torch.func.vmap`` call
-(``vmap_loss=True``). The chain rule is split so that the network's backward pass stops at the averaged
-parameters: ∂F/∂coef_ji = <∂F/∂w̄_j, w_i>, one more product with the stacked window, after which autograd
-carries the K-vector back through the mask formula.
+Vectorisation: the M masks of an iteration are drawn together; the window is stacked once into one (K × P)
+matrix per dtype, so the M soft averages of all parameters are one (M × K)(K × P) product per iteration. The
+network passes are either M calls of ``loss_fn`` (each may draw its own minibatch) or one ``torch.func.vmap``
+call (``vmap_loss=True``). The chain rule is split so that the network's backward pass stops at the averaged
+parameters: ∂F/∂coef_ji = <∂F/∂w̄_j, w_i>, one more product of the M gradients with the stacked window, after
+which autograd carries the (M × K) matrix back through the mask formula. Memory during the search: the window
+(K × P) plus the M averages and their M gradients (2M × P).
 """
 
 from __future__ import annotations
@@ -286,47 +287,61 @@ def _loss_gradients(
 ) -> tuple[float, Tensor]:
     """Mean loss of the M soft averages and ∂F_j/∂coef_ji, shape (M, K), float64 on the CPU.
 
-    The averaged parameters are views of one flat leaf per dtype, so the network's backward pass ends there
-    and one product with the window gives the K partial derivatives.
+    One product with the window gives all M averages. Each parameter of each average is its own autograd
+    leaf (a view into that product), so the network's backward pass ends there, costs O(P) to collect (a
+    single flat leaf per dtype would cost one P-sized zero-filled gradient per key), and one more product
+    with the window contracts the M gradients into the K partial derivatives.
     """
     samples = coefficients.shape[0]
+    averages = window.combine(coefficients)
     if vmap_loss:
-        flats = {dtype: flat.requires_grad_(True) for dtype, flat in window.combine(coefficients).items()}
+        params = _leaves(window.unflatten(averages))
         batched_fixed = {key: value.expand(samples, *value.shape) for key, value in fixed.items()}
-        losses = torch.func.vmap(loss_fn, randomness="different")(
-            {**window.unflatten(flats), **batched_fixed}
-        )
+        losses = torch.func.vmap(loss_fn, randomness="different")({**params, **batched_fixed})
         _check_losses(losses, (samples,), iteration)
-        return float(losses.detach().mean()), window.contract(_gradients(losses.sum(), flats))
+        gradients = window.flatten(_gradients(losses.sum(), params), (samples,))
+        return float(losses.detach().mean()), window.contract(gradients)
     values: list[Tensor] = []
-    rows: list[Tensor] = []
+    rows: dict[torch.dtype, list[Tensor]] = {dtype: [] for dtype in averages}
     for sample in range(samples):
-        flats = {
-            dtype: flat.requires_grad_(True) for dtype, flat in window.combine(coefficients[sample]).items()
-        }
-        loss = loss_fn({**window.unflatten(flats), **fixed})
-        _check_losses(loss, (), iteration, sample)
-        rows.append(window.contract(_gradients(loss, flats)))
+        params = _leaves(window.unflatten({dtype: flat[sample] for dtype, flat in averages.items()}))
+        loss = loss_fn({**params, **fixed})
+        _check_losses(loss, (), iteration, sample, finite=False)
+        for dtype, row in window.flatten(_gradients(loss, params)).items():
+            rows[dtype].append(row)
         values.append(loss.detach())
-    return float(torch.stack(values).mean()), torch.stack(rows)
+    losses = torch.stack(values)
+    # Finiteness is checked once per iteration (one device synchronisation), then traced to its sample.
+    if not bool(torch.isfinite(losses).all()):
+        sample = int((~torch.isfinite(losses)).nonzero()[0])
+        _check_losses(values[sample], (), iteration, sample)
+    return float(losses.mean()), window.contract({dtype: torch.stack(row) for dtype, row in rows.items()})
 
 
-def _gradients(loss: Tensor, flats: dict[torch.dtype, Tensor]) -> dict[torch.dtype, Tensor]:
+def _leaves(views: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Make each view of the (gradient-free) averages an autograd leaf of its own."""
+    return {key: view.requires_grad_(True) for key, view in views.items()}
+
+
+def _gradients(loss: Tensor, params: dict[str, Tensor]) -> dict[str, Tensor]:
+    """∂loss/∂params for the parameters the loss depends on."""
     if not loss.requires_grad:
         raise ConfigError(
             "`loss_fn` returned a loss that does not depend on the averaged parameters: compute it from "
             "`params` (e.g. with torch.func.functional_call) inside autograd, without .detach() or "
             "torch.no_grad()"
         )
-    dtypes = list(flats)
-    grads = torch.autograd.grad(loss, [flats[dtype] for dtype in dtypes], allow_unused=True)
-    found = {dtype: grad for dtype, grad in zip(dtypes, grads, strict=True) if grad is not None}
+    keys = list(params)
+    grads = torch.autograd.grad(loss, [params[key] for key in keys], allow_unused=True)
+    found = {key: grad for key, grad in zip(keys, grads, strict=True) if grad is not None}
     if not found:
         raise ConfigError("`loss_fn` returned a loss that does not depend on any of the averaged parameters")
     return found
 
 
-def _check_losses(loss: object, shape: tuple[int, ...], iteration: int, sample: int | None = None) -> None:
+def _check_losses(
+    loss: object, shape: tuple[int, ...], iteration: int, sample: int | None = None, *, finite: bool = True
+) -> None:
     if not isinstance(loss, Tensor):
         raise TypeError(f"`loss_fn` must return a torch.Tensor, got {type(loss).__name__}")
     where = f"iteration {iteration}" + (f", Monte Carlo sample {sample}" if sample is not None else "")
@@ -335,7 +350,7 @@ def _check_losses(loss: object, shape: tuple[int, ...], iteration: int, sample: 
         raise ConfigError(f"`loss_fn` must return {expected}, got shape {tuple(loss.shape)} at {where}")
     if not loss.is_floating_point():
         raise ConfigError(f"`loss_fn` must return a floating-point loss, got dtype {loss.dtype} at {where}")
-    if not bool(torch.isfinite(loss).all()):
+    if finite and not bool(torch.isfinite(loss).all()):
         value = loss.detach().tolist()
         raise ConfigError(
             f"`loss_fn` returned {value} at {where}: SeWA needs a finite loss "

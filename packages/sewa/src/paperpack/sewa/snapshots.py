@@ -142,7 +142,8 @@ class StackedWindow:
     """The K snapshots flattened into one (K, P) matrix per dtype, so that a soft average is one product.
 
     Every floating key of a dtype gets a slice of that dtype's matrix; the matrix is filled in place (one copy
-    of the window on ``device``, no transient second copy).
+    of the window on ``device``, no transient second copy). Half-precision windows are stacked in float32, the
+    dtype every product with them is computed in, so that no product converts the whole window again.
 
     Args:
         snapshots: The window (already checked with ``check_snapshots``).
@@ -161,7 +162,7 @@ class StackedWindow:
         self.matrices: dict[torch.dtype, Tensor] = {}
         for dtype, entries in self.layout.items():
             width = entries[-1][1] + entries[-1][2]
-            matrix = torch.empty((self.size, width), dtype=dtype, device=device)
+            matrix = torch.empty((self.size, width), dtype=accumulation_dtype(dtype), device=device)
             for row, snapshot in enumerate(snapshots):
                 for key, offset, numel, _ in entries:
                     matrix[row, offset : offset + numel].copy_(snapshot[key].detach().reshape(-1))
@@ -170,12 +171,12 @@ class StackedWindow:
     def combine(self, coefficients: Tensor) -> dict[torch.dtype, Tensor]:
         """Σ_i c_i w_i for coefficients of shape (K,) or (M, K): flat (P,) or (M, P) tensors per dtype.
 
-        Computed in the window's dtype, or in float32 for half-precision windows (then cast back).
+        Computed in the accumulation dtype (float32 for half-precision windows), then cast to the window's
+        dtype.
         """
         result = {}
         for dtype, matrix in self.matrices.items():
-            compute = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-            product = coefficients.to(device=matrix.device, dtype=compute) @ matrix.to(compute)
+            product = coefficients.to(device=matrix.device, dtype=matrix.dtype) @ matrix
             result[dtype] = product.to(dtype)
         return result
 
@@ -183,8 +184,8 @@ class StackedWindow:
         """<g, w_i> for every i, summed over dtypes: (…, P) per dtype -> (…, K), float64 on the CPU."""
         total: Tensor | None = None
         for dtype, gradient in gradients.items():
-            compute = torch.float64 if dtype == torch.float64 else torch.float32
-            part = (gradient.to(compute) @ self.matrices[dtype].to(compute).T).to("cpu", torch.float64)
+            matrix = self.matrices[dtype]
+            part = (gradient.to(matrix.dtype) @ matrix.T).to("cpu", torch.float64)
             total = part if total is None else total + part
         if total is None:
             raise ConfigError("no gradient reached the averaged parameters")
@@ -199,3 +200,18 @@ class StackedWindow:
             for key, offset, numel, shape in entries:
                 params[key] = flat[..., offset : offset + numel].reshape(*batch, *shape)
         return params
+
+    def flatten(
+        self, tensors: Mapping[str, Tensor], batch: tuple[int, ...] = ()
+    ) -> dict[torch.dtype, Tensor]:
+        """Inverse of ``unflatten``: per-key tensors into flat (…, P) tensors per dtype (absent keys: 0)."""
+        flats = {}
+        for dtype, entries in self.layout.items():
+            width = entries[-1][1] + entries[-1][2]
+            device = self.matrices[dtype].device
+            flat = torch.zeros((*batch, width), dtype=dtype, device=device)
+            for key, offset, numel, _ in entries:
+                if key in tensors:
+                    flat[..., offset : offset + numel].copy_(tensors[key].reshape(*batch, numel))
+            flats[dtype] = flat
+        return flats
