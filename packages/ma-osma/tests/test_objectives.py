@@ -72,6 +72,30 @@ def test_ties_between_best_members_are_handled():
     np.testing.assert_allclose(gains, [[0.5, 0.0]])
 
 
+@pytest.mark.parametrize("chunk_entries", [1, 1 << 18])
+def test_facility_gains_with_repeated_member_candidates_and_ties(monkeypatch, chunk_entries):
+    # Small integer similarities tie often; candidates repeat items, many of them members of S_b: the
+    # paths where removing v changes the maximum.
+    monkeypatch.setattr(objectives_module, "_CHUNK_ENTRIES", chunk_entries)
+    rng = np.random.default_rng(5)
+    f = FacilityLocation(rng.integers(0, 3, (8, 4)).astype(np.float64))
+    masks = rng.random((40, 8)) < rng.random((40, 1))
+    candidates = rng.integers(0, 8, (40, 6))
+    candidates[:, 1] = candidates[:, 0]
+    gains = f.marginal_gains(masks, candidates)
+    for b in range(40):
+        members = set(np.flatnonzero(masks[b]).tolist())
+        for k, v in enumerate(candidates[b].tolist()):
+            expected = facility_value(f.similarity, sorted(members | {v})) - facility_value(
+                f.similarity, sorted(members - {v})
+            )
+            assert gains[b, k] == expected
+    np.testing.assert_array_equal(
+        f.values(masks), [facility_value(f.similarity, np.flatnonzero(m).tolist()) for m in masks]
+    )
+    assert f.marginal_gains(np.zeros((0, 8), dtype=bool), np.zeros((0, 3), dtype=np.int64)).shape == (0, 3)
+
+
 def test_tracking_objective_is_inverse_distance_facility_location():
     agents = np.array([[0.0, 0.0], [10.0, 0.0]])
     moves = np.array([[0.0, 0.0], [1.0, 0.0]])

@@ -197,7 +197,7 @@ class FacilityLocation:
             )
         self.similarity: FloatArray = sim.copy()
         # A zero row appended as item n pads ragged sets and makes max over the empty set equal 0.
-        self._padded_t = np.ascontiguousarray(np.vstack([self.similarity, np.zeros((1, sim.shape[1]))]).T)
+        self._padded = np.vstack([self.similarity, np.zeros((1, sim.shape[1]))])
 
     @property
     def n(self) -> int:
@@ -212,60 +212,77 @@ class FacilityLocation:
     def values(self, masks: BoolArray) -> FloatArray:
         """``f(S_b)`` for each row of ``masks``."""
         masks = _check_masks(masks, self.n)
-        sims = self._member_similarities(masks)
-        return np.asarray(sims.max(axis=2).sum(axis=0), dtype=np.float64)
+        result = np.empty(masks.shape[0])
+        for rows in self._chunks(masks, 0):
+            result[rows] = self._best(masks[rows]).sum(axis=1)
+        return result
 
     def marginal_gains(self, masks: BoolArray, candidates: IntArray) -> FloatArray:
         """``f(S_b ∪ {v}) - f(S_b ∖ {v}) = Σ_j max(s_{vj} - max_{u∈S_b∖{v}} s_{uj}, 0)``.
 
-        ``max over S_b ∖ {v}`` is the best member's similarity unless ``v`` is that member, then the second
-        best: one top-2 pass per row serves every candidate. Cost ``O(B·(|S| + K)·n_customers)``.
+        ``S_b`` splits into its members among the row's candidates and the rest. One pass over the rest
+        serves every candidate; removing ``v`` only touches the former, where a top-2 per customer says what
+        is left. Cost ``O(B·(|S| + K)·n_customers)``.
         """
         masks = _check_masks(masks, self.n)
         candidates = _check_candidates(candidates, masks.shape[0], self.n)
-        # Rows go in chunks whose (customer, row, member) block stays cache-sized: one huge block is slower.
-        width = int(masks.sum(axis=1).max(initial=0)) + 2
-        rows = max(1, _CHUNK_ENTRIES // (self.similarity.shape[1] * width))
-        if masks.shape[0] <= rows:
-            return self._gains(masks, candidates)
-        return np.concatenate(
-            [
-                self._gains(masks[i : i + rows], candidates[i : i + rows])
-                for i in range(0, masks.shape[0], rows)
-            ]
-        )
+        result = np.empty(candidates.shape)
+        for rows in self._chunks(masks, candidates.shape[1]):
+            result[rows] = self._gains(masks[rows], candidates[rows])
+        return result
 
-    def _gains(self, masks: BoolArray, candidates: IntArray) -> FloatArray:
-        sims = self._member_similarities(masks)  # (J, B, M), M >= 2
-        best = sims.max(axis=2)  # (J, B)
-        candidate_sims = self.similarity[candidates]  # (B, K, J)
-        in_set = masks[np.arange(masks.shape[0])[:, None], candidates]  # (B, K): v ∈ S_b
-        if in_set.any():
-            # A member v that alone attains the best similarity leaves the second best behind when removed.
-            attains = sims == best[:, :, None]
-            second = np.where(attains, -np.inf, sims).max(axis=2)
-            unique = (attains.sum(axis=2) == 1).T  # (B, J)
-            alone = in_set[:, :, None] & unique[:, None, :] & (candidate_sims == best.T[:, None, :])
-            excluded = np.where(alone, second.T[:, None, :], best.T[:, None, :])
-        else:  # no candidate is a member (greedy, OSG): S_b ∖ {v} = S_b
-            excluded = best.T[:, None, :]
-        gains = np.maximum(candidate_sims - excluded, 0.0)
-        return np.asarray(gains.sum(axis=2), dtype=np.float64)
+    def _chunks(self, masks: BoolArray, extra: int) -> list[slice] | list[IntArray]:
+        """Row selections in cache-sized chunks, rows of similar ``|S_b|`` together (little padding).
 
-    def _member_similarities(self, masks: BoolArray) -> FloatArray:
-        """Similarities ``(J, B, M)`` of each row's members, padded with the zero item ``n``.
-
-        Only members are gathered, so the cost follows ``|S_b|``, not ``n``. As ``s ≥ 0``, the zero item
-        never changes a maximum and makes ``max`` over the empty set ``0 = f(∅)``; with two columns at least a
-        second best is always defined. Members lie on the last, contiguous axis, where the reductions run.
+        A chunk gathers about ``_CHUNK_ENTRIES`` similarities, ``|S_b| + 1 + extra`` rows of ``n_customers``
+        per set: one huge block is slower.
         """
         counts = masks.sum(axis=1)
-        width = max(int(counts.max(initial=0)) + 1, 2)
-        rows, cols = np.nonzero(masks)
+        per_row = self.similarity.shape[1] * (counts.sum() / max(counts.size, 1) + 1 + extra)
+        size = max(1, int(_CHUNK_ENTRIES // per_row))
+        if size >= counts.size:
+            return [slice(None)]
+        order = np.argsort(counts, kind="stable")
+        return [order[i : i + size] for i in range(0, order.size, size)]
+
+    def _gains(self, masks: BoolArray, candidates: IntArray) -> FloatArray:
+        rows = np.arange(masks.shape[0])[:, None]
+        candidate_sims = self.similarity[candidates]  # (B, K, J)
+        in_set = masks[rows, candidates]  # (B, K): v ∈ S_b
+        if not in_set.any():  # greedy, OSG: S_b ∖ {v} = S_b for every candidate
+            gains = np.subtract(candidate_sims, self._best(masks)[:, None, :], out=candidate_sims)
+        else:
+            # One pass over the members that are not candidates serves every candidate; removing v only
+            # changes the maximum over the few members that are candidates.
+            is_candidate = np.zeros_like(masks)
+            is_candidate[rows, candidates] = True
+            best_rest = self._best(masks & ~is_candidate)  # (B, J)
+            items, sims = self._members(masks & is_candidate)  # (B, M'), (B, M', J)
+            gains = candidate_sims - np.maximum(best_rest, sims.max(axis=1))[:, None, :]
+            b, k = np.nonzero(in_set)
+            # Per member candidate v: the maximum over the other member candidates (s ≥ 0: 0 is neutral).
+            others = np.where((items[b] != candidates[b, k][:, None])[:, :, None], sims[b], 0.0).max(axis=1)
+            gains[b, k] = candidate_sims[b, k] - np.maximum(best_rest[b], others)
+        return np.asarray(np.maximum(gains, 0.0, out=gains).sum(axis=2), dtype=np.float64)
+
+    def _best(self, masks: BoolArray) -> FloatArray:
+        """``max_{u∈S_b} s_{uj}``, shape ``(B, J)`` (0 for the empty set)."""
+        return np.asarray(self._members(masks)[1].max(axis=1), dtype=np.float64)
+
+    def _members(self, masks: BoolArray) -> tuple[IntArray, FloatArray]:
+        """Each row's members ``(B, M)`` and their similarities ``(B, M, J)``, padded with the zero item.
+
+        Only members are gathered, so the cost follows ``|S_b|``, not ``n``. As ``s ≥ 0``, the zero item
+        never changes a maximum and makes ``max`` over the empty set ``0 = f(∅)``. Reductions over members
+        run across whole contiguous rows of ``J`` similarities.
+        """
+        counts = masks.sum(axis=1)
+        width = int(counts.max(initial=0)) + 1
+        rows, cols = np.divmod(np.flatnonzero(masks), masks.shape[1])  # faster than np.nonzero
         starts = np.cumsum(counts) - counts
         members = np.full((masks.shape[0], width), self.n, dtype=np.int64)
         members[rows, np.arange(rows.size) - starts[rows]] = cols
-        return np.asarray(self._padded_t[:, members], dtype=np.float64)
+        return members, self._padded[members]
 
 
 class TrackingObjective(FacilityLocation):
