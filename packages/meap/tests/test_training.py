@@ -14,6 +14,8 @@ from transformers import Trainer
 from trl import SFTConfig, SFTTrainer
 
 from paperpack.core.hf import default_corpus, training_args
+from paperpack.core.testing.contracts import assert_state_dicts_equal
+from paperpack.core.testing.resume import StopAtStep
 from paperpack.meap import MEAPCollator, MEAPConfig, MEAPSFTCollator
 
 
@@ -84,6 +86,45 @@ def test_trainer_steps_decrease_the_loss(meap_lm: tuple[Any, Any, int], tmp_path
     for batch in collator.batches:
         eligible = (~torch.isin(batch["labels"], special))[:, :-1].sum(dim=1)
         assert torch.equal((batch["input_ids"] == mask_id).sum(dim=1), eligible * 15 // 100)
+
+
+@pytest.mark.slow
+def test_resumed_pretraining_matches_the_uninterrupted_run(
+    meap_lm: tuple[Any, Any, int], tmp_path: Path
+) -> None:
+    # The collator keeps no random state: after resuming from the checkpoint at step 3, steps 4-6 see the
+    # same masked batches, so the weights equal those of a run that was never interrupted.
+    tokenizer = meap_lm[1]
+    data = Dataset.from_dict({"input_ids": pretraining_blocks(tokenizer)[:48]})
+
+    def train(folder: str, *, stop: int | None = None, resume: str | None = None) -> tuple[Any, Recording]:
+        model = copy.deepcopy(meap_lm[0])
+        collator = Recording(MEAPCollator(tokenizer, MEAPConfig(mask_ratio=0.3, seed=7)))
+        args = training_args(
+            tmp_path / folder,
+            max_steps=6,
+            per_device_train_batch_size=4,
+            learning_rate=3e-3,
+            save_strategy="steps",
+            save_steps=3,
+            seed=0,
+            data_seed=0,
+        )
+        callbacks = [StopAtStep(stop)] if stop else []
+        trainer = Trainer(
+            model=model, args=args, train_dataset=data, data_collator=collator, callbacks=callbacks
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        return model, collator
+
+    full, full_batches = train("full")
+    train("interrupted", stop=3)
+    resumed, resumed_batches = train("resumed", resume=str(tmp_path / "interrupted" / "checkpoint-3"))
+    # Steps 4-6 of the uninterrupted run and the three steps of the resumed one: the same masked inputs.
+    for ours, theirs in zip(resumed_batches.batches[-3:], full_batches.batches[-3:], strict=True):
+        assert torch.equal(ours["input_ids"], theirs["input_ids"])
+    assert (full_batches.batches[-1]["input_ids"] == meap_lm[2]).any()
+    assert_state_dicts_equal(resumed.state_dict(), full.state_dict())
 
 
 @pytest.mark.slow

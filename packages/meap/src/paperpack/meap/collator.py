@@ -9,10 +9,17 @@ packing writes) and padding-free batches are masked per original sequence.
 Token lists become numpy arrays once, on the way in (``torch.tensor`` of a Python list is about eight times
 slower than ``numpy.asarray``, and TRL converts what it is given); the masks are drawn for the whole batch at
 once and the SFT copies are built with tensor operations, without Python loops over tokens or sequences.
+
+Randomness (ours; the official code draws from a global stream): the masks of a batch are drawn from a
+generator seeded by ``config.seed``, the process rank and a digest of the batch's tokens. A collator keeps no
+random state, so a run resumed from a checkpoint, a run with any number of data-loader workers and a rerun
+all draw the same masks for the same batches, and every rank draws its own. The same batch collated twice
+gets the same masks: with the Trainer's default shuffling a batch does not repeat across epochs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -40,7 +47,7 @@ def _process_rank() -> int:
 
 
 class _MEAPBase:
-    """Shared plumbing: the mask token, the special ids, TRL padding and a per-process random stream."""
+    """Shared plumbing: the mask token, the special ids, TRL padding and the per-batch random stream."""
 
     def __init__(
         self,
@@ -73,8 +80,6 @@ class _MEAPBase:
             pad_to_multiple_of=pad_to_multiple_of,
         )
         self.special_token_ids = torch.tensor(sorted(set(tokenizer.all_special_ids) | {self.mask_token_id}))
-        self._generator: torch.Generator | None = None
-        self._generator_owner: tuple[int, int] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -82,24 +87,17 @@ class _MEAPBase:
             f"pad_token_id={self.pad_token_id}, padding_free={self.padding_free})"
         )
 
-    def __getstate__(self) -> dict[str, Any]:
-        # Data-loader workers started with "spawn" pickle the collator; each derives its own stream.
-        state = self.__dict__.copy()
-        state["_generator"] = None
-        state["_generator_owner"] = None
-        return state
-
-    @property
-    def generator(self) -> torch.Generator:
-        """The random stream of this process and data-loader worker, seeded from (seed, rank, worker)."""
-        worker = torch.utils.data.get_worker_info()
-        owner = (os.getpid(), -1 if worker is None else worker.id)
-        if self._generator is None or self._generator_owner != owner:
-            entropy = [self.config.seed, _process_rank(), owner[1] + 1]
-            seed = int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
-            self._generator = torch.Generator().manual_seed(seed)
-            self._generator_owner = owner
-        return self._generator
+    def _generator(self, examples: Sequence[Mapping[str, Any]]) -> torch.Generator:
+        """The batch's random stream, seeded from (seed, rank, the batch's tokens and sequence lengths)."""
+        digest = hashlib.blake2b(digest_size=16)
+        for example in examples:
+            digest.update(np.asarray(example.get("seq_lengths", ()), dtype=np.int64).tobytes())
+            digest.update(example["input_ids"].tobytes())
+            digest.update(b"|")
+        words = np.frombuffer(digest.digest(), dtype=np.uint32).tolist()
+        entropy = [self.config.seed, _process_rank(), *words]
+        seed = int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
+        return torch.Generator().manual_seed(seed)
 
     def _check_examples(self, examples: Sequence[Mapping[str, Any]], *, labels: bool) -> None:
         if not isinstance(examples, Sequence) or isinstance(examples, str | bytes) or not examples:
@@ -201,8 +199,9 @@ class MEAPCollator(_MEAPBase):
 
     Examples may carry ``labels`` (used as they are), an ``attention_mask`` (zeros mark pre-padding, which is
     dropped and re-padded), and for packed rows ``seq_lengths`` (as TRL's packing writes; pass
-    ``remove_unused_columns=False`` to the Trainer so that the column survives). Each process rank and
-    data-loader worker draws its own masks from ``config.seed``.
+    ``remove_unused_columns=False`` to the Trainer so that the column survives). The masks are a function of
+    ``config.seed``, the process rank and the batch's tokens, so a resumed run draws the same masks as an
+    uninterrupted one.
 
     Args:
         tokenizer: the tokenizer; it must hold ``config.mask_token`` (see :func:`add_mask_token`).
@@ -245,7 +244,7 @@ class MEAPCollator(_MEAPBase):
         mask = sample_mask(
             input_ids,
             ratio=self.config.mask_ratio,
-            generator=self.generator,
+            generator=self._generator(examples),
             protected=protected,
             segment_ids=segments,
             per_row_positions=self.config.per_row_positions,
@@ -318,7 +317,7 @@ class MEAPSFTCollator(_MEAPBase):
         mask = sample_mask(
             input_ids,
             ratio=self.config.sft_mask_ratio,
-            generator=self.generator,
+            generator=self._generator(normalized),
             protected=~(answer & long_enough),
             segment_ids=segments,
             per_row_positions=self.config.per_row_positions,

@@ -82,8 +82,8 @@ class MEAPConfig:
     seed: int = field(
         default=0,
         metadata={
-            "help": "Seed of the mask sampler (ours). Each process rank and data-loader worker derives its "
-            "own stream from it, so masks differ across ranks and are reproducible."
+            "help": "Seed of the mask sampler (ours). A batch's masks are drawn from (seed, process rank, "
+            "the batch's tokens): reproducible, the same after resuming, different across ranks."
         },
     )
 
