@@ -85,3 +85,45 @@ def test_train_on_mixture_trains_with_sft_trainer(tiny_lm, tmp_path):
     assert any("loss" in entry for entry in trainer.state.log_history)
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert len(changed) == len(before)
+
+
+@pytest.mark.slow
+def test_resumed_mixture_training_matches_the_uninterrupted_run(tiny_lm, tmp_path):
+    from trl import SFTConfig
+
+    from paperpack.core.hf import training_args
+    from paperpack.core.testing.contracts import assert_state_dicts_equal
+    from paperpack.core.testing.resume import StopAtStep
+
+    model, tokenizer = tiny_lm
+
+    def train(folder, stop=None, resume=None):
+        args = training_args(
+            tmp_path / folder,
+            cls=SFTConfig,
+            max_steps=6,
+            per_device_train_batch_size=4,
+            save_strategy="steps",
+            save_steps=3,
+            learning_rate=1e-3,
+            max_length=16,
+            seed=0,
+            data_seed=0,
+        )
+        trained = copy.deepcopy(model)
+        train_on_mixture(
+            trained,
+            [dataset("river", 8), dataset("apple", 8)],
+            args,
+            processing_class=tokenizer,
+            ratios=[1, 3],
+            callbacks=[StopAtStep(stop)] if stop else None,
+            resume_from_checkpoint=resume,
+        )
+        return trained
+
+    full = train("full")
+    train("interrupted", stop=3)
+    resumed = train("resumed", resume=str(tmp_path / "interrupted" / "checkpoint-3"))
+    assert not all(torch.equal(v, model.state_dict()[k]) for k, v in full.state_dict().items())
+    assert_state_dicts_equal(resumed.state_dict(), full.state_dict())

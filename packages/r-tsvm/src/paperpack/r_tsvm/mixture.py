@@ -157,11 +157,14 @@ def train_on_mixture(
     processing_class: Any = None,
     ratios: Sequence[float] | None = None,
     num_samples: int | None = None,
+    resume_from_checkpoint: str | bool | None = None,
     **trainer_kwargs: Any,
 ) -> SFTTrainer:
     """Train ``model`` in place on a mixture of ``datasets`` with TRL's ``SFTTrainer``.
 
-    The arguments are those of :func:`mixture_trainer`.
+    The arguments are those of :func:`mixture_trainer`, plus ``resume_from_checkpoint`` (a checkpoint
+    folder, or True for the latest in ``args.output_dir``), passed to ``train()``. The mixture is drawn from
+    ``args.seed``, so a resumed run sees the same examples as an uninterrupted one.
 
     Returns:
         The trainer, after ``train()``.
@@ -180,5 +183,5 @@ def train_on_mixture(
         num_samples=num_samples,
         **trainer_kwargs,
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     return trainer
