@@ -59,28 +59,28 @@ def test_mixture_refuses_different_columns():
         mix_datasets([dataset("a", 4), other])
 
 
-@pytest.mark.slow
-def test_train_on_mixture_trains_with_sft_trainer(tiny_lm, tmp_path):
+def sft_args(folder, **overrides):
+    """Small SFTConfig settings for the tiny model on the CPU."""
     from trl import SFTConfig
 
     from paperpack.core.hf import training_args
 
-    model, tokenizer = tiny_lm
-    model = copy.deepcopy(model)
+    settings = {"per_device_train_batch_size": 4, "learning_rate": 1e-3, "max_length": 16, **overrides}
+    return training_args(folder, cls=SFTConfig, **settings)
+
+
+def train_mixture(model, tokenizer, args, **kwargs):
+    """Train ``model`` in place on the 1:3 mixture of two tiny datasets."""
+    data = [dataset("river", 8), dataset("apple", 8)]
+    return train_on_mixture(model, data, args, processing_class=tokenizer, ratios=[1, 3], **kwargs)
+
+
+@pytest.mark.slow
+def test_train_on_mixture_trains_with_sft_trainer(tiny_lm, tmp_path):
+    model, tokenizer = copy.deepcopy(tiny_lm[0]), tiny_lm[1]
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    args = training_args(
-        tmp_path,
-        cls=SFTConfig,
-        max_steps=3,
-        per_device_train_batch_size=4,
-        save_strategy="no",
-        logging_steps=1,
-        learning_rate=1e-3,
-        max_length=16,
-    )
-    trainer = train_on_mixture(
-        model, [dataset("river", 8), dataset("apple", 8)], args, processing_class=tokenizer, ratios=[1, 3]
-    )
+    args = sft_args(tmp_path, max_steps=3, save_strategy="no", logging_steps=1)
+    trainer = train_mixture(model, tokenizer, args)
     assert trainer.state.global_step == 3
     assert any("loss" in entry for entry in trainer.state.log_history)
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
@@ -89,37 +89,18 @@ def test_train_on_mixture_trains_with_sft_trainer(tiny_lm, tmp_path):
 
 @pytest.mark.slow
 def test_resumed_mixture_training_matches_the_uninterrupted_run(tiny_lm, tmp_path):
-    from trl import SFTConfig
-
-    from paperpack.core.hf import training_args
     from paperpack.core.testing.contracts import assert_state_dicts_equal
     from paperpack.core.testing.resume import StopAtStep
 
     model, tokenizer = tiny_lm
 
     def train(folder, stop=None, resume=None):
-        args = training_args(
-            tmp_path / folder,
-            cls=SFTConfig,
-            max_steps=6,
-            per_device_train_batch_size=4,
-            save_strategy="steps",
-            save_steps=3,
-            learning_rate=1e-3,
-            max_length=16,
-            seed=0,
-            data_seed=0,
+        args = sft_args(
+            tmp_path / folder, max_steps=6, save_strategy="steps", save_steps=3, seed=0, data_seed=0
         )
         trained = copy.deepcopy(model)
-        train_on_mixture(
-            trained,
-            [dataset("river", 8), dataset("apple", 8)],
-            args,
-            processing_class=tokenizer,
-            ratios=[1, 3],
-            callbacks=[StopAtStep(stop)] if stop else None,
-            resume_from_checkpoint=resume,
-        )
+        callbacks = [StopAtStep(stop)] if stop else None
+        train_mixture(trained, tokenizer, args, callbacks=callbacks, resume_from_checkpoint=resume)
         return trained
 
     full = train("full")
