@@ -2,18 +2,30 @@
 
 ``paperpack merge CONFIG.yaml --output DIR`` runs any registered method from a mergekit-style recipe;
 ``paperpack r-tsvm merge --base B --models M1 M2 M3 --output DIR [--kappa ...]`` runs the paper's method with
-its parameters as flags, and ``paperpack r-tsvm methods`` lists every method and its parameters. Heavy imports
-happen inside the handlers so that ``paperpack --help`` stays fast.
+its parameters as flags, ``paperpack r-tsvm methods`` lists every method and its parameters, and
+``paperpack r-tsvm statistics MODEL_DIR --data FILE.jsonl --kind fisher --output FILE.safetensors`` writes
+the per-model file that a ``fisher`` or ``regmean`` recipe names under ``statistics:``. Heavy imports happen
+inside the handlers so that ``paperpack --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from paperpack.core.arguments import add_config_arguments, config_overrides
 
+if TYPE_CHECKING:
+    from torch import Tensor
+    from transformers import PreTrainedTokenizerBase
+
 __all__ = ["configure_merge_parser", "configure_parser"]
+
+#: The statistics ``paperpack r-tsvm statistics --kind`` computes, and the merge method that reads each.
+STATISTIC_KINDS = {"fisher": "fisher", "gram": "regmean"}
 
 
 def _run_recipe(args: argparse.Namespace) -> int:
@@ -97,8 +109,156 @@ def _list_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _text_batches(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], *, max_length: int, batch_size: int
+) -> list[dict[str, Tensor]]:
+    """Tokenize ``texts`` into padded batches whose ``labels`` leave the padding out (-100)."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            from paperpack.core.errors import ConfigError
+
+            raise ConfigError("the model's tokenizer has neither a pad token nor an EOS token to pad with")
+        tokenizer.pad_token = tokenizer.eos_token
+    batches = []
+    for start in range(0, len(texts), batch_size):
+        encoded = tokenizer(
+            texts[start : start + batch_size],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+        mask = encoded["attention_mask"]
+        batches.append(
+            {
+                "input_ids": encoded["input_ids"],
+                "attention_mask": mask,
+                "labels": encoded["input_ids"].masked_fill(mask == 0, -100),
+            }
+        )
+    return batches
+
+
+def _run_statistics(args: argparse.Namespace) -> int:
+    from paperpack.core.checkpoints import check_output_path, save_state_dict
+    from paperpack.core.data import read_jsonl
+    from paperpack.core.errors import ConfigError
+    from paperpack.core.hf import load_model_and_tokenizer
+    from paperpack.core.validation import check_int
+    from paperpack.r_tsvm.statistics import compute_fisher, compute_gram
+
+    if Path(args.output).suffix != ".safetensors":
+        raise ConfigError(f"--output must be a .safetensors file, got {args.output!r}")
+    check_int("--max-length", args.max_length, minimum=2)
+    check_int("--batch-size", args.batch_size, minimum=1)
+    if args.max_examples is not None:
+        check_int("--max-examples", args.max_examples, minimum=1)
+    if args.true_fisher and args.kind != "fisher":
+        raise ConfigError("--true-fisher applies to --kind fisher only")
+    check_output_path(args.output, [args.model, args.data])
+    texts = [record["text"] for record in read_jsonl(args.data, required=("text",))][: args.max_examples]
+    model, tokenizer = load_model_and_tokenizer(args.model, device=args.device, dtype=args.dtype)
+    device = next(model.parameters()).device
+    batches = [
+        {name: value.to(device) for name, value in batch.items()}
+        for batch in _text_batches(tokenizer, texts, max_length=args.max_length, batch_size=args.batch_size)
+    ]
+    stats: dict[str, Tensor]
+    if args.kind == "fisher":
+        stats = compute_fisher(model, batches, empirical=not args.true_fisher, seed=args.seed)
+        # Tied weights are one parameter under two checkpoint names; the recipe may look up either.
+        names = {id(param): name for name, param in model.named_parameters()}
+        for key, value in model.state_dict(keep_vars=True).items():
+            if key not in stats and names.get(id(value)) in stats:
+                stats[key] = stats[names[id(value)]]
+    else:
+        stats = compute_gram(model, batches)
+    tokens = sum(int(batch["attention_mask"].sum()) for batch in batches)
+    record: dict[str, Any] = {
+        "kind": args.kind,
+        "model": str(args.model),
+        "data": str(args.data),
+        "examples": len(texts),
+        "tokens": tokens,
+        "max_length": args.max_length,
+    }
+    if args.kind == "fisher":
+        record.update(empirical=not args.true_fisher, seed=args.seed)
+    output = save_state_dict(
+        {name: value.detach().cpu().contiguous() for name, value in stats.items()},
+        args.output,
+        metadata={"paperpack_r_tsvm_statistics": json.dumps(record)},
+    )
+    print(
+        f"wrote {args.kind} statistics of {len(stats)} weight(s) over {len(texts)} example(s) ({tokens} "
+        f"tokens) to {output}; use it as `statistics:` of {args.model} in a "
+        f"`merge_method: {STATISTIC_KINDS[args.kind]}` recipe"
+    )
+    return 0
+
+
+def _configure_statistics(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    statistics = commands.add_parser(
+        "statistics",
+        help="compute a model's Fishers (fisher) or Gram matrices (regmean) for a recipe",
+        description="Compute the per-model statistics that `merge_method: fisher` (--kind fisher: diagonal "
+        "Fishers, per-example squared gradients) or `merge_method: regmean` (--kind gram: every linear "
+        "layer's input Gram matrix) needs, from the texts of a JSON Lines file, and write them as one "
+        ".safetensors file to name under `statistics:` in the recipe. Padding is left out.",
+    )
+    statistics.add_argument("model", metavar="MODEL_DIR", help="the model folder (with its tokenizer)")
+    statistics.add_argument(
+        "--data", required=True, metavar="FILE.jsonl", help="JSON Lines with a 'text' field per record"
+    )
+    statistics.add_argument(
+        "--kind",
+        required=True,
+        choices=list(STATISTIC_KINDS),
+        help="fisher (for merge_method: fisher) or gram (for merge_method: regmean)",
+    )
+    statistics.add_argument(
+        "--output", "-o", required=True, metavar="FILE.safetensors", help="the statistics file to write"
+    )
+    statistics.add_argument(
+        "--max-length", type=int, metavar="N", default=256, help="tokens per text (default: %(default)s)"
+    )
+    statistics.add_argument(
+        "--batch-size", type=int, metavar="N", default=8, help="texts per batch (default: %(default)s)"
+    )
+    statistics.add_argument(
+        "--max-examples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="use only the first N texts (default: all)",
+    )
+    statistics.add_argument(
+        "--true-fisher",
+        action="store_true",
+        help="sample the labels from the model (the paper's true Fisher) instead of using the data's",
+    )
+    statistics.add_argument(
+        "--seed",
+        type=int,
+        metavar="N",
+        default=0,
+        help="seed of the --true-fisher label sampling (default: %(default)s)",
+    )
+    statistics.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)"
+    )
+    statistics.add_argument(
+        "--dtype", default="float32", help="the model's dtype while computing (default: %(default)s)"
+    )
+    statistics.set_defaults(handler=_run_statistics)
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Set up ``paperpack r-tsvm merge ...`` and ``paperpack r-tsvm methods``."""
+    """Set up the ``merge``, ``methods`` and ``statistics`` subcommands of ``paperpack r-tsvm``.
+
+    Args:
+        parser: the ``paperpack r-tsvm`` parser, given its subcommands here.
+    """
     from paperpack.r_tsvm.config import RTSVMConfig
 
     parser.description = (
@@ -133,3 +293,4 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     merge.set_defaults(handler=_run_r_tsvm, config_fields=fields)
     methods = commands.add_parser("methods", help="list every merge method, its paper and its parameters")
     methods.set_defaults(handler=_list_methods)
+    _configure_statistics(commands)
