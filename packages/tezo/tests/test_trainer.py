@@ -215,6 +215,7 @@ def test_config_parses_with_hf_argument_parser(tmp_path: Path) -> None:
         ({"zo_one_dim": "sparse"}, "`zo_one_dim` must be one of 'dense', 'freeze', got 'sparse'"),
         ({"zo_lozo_interval": 0}, "`zo_lozo_interval` must be >= 1, got 0"),
         ({"gradient_checkpointing": True}, "`gradient_checkpointing` must be False"),
+        ({"activation_checkpointing": True}, "`activation_checkpointing` must be False"),
         ({"fp16": True}, "`fp16` must be False"),
         ({"fsdp": "full_shard"}, "`fsdp` and `deepspeed` are not supported"),
     ],

@@ -30,9 +30,10 @@ class ZOConfig(TrainingArguments):
     the TeZO paper, and MeZO's script value) and ``max_grad_norm=0.0`` (there are no gradients to clip).
 
     Raises:
-        ConfigError: for a bad value, for ``gradient_checkpointing`` (there is no backward pass to save memory
-            for), for ``fp16`` (its gradient scaler needs gradients; use ``bf16`` or float32), and for FSDP or
-            DeepSpeed (the in-place perturbation needs every rank to hold the whole parameters).
+        ConfigError: for a bad value, for ``activation_checkpointing`` or its alias ``gradient_checkpointing``
+            (there is no backward pass to save memory for), for ``fp16`` (its gradient scaler needs gradients;
+            use ``bf16`` or float32), and for FSDP or DeepSpeed (the in-place perturbation needs every rank to
+            hold the whole parameters).
 
     Example:
         >>> from paperpack.tezo import ZOConfig
@@ -113,11 +114,15 @@ class ZOConfig(TrainingArguments):
         check_int("zo_lozo_interval", self.zo_lozo_interval, minimum=1)
         if self.zo_seed is not None:
             check_int("zo_seed", self.zo_seed, minimum=0)
-        if self.gradient_checkpointing:
-            raise ConfigError(
-                "`gradient_checkpointing` must be False for zeroth-order training, got True: there is no "
-                "backward pass whose memory it could save"
-            )
+        for name in (
+            "activation_checkpointing",
+            "gradient_checkpointing",
+        ):  # the latter: its deprecated alias
+            if getattr(self, name, None):
+                raise ConfigError(
+                    f"`{name}` must be False for zeroth-order training, got True: there is no backward pass "
+                    "whose memory it could save"
+                )
         if self.fp16:
             raise ConfigError(
                 "`fp16` must be False for zeroth-order training, got True: fp16 mixed precision needs "
