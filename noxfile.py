@@ -250,9 +250,10 @@ def demo(session: nox.Session) -> None:
 
 
 @nox.session
-def lowest(session: nox.Session) -> None:
-    """The core's tests against the lowest versions its pyproject allows (torch 2.6, transformers 5.18, ...)."""
-    venv = ROOT / ".nox" / "lowest"
+@nox.parametrize("package", [nox.param(name, id=f"package='{name}'") for name in NAMES])
+def lowest(session: nox.Session, package: str) -> None:
+    """A package's cpu tests against the lowest versions its pyproject and the core's allow (torch 2.6, ...)."""
+    venv = ROOT / ".nox" / f"lowest-{package}"
     shutil.rmtree(venv, ignore_errors=True)
     session.run(
         "uv",
@@ -265,7 +266,10 @@ def lowest(session: nox.Session) -> None:
     )
     python = str(venv / "bin" / "python")
     install = ["uv", "pip", "install", "--quiet", "--python", python, "--resolution", "lowest-direct"]
-    session.run(*install, "-e", str(MEMBERS["core"]), "pytest>=8.3", "psutil>=5.9", external=True)
+    editable = {str(MEMBERS["core"]), str(MEMBERS[package])}
+    session.run(
+        *install, *[arg for path in sorted(editable) for arg in ("-e", path)], "pytest>=8.3", external=True
+    )
     session.run(
         python,
         "-c",
@@ -276,7 +280,9 @@ def lowest(session: nox.Session) -> None:
         python,
         "-m",
         "pytest",
-        str(MEMBERS["core"] / "tests"),
+        str(MEMBERS[package] / "tests"),
+        "-m",
+        "not gpu",
         "-p",
         "no:cacheprovider",
         *session.posargs,
