@@ -36,7 +36,7 @@ def test_methods_on_cuda_match_the_cpu(name):
     torch.testing.assert_close(cuda.cpu(), cpu, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("method", ["ties", "dare_ties", "r_tsvm"])
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "tsv_m", "iso_c", "iso_cts", "r_tsvm"])
 def test_checkpoint_merge_on_cuda_matches_the_cpu(model_dirs, tmp_path, method):
     recipe = {
         "merge_method": method,

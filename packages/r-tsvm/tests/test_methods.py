@@ -9,7 +9,7 @@ import torch
 
 from paperpack.core.errors import ConfigError
 from paperpack.r_tsvm import get_method, list_methods, merge_tensors
-from paperpack.r_tsvm.methods._common import generator_for
+from paperpack.r_tsvm.methods._common import generator_for, numerical_rank
 
 from . import _reference as ref
 
@@ -211,6 +211,47 @@ def test_ties_with_full_density_and_no_sign_conflict_is_task_arithmetic(normaliz
 def test_tsv_m_with_one_task_and_full_rank_returns_the_task_vector():
     base, models = make_models((8, 6), num=1)
     torch.testing.assert_close(merge_tensors("tsv_m", base, models), models[0], atol=1e-5, rtol=1e-5)
+
+
+def _low_rank_models(with_full: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """float64 models whose task matrices are exactly of rank 2 (LoRA-like), plus two full-rank ones if asked."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(24, 18, generator=g, dtype=torch.float64)
+    low = [base + 0.1 * torch.randn(24, 2, generator=g, dtype=torch.float64) @ torch.randn(2, 18, generator=g,
+           dtype=torch.float64) for _ in range(2)]  # fmt: skip
+    full = [base + 0.1 * torch.randn(24, 18, generator=g, dtype=torch.float64) for _ in range(2)]
+    return base, (full if with_full else []) + low
+
+
+def test_numerical_rank_counts_only_numerically_nonzero_singular_values():
+    base, models = _low_rank_models(with_full=True)
+    deltas = torch.stack([m - base for m in models])
+    for dtype in (torch.float32, torch.float64):
+        singular = torch.linalg.svdvals(deltas.to(dtype))
+        assert numerical_rank(singular, deltas.shape) == [18, 18, 2, 2]
+    assert numerical_rank(torch.zeros(5), (5, 7)) == [0]
+
+
+@pytest.mark.parametrize("method", ["tsv_m", "r_tsvm", "iso_c", "iso_cts"])
+@pytest.mark.parametrize("with_full", [True, False], ids=["full-and-lora", "lora-only"])
+def test_svd_methods_do_not_depend_on_arbitrary_null_vectors(method, with_full):
+    """Rank-deficient task matrices merge to the same result in float32 and float64 (a stand-in for CPU and GPU).
+
+    Before numerically zero triplets were dropped, the arbitrary singular vectors of zero singular values went
+    through the polar factors and the two results differed by up to 0.8 (and by 0.16 on an H200 against the CPU).
+    """
+    base, models = _low_rank_models(with_full)
+    in_float32 = merge_tensors(method, base.float(), [m.float() for m in models], key="w")
+    in_float64 = merge_tensors(method, base, models, key="w")
+    torch.testing.assert_close(in_float32.double(), in_float64, atol=1e-5, rtol=0)
+
+
+def test_tsv_m_keeps_at_most_each_tasks_numerical_rank():
+    base, models = _low_rank_models(with_full=True)
+    k = 18 // 4
+    deltas = [ref._np(m) - ref._np(base) for m in models]
+    expected = ref._np(base) + ref.tsv_padded(deltas, [k, k, 2, 2])
+    close(merge_tensors("tsv_m", base, models), torch.from_numpy(expected))
 
 
 @pytest.mark.parametrize("shape", [(10, 8), (6, 13)])

@@ -196,7 +196,7 @@ def main() -> None:
             result.update({key: measured[key] for key in keys})
         label = method + ("" if not options else " (regenerated U, V)")
         rows.append((label, result))
-        print(f"  {label}: done", file=sys.stderr, flush=True)
+        print(f"  {label}: {json.dumps(result)}", file=sys.stderr, flush=True)  # survives a timeout
     base = dict(rows)["mezo_adam"]
     mib = 2**20
     print(

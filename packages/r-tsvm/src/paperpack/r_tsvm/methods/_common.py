@@ -25,6 +25,7 @@ __all__ = [
     "is_excluded",
     "magnitude_mask",
     "majority_sign",
+    "numerical_rank",
     "resolve_weights",
     "stack_task_vectors",
     "stack_tensors",
@@ -124,6 +125,32 @@ def weight_column(weights: Sequence[float], like: Tensor) -> Tensor:
     """The weights as a ``(T, 1, ..., 1)`` tensor that broadcasts against a ``(T, *shape)`` stack."""
     column = torch.tensor(list(weights), dtype=like.dtype, device=like.device)
     return column.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def numerical_rank(singular: Tensor, shape: Sequence[int], scale: Tensor | None = None) -> list[int]:
+    """How many singular values of each matrix are numerically nonzero.
+
+    A value counts when it exceeds scale · max(rows, cols) · ε of its dtype, where the scale is the largest
+    singular value by default (NumPy's ``matrix_rank`` tolerance). The singular vectors of the other,
+    numerically zero, values are arbitrary: they depend on the SVD routine, the device and the dtype. A method
+    that keeps or orthogonalises singular vectors must drop them, or a rank-deficient task matrix (a LoRA
+    update, an untouched layer) makes its result arbitrary too.
+
+    Args:
+        singular: singular values, descending along the last dimension: ``(r,)`` or ``(T, r)``.
+        shape: the shape of the decomposed matrices; its last two entries are rows and columns.
+        scale: the magnitude the rounding errors are relative to, one per matrix, when the decomposed matrix
+            is a residual (a projection's remainder) whose own largest singular value may be rounding noise.
+
+    Returns:
+        One count per matrix (a list of one for a single matrix).
+    """
+    if scale is None:
+        reference = singular.amax(dim=-1, keepdim=True)
+    else:
+        reference = scale.reshape(*singular.shape[:-1], 1)
+    tolerance = reference * max(shape[-2:]) * torch.finfo(singular.dtype).eps
+    return (singular > tolerance).sum(dim=-1).reshape(-1).tolist()
 
 
 def generator_for(seed: int, key: str | None) -> torch.Generator:

@@ -13,6 +13,12 @@ factors, as in TSV-M), every singular value is replaced by the mean of all kept 
 
 Parameters that are not matrices, and keys matching ``exclude_keys``, are averaged: θ = θ_0 + α · mean_t τ_t
 (as in the paper's code and FusionBench).
+
+Ours: only singular directions of numerically nonzero singular values are kept (and averaged into σ̄), in
+Δ_TA and in each projected task matrix (:func:`~paperpack.r_tsvm.methods._common.numerical_rank`). The paper
+flattens the whole spectrum, which for a rank-deficient Δ_TA (merging LoRA adapters) gives σ̄ to directions
+that are arbitrary: they depend on the SVD routine, the device and the dtype. With full-rank matrices nothing
+changes.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from torch import Tensor
 from paperpack.r_tsvm.config import IsoCConfig, IsoCTSConfig
 from paperpack.r_tsvm.methods._common import (
     is_excluded,
+    numerical_rank,
     resolve_weights,
     stack_task_vectors,
     weight_column,
@@ -64,7 +71,10 @@ def iso_c_merge(
     if deltas.dim() != 3 or is_excluded(key, config.exclude_keys):
         return _averaged(base_c, deltas, config.alpha, tensors[0].dtype)
     left, singular, right = torch.linalg.svd(deltas.sum(dim=0), full_matrices=False)
-    merged: Tensor = singular.mean() * torch.matmul(left, right)
+    (rank,) = numerical_rank(singular, deltas.shape)
+    if not rank:
+        return _averaged(base_c, deltas * 0, config.alpha, tensors[0].dtype)
+    merged: Tensor = singular[:rank].mean() * torch.matmul(left[:, :rank], right[:rank])
     return (base_c + config.alpha * merged).to(tensors[0].dtype)
 
 
@@ -104,15 +114,20 @@ def iso_cts_merge(
     num_tasks, rows, cols = deltas.shape
     common, per_task = iso_cts_spaces(min(rows, cols), num_tasks, config.common_space_fraction)
     left, singular, right = torch.linalg.svd(deltas.sum(dim=0), full_matrices=False)
+    common = min(common, *numerical_rank(singular, deltas.shape))
     u_parts, s_parts, vh_parts = [left[:, :common]], [singular[:common]], [right[:common]]
     if per_task > 0:
         u_common = left[:, :common]
         specific = deltas - u_common @ (u_common.mT @ deltas)
         t_left, t_singular, t_right = torch.linalg.svd(specific, full_matrices=False)
-        for t in range(num_tasks):
-            u_parts.append(t_left[t, :, :per_task])
-            s_parts.append(t_singular[t, :per_task])
-            vh_parts.append(t_right[t, :per_task])
+        scale = torch.linalg.matrix_norm(deltas)  # the projection's rounding scales with τ_t, not the rest
+        for t, nonzero in enumerate(numerical_rank(t_singular, deltas.shape, scale)):
+            kept = min(per_task, nonzero)
+            u_parts.append(t_left[t, :, :kept])
+            s_parts.append(t_singular[t, :kept])
+            vh_parts.append(t_right[t, :kept])
+    if not sum(part.numel() for part in s_parts):
+        return _averaged(base_c, deltas * 0, config.alpha, tensors[0].dtype)
     u = orthogonalize(torch.cat(u_parts, dim=1))
     vh = orthogonalize(torch.cat(vh_parts, dim=0))
     merged = torch.cat(s_parts).mean() * (u @ vh)

@@ -11,8 +11,15 @@ the interference between tasks' singular vectors. Then Δ = U⊥ Σ V⊥ᵀ and 
 are not matrices, and keys matching ``exclude_keys``, are averaged: θ = θ_0 + α · mean_t Δ_t (as in the
 paper's code and FusionBench).
 
-Ours: when T > r (more tasks than the rank, e.g. a 2-row matrix and 3 tasks), k = 1 instead of ⌊r / T⌋ = 0,
-which would leave the parameter unchanged.
+Ours:
+
+- When T > r (more tasks than the rank, e.g. a 2-row matrix and 3 tasks), k = 1 instead of ⌊r / T⌋ = 0, which
+  would leave the parameter unchanged.
+- A task keeps at most its numerical rank of triplets
+  (:func:`~paperpack.r_tsvm.methods._common.numerical_rank`). The singular vectors of a zero singular value
+  are arbitrary, and the polar factor mixes them into every other column, so without this a rank-deficient
+  task matrix (a LoRA adapter's B·A of rank 8 when k = 32, say) gave a different merge on a GPU than on the
+  CPU, or in float32 than in float64. With full-rank task matrices nothing changes.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from torch import Tensor
 from paperpack.r_tsvm.config import TSVMConfig
 from paperpack.r_tsvm.methods._common import (
     is_excluded,
+    numerical_rank,
     resolve_weights,
     stack_task_vectors,
     weight_column,
@@ -49,6 +57,8 @@ def tsv_combine(
 ) -> Tensor:
     """Concatenate the top ``ranks[t]`` singular triplets of each task matrix, decorrelate, and recombine.
 
+    A task contributes at most its numerical rank of triplets (see the module docstring).
+
     Args:
         deltas: ``(T, rows, cols)`` task matrices Δ_t.
         ranks: k_t per task (TSV-M uses the same k for all).
@@ -59,7 +69,8 @@ def tsv_combine(
     """
     left, singular, right = torch.linalg.svd(deltas, full_matrices=False)
     scales = singular_scales if singular_scales is not None else [1.0] * deltas.shape[0]
-    kept = [(t, k) for t, k in enumerate(ranks) if k > 0]
+    nonzero = numerical_rank(singular, deltas.shape)
+    kept = [(t, min(k, nonzero[t])) for t, k in enumerate(ranks) if min(k, nonzero[t]) > 0]
     if not kept:
         return torch.zeros_like(deltas[0])
     u = torch.cat([left[t, :, :k] for t, k in kept], dim=1)
