@@ -5,7 +5,8 @@ packages/ma-osma/benchmarks/bench_rounds.py [--quick]``
 (on a small shared machine a multi-threaded BLAS spins on the dense ``W @ X`` of complete graphs). Times are
 process CPU times (``time.process_time``), which a busy shared machine distorts far less than wall time.
 
-Five measurements, each side by side in one run:
+Five measurements, each side by side in one run; rounds / s are measured with the algorithms in lockstep
+(see :func:`rounds_per_second`).
 
 1. algorithm only (``act`` + ``update`` on pre-generated tracking objectives), batched oracle (one
    ``marginal_gains`` call answers every agent) against the same algorithm whose oracle is queried agent by
@@ -14,10 +15,9 @@ Five measurements, each side by side in one run:
 3. the step alone (consensus, then projection or KL step; gradient given), the part in which MA-OSEA saves
    the projection, and the probability mass of the agents' copies, which sets the size of the sampled sets
    ``R`` and so the oracle's cost;
-4. MA-OSMA against MA-OSEA at 100 agents as the rounds go on: MA-OSMA's copies start at 0 and fill in
-   through the consensus, so its sets ``R`` (and its oracle calls) grow for hundreds of rounds, while
-   MA-OSEA's copies hold a mass of one per block from the start; section 1 at 100 agents only sees the
-   first 100 rounds;
+4. MA-OSMA against MA-OSEA at 100 agents as the rounds go on: both algorithms' copies start with mass on the
+   agent's own block only and fill in through the consensus, so the sampled sets ``R`` (and the oracle's
+   cost) grow for hundreds of rounds; section 1 at 100 agents only sees the first 100 rounds;
 5. the full simulation (environment, algorithm and the offline-greedy comparator) at 20 agents, 30 targets and
    1250 rounds, the issue's "under a minute" target.
 """
@@ -82,7 +82,7 @@ def builders(n_agents: int, rounds: int):
     env = TrackingEnv(n_agents, 1)
     W, _ = consensus_matrix(make_graph("er:4", n_agents, seed=0))
     return {
-        "MA-OSMA": lambda: MAOSMA(env.blocks, W, eta=30.0, seed=0),
+        "MA-OSMA": lambda: MAOSMA(env.blocks, W, eta=300.0, seed=0),
         "MA-OSEA": lambda: MAOSEA(env.blocks, W, eta=300.0, seed=0),
         "OSG": lambda: OSG(env.blocks, horizon=rounds, seed=0),
     }
@@ -105,14 +105,27 @@ def step_seconds(build, pool, rounds: int) -> tuple[float, float]:
     return (time.process_time() - started) / repeats, float(algorithm.decisions.sum(axis=1).mean())
 
 
-def rounds_per_second(build, pool, rounds: int, wrap=None) -> float:
-    algorithm = build()
-    started = time.process_time()
-    for t in range(rounds):
-        objective = pool[t % len(pool)]
-        algorithm.act()
-        algorithm.update(objective if wrap is None else wrap(objective))
-    return rounds / (time.process_time() - started)
+def rounds_per_second(builds: dict, pool, windows: tuple[int, ...], wrap=None) -> list[dict[str, float]]:
+    """Rounds / s of each algorithm within each window of rounds, the algorithms run in lockstep.
+
+    Round ``t`` of every algorithm runs before round ``t + 1`` of any, in an order that alternates between
+    rounds, and each algorithm's rounds are timed on their own: the ratios between algorithms see the same
+    machine load, which drifts on a shared machine.
+    """
+    algorithms = {name: build() for name, build in builds.items()}
+    rates, done = [], 0
+    for end in windows:
+        spent = dict.fromkeys(algorithms, 0.0)
+        for t in range(done, end):
+            objective = pool[t % len(pool)] if wrap is None else wrap(pool[t % len(pool)])
+            for name in list(algorithms)[:: 1 if t % 2 == 0 else -1]:
+                started = time.process_time()
+                algorithms[name].act()
+                algorithms[name].update(objective)
+                spent[name] += time.process_time() - started
+        rates.append({name: (end - done) / seconds for name, seconds in spent.items()})
+        done = end
+    return rates
 
 
 def oracle_calls(build, pool) -> float:
@@ -126,22 +139,13 @@ def oracle_calls(build, pool) -> float:
 def filling_in(windows: tuple[int, ...]) -> None:
     """Section 4: rounds / s of MA-OSMA and MA-OSEA at 100 agents within successive windows of rounds."""
     print("\n4. 100 agents x 150 targets as the copies fill in: rounds / s within each window of rounds")
-    print(f"{'algorithm':>9} {'rounds':>10} {'rounds/s':>9} {'mass of x_i':>12}")
-    pool = objectives(100, 150, 100)
-    for name, build in builders(100, windows[-1]).items():
-        if name == "OSG":
-            continue
-        algorithm = build()
-        done = 0
-        for end in windows:
-            started = time.process_time()
-            for t in range(done, end):
-                algorithm.act()
-                algorithm.update(pool[t % len(pool)])
-            rate = (end - done) / (time.process_time() - started)
-            mass = float(algorithm.decisions.sum(axis=1).mean())
-            print(f"{name:>9} {done + 1:>4}-{end:<5} {rate:>9.1f} {mass:>12.1f}")
-            done = end
+    print(f"{'rounds':>10} {'MA-OSMA':>9} {'MA-OSEA':>9} {'MA-OSEA / MA-OSMA':>18}")
+    builds = {name: build for name, build in builders(100, windows[-1]).items() if name != "OSG"}
+    starts = (0, *windows[:-1])
+    rates = rounds_per_second(builds, objectives(100, 150, 100), windows)
+    for start, end, rate in zip(starts, windows, rates, strict=True):
+        ratio = rate["MA-OSEA"] / rate["MA-OSMA"]
+        print(f"{start + 1:>4}-{end:<5} {rate['MA-OSMA']:>9.1f} {rate['MA-OSEA']:>9.1f} {ratio:>18.3f}")
 
 
 def main() -> None:
@@ -162,11 +166,15 @@ def main() -> None:
     speeds: dict[tuple[int, str], float] = {}
     for n_agents, n_targets, rounds, looped_rounds in settings:
         pool = objectives(n_agents, n_targets, min(rounds, 100))
-        for name, build in builders(n_agents, rounds).items():
-            fast = rounds_per_second(build, pool, rounds)
-            slow = rounds_per_second(build, pool, looped_rounds, wrap=RowByRow)
-            speeds[(n_agents, name)] = fast
-            print(f"{n_agents:>4} x {n_targets:<3} {name:>9} {fast:>9.1f} {slow:>9.1f} {fast / slow:>8.1f}x")
+        builds = builders(n_agents, rounds)
+        (fast,) = rounds_per_second(builds, pool, (rounds,))
+        (slow,) = rounds_per_second(builds, pool, (looped_rounds,), wrap=RowByRow)
+        for name in builds:
+            speeds[(n_agents, name)] = fast[name]
+            print(
+                f"{n_agents:>4} x {n_targets:<3} {name:>9} {fast[name]:>9.1f} {slow[name]:>9.1f} "
+                f"{fast[name] / slow[name]:>8.1f}x"
+            )
         ratio = speeds[(n_agents, "MA-OSEA")] / speeds[(n_agents, "MA-OSMA")]
         print(f"{'':>9} MA-OSEA / MA-OSMA speed: {ratio:.2f}")
 

@@ -199,6 +199,7 @@ def test_state_dict_round_trip_resumes_identically():
         (lambda W: MAOSMA([[0], [1]], np.array([[0.6, 0.6], [0.6, 0.6]]), eta=1.0), "doubly stochastic"),
         (lambda W: MAOSEA([[0], [1]], W, eta=1.0, mix=0.0), "mix"),
         (lambda W: MAOSEA([[0], [1]], W, eta=0.0), "eta"),
+        (lambda W: MAOSEA([[0], [1]], W, eta=1.0, start="zero"), "start"),
         (lambda W: OSG([[0], [1]], horizon=0), "horizon"),
         (lambda W: OSG([[0], [0]], horizon=5), "disjoint"),
         (lambda W: OSG([[0], [1]], horizon=5, graph=nx.path_graph(3)), "2 nodes"),
@@ -250,3 +251,11 @@ def test_oracle_calls_per_round_match_the_papers_count():
         learner.act()
         learner.update(counted)
         assert counted.calls == expected
+
+
+def test_osea_copies_start_on_the_own_block_or_everywhere():
+    blocks = [[0, 1], [2, 3, 4]]
+    own = MAOSEA(blocks, np.full((2, 2), 0.5), eta=1.0).decisions
+    np.testing.assert_allclose(own, [[1 / 2, 1 / 2, 0, 0, 0], [0, 0, 1 / 3, 1 / 3, 1 / 3]])
+    everywhere = MAOSEA(blocks, np.full((2, 2), 0.5), eta=1.0, start="uniform").decisions
+    np.testing.assert_allclose(everywhere, [[1 / 2, 1 / 2, 1 / 3, 1 / 3, 1 / 3]] * 2)

@@ -56,7 +56,7 @@ class SimulationConfig:
         metadata={"help": f"Target motion: {', '.join(MOTIONS)}. Default ours (paper: mixes of the three)."},
     )
     eta: float = field(
-        default=30.0,
+        default=300.0,
         metadata={"help": "MA-OSMA step size η (paper: constant, value not given). Default ours (sweep)."},
     )
     eta_osea: float = field(

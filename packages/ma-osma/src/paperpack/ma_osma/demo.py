@@ -78,7 +78,7 @@ def run_demo(ctx: DemoContext) -> DemoReport:
         claims += _claims(label, results, metric)
         plots += plot_results(results, ctx.output_dir / label, title=f"{label} graph ({GRAPHS[label]})")
     notes = [
-        "Step sizes are ours (MA-OSMA η = 30, MA-OSEA η = 300, γ = 0.01), chosen on held-out seeds 100-102; "
+        "Step sizes are ours (MA-OSMA and MA-OSEA η = 300, γ = 0.01), chosen on held-out seeds 100-102; "
         "OSG's rates follow its public code (they depend only on T and |V_i|).",
         "Regret is f_t(greedy_t) - f_t(S_t) with greedy_t the offline greedy on the same f_t; f_t depends on "
         "where each algorithm has led its agents, so an algorithm that tracks targets closely faces larger "

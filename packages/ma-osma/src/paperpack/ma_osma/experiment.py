@@ -76,7 +76,7 @@ AlgorithmFactory = Callable[[ExperimentSetup], OnlineAlgorithm]
 
 def default_algorithms(
     *,
-    eta: float = 30.0,
+    eta: float = 300.0,
     eta_osea: float = 300.0,
     mix: float = 0.01,
     curvature: float = 1.0,

@@ -35,7 +35,9 @@ from paperpack.ma_osma.objectives import SubmodularObjective
 from paperpack.ma_osma.partition import Partition
 from paperpack.ma_osma.projection import project_capped_simplex
 
-__all__ = ["MAOSEA", "MAOSMA", "check_consensus_matrix"]
+__all__ = ["MAOSEA", "MAOSMA", "STARTS", "check_consensus_matrix"]
+
+STARTS = ("own", "uniform")
 
 
 def check_consensus_matrix(W: ArrayLike, n_agents: int, *, atol: float = 1e-8) -> NDArray[np.float64]:
@@ -218,17 +220,20 @@ class MAOSEA(_ConsensusLearner):
         n_samples: gradient estimates averaged per round.
         z_sampling: ``"importance"``, ``"uniform"`` or ``"none"``.
         seed: seed of the agents' randomness.
-
-    Every copy starts uniform on every block (``x_i[V_j] = 1 / |V_j|``).
+        start: the copies at round 0. ``"own"`` (default, the paper note's initialisation): agent ``i``'s copy
+            is uniform on its own block, ``x_i[V_i] = 1 / |V_i|``, and 0 elsewhere, so the other blocks fill
+            in through the consensus as MA-OSMA's do. ``"uniform"``: every copy is uniform on every block.
 
     Example:
         >>> import numpy as np
         >>> from paperpack.ma_osma import WeightedCoverage
         >>> f = WeightedCoverage(np.eye(4, dtype=bool))
         >>> learner = MAOSEA([[0, 1], [2, 3]], np.full((2, 2), 0.5), eta=1.0, seed=0)
+        >>> learner.decisions.tolist()
+        [[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5]]
         >>> learner.update(f)
-        >>> np.round(learner.decisions.sum(axis=1), 9).tolist()
-        [2.0, 2.0]
+        >>> np.round(learner.decisions.sum(axis=1), 9).tolist()  # own block: mass 1; the other: half of it
+        [1.5, 1.5]
     """
 
     def __init__(
@@ -242,18 +247,22 @@ class MAOSEA(_ConsensusLearner):
         n_samples: int = 1,
         z_sampling: str = "importance",
         seed: int = 0,
+        start: str = "own",
     ) -> None:
         check_range("mix", mix, 0.0, 1.0, low_inclusive=False)
+        check_choice("start", start, STARTS)
         self.mix = float(mix)
+        self.start = start
         super().__init__(
             blocks, W, eta=eta, curvature=curvature, n_samples=n_samples, z_sampling=z_sampling, seed=seed
         )
 
     def _initial_decisions(self) -> NDArray[np.float64]:
-        row = np.zeros(self.partition.min_ground_size)
-        for block in self.partition.blocks:
-            row[list(block)] = 1.0 / len(block)
-        return np.tile(row, (self.partition.n_agents, 1))
+        decisions = np.zeros((self.partition.n_agents, self.partition.min_ground_size))
+        for i, block in enumerate(self.partition.blocks):
+            agents = i if self.start == "own" else slice(None)
+            decisions[agents, list(block)] = 1.0 / len(block)
+        return decisions
 
     def _block_step(self, own: NDArray[np.float64], gradient: NDArray[np.float64]) -> NDArray[np.float64]:
         """``q ∝ y_i[V_i] ⊙ e^{η g_i}``, then ``(1 - γ) q + γ / |V_i|``."""
