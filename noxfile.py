@@ -94,12 +94,13 @@ def _system_install(session: nox.Session) -> None:
 def _unmet(requirements: list[str]) -> list[Requirement]:
     """The requirements this Python does not satisfy: absent, or installed at a version outside the range.
 
-    Workspace members (``paperpack-*``) are skipped: they are installed from the checkout.
+    Workspace members (``paperpack-*``) are skipped: they are installed from the checkout; so are requirements
+    whose environment marker excludes this Python.
     """
     merged: dict[str, Requirement] = {}
     for text in requirements:
         req = Requirement(text)
-        if req.name.startswith("paperpack-"):
+        if req.name.startswith("paperpack-") or (req.marker is not None and not req.marker.evaluate()):
             continue
         if req.name in merged:
             merged[req.name].specifier &= req.specifier
