@@ -72,8 +72,8 @@ def iso_c_merge(
         return _averaged(base_c, deltas, config.alpha, tensors[0].dtype)
     left, singular, right = torch.linalg.svd(deltas.sum(dim=0), full_matrices=False)
     (rank,) = numerical_rank(singular, deltas.shape)
-    if not rank:
-        return _averaged(base_c, deltas * 0, config.alpha, tensors[0].dtype)
+    if not rank:  # Δ_TA is numerically zero: nothing to add
+        return base_c.to(tensors[0].dtype)
     merged: Tensor = singular[:rank].mean() * torch.matmul(left[:, :rank], right[:rank])
     return (base_c + config.alpha * merged).to(tensors[0].dtype)
 
@@ -126,8 +126,8 @@ def iso_cts_merge(
             u_parts.append(t_left[t, :, :kept])
             s_parts.append(t_singular[t, :kept])
             vh_parts.append(t_right[t, :kept])
-    if not sum(part.numel() for part in s_parts):
-        return _averaged(base_c, deltas * 0, config.alpha, tensors[0].dtype)
+    if not sum(part.numel() for part in s_parts):  # every task matrix is numerically zero
+        return base_c.to(tensors[0].dtype)
     u = orthogonalize(torch.cat(u_parts, dim=1))
     vh = orthogonalize(torch.cat(vh_parts, dim=0))
     merged = torch.cat(s_parts).mean() * (u @ vh)
