@@ -6,9 +6,9 @@
    any implementation of the default search has), a single loss call on one training minibatch (the unit
    any search spends; the target's budget is counted in it) and the number of examples each pushes through
    the network, counted in epochs.
-2. Snapshot memory on tiny_causal_lm(): SeWACallback's trainable-only snapshots of a fully fine-tuned model
-   and of a LoRA (r=8) model, against keeping full copies of the model; exact tensor bytes plus the resident
-   memory a window of snapshots adds (MemoryMeter).
+2. Snapshot memory on tiny_causal_lm() and a wider one: SeWACallback's trainable-only snapshots of a fully
+   fine-tuned model and of a LoRA (r=8) model, against keeping full copies of the model; exact tensor bytes
+   plus the resident memory a window of snapshots adds (MemoryMeter).
 3. Selection time on tiny_causal_lm(), full model against LoRA adapters, as a ratio to one training step.
 
 Usage (from the workspace root):
@@ -158,51 +158,56 @@ def digits_selection(repeats: int) -> None:
     )
 
 
-def lm_models() -> tuple[nn.Module, nn.Module, object]:
-    model, tokenizer = tiny_causal_lm()
+def lm_models(**shape: int) -> tuple[nn.Module, nn.Module, object]:
+    model, tokenizer = tiny_causal_lm(**shape)
     lora = get_peft_model(copy.deepcopy(model), LoraConfig(r=8, lora_alpha=16))
     return model, lora, tokenizer
 
 
 def snapshot_memory(window: int) -> None:
-    full_model, lora_model, _ = lm_models()
     rows = []
-    full_bytes = sum(t.numel() * t.element_size() for t in full_model.state_dict().values())
-    for name, model in (
-        ("full fine-tuning", full_model),
-        ("LoRA r=8 (PEFT default targets q_proj, v_proj)", lora_model),
-    ):
-        state = trainable_state(model)
-        per = sum(t.numel() * t.element_size() for t in state.values())
-        store = SnapshotStore(window)
-        gc.collect()
-        with MemoryMeter("cpu") as meter:
-            for step in range(window):
-                store.add(step, state)
+    # The issue's model, then a wider one: the adapters' share of the model is set by its shape.
+    for label, shape in (("tiny_causal_lm()", {}), ("tiny_causal_lm(hidden_size=256)", {"hidden_size": 256})):
+        full_model, lora_model, _ = lm_models(**shape)
+        full_bytes = sum(t.numel() * t.element_size() for t in full_model.state_dict().values())
+        for name, model in (
+            ("full fine-tuning", full_model),
+            ("LoRA r=8 (PEFT default targets q_proj, v_proj)", lora_model),
+        ):
+            state = trainable_state(model)
+            per = sum(t.numel() * t.element_size() for t in state.values())
+            store = SnapshotStore(window)
+            gc.collect()
+            with MemoryMeter("cpu") as meter:
+                for step in range(window):
+                    store.add(step, state)
+            rows.append(
+                [
+                    label,
+                    name,
+                    f"{sum(t.numel() for t in state.values()):,}",
+                    format_bytes(per),
+                    format_bytes(per * window),
+                    format_bytes(meter.growth_bytes),
+                    f"{per / full_bytes:.2%}",
+                ]
+            )
+            del store
         rows.append(
             [
-                name,
-                f"{sum(t.numel() for t in state.values()):,}",
-                format_bytes(per),
-                format_bytes(per * window),
-                format_bytes(meter.growth_bytes),
-                f"{per / full_bytes:.2%}",
+                label,
+                "full copies of the model (state_dict)",
+                f"{sum(t.numel() for t in full_model.state_dict().values()):,}",
+                format_bytes(full_bytes),
+                format_bytes(full_bytes * window),
+                "-",
+                "100.00%",
             ]
         )
-        del store
-    rows.append(
-        [
-            "full copies of the model (state_dict)",
-            f"{sum(t.numel() for t in full_model.state_dict().values()):,}",
-            format_bytes(full_bytes),
-            format_bytes(full_bytes * window),
-            "-",
-            "100.00%",
-        ]
-    )
     table(
-        f"2. Snapshot memory on tiny_causal_lm(), window of {window} snapshots",
+        f"2. Snapshot memory, window of {window} snapshots",
         [
+            "model",
             "snapshots of",
             "params",
             "bytes / snapshot",
