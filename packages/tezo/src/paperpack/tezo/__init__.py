@@ -11,9 +11,16 @@ if TYPE_CHECKING:
     from paperpack.tezo.config import ZOConfig
     from paperpack.tezo.methods import METHODS
     from paperpack.tezo.optim import ZOOptimizer, zo_state_bytes
-    from paperpack.tezo.trainer import ZOTrainer
+    from paperpack.tezo.trainer import ZOTrainer, ZOTrainerMixin
 
-__all__ = ["METHODS", "ZOConfig", "ZOOptimizer", "ZOTrainer", "zo_state_bytes"]
+__all__ = [
+    "METHODS",
+    "ZOConfig",
+    "ZOOptimizer",
+    "ZOTrainer",
+    "ZOTrainerMixin",
+    "zo_state_bytes",
+]
 
 __getattr__, __dir__ = lazy_exports(
     __name__,
@@ -23,5 +30,6 @@ __getattr__, __dir__ = lazy_exports(
         "ZOOptimizer": "paperpack.tezo.optim",
         "zo_state_bytes": "paperpack.tezo.optim",
         "ZOTrainer": "paperpack.tezo.trainer",
+        "ZOTrainerMixin": "paperpack.tezo.trainer",
     },
 )

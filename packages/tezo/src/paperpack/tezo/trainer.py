@@ -1,8 +1,12 @@
-"""``ZOTrainer``: a ``transformers.Trainer`` whose training step is zeroth-order."""
+"""``ZOTrainer``: a ``transformers.Trainer`` whose training step is zeroth-order.
+
+The zeroth-order part (argument checks, the optimizer hook, ``training_step``) lives in
+:class:`ZOTrainerMixin`, which :class:`ZOTrainer` and :class:`~paperpack.tezo.ZOSFTTrainer` share.
+"""
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -11,55 +15,49 @@ from transformers import PreTrainedModel, Trainer, TrainingArguments
 from paperpack.tezo.config import ZOConfig
 from paperpack.tezo.optim import ZOOptimizer, unwrap_optimizer
 
-__all__ = ["ZOTrainer"]
+__all__ = ["ZOTrainer", "ZOTrainerMixin"]
+
+# Type checkers see the mixin as a Trainer, so its methods may use the Trainer's attributes; at run time it
+# is a plain class that goes before a Trainer subclass among the bases.
+if TYPE_CHECKING:
+    _TrainerBase = Trainer
+else:
+    _TrainerBase = object
 
 
-class ZOTrainer(Trainer):
-    """Zeroth-order fine-tuning with the Hugging Face ``Trainer``: HF's loop, ``training_step`` replaced.
+class ZOTrainerMixin(_TrainerBase):
+    """The zeroth-order part of a Hugging Face trainer: argument checks, the optimizer and ``training_step``.
 
-    The optimizer is a :class:`~paperpack.tezo.ZOOptimizer` built from ``args`` (``ZOConfig``) on the
-    trainable parameters, with HF's weight-decay groups (through ``get_optimizer_cls_and_kwargs``, the hook
-    HF's ``create_optimizer`` reads), so the HF learning-rate scheduler, checkpointing
-    (``optimizer.pt`` holds the ZO state and the step counter that fixes the seed sequence), resume,
-    evaluation, logging and accelerate DDP work unchanged. Each micro-batch's ``training_step`` puts the model
-    in eval mode (dropout off, as in MeZO), evaluates the loss at θ ± ρZ_t without autograd and adds its
-    projected gradient κ; HF's ``optimizer.step()`` then applies the sum of the micro-batch κ (losses are
-    scaled for gradient accumulation exactly as before ``backward``, so accumulating k micro-batches equals
-    one step on the k-times larger batch), averaged across DDP ranks. PEFT models train their adapter
-    parameters only (those with ``requires_grad``).
+    Put it first among the bases of a ``transformers.Trainer`` subclass
+    (``class T(ZOTrainerMixin, Trainer)``); :class:`ZOTrainer` and :class:`~paperpack.tezo.ZOSFTTrainer` are
+    built this way. It
 
-    The loss logged is (ℓ⁺ + ℓ⁻)/2, equal to ℓ(θ) up to O(ρ²) (MeZO logs ℓ⁺). ``grad_norm`` is logged as 0:
-    there are no gradients.
+    - checks at construction that ``args`` is a ``zo_config_class`` (a :class:`~paperpack.tezo.ZOConfig`) and
+      that an optimizer passed through ``optimizers`` or ``optimizer_cls_and_kwargs`` is a ``ZOOptimizer``;
+    - supplies ``get_optimizer_cls_and_kwargs``, the hook HF's ``create_optimizer`` reads, so HF builds a
+      ``ZOOptimizer`` from ``args`` on its weight-decay groups of the trainable parameters;
+    - replaces ``training_step``: eval mode, no autograd, the loss of the micro-batch at θ ± ρZ_t through the
+      trainer's own ``compute_loss`` and κ added to the optimizer; HF's ``optimizer.step()`` applies it.
 
-    Args:
-        model: the model (a ``PreTrainedModel``, a PEFT model or any module returning a loss).
-        args: a :class:`~paperpack.tezo.ZOConfig`.
-        **kwargs: any other ``Trainer`` argument. ``optimizers`` may pass a ready ``ZOOptimizer`` (and
-            scheduler).
+    Everything else (the loop, the scheduler, checkpoints, evaluation, logging) is the trainer's. It is
+    tested with ``Trainer`` and TRL's ``SFTTrainer`` only. Another trainer needs a ``compute_loss`` whose
+    value is the objective (a surrogate loss with a stop-gradient factor is not: the estimate differentiates
+    the value), and may need what :class:`~paperpack.tezo.ZOSFTTrainer` adds for ``SFTTrainer``: bookkeeping
+    that reads ``model.training`` sees eval mode during the step.
 
     Raises:
-        TypeError: when ``args`` is not a ``ZOConfig`` or the optimizer is not a ``ZOOptimizer``.
-
-    Example:
-        >>> import tempfile
-        >>> from paperpack.core.hf import tiny_causal_lm
-        >>> from paperpack.tezo import ZOConfig, ZOTrainer
-        >>> model, tokenizer = tiny_causal_lm()
-        >>> batch = tokenizer(["the model and the data"] * 4, return_tensors="pt")
-        >>> data = [{"input_ids": ids, "labels": ids} for ids in batch["input_ids"]]
-        >>> args = ZOConfig(tempfile.mkdtemp(), max_steps=2, learning_rate=1e-4, report_to="none",
-        ...                 use_cpu=True, save_strategy="no", disable_tqdm=True)
-        >>> trainer = ZOTrainer(model=model, args=args, train_dataset=data)
-        >>> trainer.train().global_step  # the Trainer prints its summary  # doctest: +ELLIPSIS
-        {'train_runtime': ...}
-        2
+        TypeError: at construction, when ``args`` is not a ``zo_config_class`` or the optimizer is not a
+            ``ZOOptimizer``.
     """
 
     args: ZOConfig
+    zo_config_class: ClassVar[type[ZOConfig]] = ZOConfig
+    """The arguments class the trainer requires."""
 
-    def __init__(self, model: nn.Module | None = None, args: ZOConfig | None = None, **kwargs: Any) -> None:
-        if not isinstance(args, ZOConfig):
-            raise TypeError(f"`args` must be a ZOConfig, got {type(args).__name__}")
+    def __init__(self, model: Any = None, args: ZOConfig | None = None, **kwargs: Any) -> None:
+        expected = self.zo_config_class
+        if not isinstance(args, expected):
+            raise TypeError(f"`args` must be a {expected.__name__}, got {type(args).__name__}")
         optimizer, _ = kwargs.get("optimizers", (None, None))
         if optimizer is not None and not isinstance(optimizer, ZOOptimizer):
             raise TypeError(f"`optimizers[0]` must be a ZOOptimizer, got {type(optimizer).__name__}")
@@ -113,6 +111,51 @@ class ZOTrainer(Trainer):
         with torch.no_grad():
             loss = optimizer.estimate(closure)
         return loss.to(self.args.device)
+
+
+class ZOTrainer(ZOTrainerMixin, Trainer):
+    """Zeroth-order fine-tuning with the Hugging Face ``Trainer``: HF's loop, ``training_step`` replaced.
+
+    The optimizer is a :class:`~paperpack.tezo.ZOOptimizer` built from ``args`` (``ZOConfig``) on the
+    trainable parameters, with HF's weight-decay groups (through ``get_optimizer_cls_and_kwargs``, the hook
+    HF's ``create_optimizer`` reads), so the HF learning-rate scheduler, checkpointing
+    (``optimizer.pt`` holds the ZO state and the step counter that fixes the seed sequence), resume,
+    evaluation, logging and accelerate DDP work unchanged. Each micro-batch's ``training_step`` puts the model
+    in eval mode (dropout off, as in MeZO), evaluates the loss at θ ± ρZ_t without autograd and adds its
+    projected gradient κ; HF's ``optimizer.step()`` then applies the sum of the micro-batch κ (losses are
+    scaled for gradient accumulation exactly as before ``backward``, so accumulating k micro-batches equals
+    one step on the k-times larger batch), averaged across DDP ranks. PEFT models train their adapter
+    parameters only (those with ``requires_grad``).
+
+    The loss logged is (ℓ⁺ + ℓ⁻)/2, equal to ℓ(θ) up to O(ρ²) (MeZO logs ℓ⁺). ``grad_norm`` is logged as 0:
+    there are no gradients.
+
+    Args:
+        model: the model (a ``PreTrainedModel``, a PEFT model or any module returning a loss).
+        args: a :class:`~paperpack.tezo.ZOConfig`.
+        **kwargs: any other ``Trainer`` argument. ``optimizers`` may pass a ready ``ZOOptimizer`` (and
+            scheduler).
+
+    Raises:
+        TypeError: when ``args`` is not a ``ZOConfig`` or the optimizer is not a ``ZOOptimizer``.
+
+    Example:
+        >>> import tempfile
+        >>> from paperpack.core.hf import tiny_causal_lm
+        >>> from paperpack.tezo import ZOConfig, ZOTrainer
+        >>> model, tokenizer = tiny_causal_lm()
+        >>> batch = tokenizer(["the model and the data"] * 4, return_tensors="pt")
+        >>> data = [{"input_ids": ids, "labels": ids} for ids in batch["input_ids"]]
+        >>> args = ZOConfig(tempfile.mkdtemp(), max_steps=2, learning_rate=1e-4, report_to="none",
+        ...                 use_cpu=True, save_strategy="no", disable_tqdm=True)
+        >>> trainer = ZOTrainer(model=model, args=args, train_dataset=data)
+        >>> trainer.train().global_step  # the Trainer prints its summary  # doctest: +ELLIPSIS
+        {'train_runtime': ...}
+        2
+    """
+
+    def __init__(self, model: nn.Module | None = None, args: ZOConfig | None = None, **kwargs: Any) -> None:
+        super().__init__(model=model, args=args, **kwargs)
 
 
 def _without_group_keys(kwargs: dict[str, Any]) -> dict[str, Any]:
