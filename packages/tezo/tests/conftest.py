@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 import torch
+from datasets import Dataset
 from transformers import DataCollatorForLanguageModeling, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from paperpack.core.hf import default_corpus, training_args
-from paperpack.tezo import ZOConfig
+from paperpack.tezo import ZOConfig, ZOSFTConfig
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +27,12 @@ def lm_dataset(tiny_lm: tuple[LlamaForCausalLM, PreTrainedTokenizerFast]) -> lis
 @pytest.fixture(scope="session")
 def collator(tiny_lm: tuple[LlamaForCausalLM, PreTrainedTokenizerFast]) -> DataCollatorForLanguageModeling:
     return DataCollatorForLanguageModeling(tiny_lm[1], mlm=False)
+
+
+@pytest.fixture(scope="session")
+def sft_dataset() -> Dataset:
+    """The same 32 lines as ``lm_dataset``, untokenized: a TRL language-modeling dataset of ``text`` records."""
+    return Dataset.from_list([{"text": line} for line in default_corpus(num_lines=32, seed=1)])
 
 
 @pytest.fixture
@@ -48,6 +55,30 @@ def make_args(tmp_path: Path) -> Callable[..., ZOConfig]:
         }
         settings.update(overrides)
         return training_args(tmp_path / subdir, cls=ZOConfig, **settings)
+
+    return make
+
+
+@pytest.fixture
+def make_sft_args(tmp_path: Path) -> Callable[..., ZOSFTConfig]:
+    """``make_args`` for ZOSFTTrainer: short sequences, float32 on the CPU (TRL's configs default to bf16)."""
+
+    def make(subdir: str = "sft", **overrides: Any) -> ZOSFTConfig:
+        settings: dict[str, Any] = {
+            "per_device_train_batch_size": 4,
+            "learning_rate": 1e-3,
+            "max_steps": 4,
+            "max_length": 24,
+            "save_strategy": "no",
+            "logging_steps": 1,
+            "zo_rank": 4,
+            "seed": 0,
+            "disable_tqdm": True,
+            "bf16": False,
+            "use_cpu": True,
+        }
+        settings.update(overrides)
+        return training_args(tmp_path / subdir, cls=ZOSFTConfig, **settings)
 
     return make
 

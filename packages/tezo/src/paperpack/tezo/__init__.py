@@ -11,12 +11,15 @@ if TYPE_CHECKING:
     from paperpack.tezo.config import ZOConfig
     from paperpack.tezo.methods import METHODS
     from paperpack.tezo.optim import ZOOptimizer, zo_state_bytes
+    from paperpack.tezo.sft import ZOSFTConfig, ZOSFTTrainer
     from paperpack.tezo.trainer import ZOTrainer, ZOTrainerMixin
 
 __all__ = [
     "METHODS",
     "ZOConfig",
     "ZOOptimizer",
+    "ZOSFTConfig",
+    "ZOSFTTrainer",
     "ZOTrainer",
     "ZOTrainerMixin",
     "zo_state_bytes",
@@ -31,5 +34,7 @@ __getattr__, __dir__ = lazy_exports(
         "zo_state_bytes": "paperpack.tezo.optim",
         "ZOTrainer": "paperpack.tezo.trainer",
         "ZOTrainerMixin": "paperpack.tezo.trainer",
+        "ZOSFTConfig": "paperpack.tezo.sft",
+        "ZOSFTTrainer": "paperpack.tezo.sft",
     },
 )
