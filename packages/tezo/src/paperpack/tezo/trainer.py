@@ -30,7 +30,7 @@ class ZOTrainerMixin(_TrainerBase):
 
     Put it first among the bases of a ``transformers.Trainer`` subclass
     (``class T(ZOTrainerMixin, Trainer)``); :class:`ZOTrainer` and :class:`~paperpack.tezo.ZOSFTTrainer` are
-    built this way. It
+    built this way. It:
 
     - checks at construction that ``args`` is a ``zo_config_class`` (a :class:`~paperpack.tezo.ZOConfig`) and
       that an optimizer passed through ``optimizers`` or ``optimizer_cls_and_kwargs`` is a ``ZOOptimizer``;
