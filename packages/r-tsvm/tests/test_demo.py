@@ -1,10 +1,14 @@
-"""The synthetic tasks and a miniature run of the demo."""
+"""The synthetic tasks, the sparse-layer round's helpers and a miniature run of the demo."""
 
 from __future__ import annotations
 
-import pytest
+import copy
 
-from paperpack.r_tsvm import synthetic
+import pytest
+import torch
+
+from paperpack.r_tsvm import demo, merge_tensors, synthetic
+from paperpack.r_tsvm.methods._common import numerical_rank
 
 
 @pytest.mark.parametrize("task", synthetic.TASKS)
@@ -29,17 +33,80 @@ def test_task_rules():
         assert example["completion"] == (" no" if forbidden else f" {words[0]}")
 
 
+def test_update_mask_holds_the_requested_fraction_of_entries():
+    mask = demo._update_mask((64, 256), 0.1, seed=3)
+    assert mask.dtype == torch.bool and mask.shape == (64, 256)
+    assert int(mask.sum()) == int(0.1 * 64 * 256)
+    assert torch.equal(mask, demo._update_mask((64, 256), 0.1, seed=3))
+    assert not torch.equal(mask, demo._update_mask((64, 256), 0.1, seed=4))
+    assert not demo._update_mask((8, 8), 0.0, seed=0).any()
+
+
+def test_masked_gradient_leaves_the_layer_sparse_and_is_removed_afterwards(tiny_lm):
+    model, tokenizer = tiny_lm
+    model = copy.deepcopy(model)
+    key = demo._SPARSE_KEY
+    before = model.state_dict()[key].clone()
+    mask = demo._update_mask(before.shape, 0.1, seed=0)
+    batch = tokenizer(["help river apple river = river"] * 4, return_tensors="pt")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+
+    def step():
+        optimizer.zero_grad()
+        model(**batch, labels=batch["input_ids"]).loss.backward()
+        optimizer.step()
+
+    with demo._masked_gradient(model, key, mask):
+        for _ in range(3):
+            step()
+    delta = model.state_dict()[key] - before
+    assert torch.count_nonzero(delta[~mask]) == 0
+    assert torch.count_nonzero(delta[mask]) > 0.9 * mask.sum()
+    # The task matrix is sparse, but not low-rank: the entry-sparsity rule sees it, numerical rank does not.
+    assert numerical_rank(torch.linalg.svdvals(delta), delta.shape) == [min(delta.shape)]
+    frozen = model.state_dict()[key].clone()
+    step()
+    assert torch.count_nonzero((model.state_dict()[key] - frozen)[~mask]) > 0
+
+
+def test_kept_ranks_cap_each_methods_rank_at_the_tasks_numerical_rank():
+    g = torch.Generator().manual_seed(0)
+    base = {"w": torch.zeros(12, 12)}
+    low_rank = torch.randn(12, 2, generator=g) @ torch.randn(2, 12, generator=g)
+    experts = [{"w": low_rank}, {"w": torch.zeros(12, 12)}, {"w": torch.randn(12, 12, generator=g)}]
+    fixed = demo._kept_ranks(base, experts, "w", "tsv_m", {})
+    # k_cap = 12 // 3 = 4; s_p = (0 + 1 + 0) / 3, so the rule keeps round(4 * 2 / 3) = 3 per task.
+    adaptive = demo._kept_ranks(base, experts, "w", "r_tsvm", {"rank_mode": "sparsity"})
+    assert fixed == [2, 0, 4]
+    assert demo._kept_ranks(base, experts, "w", "r_tsvm", {"rank_mode": "fixed"}) == fixed
+    assert adaptive == [2, 0, 3]
+    # The merged matrix has exactly as many directions as the triplets counted.
+    tensors = [e["w"] for e in experts]
+    for kept, merged in [
+        (fixed, merge_tensors("tsv_m", base["w"], tensors, key="w")),
+        (adaptive, merge_tensors("r_tsvm", base["w"], tensors, key="w", rank_mode="sparsity")),
+    ]:
+        assert numerical_rank(torch.linalg.svdvals(merged), merged.shape) == [sum(kept)]
+
+
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path, monkeypatch):
     from paperpack.core.demo import DemoContext
-    from paperpack.r_tsvm import demo
 
     tiny = demo._Budget(seeds=1, pretrain_steps=4, expert_steps=2, num_train=64, num_eval=16, grid=(1.0,))
     monkeypatch.setattr(demo, "_QUICK", tiny)
     report = demo.run_demo(DemoContext(name="r-tsvm", output_dir=tmp_path, quick=True, seed=0))
-    assert len(report.claims) == 5
+    assert len(report.claims) == 6
     # The planted-outlier claim states whether the outliers hurt TSV-M at all.
-    assert "TSV-M (" in report.claims[1].note and report.claims[1].note in report.notes[-1]
+    assert "TSV-M (" in report.claims[1].note and any(report.claims[1].note in note for note in report.notes)
     rows = {row[0] for row in report.tables[0].rows}
     assert {"tsv_m", "r_tsvm", "data mixture (uniform)", "fisher", "regmean"} <= rows
     assert all(plot.is_file() for plot in report.plots)
+    # The sparse-layer round: the honest task matrix is 90 % zeros (masked) or all zeros (frozen), and a frozen
+    # layer contributes no triplet of the honest task whatever the rank rule.
+    ranks = {(row[0], row[1]): row for row in report.tables[3].rows}
+    assert len(ranks) == len(demo._SPARSE_SETUPS) * len(demo._SPARSE_ROWS)
+    assert float(ranks[("masked 10 %", "tsv_m")][6]) == pytest.approx(0.9, abs=0.01)
+    assert ranks[("frozen", "tsv_m")][6] == "1.000"
+    assert all(row[2].split("/")[1] == "0" for (setup, _), row in ranks.items() if setup == "frozen")
+    assert report.claims[5].held is None

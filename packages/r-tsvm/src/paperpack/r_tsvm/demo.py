@@ -9,6 +9,11 @@ baseline. Each method's scale (λ or α) is picked on a validation split and rep
 A second round plants outliers in the harmless expert's task vector (0.1 % of each decoder matrix's entries
 set to 20 robust standard deviations, "preference noise") and compares R-TSVM with and without outlier
 handling.
+
+A third round, reported only, tests the sparsity-adaptive rank: the honest expert is fine-tuned again with one
+matrix updated only through a fixed random mask (10 % of its entries, or none: the matrix frozen), so that its
+task matrix on that layer is sparse. R-TSVM with the adaptive rank is compared with the same method at TSV-M's
+fixed rank, and the singular triplets each method keeps on that layer are counted.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from torch import Tensor
 
 from paperpack.core.demo import Claim, DemoContext, DemoReport, DemoTable
 from paperpack.r_tsvm import synthetic
-from paperpack.r_tsvm.merge import merge_state_dicts
+from paperpack.r_tsvm.merge import merge_state_dicts, merge_tensors
+from paperpack.r_tsvm.methods._common import numerical_rank
+from paperpack.r_tsvm.methods.tsv import tsv_budget
 from paperpack.r_tsvm.registry import get_method, list_methods
 
 __all__ = ["run_demo"]
@@ -71,6 +78,23 @@ _PLANTED: dict[str, tuple[str, dict[str, Any]]] = {
     "r_tsvm (clip)": ("r_tsvm", {"outlier_action": "clip"}),
 }
 _TOLERANCE = 0.005  # half a point of accuracy
+#: The sparse-layer round: which expert, which matrix, and the fraction of its entries the mask lets train.
+#: Chosen before the round was first run, not tuned: the last MLP matrix before the head, 64 x 256.
+_SPARSE_TASK = "honest"
+_SPARSE_KEY = "model.layers.1.mlp.down_proj.weight"
+_SPARSE_SETUPS = {"masked 10 %": 0.1, "frozen": 0.0}
+#: The merges of the sparse-layer round: method, its parameters, and parameters used on the sparse layer only.
+_SPARSE_ROWS: dict[str, tuple[str, dict[str, Any], dict[str, Any] | None]] = {
+    "tsv_m": ("tsv_m", {}, None),
+    "r_tsvm (rank fixed)": ("r_tsvm", {"rank_mode": "fixed"}, None),
+    "r_tsvm (adaptive rank)": ("r_tsvm", {"rank_mode": "sparsity"}, None),
+    "r_tsvm (adaptive on the sparse layer only)": (
+        "r_tsvm",
+        {"rank_mode": "fixed"},
+        {"rank_mode": "sparsity"},
+    ),
+}
+_EMBEDDING_KEY = "model.embed_tokens.weight"
 
 
 @contextlib.contextmanager
@@ -166,6 +190,55 @@ def _plant_outliers(base: dict[str, Tensor], expert: dict[str, Tensor], seed: in
     return planted
 
 
+def _update_mask(shape: Sequence[int], density: float, seed: int) -> Tensor:
+    """A boolean mask holding ``density`` of the entries at random (exactly ⌊density · n⌋ of them)."""
+    count = int(density * torch.Size(shape).numel())
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(torch.Size(shape).numel(), dtype=torch.bool)
+    mask[torch.randperm(mask.numel(), generator=generator)[:count]] = True
+    return mask.reshape(*shape)
+
+
+@contextlib.contextmanager
+def _masked_gradient(model: Any, key: str, mask: Tensor) -> Iterator[None]:
+    """Zero the gradient of parameter ``key`` outside ``mask`` while the block runs.
+
+    With AdamW and no weight decay an entry whose gradient is always zero never moves, so the task matrix of
+    that parameter is exactly zero outside the mask.
+    """
+    parameter = dict(model.named_parameters())[key]
+    handle = parameter.register_hook(lambda grad: grad * mask.to(grad.dtype))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _kept_ranks(
+    base: dict[str, Tensor],
+    experts: Sequence[dict[str, Tensor]],
+    key: str,
+    method: str,
+    params: dict[str, Any],
+) -> list[int]:
+    """How many singular triplets each task contributes to the merge of ``key``.
+
+    That is the method's rank k_t (TSV-M's budget, or R-TSVM's reported k_t) capped at the task matrix's
+    numerical rank, as :func:`~paperpack.r_tsvm.methods.tsv.tsv_combine` keeps. Covers ``tsv_m`` and
+    ``r_tsvm`` without clipping (clipping changes the task matrices before the decomposition).
+    """
+    tensors = [expert[key] for expert in experts]
+    deltas = torch.stack([tensor - base[key] for tensor in tensors]).float()
+    if method == "tsv_m":
+        ranks = [tsv_budget(deltas.shape[1:], len(tensors))] * len(tensors)
+    else:
+        spec = get_method(method)
+        _, report = spec.merge_with_report(base[key], tensors, config=spec.make_config(params), key=key)
+        ranks = report["ranks"]
+    nonzero = numerical_rank(torch.linalg.svdvals(deltas), deltas.shape)
+    return [min(k, n) for k, n in zip(ranks, nonzero, strict=True)]
+
+
 class _Evaluator:
     """Merges, loads and scores state dicts, picking each method's scale on the validation split."""
 
@@ -186,8 +259,13 @@ class _Evaluator:
         *,
         seed: int,
         statistics: list[dict[str, Tensor]] | None = None,
+        layer: tuple[str, dict[str, Any]] | None = None,
         **params: Any,
     ) -> tuple[dict[str, float], float | None]:
+        """Test scores of the merge whose scale does best on validation, and that scale.
+
+        ``layer`` (a parameter name and parameters) merges that one parameter with those parameters on top.
+        """
         spec = get_method(method)
         if spec.randomized:
             params["seed"] = seed
@@ -199,11 +277,63 @@ class _Evaluator:
             merged = merge_state_dicts(
                 method, self.base if spec.uses_base else None, experts, statistics=statistics, **kwargs
             )
+            if layer is not None:
+                key, extra = layer
+                tensors = [expert[key] for expert in experts]
+                merged[key] = merge_tensors(method, self.base[key], tensors, key=key, **{**kwargs, **extra})
             mean = stats.mean(self.score(merged, "validation").values())
             if best is None or mean > best[0]:
                 best = (mean, value, merged)
         assert best is not None  # the grid is never empty
         return self.score(best[2], "test"), best[1]
+
+
+def _sparse_round(
+    model: Any,
+    tokenizer: Any,
+    train: list[dict[str, str]],
+    experts: list[dict[str, Tensor]],
+    evaluator: _Evaluator,
+    *,
+    density: float,
+    seed: int,
+    budget: _Budget,
+) -> dict[str, Any]:
+    """Re-train the honest expert with ``_SPARSE_KEY`` updated through a mask; merge and count kept ranks.
+
+    Returns the test scores and scale of each row, and per row the kept ranks on the sparse layer and on the
+    embedding (whose untouched vocabulary rows make it sparse in every expert), and the layer's sparsity s_p.
+    """
+    base = evaluator.base
+    expert = _copy(model)
+    mask = _update_mask(base[_SPARSE_KEY].shape, density, seed)
+    with _masked_gradient(expert, _SPARSE_KEY, mask):
+        _sft(expert, tokenizer, [train], steps=budget.expert_steps, lr=1e-3, seed=seed)
+    index = synthetic.TASKS.index(_SPARSE_TASK)
+    sparse_experts = list(experts)
+    sparse_experts[index] = {k: v.detach().clone() for k, v in expert.state_dict().items()}
+    rows: dict[str, tuple[dict[str, float], float | None]] = {
+        f"expert: {_SPARSE_TASK} (sparse layer)": (evaluator.score(sparse_experts[index], "test"), None)
+    }
+    ranks: dict[str, list[int]] = {}
+    embedding: dict[str, list[int]] = {}
+    for label, (method, params, on_layer) in _SPARSE_ROWS.items():
+        layer = None if on_layer is None else (_SPARSE_KEY, on_layer)
+        rows[label] = evaluator.best(method, sparse_experts, budget.grid, seed=seed, layer=layer, **params)
+        ranks[label] = _kept_ranks(base, sparse_experts, _SPARSE_KEY, method, {**params, **(on_layer or {})})
+        embedding[label] = _kept_ranks(base, sparse_experts, _EMBEDDING_KEY, method, params)
+    delta = sparse_experts[index][_SPARSE_KEY] - base[_SPARSE_KEY]
+    _, report = get_method("r_tsvm").merge_with_report(
+        base[_SPARSE_KEY], [e[_SPARSE_KEY] for e in sparse_experts], key=_SPARSE_KEY
+    )
+    return {
+        "rows": rows,
+        "ranks": ranks,
+        "embedding": embedding,
+        "sparsity": report["sparsity"],
+        "k_cap": report["k_cap"],
+        "zeros": float((delta == 0).float().mean()),
+    }
 
 
 def _run_seed(ctx: DemoContext, seed: int, budget: _Budget) -> dict[str, Any]:
@@ -249,7 +379,29 @@ def _run_seed(ctx: DemoContext, seed: int, budget: _Budget) -> dict[str, Any]:
     for label, (method, params) in _PLANTED.items():
         planted[label] = evaluator.best(method, planted_experts, budget.grid, seed=seed, **params)
     clean_off = evaluator.best("r_tsvm", experts, budget.grid, seed=seed, outlier_mode="none")
-    return {"clean": rows, "planted": planted, "clean_outliers_off": clean_off}
+    sparse = {
+        setup: _sparse_round(
+            model,
+            tokenizer,
+            data[_SPARSE_TASK].train,
+            experts,
+            evaluator,
+            density=density,
+            seed=seed,
+            budget=budget,
+        )
+        for setup, density in _SPARSE_SETUPS.items()
+    }
+    sparse_rows = {
+        f"{setup}: {row}": value for setup, result in sparse.items() for row, value in result["rows"].items()
+    }
+    return {
+        "clean": rows,
+        "planted": planted,
+        "clean_outliers_off": clean_off,
+        "sparse": sparse_rows,
+        "sparse_ranks": sparse,
+    }
 
 
 def _mean(results: list[dict[str, Any]], group: str, row: str) -> dict[str, float]:
@@ -259,14 +411,69 @@ def _mean(results: list[dict[str, Any]], group: str, row: str) -> dict[str, floa
     return means
 
 
-def _table(results: list[dict[str, Any]], group: str, title: str) -> DemoTable:
+def _table(results: list[dict[str, Any]], group: str, title: str, *, per_seed: bool = False) -> DemoTable:
+    """Mean test accuracy per task over the seeds; with ``per_seed``, each seed's mean over tasks too."""
     rows = []
     for row in results[0][group]:
         means = _mean(results, group, row)
         scales = [r[group][row][1] for r in results]
         scale = "-" if scales[0] is None else "/".join(f"{s:g}" for s in scales)
-        rows.append([row, *(round(means[c], 3) for c in (*synthetic.TASKS, "mean")), scale])
-    return DemoTable(title, ["model", *synthetic.TASKS, "mean", "scale (per seed)"], rows)
+        seeds = (
+            ["/".join(f"{stats.mean(r[group][row][0].values()):.3f}" for r in results)] if per_seed else []
+        )
+        rows.append([row, *(round(means[c], 3) for c in (*synthetic.TASKS, "mean")), *seeds, scale])
+    columns = [
+        "model",
+        *synthetic.TASKS,
+        "mean",
+        *(["mean (per seed)"] if per_seed else []),
+        "scale (per seed)",
+    ]
+    return DemoTable(title, columns, rows)
+
+
+def _kept_total(results: list[dict[str, Any]], setup: str, row: str, layer: str = "ranks") -> list[int]:
+    """Each seed's total kept rank (over the three tasks) of one sparse-round merge on one layer."""
+    return [sum(r["sparse_ranks"][setup][layer][row]) for r in results]
+
+
+def _rank_table(results: list[dict[str, Any]]) -> DemoTable:
+    """Kept ranks of the sparse round per task (seed mean) and in total, on the sparse layer and embedding."""
+    rows = []
+    for setup in _SPARSE_SETUPS:
+        rounds = [r["sparse_ranks"][setup] for r in results]
+        zeros = "/".join(f"{p['zeros']:.3f}" for p in rounds)
+        sparsity = "/".join(f"{p['sparsity']:.3f}" for p in rounds)
+        for row in _SPARSE_ROWS:
+            kept = [p["ranks"][row] for p in rounds]
+            per_task = "/".join(f"{stats.mean(k[t] for k in kept):g}" for t in range(len(synthetic.TASKS)))
+            totals = _kept_total(results, setup, row)
+            embedding = "/".join(str(t) for t in _kept_total(results, setup, row, "embedding"))
+            rows.append(
+                [
+                    setup,
+                    row,
+                    per_task,
+                    round(stats.mean(totals), 2),
+                    "/".join(str(t) for t in totals),
+                    embedding,
+                    zeros,
+                    sparsity,
+                ]
+            )
+    columns = [
+        "sparse layer",
+        "merge",
+        "kept per task (seed mean)",
+        "kept, total (seed mean)",
+        "kept, total (per seed)",
+        "embedding: kept, total (per seed)",
+        f"zeros in the {_SPARSE_TASK} task matrix (per seed)",
+        "s_p (per seed)",
+    ]
+    k_cap = results[0]["sparse_ranks"][next(iter(_SPARSE_SETUPS))]["k_cap"]
+    title = f"Sparse-layer round: singular triplets kept on {_SPARSE_KEY} (k_cap = {k_cap} per task)"
+    return DemoTable(title, columns, rows)
 
 
 def _plot(ctx: DemoContext, table: DemoTable) -> Any:
@@ -297,6 +504,26 @@ def _precondition(clean: float, planted: float) -> str:
     """Whether the planted outliers hurt TSV-M at all; if not, outlier handling has nothing to repair."""
     verdict = "hurt" if planted < clean - _TOLERANCE else "did not hurt"
     return f"the planted outliers {verdict} TSV-M ({clean:.3f} clean, {planted:.3f} planted)"
+
+
+def _sparse_claim(results: list[dict[str, Any]], metric: str) -> Claim:
+    """The sparse-layer round's claim (reported only): adaptive rank no worse, with less rank kept."""
+    setup = next(iter(_SPARSE_SETUPS))
+    adaptive, fixed = "r_tsvm (adaptive on the sparse layer only)", "r_tsvm (rank fixed)"
+    mean = {row: _mean(results, "sparse", f"{setup}: {row}")["mean"] for row in _SPARSE_ROWS}
+    kept = {row: stats.mean(_kept_total(results, setup, row)) for row in (adaptive, fixed)}
+    within = "within" if mean[adaptive] >= mean[fixed] - _TOLERANCE else "not within"
+    return Claim(
+        claim="Sparsity-adaptive rank no worse with less kept rank on the sparse layer",
+        method=adaptive,
+        baselines=fixed,
+        metric=f"{metric}, one layer of the {_SPARSE_TASK} expert {setup}",
+        method_value=mean[adaptive],
+        baseline_value=mean[fixed],
+        held=None,
+        note=f"reported only: kept rank {kept[adaptive]:g} against {kept[fixed]:g} on the sparse layer; "
+        f"{within} 0.5 pt; adaptive everywhere {mean['r_tsvm (adaptive rank)']:.3f}",
+    )
 
 
 def run_demo(ctx: DemoContext) -> DemoReport:
@@ -364,9 +591,13 @@ def run_demo(ctx: DemoContext) -> DemoReport:
             held=None,
             note="reported only: joint training usually wins at toy scale",
         ),
+        _sparse_claim(results, metric),
     ]
     clean_table = _table(results, "clean", "Clean experts: test accuracy (scale picked on validation)")
     planted_table = _table(results, "planted", "Outliers planted in the harmless expert: test accuracy")
+    sparse_table = _table(
+        results, "sparse", f"One layer of the {_SPARSE_TASK} expert made sparse: test accuracy", per_seed=True
+    )
     notes = [
         "Experts, base and mixture are trained with TRL's SFTTrainer; the mixture trains as many steps as "
         "the "
@@ -376,11 +607,16 @@ def run_demo(ctx: DemoContext) -> DemoReport:
         "matrices "
         "of 64.",
         f"Planted-outlier round: {_precondition(mean['tsv_m'], planted['tsv_m'])}.",
+        f"Sparse-layer round (reported only): the {_SPARSE_TASK} expert is fine-tuned again with "
+        f"{_SPARSE_KEY} updated only through a fixed random mask of 10 % of its entries ('masked 10 %') or "
+        "of none ('frozen'); the other experts are the clean ones. 'adaptive on the sparse layer only' uses "
+        "TSV-M's fixed rank everywhere else, so it isolates the rule on that layer; 'adaptive rank' also "
+        "applies it to the embedding, which is sparse in every expert.",
     ]
     return DemoReport(
         title="Merging helpful / honest / harmless experts: 14 methods, R-TSVM and a data mixture",
         claims=claims,
-        tables=[clean_table, planted_table],
+        tables=[clean_table, planted_table, sparse_table, _rank_table(results)],
         plots=[_plot(ctx, clean_table)],
         notes=notes,
     )
