@@ -40,21 +40,23 @@ def fresh_model(tiny_lm: tuple[LlamaForCausalLM, PreTrainedTokenizerFast]) -> Ca
     return lambda: copy.deepcopy(tiny_lm[0])
 
 
+# The trainers' test settings: small batches and rank, a few logged steps, no checkpoints unless asked.
+_ARGS: dict[str, Any] = {
+    "per_device_train_batch_size": 4,
+    "learning_rate": 1e-3,
+    "max_steps": 4,
+    "save_strategy": "no",
+    "logging_steps": 1,
+    "zo_rank": 4,
+    "seed": 0,
+    "disable_tqdm": True,
+}
+
+
 @pytest.fixture
 def make_args(tmp_path: Path) -> Callable[..., ZOConfig]:
     def make(subdir: str = "run", **overrides: Any) -> ZOConfig:
-        settings: dict[str, Any] = {
-            "per_device_train_batch_size": 4,
-            "learning_rate": 1e-3,
-            "max_steps": 4,
-            "save_strategy": "no",
-            "logging_steps": 1,
-            "zo_rank": 4,
-            "seed": 0,
-            "disable_tqdm": True,
-        }
-        settings.update(overrides)
-        return training_args(tmp_path / subdir, cls=ZOConfig, **settings)
+        return training_args(tmp_path / subdir, cls=ZOConfig, **{**_ARGS, **overrides})
 
     return make
 
@@ -64,20 +66,7 @@ def make_sft_args(tmp_path: Path) -> Callable[..., ZOSFTConfig]:
     """``make_args`` for ZOSFTTrainer: short sequences, float32 on the CPU (TRL's configs default to bf16)."""
 
     def make(subdir: str = "sft", **overrides: Any) -> ZOSFTConfig:
-        settings: dict[str, Any] = {
-            "per_device_train_batch_size": 4,
-            "learning_rate": 1e-3,
-            "max_steps": 4,
-            "max_length": 24,
-            "save_strategy": "no",
-            "logging_steps": 1,
-            "zo_rank": 4,
-            "seed": 0,
-            "disable_tqdm": True,
-            "bf16": False,
-            "use_cpu": True,
-        }
-        settings.update(overrides)
+        settings = {**_ARGS, "max_length": 24, "bf16": False, "use_cpu": True, **overrides}
         return training_args(tmp_path / subdir, cls=ZOSFTConfig, **settings)
 
     return make

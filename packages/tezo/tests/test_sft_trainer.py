@@ -18,6 +18,7 @@ from trl import SFTConfig
 
 from paperpack.core.errors import ConfigError
 from paperpack.core.testing.contracts import assert_state_dicts_equal
+from paperpack.core.testing.resume import StopAtStep
 from paperpack.tezo import ZOConfig, ZOSFTConfig, ZOSFTTrainer, ZOTrainer
 from paperpack.tezo.optim import unwrap_optimizer
 
@@ -151,13 +152,7 @@ def test_resume_reproduces_the_uninterrupted_run(fresh_model, make_sft_args, sft
     interrupted_args = make_sft_args("cut", save_strategy="steps", save_steps=3, **common)
     first = fresh_model()
 
-    class StopAtThree(TrainerCallback):
-        def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> Any:
-            if state.global_step == 3:
-                control.should_training_stop = True
-            return control
-
-    _sft_trainer(first, interrupted_args, sft_dataset, tiny_lm[1], callbacks=[StopAtThree()]).train()
+    _sft_trainer(first, interrupted_args, sft_dataset, tiny_lm[1], callbacks=[StopAtStep(3)]).train()
     checkpoint = Path(interrupted_args.output_dir) / "checkpoint-3"
     assert (checkpoint / "optimizer.pt").is_file()
 

@@ -14,6 +14,7 @@ from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
 
 from paperpack.core.errors import ConfigError
 from paperpack.core.testing.contracts import assert_state_dicts_equal, run_distributed
+from paperpack.core.testing.resume import StopAtStep
 from paperpack.tezo import ZOConfig, ZOOptimizer, ZOTrainer, zo_state_bytes
 from paperpack.tezo.optim import unwrap_optimizer
 
@@ -57,18 +58,12 @@ def test_resume_reproduces_the_uninterrupted_run(
     interrupted_args = make_args("cut", save_strategy="steps", save_steps=3, **common)
     first = fresh_model()
 
-    class StopAtThree(TrainerCallback):
-        def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> Any:
-            if state.global_step == 3:
-                control.should_training_stop = True
-            return control
-
     ZOTrainer(
         model=first,
         args=interrupted_args,
         train_dataset=lm_dataset,
         data_collator=collator,
-        callbacks=[StopAtThree()],
+        callbacks=[StopAtStep(3)],
     ).train()
     checkpoint = Path(interrupted_args.output_dir) / "checkpoint-3"
     assert (checkpoint / "optimizer.pt").is_file()
