@@ -21,7 +21,7 @@ def test_error_hierarchy():
     [
         (lambda: check_positive("eta", 0), "`eta` must be > 0, got 0"),
         (lambda: check_positive("eta", -1, allow_zero=True), "`eta` must be >= 0, got -1"),
-        (lambda: check_positive("eta", float("nan")), "`eta` must be a number, got NaN"),
+        (lambda: check_positive("eta", float("nan")), "`eta` must be a finite number, got nan"),
         (lambda: check_positive("eta", True), "`eta` must be a number, got True"),
         (lambda: check_int("k", 2.0), "`k` must be an integer, got 2.0"),
         (lambda: check_int("k", 0, minimum=1), "`k` must be >= 1, got 0"),

@@ -149,4 +149,4 @@ def test_console_script_help_and_list():
         [sys.executable, "-m", "paperpack.core.cli", "list"], capture_output=True, text=True, check=True
     )
     assert "paperpack-core" in listing.stdout
-    assert cli.main([]) == 0
+    assert cli.main([]) == 2

@@ -4,6 +4,12 @@ Packages join through entry points: a subcommand in the group ``paperpack.comman
 ``configure_parser(parser)`` that adds arguments and ``parser.set_defaults(handler=fn)``), and a demo in
 ``paperpack.demos`` (``run_demo(ctx) -> DemoReport``). Only the chosen subcommand's module is imported, so
 ``paperpack --help`` stays fast.
+
+Every parser is a :class:`paperpack.core.arguments.ArgumentParser`: a command with subcommands run without one
+prints its help and exits with status 2, and an error is one line naming the flag as the user typed it (the
+backquoted field names of a handler's error are rewritten by
+:func:`~paperpack.core.arguments.describe_arguments`).
+See ``docs/cli.md`` for the whole convention.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from importlib.metadata import EntryPoint, distributions, entry_points, version
 from pathlib import Path
 from typing import Any
 
+from paperpack.core.arguments import ArgumentParser, describe_arguments
 from paperpack.core.errors import ConfigError, PaperpackError
 from paperpack.core.registry import NAME_PATTERN
 
@@ -107,8 +114,8 @@ def _demo(args: argparse.Namespace) -> int:
     return 1 if run.failures else 0
 
 
-def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _build_parser(argv: Sequence[str]) -> ArgumentParser:
+    parser = ArgumentParser(
         prog="paperpack",
         description="Faithful implementations of recent ML papers. `paperpack list` shows what is installed.",
     )
@@ -137,8 +144,18 @@ def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_status(code: object) -> int:
+    return code if isinstance(code, int) else (0 if code is None else 2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``paperpack`` command; returns the exit status."""
+    """Run the ``paperpack`` command; returns the exit status (0 done, 2 bad usage or input, 130 interrupted).
+
+    Example:
+        >>> from paperpack.core.cli import main
+        >>> main(["list", "--no-such-flag"])
+        2
+    """
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
         parser = _build_parser(args_list)
@@ -146,20 +163,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PaperpackError as error:
         print(f"paperpack: error: {error}", file=sys.stderr)
         return 2
+    except SystemExit as done:  # --help, --version, and argparse's own errors (already printed)
+        return _exit_status(done.code)
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
         format="%(levelname)s %(name)s: %(message)s",
     )
     handler = getattr(args, "handler", None)
-    if handler is None:
-        parser.print_help()
-        return 0 if args.command is None else 2
+    if handler is None:  # a command that registered no handler
+        parser.print_help(sys.stderr)
+        return 2
     try:
         return int(handler(args) or 0)
     except (PaperpackError, OSError, ValueError, TypeError) as error:
         if args.verbose >= 2:
             raise
-        print(f"paperpack: error: {error}", file=sys.stderr)
+        print(f"paperpack: error: {describe_arguments(args, str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("paperpack: interrupted", file=sys.stderr)
