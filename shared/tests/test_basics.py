@@ -136,7 +136,7 @@ def test_atomic_folder(tmp_path):
         pass
     with atomic_folder(target, overwrite=True) as folder:
         (folder / "b").write_text("2")
-    assert [p.name for p in target.iterdir()] == ["b"]
+    assert sorted(p.name for p in target.iterdir()) == [".paperpack-output.json", "b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 

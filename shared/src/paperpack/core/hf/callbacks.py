@@ -72,7 +72,7 @@ def write_callback_state(state: dict[str, Any], folder: str | os.PathLike[str], 
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(state, "", tensors)
     if tensors:
-        save_state_dict(tensors, folder / f"{name}.safetensors")
+        save_state_dict(tensors, folder / f"{name}.safetensors", overwrite=True)
     atomic_write_text(folder / f"{name}.json", json.dumps({"state": skeleton, "has_tensors": bool(tensors)}))
 
 
