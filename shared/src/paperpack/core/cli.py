@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from paperpack.core.arguments import ArgumentParser, describe_arguments
+from paperpack.core.commands import add_shared_arguments
 from paperpack.core.errors import ConfigError, PaperpackError
 from paperpack.core.registry import NAME_PATTERN
 
@@ -30,6 +31,8 @@ __all__ = ["COMMANDS_GROUP", "DEMOS_GROUP", "discover", "main"]
 
 COMMANDS_GROUP = "paperpack.commands"
 DEMOS_GROUP = "paperpack.demos"
+#: The command name recorded in the output marker of ``paperpack demo`` results.
+DEMO_COMMAND = "paperpack demo"
 _BUILTIN = ("list", "demo")
 
 logger = logging.getLogger(__name__)
@@ -105,8 +108,13 @@ def _demo(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--only names unknown demo(s) {', '.join(map(repr, unknown))}; installed: {', '.join(available)}"
         )
+    from paperpack.core.files import atomic_folder, check_output
+
+    output = check_output(args.output, command=DEMO_COMMAND, overwrite=args.overwrite)
     demos = {name: available[name].load() for name in selected}
-    run = run_demos(demos, Path(args.output), quick=args.quick, seed=args.seed)
+    # Written beside the target and moved into place once every demo ran: an interrupted run leaves no output.
+    with atomic_folder(output, command=DEMO_COMMAND, overwrite=args.overwrite) as staging:
+        run = run_demos(demos, staging, scale="quick" if args.quick else "full", seed=args.seed)
     print(format_claims(run.reports))
     for name, error in run.failures.items():
         print(f"\n{name} FAILED: {error}", file=sys.stderr)
@@ -132,8 +140,14 @@ def _build_parser(argv: Sequence[str]) -> ArgumentParser:
     )
     demo.add_argument("--quick", action="store_true", help="fewer seeds and steps: under a minute per demo")
     demo.add_argument("--only", nargs="+", metavar="NAME", default=[], help="run only these demos")
-    demo.add_argument("--output", default="paperpack-demo", help="results folder (default: %(default)s)")
-    demo.add_argument("--seed", type=int, default=0, help="base seed (default: %(default)s)")
+    add_shared_arguments(
+        demo,
+        "output",
+        "overwrite",
+        "seed",
+        defaults={"output": "paperpack-demo"},
+        help={"seed": "the base seed; a demo over several seeds uses seed, seed + 1, ..."},
+    )
     demo.set_defaults(handler=_demo)
     chosen = next((token for token in argv if not token.startswith("-")), None)
     for name, entry in discover(COMMANDS_GROUP).items():
