@@ -121,6 +121,36 @@ def test_lazy_exports_import_on_first_use(tmp_path, monkeypatch):
     assert lazy_exports  # the helper itself is importable without torch
 
 
+def test_lazy_exports_read_the_type_checking_table(tmp_path, monkeypatch):
+    import sys
+
+    from paperpack.core.lazy import type_checking_imports
+
+    package = tmp_path / "tablepkg"
+    package.mkdir()
+    (package / "heavy.py").write_text("class Thing:\n    pass\ndef make():\n    return Thing()\n")
+    (package / "__init__.py").write_text(
+        "from typing import TYPE_CHECKING\n"
+        "from paperpack.core.lazy import lazy_exports\n"
+        "if TYPE_CHECKING:\n"
+        "    from tablepkg.heavy import Thing as Thing\n"
+        "    from .heavy import make as build\n"
+        "__getattr__, __dir__ = lazy_exports(__name__)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import tablepkg
+
+    assert tablepkg.__all__ == ["Thing", "build"]
+    assert "tablepkg.heavy" not in sys.modules
+    assert isinstance(tablepkg.build(), tablepkg.Thing)
+    with pytest.raises(AttributeError, match="has no attribute 'make'"):
+        tablepkg.make  # noqa: B018
+    with pytest.raises(TypeError, match="only `from module import name`"):
+        type_checking_imports("if TYPE_CHECKING:\n    import os\n", "p")
+    with pytest.raises(TypeError, match="imported twice"):
+        type_checking_imports("if TYPE_CHECKING:\n    from a import x\n    from b import x\n", "p")
+
+
 def test_atomic_folder(tmp_path):
     from paperpack.core.files import atomic_folder
     from paperpack.core.testing.contracts import assert_no_partial_output

@@ -26,7 +26,10 @@ def tokenizer(tiny_lm):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (b'{"text": "a"}\n{"text": "caf\xe9"}\n', r"data.jsonl:2 is not UTF-8 text \(byte 0xe9 at column 14\)"),
+        (
+            b'{"text": "a"}\n{"text": "caf\xe9"}\n',
+            r"data.jsonl:2 is not UTF-8 text \(byte 0xe9 at column 14\)",
+        ),
         (b'{"text": "a"}\n{"text": \n', r"data.jsonl:2 is not valid JSON"),
         (b'["a"]\n', r"data.jsonl:1 must be a JSON object, got list"),
         (b'{"prompt": "a"}\n', r"data.jsonl:1 needs a string field 'text'; it has \['prompt'\]"),
@@ -66,7 +69,10 @@ def test_batches_ignore_exactly_the_padding(tokenizer):
     expected = tokenizer(TEXTS, padding=True, return_tensors="pt")
     assert torch.equal(batch["input_ids"], expected["input_ids"])
     assert torch.equal(batch["labels"] == IGNORE_INDEX, expected["attention_mask"] == 0)
-    assert torch.equal(batch["labels"][batch["labels"] != IGNORE_INDEX], expected["input_ids"][expected["attention_mask"] == 1])
+    assert torch.equal(
+        batch["labels"][batch["labels"] != IGNORE_INDEX],
+        expected["input_ids"][expected["attention_mask"] == 1],
+    )
 
 
 def test_eos_padding_still_learns_a_real_eos(tokenizer):
@@ -100,7 +106,10 @@ def test_collator_pads_tokenized_examples_and_keeps_their_labels(tokenizer):
     texts_batch = CausalLMCollator(tokenizer, max_length=8)(TEXTS)
     for key in ("input_ids", "attention_mask", "labels"):
         assert torch.equal(batch[key], texts_batch[key]), key
-    prompt = [{"input_ids": [1, 5, 6, 7], "labels": [-100, -100, 6, 7]}, {"input_ids": [1, 5], "labels": [-100, 5]}]
+    prompt = [
+        {"input_ids": [1, 5, 6, 7], "labels": [-100, -100, 6, 7]},
+        {"input_ids": [1, 5], "labels": [-100, 5]},
+    ]
     padded = collate(prompt)
     assert padded["labels"].tolist() == [[-100, -100, 6, 7], [-100, 5, -100, -100]]
     assert padded["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]

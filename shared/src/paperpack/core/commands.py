@@ -43,13 +43,16 @@ from paperpack.core.arguments import (
     supported_fields,
 )
 from paperpack.core.errors import ConfigError
+from paperpack.core.files import check_output, output_command, remove_path, write_output_marker
 
 __all__ = [
     "DTYPE_NAMES",
     "TRAINING_EXCLUDED",
     "SharedFlag",
+    "TrainingOutput",
     "add_shared_arguments",
     "add_training_arguments",
+    "check_training_output",
     "resume_checkpoint",
 ]
 
@@ -350,3 +353,85 @@ def resume_checkpoint(output: str | os.PathLike[str], resume: str | None) -> Pat
             f"`--resume` found no checkpoint-N folder in {str(output)!r}; run without --resume to start anew"
         )
     return steps[-1][1]
+
+
+@dataclass(frozen=True)
+class TrainingOutput:
+    """Where a training command writes, checked: see :func:`check_training_output`.
+
+    Attributes:
+        folder: ``--output``: the final model at its top, ``checkpoint-N`` folders beside it.
+        command: the command, recorded in the folder's marker (``"tezo finetune"``).
+        resume_from: the checkpoint to resume from (``--resume``), or None for a new run.
+        replace: whether an earlier output of the command is replaced (``--overwrite``).
+    """
+
+    folder: Path
+    command: str
+    resume_from: Path | None
+    replace: bool
+
+    def open(self) -> Path:
+        """Prepare the folder for training; the first side effect, after every check.
+
+        A new run empties an earlier output of the command (checked to hold nothing else), creates the folder
+        and marks it as the command's; a resumed run keeps everything. Checkpoints are then written straight
+        into the folder by the Trainer, so that ``--resume`` finds them after a crash.
+        """
+        if self.resume_from is None and self.folder.exists() and any(self.folder.iterdir()):
+            remove_path(self.folder)  # an earlier output of ours and nothing else: check_output made sure
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_output_marker(self.folder, command=self.command)
+        return self.folder
+
+
+def check_training_output(
+    output: str | os.PathLike[str],
+    *,
+    command: str,
+    overwrite: bool = False,
+    resume: str | None = None,
+    inputs: Iterable[str | os.PathLike[str]] = (),
+) -> TrainingOutput:
+    """Check ``--output``, ``--overwrite`` and ``--resume`` of a training command before any side effect.
+
+    A new run needs a new or empty folder, or an earlier output of ``command`` with ``overwrite``
+    (:func:`paperpack.core.files.check_output`). ``--resume`` continues an earlier output of ``command``: the
+    folder must be one, and hold the checkpoint (:func:`resume_checkpoint`).
+
+    Args:
+        output: ``--output``.
+        command: the command, e.g. ``"tezo finetune"``.
+        overwrite: ``--overwrite``.
+        resume: ``--resume`` (None, ``"last"`` or a checkpoint folder).
+        inputs: the command's inputs (model folder, data files); the output may not overlap one.
+
+    Returns:
+        The checked output; call :meth:`TrainingOutput.open` once everything else is checked too.
+
+    Raises:
+        ConfigError: for ``--resume`` with ``--overwrite``, or without a resumable earlier output.
+        OutputExistsError: when ``--output`` holds something else (the message names the fix).
+        CheckpointError: when ``--output`` overlaps an input.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from paperpack.core.commands import check_training_output
+        >>> planned = check_training_output(Path(tempfile.mkdtemp()) / "run", command="toy train")
+        >>> planned.resume_from is None, planned.open().is_dir()
+        (True, True)
+    """
+    folder = Path(output)
+    if resume is None:
+        check_output(folder, command=command, overwrite=overwrite, inputs=inputs)
+        return TrainingOutput(folder, command, None, overwrite)
+    if overwrite:
+        raise ConfigError("`--resume` continues the run in --output and `--overwrite` replaces it; give one")
+    check_output(folder, command=command, overwrite=True, inputs=inputs)
+    if output_command(folder) != command:
+        raise ConfigError(
+            f"`--resume` continues an earlier run of `{command}`, but --output {str(output)!r} is not one; "
+            "give the --output of that run"
+        )
+    return TrainingOutput(folder, command, resume_checkpoint(folder, resume), False)
