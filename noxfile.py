@@ -201,6 +201,30 @@ def docs(session: nox.Session, package: str) -> None:
     )
 
 
+@nox.session
+def docs_browser(session: nox.Session) -> None:
+    """Build every site, then open every page in headless Chromium, offline: unrendered math, broken internal
+    links and anchors, and console errors fail the session (not part of the default run).
+
+    Needs the OS's Chromium and chromedriver: ``apt-get install -y chromium chromium-driver``.
+    """
+    root = ROOT / "site-browser"
+    shutil.rmtree(root, ignore_errors=True)
+    for folder, distribution in _site_targets().values():
+        _uv_run(
+            session,
+            "mkdocs",
+            "build",
+            "--strict",
+            "-q",
+            "-f",
+            str(folder / "mkdocs.yml"),
+            "-d",
+            str(root / distribution),
+        )
+    _uv_run(session, "python", str(ROOT / "tests" / "docs_browser.py"), str(root))
+
+
 @nox.session(tags=["default"])
 @nox.parametrize("package", NAMES)
 def build(session: nox.Session, package: str) -> None:
