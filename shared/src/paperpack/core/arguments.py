@@ -713,10 +713,6 @@ def describe_arguments(args: argparse.Namespace | None, message: str) -> str:
 # ---- the parser ----------------------------------------------------------------------------------------
 
 
-class _SubcommandsAction(argparse._SubParsersAction):  # type: ignore[type-arg]
-    """Subcommands whose choice :class:`ArgumentParser` checks (help and status 2 when none is given)."""
-
-
 class ArgumentParser(argparse.ArgumentParser):
     """The parser of every ``paperpack`` command.
 
@@ -736,7 +732,6 @@ class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
-        self.register("action", "parsers", _SubcommandsAction)
 
     def add_subparsers(self, **kwargs: Any) -> argparse._SubParsersAction:  # type: ignore[type-arg]
         """Add subcommands; choosing none prints this parser's help and exits 2 (``required`` is implied)."""
