@@ -11,7 +11,9 @@ Checked on each page:
 - links: every link, image, script and stylesheet inside the sites points to a file that exists, and every
   ``#anchor`` to an element of that page (checked on the files, without the browser);
 - scripts: no error in the browser's console, and no request leaving the machine (every host but the local
-  server is unreachable, so a page that needs the network shows up as an error).
+  server is unreachable, so a page that needs the network shows up as an error);
+- examples: no ``>>>`` example rendered as three nested quotes (a docstring section titled ``Example:``,
+  which griffe renders as text; ``Examples:`` is rendered as code).
 
 Chromium and chromedriver come from the OS packages (``apt-get install -y chromium chromium-driver``).
 Exit status 0 when every page is clean, 1 otherwise, with one line per problem.
@@ -60,6 +62,8 @@ return {
   empty: maths.filter(m => { const r = m.getBoundingClientRect(); return r.width === 0 || r.height === 0; })
               .map(m => m.textContent.slice(0, 60)),
   commands: maths.filter(m => /\\[A-Za-z]+/.test(m.textContent)).map(m => m.textContent.slice(0, 60)),
+  doctests: Array.from(document.querySelectorAll("blockquote > blockquote > blockquote"))
+              .map(b => b.textContent.trim().slice(0, 60)),
 };
 """
 
@@ -159,6 +163,11 @@ def check_pages(root: Path, pages: list[Path], base: str) -> tuple[list[str], di
                 problems.append(f"unrendered math {name}: {math['arithmatex']} arithmatex element(s) left")
             problems += [f"math without a size {name}: {text!r}" for text in math["empty"]]
             problems += [f"raw TeX command in math {name}: {text!r}" for text in math["commands"]]
+            problems += [
+                f"doctest rendered as nested quotes {name} (a docstring's `Example:` section; griffe reads "
+                f"`Examples:` as code): {text!r}"
+                for text in math["doctests"]
+            ]
             for entry in browser.get_log("browser"):  # type: ignore[attr-defined]
                 if entry["level"] in ("SEVERE", "ERROR"):
                     problems.append(f"console error {name}: {entry['message'][:200]}")

@@ -15,6 +15,7 @@ GOOD = """<html><body><h1 id="top">Title</h1><p>Math: <math><mi>x</mi></math></p
 <a href="other/">other</a> <a href="#top">top</a> <a href="https://example.org">web</a></body></html>"""
 BROKEN = """<html><body><p>Raw \\(\\Delta_t\\) here, and <code>\\(kept\\)</code> in code.</p>
 <a href="missing.html">gone</a> <a href="../index.html#nowhere">anchor</a>
+<blockquote><blockquote><blockquote><p>import torch</p></blockquote></blockquote></blockquote>
 <script>undefinedFunction();</script></body></html>"""
 
 
@@ -44,4 +45,5 @@ def test_the_browser_sees_raw_math_and_script_errors(tmp_path, capsys):
     assert "unrendered math paperpack/other/index.html: 'Raw \\\\(\\\\Delta_t\\\\) here, and'" in out
     assert "console error paperpack/other/index.html" in out and "undefinedFunction" in out
     assert "kept" not in out  # math delimiters inside code are left alone
+    assert "doctest rendered as nested quotes paperpack/other/index.html" in out
     assert "paperpack: 2 pages, 1 formulas rendered as MathML" in out

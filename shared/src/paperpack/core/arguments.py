@@ -383,7 +383,7 @@ def add_flag(
     Raises:
         TypeError: when ``hint`` cannot be read from a command line.
 
-    Example:
+    Examples:
         >>> from paperpack.core.arguments import ArgumentParser, add_flag
         >>> parser = ArgumentParser(prog="demo")
         >>> _ = add_flag(parser, "max_length", int, default=256, help="tokens per text")
@@ -427,7 +427,7 @@ def add_flag(
 def supported_fields(config_class: type[Any]) -> list[str]:
     """The init fields of the dataclass ``config_class`` whose types can be read from a command line.
 
-    Example:
+    Examples:
         >>> from dataclasses import dataclass
         >>> from paperpack.core.arguments import supported_fields
         >>> @dataclass
@@ -481,7 +481,7 @@ def add_config_arguments(
         TypeError: for a class that is not a dataclass, an unknown name in ``exclude`` or ``rename``, or a
             field whose type cannot be a flag (exclude it).
 
-    Example:
+    Examples:
         >>> from dataclasses import dataclass, field
         >>> from typing import Literal
         >>> from paperpack.core.arguments import ArgumentParser, add_config_arguments, config_overrides
@@ -528,7 +528,7 @@ def add_config_arguments(
 def config_overrides(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
     """The flags among ``names`` that were given (command line or ``--config``), as keyword arguments.
 
-    Example:
+    Examples:
         >>> import argparse
         >>> from paperpack.core.arguments import config_overrides
         >>> config_overrides(argparse.Namespace(rank=4, seed=None), ["rank", "seed"])
@@ -652,7 +652,7 @@ def add_config_file_argument(parser: argparse.ArgumentParser) -> None:
     Keys are destinations (``learning_rate``) or flag names with underscores; values are checked like the
     flag's; ``env:`` sets environment variables; flags typed on the command line win over the file.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from pathlib import Path
         >>> from paperpack.core.arguments import ArgumentParser, add_config_file_argument, add_flag
@@ -682,7 +682,7 @@ def add_config_file_argument(parser: argparse.ArgumentParser) -> None:
 def flag_name(args: argparse.Namespace, name: str) -> str:
     """How the user gave the field ``name``: ``` `--rank` ```, ``` `learning_rate` in run.yaml ```, the flag.
 
-    Example:
+    Examples:
         >>> from paperpack.core.arguments import ArgumentParser, add_flag, flag_name
         >>> parser = ArgumentParser(prog="demo")
         >>> _ = add_flag(parser, "zo_rank", int, help="r", flag="rank")
@@ -696,7 +696,7 @@ def flag_name(args: argparse.Namespace, name: str) -> str:
 def describe_arguments(args: argparse.Namespace | None, message: str) -> str:
     """Rewrite the backquoted field names of an error message as the flags or config keys the user gave.
 
-    Example:
+    Examples:
         >>> from paperpack.core.arguments import ArgumentParser, add_flag, describe_arguments
         >>> parser = ArgumentParser(prog="demo")
         >>> _ = add_flag(parser, "zo_rank", int, help="r", flag="rank")
@@ -721,7 +721,7 @@ class ArgumentParser(argparse.ArgumentParser):
     for an unknown one; a parser with subcommands, called without one, prints its help and exits with
     status 2; the usage line of a command with many flags is short (``--help`` lists them).
 
-    Example:
+    Examples:
         >>> from paperpack.core.arguments import ArgumentParser
         >>> parser = ArgumentParser(prog="paperpack demo")
         >>> _ = parser.add_argument("--learning-rate", type=float)

@@ -165,7 +165,7 @@ def _exit_status(code: object) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``paperpack`` command; returns the exit status (0 done, 2 bad usage or input, 130 interrupted).
 
-    Example:
+    Examples:
         >>> from paperpack.core.cli import main
         >>> main(["list", "--no-such-flag"])
         2

@@ -186,7 +186,7 @@ def add_shared_arguments(
     Raises:
         TypeError: for an unknown name, or a name in ``required``, ``help`` or ``defaults`` not in ``names``.
 
-    Example:
+    Examples:
         >>> from paperpack.core.arguments import ArgumentParser
         >>> from paperpack.core.commands import add_shared_arguments
         >>> parser = ArgumentParser(prog="paperpack thing run")
@@ -283,7 +283,7 @@ def add_training_arguments(
     Returns:
         The field names that got a flag, for :func:`paperpack.core.hf.command_training_args`.
 
-    Example:
+    Examples:
         >>> from transformers import TrainingArguments
         >>> from paperpack.core.arguments import ArgumentParser, config_overrides
         >>> from paperpack.core.commands import add_training_arguments
@@ -322,7 +322,7 @@ def resume_checkpoint(output: str | os.PathLike[str], resume: str | None) -> Pat
     Raises:
         ConfigError: naming ``--resume`` when there is no such checkpoint.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from pathlib import Path
         >>> from paperpack.core.commands import resume_checkpoint
@@ -414,7 +414,7 @@ def check_training_output(
         OutputExistsError: when ``--output`` holds something else (the message names the fix).
         CheckpointError: when ``--output`` overlaps an input.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from pathlib import Path
         >>> from paperpack.core.commands import check_training_output

@@ -60,7 +60,7 @@ def read_jsonl(path: str | os.PathLike[str], *, required: Sequence[str] = ("text
         ConfigError: naming the file, the line and the problem (bytes that are not UTF-8, bad JSON, not an
             object, a missing or non-string field, no records at all).
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from pathlib import Path
         >>> from paperpack.core.data import read_jsonl
@@ -111,7 +111,7 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> int:
     Raises:
         ConfigError: when the tokenizer has neither a pad nor an end-of-sequence token.
 
-    Example:
+    Examples:
         >>> from paperpack.core.data import ensure_pad_token
         >>> from paperpack.core.hf import tiny_tokenizer
         >>> tokenizer = tiny_tokenizer()
@@ -136,7 +136,7 @@ def tokenize_texts(
 
     Pair it with :class:`CausalLMCollator`, which pads each batch and sets the labels.
 
-    Example:
+    Examples:
         >>> from paperpack.core.data import tokenize_texts
         >>> from paperpack.core.hf import tiny_tokenizer
         >>> rows = tokenize_texts(tiny_tokenizer(), ["the", "a much longer text than that"], max_length=4)
@@ -161,7 +161,7 @@ class CausalLMCollator:
         tokenizer: the model's tokenizer; given a pad token (its EOS) if it has none.
         max_length: truncate texts to this many tokens (None: no truncation).
 
-    Example:
+    Examples:
         >>> from paperpack.core.data import CausalLMCollator
         >>> from paperpack.core.hf import tiny_tokenizer
         >>> collate = CausalLMCollator(tiny_tokenizer())
@@ -242,7 +242,7 @@ def causal_lm_batches(
     Raises:
         ConfigError: for an empty list, a single string, or a bad ``batch_size`` / ``max_length``.
 
-    Example:
+    Examples:
         >>> from paperpack.core.data import causal_lm_batches
         >>> from paperpack.core.hf import tiny_tokenizer
         >>> batches = causal_lm_batches(tiny_tokenizer(), ["one", "two", "three"], batch_size=2)

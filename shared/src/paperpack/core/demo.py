@@ -65,7 +65,7 @@ class DemoContext:
         scale: ``"quick"`` or ``"full"`` (see :data:`Scale`); read it with :meth:`pick`.
         seed: the base seed; a demo over several seeds uses :meth:`seeds`.
 
-    Example:
+    Examples:
         >>> from pathlib import Path
         >>> from paperpack.core.demo import DemoContext
         >>> ctx = DemoContext(name="toy", output_dir=Path("."), scale="quick", seed=3)
@@ -129,7 +129,7 @@ class Claim:
 class DemoTable:
     """A results table of a demo (written to ``results.md``).
 
-    Example:
+    Examples:
         >>> from paperpack.core.demo import DemoTable
         >>> table = DemoTable("accuracy", ["arm", "test accuracy"], [["SeWA", 0.91], ["LAWA", 0.9]])
         >>> table.column("test accuracy"), table.row("LAWA")["test accuracy"]

@@ -5,7 +5,7 @@ returns at once, a mean is the value itself. Under a launcher, before the proces
 a dataset built before the Trainer), :func:`rank` and :func:`world_size` read the launcher's ``RANK`` and
 ``WORLD_SIZE`` variables.
 
-Example:
+Examples:
     >>> import torch
     >>> from paperpack.core.distributed import all_reduce_mean, is_main_process, rank, world_size
     >>> rank(), world_size(), is_main_process()

@@ -13,7 +13,7 @@ Every site uses it through the core's mkdocs base (``shared/mkdocs.base.yml``)::
           generic: true
       - paperpack.core.docs
 
-Example:
+Examples:
     >>> import markdown
     >>> html = markdown.markdown(
     ...     r"The update \(\theta_{t+1} = \theta_t - \eta g_t\).",
@@ -50,7 +50,7 @@ def latex_to_mathml(latex: str, *, display: bool) -> str:
     Raises:
         MathConversionError: naming the formula, when it cannot be converted.
 
-    Example:
+    Examples:
         >>> from paperpack.core.docs import latex_to_mathml
         >>> latex_to_mathml(r"\frac{1}{k}", display=False)[:40]
         '<math xmlns="http://www.w3.org/1998/Math'

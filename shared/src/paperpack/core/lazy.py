@@ -6,7 +6,7 @@ of public names is the ``if TYPE_CHECKING:`` block of imports: type checkers and
 real imports there, and at run time each name is imported from its module on first access; ``__all__`` is
 built from the same block.
 
-Example:
+Examples:
     A package's ``__init__.py`` (the redundant ``as`` marks an explicit re-export, as PEP 484 and
     ``mypy --strict`` want)::
 
@@ -57,7 +57,7 @@ def type_checking_imports(source: str, package: str) -> dict[str, tuple[str, str
         TypeError: for an import the table cannot hold (``import x`` or ``from x import *``), or a name
             imported twice.
 
-    Example:
+    Examples:
         >>> from paperpack.core.lazy import type_checking_imports
         >>> code = "if TYPE_CHECKING:\n    from .config import SeWAConfig as SeWAConfig\n"
         >>> type_checking_imports(code, "paperpack.sewa")

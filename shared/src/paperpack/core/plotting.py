@@ -13,7 +13,7 @@ Two ways in:
   :func:`plot_mean_band`, :func:`plot_bars`, :func:`plot_points` or matplotlib's own ``Axes`` methods, and
   finish each with :func:`style_axes`.
 
-Example:
+Examples:
     >>> import tempfile
     >>> from pathlib import Path
     >>> from paperpack.core.plotting import line_plot
@@ -70,7 +70,7 @@ def figure_file(
         size: the figure's size in inches (default 6.4 x 4.0 per panel).
         dpi: the resolution of raster formats.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from pathlib import Path
         >>> from paperpack.core.plotting import figure_file, plot_bars, style_axes
@@ -291,7 +291,7 @@ def bar_plot(
     Returns:
         ``path``.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from pathlib import Path
         >>> from paperpack.core.plotting import bar_plot

@@ -5,7 +5,7 @@ Every demo compares a method with baselines over a few seeds. These helpers give
 spread of a difference is what says whether a gap is noise), :func:`smooth` for noisy curves, and
 :func:`at_least` / :func:`at_most` / :func:`within` for a claim's verdict with its tolerance written down.
 
-Example:
+Examples:
     >>> from paperpack.core.stats import at_least, mean_std, paired_difference
     >>> method, baseline = [0.91, 0.93, 0.92], [0.90, 0.93, 0.90]
     >>> str(mean_std(method))
@@ -75,7 +75,7 @@ def mean_std(values: Sequence[float]) -> MeanStd:
     Raises:
         ConfigError: for no values.
 
-    Example:
+    Examples:
         >>> from paperpack.core.stats import mean_std
         >>> mean_std([1.0, 2.0, 3.0]).format(2), mean_std([5.0]).format(1)
         ('2.00 ± 1.00', '5.0')
@@ -142,7 +142,7 @@ def paired_difference(
     Raises:
         ConfigError: for empty sequences or sequences of different lengths.
 
-    Example:
+    Examples:
         >>> from paperpack.core.stats import paired_difference
         >>> result = paired_difference([1.0, 0.8], [0.9, 0.9], higher_is_better=False)
         >>> result.wins, result.format(2)
@@ -176,7 +176,7 @@ def smooth(values: ArrayLike, window: int) -> NDArray[np.float64]:
     Raises:
         ConfigError: for a window below 1.
 
-    Example:
+    Examples:
         >>> from paperpack.core.stats import smooth
         >>> smooth([1.0, 2.0, 3.0, 4.0], 2).tolist()
         [1.5, 2.5, 3.5]
@@ -202,7 +202,7 @@ def at_least(value: float, reference: float, *, tolerance: float = 0.0) -> bool:
 
     NaN never holds.
 
-    Example:
+    Examples:
         >>> from paperpack.core.stats import at_least, at_most
         >>> at_least(0.91, 0.92, tolerance=0.005), at_most(1.02, 1.0, tolerance=0.05)
         (False, True)
@@ -220,7 +220,7 @@ def at_most(value: float, reference: float, *, tolerance: float = 0.0) -> bool:
 def within(value: float, reference: float, *, tolerance: float) -> bool:
     """Whether ``|value - reference| <= tolerance``: "the two agree" (neutral effects, matching accuracy).
 
-    Example:
+    Examples:
         >>> from paperpack.core.stats import within
         >>> within(0.502, 0.5, tolerance=0.01), within(float("nan"), 0.5, tolerance=1.0)
         (True, False)

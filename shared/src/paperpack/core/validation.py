@@ -7,7 +7,7 @@ backquoted name into the flag the user typed (``--rank`` rather than ``zo_rank``
 Choices are spelled one way: a ``Literal[...]`` type on the field (the command line reads its choices from
 it), checked with :func:`check_literal_fields` or :func:`check_literal`.
 
-Example:
+Examples:
     >>> from typing import Literal
     >>> from paperpack.core.validation import check_literal, check_number
     >>> Strategy = Literal["uniform", "lawa", "ema"]
@@ -82,7 +82,7 @@ def check_number(
         ConfigError: naming the argument, what is allowed (``> 0``, ``in [0, 1)``) and the value.
         TypeError: when both bounds of one side are given (a programming error).
 
-    Example:
+    Examples:
         >>> from paperpack.core.validation import check_number
         >>> check_number("learning_rate", 1e-5, greater_than=0)
         >>> check_number("learning_rate", float("nan"), greater_than=0)
@@ -180,7 +180,7 @@ def check_bool(name: str, value: Any) -> None:
     Raises:
         ConfigError: naming the argument and the value.
 
-    Example:
+    Examples:
         >>> from paperpack.core.validation import check_bool
         >>> check_bool("normalize", "yes")
         Traceback (most recent call last):
@@ -197,7 +197,7 @@ def check_patterns(name: str, patterns: Any) -> list[re.Pattern[str]]:
     Raises:
         ConfigError: for a single string or a non-list, an entry that is not a string, or an invalid pattern.
 
-    Example:
+    Examples:
         >>> from paperpack.core.validation import check_patterns
         >>> [p.pattern for p in check_patterns("exclude_keys", [r"bias$", "norm"])]
         ['bias$', 'norm']
@@ -233,7 +233,7 @@ def literal_choices(hint: Any) -> tuple[Any, ...]:
     Raises:
         TypeError: when ``hint`` is not a Literal type.
 
-    Example:
+    Examples:
         >>> from typing import Literal
         >>> from paperpack.core.validation import literal_choices
         >>> literal_choices(Literal["sum", "count"] | None)
@@ -273,7 +273,7 @@ def check_literal_fields(config: Any) -> None:
     Raises:
         ConfigError: naming the first field whose value is not one of its choices.
 
-    Example:
+    Examples:
         >>> from dataclasses import dataclass
         >>> from typing import Literal
         >>> from paperpack.core.validation import check_literal_fields
@@ -329,7 +329,7 @@ def check_finite(name: str, value: Any, *, hint: str = "") -> None:
     Raises:
         ConfigError: naming the value, the first tensor that is not finite and how many entries are not.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from paperpack.core.validation import check_finite
         >>> state = {"w": torch.ones(2), "b": torch.tensor([1.0, float("inf")])}

@@ -5,7 +5,7 @@ strings ``'5e-1'`` and ``'1e300'``, and a config check then says "got '1e300'". 
 as numbers (the YAML 1.2 rule, as JSON and Python do), refuses duplicate keys instead of keeping the last
 one, and reports every problem with the file and line.
 
-Example:
+Examples:
     >>> from paperpack.core.yaml_io import parse_yaml
     >>> parse_yaml("learning_rate: 5e-1\nscaling: 1e300\nsteps: 10\nname: run-1")
     {'learning_rate': 0.5, 'scaling': 1e+300, 'steps': 10, 'name': 'run-1'}
@@ -83,7 +83,7 @@ def parse_yaml(text: str, *, source: str = "<string>") -> Any:
     Raises:
         ConfigError: naming ``source``, the line and the problem (bad syntax, a duplicate key).
 
-    Example:
+    Examples:
         >>> from paperpack.core.yaml_io import parse_yaml
         >>> parse_yaml("a: 1\na: 2", source="run.yaml")
         Traceback (most recent call last):
@@ -103,7 +103,7 @@ def load_yaml(path: str | os.PathLike[str]) -> Any:
         FileNotFoundError: when the file does not exist.
         ConfigError: for a folder, text that is not UTF-8, or YAML that does not parse (file and line named).
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from pathlib import Path
         >>> from paperpack.core.yaml_io import load_yaml

@@ -108,7 +108,7 @@ class StatefulCallback(TrainerCallback, ABC):
     where ``resume_from_checkpoint=True`` looks); for a checkpoint moved elsewhere, set
     ``TrainingArguments.resume_from_checkpoint`` to its path as well.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from paperpack.core.hf import StatefulCallback
         >>> class StepCounter(StatefulCallback):
@@ -179,7 +179,7 @@ class ArgumentsAsJson(TrainerCallback):
     and resuming never reads that file. Training commands pass this callback so that their output holds JSON
     (besides the Trainer's own optimizer and RNG state files).
 
-    Example:
+    Examples:
         >>> from paperpack.core.hf import ArgumentsAsJson
         >>> callbacks = [ArgumentsAsJson()]  # Trainer(..., callbacks=callbacks)
     """

@@ -174,7 +174,7 @@ def tiny_causal_lm(
     Raises:
         ConfigError: for a bad size, or ``tokenizer`` given together with ``vocab_size`` or ``corpus``.
 
-    Example:
+    Examples:
         >>> from paperpack.core.hf import tiny_causal_lm, tiny_tokenizer
         >>> model, tokenizer = tiny_causal_lm()
         >>> batch = tokenizer(["the model was small"], return_tensors="pt")

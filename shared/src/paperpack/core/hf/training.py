@@ -85,7 +85,7 @@ def training_args(
         cls: the arguments class.
         **kwargs: any field; these override :func:`machine_defaults`.
 
-    Example:
+    Examples:
         >>> from paperpack.core.hf import training_args
         >>> args = training_args("out", max_steps=2, learning_rate=1e-3)
         >>> args.report_to, args.max_steps
@@ -130,7 +130,7 @@ def check_training_args(args: TrainingArguments) -> None:
     Raises:
         ConfigError: naming the field (the ``paperpack`` command rewrites it as the flag the user typed).
 
-    Example:
+    Examples:
         >>> from paperpack.core.hf import check_training_args, training_args
         >>> check_training_args(training_args("out", max_steps=0))
         Traceback (most recent call last):
@@ -188,7 +188,7 @@ def command_training_args(
         ConfigError: for a value transformers accepts but that does not mean what it says
             (:func:`check_training_args`), or a device this machine lacks.
 
-    Example:
+    Examples:
         >>> import argparse
         >>> from transformers import TrainingArguments
         >>> from paperpack.core.hf import command_training_args

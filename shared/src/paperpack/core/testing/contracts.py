@@ -130,7 +130,7 @@ def snapshot_tree(paths: Iterable[str | os.PathLike[str]]) -> dict[str, bytes | 
     Two snapshots compare equal exactly when nothing was written, created, removed or relinked under the
     paths, empty folders included. A path that does not exist is recorded as absent.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from pathlib import Path
         >>> from paperpack.core.testing.contracts import snapshot_tree
@@ -220,7 +220,7 @@ def check_cli_fails_cleanly(
     Returns:
         What the command printed on stderr.
 
-    Example:
+    Examples:
         >>> from paperpack.core.testing.contracts import check_cli_fails_cleanly
         >>> error = check_cli_fails_cleanly(["demo", "--seed", "-1"], "`--seed` must be a non-negative")
     """
@@ -261,7 +261,7 @@ def assert_parameters_changed(
         allow_unchanged: regular expressions of trainable parameter names that may stay unchanged (say, an
             embedding that no token of the data reaches).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from paperpack.core.testing.contracts import assert_parameters_changed, snapshot_parameters
         >>> model = torch.nn.Linear(2, 2)

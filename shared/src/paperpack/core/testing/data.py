@@ -4,7 +4,7 @@ The pytest plugin serves them as session fixtures (``tiny_texts``, ``tiny_lm_dat
 ``tiny_text_dataset``, ``tiny_prompt_completion_dataset``); scripts that run outside pytest (a distributed
 test's worker) call these functions to get the same data.
 
-Example:
+Examples:
     >>> from paperpack.core.hf import tiny_tokenizer
     >>> from paperpack.core.testing.data import tiny_lm_dataset
     >>> dataset = tiny_lm_dataset(tiny_tokenizer())

@@ -162,7 +162,7 @@ def check_trainer_resume(
     Returns:
         The three trainers and the checkpoint, for further assertions.
 
-    Example:
+    Examples:
         A package test::
 
             def test_resume(tiny_lm, tiny_lm_dataset, tiny_collator, tmp_path):
