@@ -238,6 +238,7 @@ def test_shared_vocabulary_spellings_defaults_and_checks(capsys):
         "dtype",
         "seed",
         "max_length",
+        "batch_size",
         "progress",
         defaults={"max_length": 1024},
     )

@@ -20,6 +20,8 @@ flag               meaning
                    ``float16``
 ``--seed``         every random choice
 ``--max-length``   tokens per text
+``--batch-size``   texts per batch, in commands that evaluate without training (training commands take
+                   ``--per-device-train-batch-size``)
 ``--progress``     progress bars (``--no-progress`` hides them)
 ``--config FILE``  values for any flag from a YAML file, as TRL's command line reads it
 =================  ===================================================================================
@@ -68,6 +70,7 @@ SharedFlag = Literal[
     "dtype",
     "seed",
     "max_length",
+    "batch_size",
     "progress",
     "config",
 ]
@@ -159,6 +162,7 @@ _VOCABULARY: dict[str, _Shared] = {
     ),
     "seed": _Shared(int, "the seed of every random choice", "N", 0, _non_negative),
     "max_length": _Shared(int, "tokens per text; longer texts are truncated", "N", 256, _at_least_one),
+    "batch_size": _Shared(int, "texts per batch (commands that do not train)", "N", 8, _at_least_one),
     "progress": _Shared(bool, "show progress bars", default=True),
 }
 
@@ -181,7 +185,7 @@ def add_shared_arguments(
         required: the names the command cannot run without (given on the command line or in ``--config``).
         help: name -> help text, where the command says more than the shared text.
         defaults: name -> the command's default, where it differs from the shared one (``max_length``: 256,
-            ``seed``: 0, ``device`` and ``dtype``: ``"auto"``, ``progress``: True).
+            ``batch_size``: 8, ``seed``: 0, ``device`` and ``dtype``: ``"auto"``, ``progress``: True).
 
     Raises:
         TypeError: for an unknown name, or a name in ``required``, ``help`` or ``defaults`` not in ``names``.
