@@ -1,7 +1,7 @@
 """MA-OSMA / MA-OSEA: multi-agent online submodular maximization (ICLR 2025, arXiv:2502.05028)."""
 
 from paperpack.ma_osma.config import SimulationConfig
-from paperpack.ma_osma.consensus import adjacency_matrix, consensus_matrix, make_graph
+from paperpack.ma_osma.consensus import adjacency_matrix, consensus_matrix, make_graph, mixing_modulus
 from paperpack.ma_osma.experiment import (
     AlgorithmFactory,
     ExperimentResults,
@@ -12,7 +12,7 @@ from paperpack.ma_osma.experiment import (
 )
 from paperpack.ma_osma.gradient import boosted_gradient, sample_z
 from paperpack.ma_osma.greedy import offline_greedy
-from paperpack.ma_osma.maosma import MAOSEA, MAOSMA
+from paperpack.ma_osma.maosma import MAOSEA, MAOSMA, NoMixingWarning
 from paperpack.ma_osma.objectives import (
     CountingObjective,
     FacilityLocation,
@@ -34,6 +34,7 @@ __all__ = [
     "ExperimentResults",
     "ExperimentSetup",
     "FacilityLocation",
+    "NoMixingWarning",
     "OnlineAlgorithm",
     "SimulationConfig",
     "SubmodularObjective",
@@ -46,6 +47,7 @@ __all__ = [
     "consensus_matrix",
     "default_algorithms",
     "make_graph",
+    "mixing_modulus",
     "offline_greedy",
     "plot_results",
     "project_capped_simplex",
