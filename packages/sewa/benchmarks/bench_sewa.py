@@ -33,7 +33,7 @@ from torch import nn
 from paperpack.core.device import MemoryMeter, format_bytes
 from paperpack.core.hf import default_corpus, tiny_causal_lm
 from paperpack.sewa import SeWAConfig, select_checkpoints
-from paperpack.sewa.callback import trainable_state
+from paperpack.sewa.callback import snapshot_state
 from paperpack.sewa.demo import DemoSettings, _loss_fn, sgd_step, train_trajectory
 from paperpack.sewa.loss import model_loss
 from paperpack.sewa.store import SnapshotStore
@@ -174,7 +174,7 @@ def snapshot_memory(window: int) -> None:
             ("full fine-tuning", full_model),
             ("LoRA r=8 (PEFT default targets q_proj, v_proj)", lora_model),
         ):
-            state = trainable_state(model)
+            state = snapshot_state(model)
             per = sum(t.numel() * t.element_size() for t in state.values())
             store = SnapshotStore(window)
             gc.collect()
@@ -229,7 +229,7 @@ def lm_selection(repeats: int) -> None:
     rows = []
     for name, model in (("full fine-tuning", full_model), ("LoRA r=8", lora_model)):
         generator = torch.Generator().manual_seed(0)
-        base = trainable_state(model)
+        base = snapshot_state(model)
         window = [
             {k: v + 1e-3 * torch.randn(v.shape, generator=generator) for k, v in base.items()}
             for _ in range(8)

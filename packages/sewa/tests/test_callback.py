@@ -16,7 +16,7 @@ from paperpack.core.errors import CheckpointNotFoundError, ConfigError
 from paperpack.core.hf import default_corpus, training_args
 from paperpack.core.testing.contracts import assert_state_dicts_equal, check_callback_resume
 from paperpack.sewa import SeWACallback, SeWAConfig
-from paperpack.sewa.callback import trainable_state
+from paperpack.sewa.callback import snapshot_state
 
 FAST = {"iterations": 3, "mc_samples": 2}
 
@@ -68,7 +68,7 @@ def test_full_model_snapshots_select_and_load(tiny_lm, lm_data, tmp_path) -> Non
     result = callback.result
     assert result is not None and len(result.indices) == 2 and callback.indices == result.indices
     expected = {key: torch.stack([snapshots[i][key] for i in result.indices]).mean(0) for key in names}
-    assert_state_dicts_equal(trainable_state(model), expected)
+    assert_state_dicts_equal(snapshot_state(model), expected)
     assert len(result.loss_history) == 3
 
 
@@ -88,7 +88,7 @@ def test_lora_snapshots_hold_adapters_only(tiny_lm, lm_data, tmp_path) -> None:
     result = callback.result
     assert result is not None
     expected = {key: torch.stack([snapshots[i][key] for i in result.indices]).mean(0) for key in snapshots[0]}
-    assert_state_dicts_equal(trainable_state(model), expected)
+    assert_state_dicts_equal(snapshot_state(model), expected)
     merged_base = model.get_base_model().state_dict()
     for key, value in frozen_before.items():
         assert torch.equal(

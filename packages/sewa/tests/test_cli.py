@@ -14,7 +14,7 @@ from paperpack.core.checkpoints import load_state_dict
 from paperpack.core.cli import main
 from paperpack.core.hf import default_corpus
 from paperpack.core.testing.contracts import assert_no_partial_output, assert_state_dicts_equal
-from paperpack.sewa import average_checkpoints
+from paperpack.sewa import average_checkpoints, select_checkpoints
 from paperpack.sewa.merge import find_checkpoints
 
 BAD = 2
@@ -124,6 +124,35 @@ def test_sewa_excludes_the_bad_checkpoint(run_dir: Path, data_file: Path, tmp_pa
     states = [load_state_dict(folder) for folder in _folders(run_dir)]
     expected = {key: torch.stack([states[i][key] for i in selected]).mean(0) for key in states[0]}
     assert_state_dicts_equal(load_state_dict(output), expected)
+
+
+def test_the_search_runs_in_float32_unless_asked(
+    run_dir: Path, data_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from paperpack.core.hf import training
+    from paperpack.sewa import merge
+
+    # Emulate a bf16-capable CUDA machine, where "auto" means bf16, on this CPU.
+    resolve = training.resolve_dtype
+    monkeypatch.setattr(
+        training,
+        "resolve_dtype",
+        lambda dtype, device=None: torch.bfloat16 if dtype == "auto" else resolve(dtype),
+    )
+    seen: list[torch.dtype] = []
+
+    def spy(snapshots, loss_fn, config, **kwargs):
+        seen.append(snapshots[0]["lm_head.weight"].dtype)
+        return select_checkpoints(snapshots, loss_fn, config, **kwargs)
+
+    monkeypatch.setattr(merge, "select_checkpoints", spy)
+    argv = ["sewa", "average", "--checkpoints", str(run_dir), "--strategy", "sewa", "--k", "2"]
+    argv += ["--data", str(data_file), "--iterations", "2", "--mc-samples", "1", "--batch-size", "2"]
+    assert main([*argv, "--output", str(tmp_path / "default")]) == 0
+    assert main([*argv, "--output", str(tmp_path / "auto"), "--dtype", "auto"]) == 0
+    assert seen == [torch.float32, torch.bfloat16]
+    with safe_open(tmp_path / "default" / "model.safetensors", framework="pt") as file:
+        assert json.loads(file.metadata()["paperpack_sewa"])["search_dtype"] == "float32"
 
 
 def test_errors_are_clear_and_leave_nothing_behind(

@@ -13,7 +13,7 @@ from transformers import DataCollatorForLanguageModeling, Trainer
 
 from paperpack.core.hf import default_corpus, training_args
 from paperpack.sewa import SeWACallback, SeWAConfig, select_checkpoints
-from paperpack.sewa.callback import trainable_state
+from paperpack.sewa.callback import snapshot_state
 
 pytestmark = pytest.mark.gpu
 
@@ -62,5 +62,5 @@ def test_callback_in_a_cuda_trainer(tiny_lm, tmp_path) -> None:
     expected = {
         k: torch.stack([snapshots[i][k] for i in callback.result.indices]).mean(0) for k in snapshots[0]
     }
-    for key, value in trainable_state(model).items():
+    for key, value in snapshot_state(model).items():
         assert torch.equal(value.cpu(), expected[key]), key

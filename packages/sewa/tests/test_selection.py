@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+import warnings
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ from torch.func import functional_call
 from paperpack.core.errors import CheckpointError, ConfigError
 from paperpack.sewa import SeWAConfig, select_checkpoints
 from paperpack.sewa._reference import reference_select
-from paperpack.sewa.selection import relaxed_mask, temperature_at
+from paperpack.sewa.selection import MaskTieWarning, relaxed_mask, temperature_at
 
 
 def _mlp(seed: int, dtype: torch.dtype = torch.float64) -> nn.Module:
@@ -181,6 +183,39 @@ def test_inputs_are_not_modified_and_integer_buffers_pass_through(regression) ->
             assert torch.equal(original[key], now[key])
     assert set(seen) == {4}
     assert int(result.state_dict["counter"]) == max(result.indices)
+
+
+def test_a_collapsed_mask_never_falls_back_to_the_last_k_silently() -> None:
+    # With averaging="over_k" the soft average shrinks with Σ m, so a loss that prefers small weights drives
+    # every s to 0, which projection="sum_le_k" allows; the top-k then rests on the tie rule alone.
+    window = [{"w": torch.full((3,), 1.0 + 0.1 * i, dtype=torch.float64)} for i in range(6)]
+    config = SeWAConfig(k=2, iterations=50, averaging="over_k", projection="sum_le_k")
+    with pytest.warns(
+        MaskTieWarning, match=r"collapsed to zero mass.*2 of the 2 kept snapshots.*LAWA's choice"
+    ):
+        result = select_checkpoints(window, lambda params: (params["w"] ** 2).sum(), config)
+    assert float(result.probabilities.sum()) == 0.0
+    assert result.indices == [4, 5] and result.tie_broken == 2
+    # The same loss with Σ s = k kept singles out k snapshots: no warning, nothing broken by the tie rule.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kept = select_checkpoints(
+            window,
+            lambda params: (params["w"] ** 2).sum(),
+            dataclasses.replace(config, projection="sum_eq_k"),
+        )
+    assert kept.tie_broken == 0 and kept.indices == [0, 1]
+
+
+def test_a_partial_tie_counts_only_the_tied_picks() -> None:
+    # One snapshot is best alone; with Σ s <= k the others drop to s = 0, so the second pick is the tie rule's.
+    window = [{"w": torch.tensor([3.0 + 0.1 * i], dtype=torch.float64)} for i in range(4)]
+    window[1] = {"w": torch.tensor([0.0], dtype=torch.float64)}
+    config = SeWAConfig(k=2, iterations=60, projection="sum_le_k")
+    with pytest.warns(MaskTieWarning, match=r"ties at the k-th place.*1 of the 2 kept.*latest of the tied"):
+        result = select_checkpoints(window, lambda params: (params["w"] ** 2).sum(), config)
+    assert result.probabilities.tolist() == [0.0, 1.0, 0.0, 0.0]
+    assert result.indices == [1, 3] and result.tie_broken == 1
 
 
 def test_reduce_gradient_is_applied(regression) -> None:

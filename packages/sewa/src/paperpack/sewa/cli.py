@@ -67,7 +67,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=8, help="texts per Monte Carlo sample (default: %(default)s)"
     )
     sewa.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
-    sewa.add_argument("--dtype", default="auto", help="float32, bf16, fp16 or auto (default: %(default)s)")
+    sewa.add_argument(
+        "--dtype",
+        default="float32",
+        help="dtype of the search: float32 (default; bf16 quantises the small differences between "
+        "checkpoints), bf16, fp16 or auto (bf16 on capable CUDA devices). The output keeps the checkpoints' "
+        "dtype",
+    )
     fields = {field.name: field for field in dataclasses.fields(SeWAConfig)}
     for name in SEWA_FLAGS:
         field = fields[name]
@@ -124,6 +130,8 @@ def _average(args: argparse.Namespace) -> int:
         f"wrote {args.output}: mean of {len(result.indices)} of {len(checkpoints)} checkpoints "
         "selected by SeWA"
     )
+    if result.tie_broken:
+        print(f"  {result.tie_broken} of them picked by the tie rule: s did not single them out")
     for index, (path, probability) in enumerate(zip(checkpoints, result.probabilities.tolist(), strict=True)):
         mark = "*" if index in result.indices else " "
         print(f"  {mark} s={probability:.3f}  {path}")

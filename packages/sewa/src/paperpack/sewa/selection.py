@@ -10,7 +10,9 @@ Symbols (paper arXiv:2502.10119 and the reconstruction in the paper note, which 
   is the reparameterised one, ∇_s (1/M) Σ_j F(w̄(m_j)).
 - Step and projection: s <- Π(s - η · step(g)), Π the projection onto {0 <= s <= 1, Σ s = k}.
 - Annealing: τ goes from τ_0 to τ_min over the I iterations.
-- Final mask: the k largest s_i (ties go to the later snapshot); w* = (1/k) Σ_{i selected} w_i.
+- Final mask: the k largest s_i; w* = (1/k) Σ_{i selected} w_i. When s does not single out k snapshots (a
+  tie at the k-th place, e.g. s collapsed to 0, which ``projection="sum_le_k"`` allows), the tie goes to the
+  later snapshots, with a ``MaskTieWarning`` and the count in ``SeWAResult.tie_broken``: never silently.
 
 Vectorisation: the M masks of an iteration are drawn together; the window is stacked once into one (K × P)
 matrix per dtype, so the M soft averages of all parameters are one (M × K)(K × P) product per iteration. The
@@ -24,6 +26,7 @@ which autograd carries the (M × K) matrix back through the mask formula. Memory
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -37,7 +40,15 @@ from paperpack.sewa.config import SeWAConfig
 from paperpack.sewa.projection import project_capped_simplex
 from paperpack.sewa.snapshots import StackedWindow, check_snapshots, mean_of
 
-__all__ = ["LossFn", "SeWAResult", "relaxed_mask", "select_checkpoints", "temperature_at"]
+__all__ = [
+    "LossFn",
+    "MaskTieWarning",
+    "SeWAResult",
+    "relaxed_mask",
+    "select_checkpoints",
+    "temperature_at",
+    "top_k_indices",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +64,10 @@ ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 
+class MaskTieWarning(UserWarning):
+    """SeWA's final keep-probabilities did not single out k snapshots; the tie rule picked some of them."""
+
+
 @dataclass(frozen=True)
 class SeWAResult:
     """What ``select_checkpoints`` found.
@@ -63,6 +78,9 @@ class SeWAResult:
         weights: The averaging weight of each snapshot in ``state_dict`` (1/k on ``indices``, 0 elsewhere).
         state_dict: w* = (1/k) Σ_{i ∈ indices} w_i over every key of the snapshots, on their device and dtype.
         loss_history: Mean of the M Monte Carlo losses at each iteration.
+        tie_broken: How many of ``indices`` s did not single out: the selected snapshots whose s equals that
+            of a left-out one, picked by the tie rule (later snapshots first). 0 when s ranks k snapshots
+            strictly above the rest; k when s collapsed to a constant (then the result is LAWA's last k).
     """
 
     indices: list[int]
@@ -70,6 +88,7 @@ class SeWAResult:
     weights: Tensor
     state_dict: dict[str, Tensor]
     loss_history: list[float]
+    tie_broken: int = 0
 
 
 def temperature_at(config: SeWAConfig, iteration: int) -> float:
@@ -189,6 +208,9 @@ def select_checkpoints(
             progress=progress,
         )
     indices = top_k_indices(probabilities, config.k)
+    tie_broken = _tie_broken(probabilities, indices)
+    if tie_broken:
+        _warn_tie(probabilities, config, tie_broken)
     weights = torch.zeros(size, dtype=torch.float64)
     weights[indices] = 1.0 / config.k
     logger.info(
@@ -200,6 +222,7 @@ def select_checkpoints(
         weights=weights,
         state_dict=mean_of(snapshots, indices),
         loss_history=history,
+        tie_broken=tie_broken,
     )
 
 
@@ -208,6 +231,36 @@ def top_k_indices(probabilities: Tensor, k: int) -> list[int]:
     values = probabilities.tolist()
     order = sorted(range(len(values)), key=lambda i: (-values[i], -i))
     return sorted(order[:k])
+
+
+def _tie_broken(probabilities: Tensor, indices: list[int]) -> int:
+    """How many of the selected ``indices`` share their s with a left-out snapshot (0 without a tie)."""
+    values = probabilities.tolist()
+    chosen = set(indices)
+    left_out = {values[i] for i in range(len(values)) if i not in chosen}
+    return sum(values[i] in left_out for i in indices)
+
+
+def _warn_tie(probabilities: Tensor, config: SeWAConfig, tie_broken: int) -> None:
+    mass = float(probabilities.sum())
+    why = (
+        f"s collapsed to zero mass (Σ s = {mass:.3g}), which projection='sum_le_k' allows; with "
+        f"averaging={config.averaging!r} the search can lower the loss by shrinking the average"
+        if mass <= LOGIT_EPS * probabilities.numel()
+        else f"s ties at the k-th place (Σ s = {mass:.3g})"
+    )
+    picked = (
+        "all of them are the latest snapshots, LAWA's choice"
+        if tie_broken == config.k
+        else "the latest of the tied snapshots"
+    )
+    warnings.warn(
+        f"SeWA's keep-probabilities do not single out k={config.k} snapshots: {why}. {tie_broken} of the "
+        f"{config.k} kept snapshots were picked by the tie rule ({picked}); SeWAResult.tie_broken records "
+        "it. projection='sum_eq_k' keeps Σ s = k",
+        MaskTieWarning,
+        stacklevel=3,
+    )
 
 
 def _search(
