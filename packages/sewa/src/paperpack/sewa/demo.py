@@ -146,7 +146,7 @@ def _loss_fn(
     def loss_fn(params: Mapping[str, Tensor]) -> Tensor:
         batch = torch.randint(0, len(split.y), (min(batch_size, len(split.y)),), generator=generator)
         return nn.functional.cross_entropy(
-            functional_call(model, dict(params), (split.x[batch],)), split.y[batch]
+            functional_call(model, dict(params), (split.x[batch],), tie_weights=False), split.y[batch]
         )
 
     return loss_fn

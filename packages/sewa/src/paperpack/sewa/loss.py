@@ -17,7 +17,7 @@ from torch.func import functional_call
 
 from paperpack.core.errors import ConfigError
 
-__all__ = ["model_loss", "selection_batches"]
+__all__ = ["model_loss", "selection_batches", "tied_aliases"]
 
 
 def selection_batches(
@@ -65,6 +65,18 @@ def _cycle(source: Iterable[Mapping[str, Any]], passes: int | None) -> Iterator[
         done += 1
 
 
+def tied_aliases(model: nn.Module) -> dict[str, str]:
+    """Other names of tied parameters (``lm_head.weight``), mapped to the name ``named_parameters`` keeps."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            aliases[name] = first[id(param)]
+        else:
+            first[id(param)] = name
+    return aliases
+
+
 def model_loss(
     model: nn.Module, batches: Iterator[Mapping[str, Any]], device: torch.device
 ) -> Callable[[Mapping[str, Tensor]], Tensor]:
@@ -76,15 +88,19 @@ def model_loss(
     differentiable in its running statistics, so the mask gradient flows through the parameters only.
     """
     buffers = {name for name, _ in model.named_buffers()}
+    aliases = tied_aliases(model)
 
     def loss_fn(params: Mapping[str, Tensor]) -> Tensor:
         batch = {
             key: value.to(device) if isinstance(value, Tensor) else value
             for key, value in next(batches).items()
         }
-        if buffers:
-            params = {key: value.detach() if key in buffers else value for key, value in params.items()}
-        outputs = functional_call(model, dict(params), args=(), kwargs=batch)
+        swapped = {key: value.detach() if key in buffers else value for key, value in params.items()}
+        for alias, name in aliases.items():
+            if name in swapped:
+                swapped[alias] = swapped[name]
+        # The tied names are filled in above, once, instead of by functional_call on every call.
+        outputs = functional_call(model, swapped, args=(), kwargs=batch, tie_weights=False)
         loss = (
             outputs.get("loss")
             if isinstance(outputs, Mapping)
