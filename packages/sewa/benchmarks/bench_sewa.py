@@ -207,7 +207,13 @@ def llama_overhead(model: nn.Module, repeats: int, iterations: int, tokens: tupl
 
 
 def lora_targets(model: nn.Module) -> set[str]:
-    return {name.split(".")[-2] for name, _ in model.named_parameters() if "lora_A" in name}
+    """The module names LoRA wraps (``q_proj``, ...), read from the adapter parameters' names."""
+    targets = set()
+    for name, _ in model.named_parameters():
+        parts = name.split(".")
+        if "lora_A" in parts:
+            targets.add(parts[parts.index("lora_A") - 1])
+    return targets
 
 
 def snapshot_memory(full: nn.Module, lora: nn.Module, windows: tuple[int, int]) -> None:
@@ -231,8 +237,8 @@ def snapshot_memory(full: nn.Module, lora: nn.Module, windows: tuple[int, int]) 
                 f"{sum(t.numel() for t in state.values()):,}",
                 format_bytes(nbytes),
                 f"{window}",
-                format_bytes(meter.growth_bytes),
-                format_bytes(meter.growth_bytes / window),
+                format_bytes(meter.growth_bytes) if meter.growth_bytes else "below resolution",
+                format_bytes(meter.growth_bytes / window) if meter.growth_bytes else "-",
             ]
         )
         del store

@@ -30,9 +30,19 @@ from paperpack.sewa.averaging import average_checkpoints, baseline_weights
 from paperpack.sewa.config import SeWAConfig
 from paperpack.sewa.selection import SeWAResult, select_checkpoints
 
-__all__ = ["DemoSettings", "Trajectory", "run_demo", "run_seed", "sgd_step", "train_trajectory"]
+__all__ = [
+    "DemoSettings",
+    "Trajectory",
+    "run_demo",
+    "run_seed",
+    "selection_seed_spread",
+    "sgd_step",
+    "train_trajectory",
+]
 
 logger = logging.getLogger(__name__)
+
+SELECTION_SEEDS = 20
 
 
 @dataclass(frozen=True)
@@ -216,6 +226,26 @@ def run_seed(
     return arms, sewa, run, seconds
 
 
+def selection_seed_spread(
+    run: Trajectory, settings: DemoSettings, selection_seeds: list[int]
+) -> list[tuple[int, float]]:
+    """SeWA on the window of ``run`` again, once per other selection seed.
+
+    The selection seed draws the mask noise and the training minibatches of the search (the demo uses the
+    training seed for both). Returns (planted-bad snapshots kept, test accuracy) per selection seed.
+    """
+    results = []
+    for selection_seed in selection_seeds:
+        config = SeWAConfig(
+            k=settings.k, iterations=settings.iterations, mc_samples=settings.mc_samples, seed=selection_seed
+        )
+        loss_fn = _loss_fn(run.model, run.train, settings.selection_batch, selection_seed)
+        sewa = select_checkpoints(run.snapshots, loss_fn, config)
+        kept = sum(1 for i in sewa.indices if run.bad[i])
+        results.append((kept, _evaluate(run.model, sewa.state_dict, run.test)[0]))
+    return results
+
+
 def _spread(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -297,11 +327,13 @@ def run_demo(ctx: DemoContext) -> DemoReport:
     seeds = [ctx.seed + i for i in range(2 if ctx.quick else 6)]
     k = settings.k
     spiked: list[dict[str, ArmResult]] = []
+    runs: list[Trajectory] = []
     first: tuple[SeWAResult, list[bool]] | None = None
     sewa_seconds, epoch_seconds = [], []
     for seed in ctx.progress(seeds, desc="seeds (planted spikes)"):
         arms, sewa, run, seconds = run_seed(seed, settings)
         spiked.append(arms)
+        runs.append(run)
         first = first or (sewa, run.bad)
         sewa_seconds.append(seconds)
         epoch_seconds.append(run.seconds_per_epoch)
@@ -369,6 +401,35 @@ def run_demo(ctx: DemoContext) -> DemoReport:
         f"{_paired(spiked, sewa_name, lawa_name)}; SeWA - uniform {_paired(spiked, sewa_name, 'uniform')}.",
     ]
     if not ctx.quick:
+        selection_seeds = list(range(100, 100 + SELECTION_SEEDS))
+        spread = [
+            selection_seed_spread(run, settings, selection_seeds)
+            for run in ctx.progress(runs, desc="other selection seeds")
+        ]
+        selections = [kept for per_run in spread for kept, _ in per_run]
+        with_bad = sum(kept > 0 for kept in selections)
+        claims.append(
+            Claim(
+                "SeWA excludes planted-bad snapshots at other selection seeds too: kept <= half of chance",
+                f"SeWA (k={k})",
+                f"chance (k·{bad_count:.0f}/K)",
+                f"planted-bad snapshots kept, mean of {len(selections)} selections "
+                f"({len(seeds)} runs x {SELECTION_SEEDS} selection seeds)",
+                statistics.fmean(selections),
+                chance,
+                statistics.fmean(selections) <= chance / 2,
+                note=f"{with_bad} of {len(selections)} selections kept at least one",
+            )
+        )
+        notes.append(
+            f"Other selection seeds ({selection_seeds[0]}..{selection_seeds[-1]}: the mask noise and the "
+            f"search's minibatches) on each spiked run: {with_bad} of {len(selections)} selections kept a "
+            "planted-bad snapshot (per run: "
+            + ", ".join(f"{sum(kept > 0 for kept, _ in per_run)}/{len(per_run)}" for per_run in spread)
+            + "); test accuracy over them "
+            f"{statistics.fmean(a for per_run in spread for _, a in per_run):.4f} ± "
+            f"{_spread([a for per_run in spread for _, a in per_run]):.4f}."
+        )
         clean = [
             run_seed(seed, settings, spikes=False, ablation=False)[0]
             for seed in ctx.progress(seeds, desc="seeds (no spikes)")
