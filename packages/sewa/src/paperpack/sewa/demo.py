@@ -398,7 +398,8 @@ def run_demo(ctx: DemoContext) -> DemoReport:
         "The training labels carry 20 % noise, so the paper's F (the training loss) is measured on noisy "
         "labels; the val-F ablation uses clean held-out labels.",
         "Paired test-accuracy difference with planted spikes: SeWA - LAWA "
-        f"{_paired(spiked, sewa_name, lawa_name)}; SeWA - uniform {_paired(spiked, sewa_name, 'uniform')}.",
+        f"{_paired(spiked, sewa_name, lawa_name)}; SeWA - uniform {_paired(spiked, sewa_name, 'uniform')}; "
+        f"SeWA - random {_paired(spiked, sewa_name, f'random (k={k})')}.",
     ]
     if not ctx.quick:
         selection_seeds = list(range(100, 100 + SELECTION_SEEDS))
