@@ -18,8 +18,9 @@ from paperpack.ma_osma import (
 from paperpack.ma_osma._reference import (
     ReferenceOSG,
     consensus_round,
+    entropic_step,
+    euclidean_step,
     greedy,
-    project_brute_force,
     sample_block,
 )
 from paperpack.ma_osma.gradient import sample_z, surrogate_scale
@@ -57,15 +58,10 @@ def test_vectorized_rounds_match_the_literal_reference(algorithm, blocks, graph)
     W = consensus_matrix(graph)[0]
     if algorithm == "ma-osma":
         learner = MAOSMA(blocks, W, eta=0.7, curvature=0.8, n_samples=2, seed=3)
-
-        def step(y, g):
-            return project_brute_force([a + 0.7 * b for a, b in zip(y, g, strict=True)])
+        step = functools.partial(euclidean_step, eta=0.7)
     else:
         learner = MAOSEA(blocks, W, eta=2.0, mix=0.05, curvature=0.8, n_samples=2, seed=3)
-
-        def step(y, g):
-            q = [a * math.exp(2.0 * b) for a, b in zip(y, g, strict=True)]
-            return [0.95 * value / sum(q) + 0.05 / len(q) for value in q]
+        step = functools.partial(entropic_step, eta=2.0, mix=0.05)
 
     mirror = np.random.default_rng(3)  # replays the learner's draws in the order it makes them
     X = learner.decisions

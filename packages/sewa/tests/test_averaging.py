@@ -9,6 +9,7 @@ import torch
 
 from paperpack.core.errors import CheckpointError, ConfigError
 from paperpack.sewa import average_checkpoints, baseline_weights
+from paperpack.sewa._reference import reference_ema, reference_mean
 
 
 def _window(size: int = 6) -> list[dict[str, torch.Tensor]]:
@@ -23,14 +24,6 @@ def _window(size: int = 6) -> list[dict[str, torch.Tensor]]:
     ]
 
 
-def _mean(window, indices):
-    return {
-        "a": torch.stack([window[i]["a"] for i in indices]).mean(0),
-        "b": torch.stack([window[i]["b"].float() for i in indices]).mean(0).to(torch.bfloat16),
-        "steps": window[max(indices)]["steps"],
-    }
-
-
 def _assert_equal(actual, expected) -> None:
     assert actual.keys() == expected.keys()
     for key in expected:
@@ -40,19 +33,15 @@ def _assert_equal(actual, expected) -> None:
 
 def test_last_uniform_lawa() -> None:
     window = _window()
-    _assert_equal(average_checkpoints(window, "last"), _mean(window, [5]))
-    _assert_equal(average_checkpoints(window, "uniform"), _mean(window, range(6)))
-    _assert_equal(average_checkpoints(window, "lawa", k=2), _mean(window, [4, 5]))
+    _assert_equal(average_checkpoints(window, "last"), reference_mean(window, [5]))
+    _assert_equal(average_checkpoints(window, "uniform"), reference_mean(window, range(6)))
+    _assert_equal(average_checkpoints(window, "lawa", k=2), reference_mean(window, [4, 5]))
 
 
 def test_ema_follows_its_recursion() -> None:
     window = _window()
-    beta = 0.7
-    ema = window[0]["a"].double()
-    for snapshot in window[1:]:
-        ema = beta * ema + (1 - beta) * snapshot["a"].double()
-    result = average_checkpoints(window, "ema", decay=beta)
-    torch.testing.assert_close(result["a"], ema.float(), rtol=1e-6, atol=1e-6)
+    result = average_checkpoints(window, "ema", decay=0.7)
+    torch.testing.assert_close(result["a"], reference_ema(window, "a", 0.7).float(), rtol=1e-6, atol=1e-6)
     assert int(result["steps"]) == 50
     default = average_checkpoints(window, "ema", k=4)
     explicit = average_checkpoints(window, "ema", decay=0.75)
@@ -65,7 +54,7 @@ def test_random_is_seeded_and_keeps_k() -> None:
     chosen = [i for i, w in enumerate(weights) if w]
     assert len(chosen) == 3 and weights == baseline_weights(10, "random", k=3, seed=7)
     assert any(baseline_weights(10, "random", k=3, seed=s) != weights for s in range(1, 5))
-    _assert_equal(average_checkpoints(window, "random", k=3, seed=7), _mean(window, chosen))
+    _assert_equal(average_checkpoints(window, "random", k=3, seed=7), reference_mean(window, chosen))
 
 
 @pytest.mark.parametrize("strategy", ["last", "uniform", "lawa", "ema", "random"])

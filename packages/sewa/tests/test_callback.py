@@ -102,29 +102,51 @@ def test_lora_snapshots_hold_adapters_only(tiny_lm, lm_data, tmp_path) -> None:
 
 
 def test_eval_selection_uses_the_eval_dataloader(tiny_lm, lm_data, tmp_path) -> None:
-    dataset, _ = lm_data
+    train, collator = lm_data
+    _, tokenizer = tiny_lm
+    encoded = tokenizer(default_corpus(8, seed=11), truncation=True, max_length=24)
+    evaluation = Dataset.from_dict(
+        {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+    )
+    eval_rows = {tuple(row) for row in evaluation["input_ids"]}
+    assert not eval_rows & {tuple(row) for row in train["input_ids"]}  # the two sets are told apart
     model = copy.deepcopy(tiny_lm[0])
+    # The search is the only forward pass in eval mode with gradients on: record what it sees.
+    searched: list[torch.Tensor] = []
+
+    def record(module, args, kwargs):
+        if not module.training and torch.is_grad_enabled():
+            searched.append(kwargs["input_ids"].cpu())
+
+    model.register_forward_pre_hook(record, with_kwargs=True)
     callback = SeWACallback(SeWAConfig(k=1, selection_data="eval", **FAST), window=2, snapshot_every=1)
-    trainer_settings = {
-        "eval_strategy": "steps",
-        "eval_steps": 4,
-        "max_steps": 4,
-        "per_device_eval_batch_size": 8,
-    }
-    dataset_eval = dataset.select(range(8))
-    d, collator = lm_data
     trainer = Trainer(
         model=model,
         args=training_args(
-            tmp_path, save_strategy="no", disable_tqdm=True, per_device_train_batch_size=4, **trainer_settings
+            tmp_path,
+            save_strategy="no",
+            disable_tqdm=True,
+            per_device_train_batch_size=4,
+            eval_strategy="steps",
+            eval_steps=4,
+            max_steps=4,
+            per_device_eval_batch_size=8,
         ),
-        train_dataset=d,
-        eval_dataset=dataset_eval,
+        train_dataset=train,
+        eval_dataset=evaluation,
         data_collator=collator,
         callbacks=[callback],
     )
     trainer.train()
     assert callback.result is not None and len(callback.result.indices) == 1
+    assert len(searched) == FAST["iterations"] * FAST["mc_samples"]
+    pad = tokenizer.pad_token_id
+    for batch in searched:
+        assert len(batch) == 8  # per_device_eval_batch_size, not the train batch size
+        for row in batch.tolist():
+            while row and row[-1] == pad:
+                row.pop()
+            assert tuple(row) in eval_rows
 
 
 def test_resume_gives_the_same_snapshots_and_selection(tiny_lm, lm_data, tmp_path) -> None:
