@@ -36,9 +36,9 @@ from torch.func import functional_call
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from paperpack.core.device import MemoryMeter, format_bytes
-from paperpack.sewa import SeWAConfig, select_checkpoints
+from paperpack.sewa import SeWAConfig, select_snapshots
 from paperpack.sewa.callback import snapshot_state
-from paperpack.sewa.demo import DemoSettings, train_trajectory
+from paperpack.sewa.experiment import ExperimentSettings, train_trajectory
 from paperpack.sewa.loss import model_loss
 from paperpack.sewa.store import SnapshotStore
 
@@ -103,7 +103,7 @@ def cycle(items: list[object]) -> Iterator[object]:
 
 
 def mlp_overhead(repeats: int) -> None:
-    settings = DemoSettings()
+    settings = ExperimentSettings()
     run = train_trajectory(0, settings)
     model, train = run.model, run.train
     config = SeWAConfig(k=settings.k, iterations=settings.iterations, mc_samples=settings.mc_samples)
@@ -132,13 +132,13 @@ def mlp_overhead(repeats: int) -> None:
             x, y = next(batches)
             return nn.functional.cross_entropy(functional_call(model, averaged, (x,), tie_weights=False), y)
 
-        select_checkpoints(run.snapshots, loss_fn, config)  # type: ignore[arg-type]
+        select_snapshots(run.snapshots, loss_fn, config)  # type: ignore[arg-type]
 
     def bookkeeping() -> None:
         # The same search with a loss that touches the averages but runs no network: what an iteration costs
         # whatever the model (the M averages and their contraction with the window, the mask, its gradient,
         # Adam, the projection, the autograd calls).
-        select_checkpoints(run.snapshots, lambda averaged: sum(v.sum() for v in averaged.values()), config)  # type: ignore[arg-type, return-value]
+        select_snapshots(run.snapshots, lambda averaged: sum(v.sum() for v in averaged.values()), config)  # type: ignore[arg-type, return-value]
 
     fns: dict[str, Callable[[], object]] = {
         f"{calls} plain forward + backward passes (the module's own parameters)": plain,
@@ -188,7 +188,7 @@ def llama_overhead(model: nn.Module, repeats: int, iterations: int, tokens: tupl
 
     def search() -> None:
         loss_fn = model_loss(model, cycle(minibatches), torch.device("cpu"))  # type: ignore[arg-type]
-        select_checkpoints(window, loss_fn, config)
+        select_snapshots(window, loss_fn, config)
 
     fns: dict[str, Callable[[], object]] = {
         f"{calls} plain forward + backward passes of the LoRA model": plain,

@@ -12,7 +12,7 @@ from torch.func import functional_call
 from transformers import DataCollatorForLanguageModeling, Trainer
 
 from paperpack.core.hf import default_corpus, training_args
-from paperpack.sewa import SeWACallback, SeWAConfig, select_checkpoints
+from paperpack.sewa import SeWACallback, SeWAConfig, select_snapshots
 from paperpack.sewa.callback import snapshot_state
 
 pytestmark = pytest.mark.gpu
@@ -36,7 +36,7 @@ def test_selection_on_cuda_with_bf16_snapshots() -> None:
     def loss_fn(params):
         return ((functional_call(model, params, (inputs,)) - targets).float() ** 2).mean()
 
-    result = select_checkpoints(window, loss_fn, SeWAConfig(k=3, iterations=40), device=device)
+    result = select_snapshots(window, loss_fn, SeWAConfig(k=3, iterations=40), device=device)
     assert not set(result.indices) & bad
     for key, value in result.state_dict.items():
         assert value.dtype == torch.bfloat16 and value.device.type == "cpu"

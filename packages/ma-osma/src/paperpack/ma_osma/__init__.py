@@ -1,6 +1,6 @@
 """MA-OSMA / MA-OSEA: multi-agent online submodular maximization (ICLR 2025, arXiv:2502.05028)."""
 
-from paperpack.ma_osma.config import SimulationConfig
+from paperpack.ma_osma.config import AlgorithmConfig, SimulationConfig
 from paperpack.ma_osma.consensus import adjacency_matrix, consensus_matrix, make_graph, mixing_modulus
 from paperpack.ma_osma.experiment import (
     AlgorithmFactory,
@@ -22,13 +22,14 @@ from paperpack.ma_osma.objectives import (
 )
 from paperpack.ma_osma.osg import OSG
 from paperpack.ma_osma.plotting import plot_results
-from paperpack.ma_osma.projection import project_capped_simplex
+from paperpack.ma_osma.projection import project_solid_simplex
 from paperpack.ma_osma.tracking import TrackingEnv, TrackingStep
 
 __all__ = [
     "MAOSEA",
     "MAOSMA",
     "OSG",
+    "AlgorithmConfig",
     "AlgorithmFactory",
     "CountingObjective",
     "ExperimentResults",
@@ -50,7 +51,7 @@ __all__ = [
     "mixing_modulus",
     "offline_greedy",
     "plot_results",
-    "project_capped_simplex",
+    "project_solid_simplex",
     "run_experiment",
     "sample_z",
 ]

@@ -76,7 +76,7 @@ def consensus_matrix(graph: nx.Graph | ArrayLike) -> tuple[NDArray[np.float64], 
     Raises:
         ConfigError: when the graph is disconnected or the adjacency is malformed.
 
-    Example:
+    Examples:
         >>> import networkx as nx
         >>> W, beta = consensus_matrix(nx.complete_graph(4))
         >>> W[0].tolist(), round(beta, 12)
@@ -100,7 +100,7 @@ def mixing_modulus(W: ArrayLike) -> float:
     ``β < 1`` for the Metropolis-Hastings weights of a connected graph; ``β = 1`` when ``W`` does not mix
     (``W = I``, a disconnected graph, or a periodic one such as a bipartite swap); ``β = 0`` for one agent.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> mixing_modulus(np.full((3, 3), 1 / 3)) < 1e-12, mixing_modulus(np.eye(3))
         (True, 1.0)
@@ -123,7 +123,7 @@ def make_graph(spec: str, n_agents: int, *, seed: int = 0, max_tries: int = 1000
         ConfigError: for an unknown spec, a bad degree, or when no connected ER graph was drawn in
             ``max_tries`` attempts.
 
-    Example:
+    Examples:
         >>> make_graph("er:4", 20, seed=0).number_of_nodes()
         20
     """

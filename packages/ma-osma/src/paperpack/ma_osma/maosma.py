@@ -35,7 +35,7 @@ from paperpack.ma_osma.consensus import mixing_modulus
 from paperpack.ma_osma.gradient import Z_SAMPLINGS, boosted_gradient
 from paperpack.ma_osma.objectives import SubmodularObjective
 from paperpack.ma_osma.partition import Partition
-from paperpack.ma_osma.projection import project_capped_simplex
+from paperpack.ma_osma.projection import project_solid_simplex
 
 __all__ = ["MAOSEA", "MAOSMA", "STARTS", "NoMixingWarning", "check_consensus_matrix"]
 
@@ -202,7 +202,7 @@ class MAOSMA(_ConsensusLearner):
     Warns:
         NoMixingWarning: when ``W`` does not mix (``β = 1``, e.g. ``W = I``).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from paperpack.ma_osma import FacilityLocation, consensus_matrix
         >>> import networkx as nx
@@ -236,7 +236,7 @@ class MAOSMA(_ConsensusLearner):
 
     def _block_step(self, own: NDArray[np.float64], gradient: NDArray[np.float64]) -> NDArray[np.float64]:
         """``Proj_{x≥0, Σx≤1}(y_i[V_i] + η g_i)``."""
-        return project_capped_simplex(own + self.eta * gradient, self.partition.valid)
+        return project_solid_simplex(own + self.eta * gradient, self.partition.valid)
 
 
 class MAOSEA(_ConsensusLearner):
@@ -263,7 +263,7 @@ class MAOSEA(_ConsensusLearner):
     Warns:
         NoMixingWarning: when ``W`` does not mix (``β = 1``, e.g. ``W = I``).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from paperpack.ma_osma import WeightedCoverage
         >>> f = WeightedCoverage(np.eye(4, dtype=bool))

@@ -23,7 +23,7 @@ parameters) are not supported.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +32,14 @@ from torch import Tensor, nn
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from paperpack.core.checkpoints import PathLike
+from paperpack.core.distributed import all_reduce_mean, barrier
 from paperpack.core.errors import ConfigError
 from paperpack.core.hf import StatefulCallback
 from paperpack.core.validation import check_int
 from paperpack.sewa.batch_norm import batch_norm_layers, update_batch_norm
 from paperpack.sewa.config import SeWAConfig
 from paperpack.sewa.loss import model_loss, selection_batches
-from paperpack.sewa.selection import SeWAResult, select_checkpoints
+from paperpack.sewa.selection import SeWAResult, select_snapshots
 from paperpack.sewa.store import SnapshotStore
 
 __all__ = ["SeWACallback", "load_into", "snapshot_state"]
@@ -195,17 +196,19 @@ class SeWACallback(StatefulCallback):
             rank=int(args.process_index),
             world_size=world,
         )
-        _barrier(world)  # the main process may still be writing the last offloaded snapshot
+        barrier()  # the main process may still be writing the last offloaded snapshot
         snapshots = self.store.load()
         was_training = model.training
         model.eval()
         try:
-            result = select_checkpoints(
+            result = select_snapshots(
                 snapshots,
                 model_loss(model, batches, device),
                 self.config,
                 device=device,
-                reduce_gradient=_mean_across_ranks(device, world) if world > 1 else None,
+                reduce_gradient=(lambda gradient: all_reduce_mean(gradient, device=device))
+                if world > 1
+                else None,
                 progress=state.is_world_process_zero and not args.disable_tqdm,
             )
         finally:
@@ -213,12 +216,15 @@ class SeWACallback(StatefulCallback):
         load_into(model, result.state_dict)
         if self.update_bn and batch_norm_layers(model):
             self._update_batch_norm(model, args, kwargs, device, world)
-        elif world > 1:
-            # Under DDP each rank's buffers drift from rank 0's between forward passes (DDP broadcasts them at
-            # the next one), so the ranks' snapshots of them differ: rank 0's win, as DDP would have it.
-            _broadcast_buffers(
-                model, [key for key in result.state_dict if key in dict(model.named_buffers())]
-            )
+        if world > 1:
+            # The ranks' buffers differ: with update_bn each rank saw its own shard, so their mean is the mean
+            # over all batches; without, each rank's snapshots drifted from rank 0's between forward passes
+            # (DDP broadcasts them at the next one). Either way every rank ends with the same mean.
+            buffers = dict(model.named_buffers())
+            with torch.no_grad():
+                for key in result.state_dict:
+                    if key in buffers and buffers[key].is_floating_point():
+                        buffers[key].copy_(all_reduce_mean(buffers[key], device=device))
         self.result = result
         self.indices = result.indices
         self.probabilities = result.probabilities
@@ -264,13 +270,6 @@ class SeWACallback(StatefulCallback):
             passes=1,
         )
         count = update_batch_norm(model, batches, device=device)
-        if world > 1:
-            # Each rank saw its own shard: the mean of the ranks' statistics is their mean over all batches.
-            mean = _mean_across_ranks(device, world)
-            for layer in batch_norm_layers(model):
-                for buffer in (layer.running_mean, layer.running_var):
-                    if buffer is not None:
-                        buffer.copy_(mean(buffer).to(buffer.device))
         logger.info("SeWA re-estimated the batch-norm statistics on %d batches", count)
 
     def _batch_size(self, args: TrainingArguments) -> int:
@@ -300,27 +299,3 @@ def load_into(model: nn.Module, state: Mapping[str, Tensor]) -> None:
     with torch.no_grad():
         for name, value in state.items():
             targets[name].copy_(value.to(targets[name].device))
-
-
-def _mean_across_ranks(device: torch.device, world_size: int) -> Callable[[Tensor], Tensor]:
-    import torch.distributed as dist
-
-    def reduce(gradient: Tensor) -> Tensor:
-        buffer = gradient.to(device)
-        dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
-        return buffer.cpu() / world_size
-
-    return reduce
-
-
-def _broadcast_buffers(model: nn.Module, names: list[str]) -> None:
-    import torch.distributed as dist
-
-    buffers = dict(model.named_buffers())
-    for name in names:
-        dist.broadcast(buffers[name], src=0)
-
-
-def _barrier(world_size: int) -> None:
-    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()

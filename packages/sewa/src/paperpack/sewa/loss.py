@@ -2,7 +2,7 @@
 
 ``selection_batches`` yields minibatches in an order fixed by a seed (so that a resumed run and an
 uninterrupted one see the same batches, and data-parallel ranks see disjoint shards); ``model_loss`` turns
-them into a ``loss_fn`` for ``select_checkpoints``: the model's own loss with the averaged
+them into a ``loss_fn`` for ``select_snapshots``: the model's own loss with the averaged
 parameters swapped in by ``torch.func.functional_call``, one new minibatch per call (per Monte Carlo sample).
 """
 
@@ -80,7 +80,7 @@ def tied_aliases(model: nn.Module) -> dict[str, str]:
 def model_loss(
     model: nn.Module, batches: Iterator[Mapping[str, Any]], device: torch.device
 ) -> Callable[[Mapping[str, Tensor]], Tensor]:
-    """A ``loss_fn`` for ``select_checkpoints``: the model's own loss on the next batch.
+    """A ``loss_fn`` for ``select_snapshots``: the model's own loss on the next batch.
 
     ``torch.func.functional_call`` runs ``model`` with the averaged parameters and buffers in place of its own
     (the others stay as they are), so nothing is written into the module during the search. Averaged buffers

@@ -50,7 +50,7 @@ __all__ = [
     "MaskTieWarning",
     "SeWAResult",
     "relaxed_mask",
-    "select_checkpoints",
+    "select_snapshots",
     "temperature_at",
     "top_k_indices",
 ]
@@ -75,7 +75,7 @@ class MaskTieWarning(UserWarning):
 
 @dataclass(frozen=True)
 class SeWAResult:
-    """What ``select_checkpoints`` found.
+    """What ``select_snapshots`` found.
 
     Attributes:
         indices: Positions of the k selected snapshots in the window, sorted ascending.
@@ -142,7 +142,7 @@ def relaxed_mask(s: Tensor, noise: Tensor, temperature: float) -> Tensor:
     return torch.sigmoid((torch.logit(s.clamp(LOGIT_EPS, 1.0 - LOGIT_EPS)) + noise) / temperature)
 
 
-def select_checkpoints(
+def select_snapshots(
     snapshots: Sequence[Mapping[str, Tensor]],
     loss_fn: LossFn,
     config: SeWAConfig | None = None,
@@ -181,11 +181,11 @@ def select_checkpoints(
 
     Examples:
         >>> import torch
-        >>> from paperpack.sewa import SeWAConfig, select_checkpoints
+        >>> from paperpack.sewa import SeWAConfig, select_snapshots
         >>> target = torch.tensor([1.0, -1.0])
         >>> window = [{"w": target + (5.0 if i in (1, 3) else 0.1 * i)} for i in range(6)]
         >>> loss = lambda params: ((params["w"] - target) ** 2).sum()
-        >>> result = select_checkpoints(window, loss, SeWAConfig(k=2, iterations=60))
+        >>> result = select_snapshots(window, loss, SeWAConfig(k=2, iterations=60))
         >>> result.indices
         [0, 2]
     """
