@@ -46,29 +46,34 @@ def batch_norm_data(size: int = 96) -> Dataset:
     return Dataset.from_dict({"x": x.tolist(), "labels": labels.tolist()})
 
 
-def train_batch_norm(output: Path, update_bn: bool) -> None:
-    model = BatchNormClassifier()
+def batch_norm_trainer(folder: Path, callback: SeWACallback, *, max_steps: int) -> Trainer:
+    """A Trainer of a fresh BatchNormClassifier on batch_norm_data() with ``callback`` (batch 8, lr 0.05)."""
     args = training_args(
-        output / f"bn-run-{update_bn}",
-        max_steps=6,
+        folder,
+        max_steps=max_steps,
         per_device_train_batch_size=8,
         learning_rate=0.05,
         save_strategy="no",
         disable_tqdm=True,
         seed=0,
     )
-    callback = SeWACallback(
-        SeWAConfig(k=2, iterations=4, mc_samples=2), window=4, snapshot_every=1, update_bn=update_bn
-    )
-    trainer = Trainer(
-        model=model,
+    return Trainer(
+        model=BatchNormClassifier(),
         args=args,
         train_dataset=batch_norm_data(),
         data_collator=default_data_collator,
         callbacks=[callback],
     )
+
+
+def train_batch_norm(output: Path, update_bn: bool) -> None:
+    callback = SeWACallback(
+        SeWAConfig(k=2, iterations=4, mc_samples=2), window=4, snapshot_every=1, update_bn=update_bn
+    )
+    trainer = batch_norm_trainer(output / f"bn-run-{update_bn}", callback, max_steps=6)
     trainer.train()
-    save_state_dict(model.state_dict(), output / f"rank{args.process_index}-bn-{update_bn}.safetensors")
+    state = trainer.model.state_dict()
+    save_state_dict(state, output / f"rank{trainer.args.process_index}-bn-{update_bn}.safetensors")
 
 
 def main() -> None:

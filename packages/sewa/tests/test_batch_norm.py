@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
-from datasets import Dataset
 from torch import nn
 from torch.optim.swa_utils import update_bn
-from transformers import Trainer, default_data_collator
+from transformers import Trainer
 
-from paperpack.core.hf import training_args
 from paperpack.core.testing.contracts import assert_state_dicts_equal
 from paperpack.sewa import SeWACallback, SeWAConfig
 from paperpack.sewa.batch_norm import update_batch_norm
@@ -24,6 +23,7 @@ from paperpack.sewa.loss import selection_batches
 STATISTICS = ("body.1.running_mean", "body.1.running_var")
 
 
+@functools.cache
 def _script() -> ModuleType:
     """ddp_train.py, which defines the batch-norm network and its data for this file and the DDP test."""
     spec = importlib.util.spec_from_file_location("sewa_ddp_train", Path(__file__).with_name("ddp_train.py"))
@@ -36,30 +36,10 @@ def _script() -> ModuleType:
 BatchNormClassifier = _script().BatchNormClassifier
 
 
-@pytest.fixture(scope="module")
-def dataset() -> Dataset:
-    return _script().batch_norm_data()
-
-
-def _train(dataset: Dataset, folder: Path, callback: SeWACallback) -> tuple[BatchNormClassifier, Trainer]:
-    model = BatchNormClassifier()
-    trainer = Trainer(
-        model=model,
-        args=training_args(
-            folder,
-            max_steps=10,
-            per_device_train_batch_size=8,
-            learning_rate=0.05,
-            save_strategy="no",
-            disable_tqdm=True,
-            seed=0,
-        ),
-        train_dataset=dataset,
-        data_collator=default_data_collator,
-        callbacks=[callback],
-    )
+def _train(folder: Path, callback: SeWACallback) -> tuple[nn.Module, Trainer]:
+    trainer = _script().batch_norm_trainer(folder, callback, max_steps=10)
     trainer.train()
-    return model, trainer
+    return trainer.model, trainer
 
 
 def test_update_batch_norm_matches_torch_update_bn() -> None:
@@ -81,9 +61,9 @@ def test_update_batch_norm_matches_torch_update_bn() -> None:
     assert update_batch_norm(nn.Linear(6, 2), inputs) == 0
 
 
-def test_snapshots_hold_the_statistics_and_the_mean_averages_them(dataset: Dataset, tmp_path: Path) -> None:
+def test_snapshots_hold_the_statistics_and_the_mean_averages_them(tmp_path: Path) -> None:
     callback = SeWACallback(SeWAConfig(k=2, iterations=5, mc_samples=2), window=4, snapshot_every=2)
-    model, _ = _train(dataset, tmp_path, callback)
+    model, _ = _train(tmp_path, callback)
     snapshots = callback.store.load()
     assert set(snapshots[0]) == set(model.state_dict())  # weights, running statistics and the counter
     result = callback.result
@@ -97,10 +77,10 @@ def test_snapshots_hold_the_statistics_and_the_mean_averages_them(dataset: Datas
     assert_state_dicts_equal(snapshot_state(model), result.state_dict)
 
 
-def test_update_bn_re_estimates_the_statistics_of_the_average(dataset: Dataset, tmp_path: Path) -> None:
+def test_update_bn_re_estimates_the_statistics_of_the_average(tmp_path: Path) -> None:
     config = SeWAConfig(k=2, iterations=5, mc_samples=2)
     callback = SeWACallback(config, window=4, snapshot_every=2, update_bn=True)
-    model, trainer = _train(dataset, tmp_path, callback)
+    model, trainer = _train(tmp_path, callback)
     result = callback.result
     assert result is not None
     # The weights are the mean of the selected snapshots; the statistics are those of that mean on one pass

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -126,6 +126,34 @@ def _open(checkpoints: Sequence[PathLike], output: PathLike, overwrite: bool) ->
     return states
 
 
+def _write(
+    states: list[LazyStateDict],
+    combine: Callable[[str, list[Tensor]], Tensor],
+    output: PathLike,
+    record: Mapping[str, object],
+    *,
+    max_shard_size: int | str,
+    progress: bool,
+    overwrite: bool,
+) -> Path:
+    """Stream ``combine`` over ``states`` into ``output``, with ``record`` under ``paperpack_sewa``.
+
+    The config and tokenizer files come from the latest of ``states``.
+    """
+    return stream_state_dicts(
+        states,
+        combine,
+        output,
+        max_shard_size=max_shard_size,
+        progress=progress,
+        copy_files_from=len(states) - 1,
+        metadata={"paperpack_sewa": json.dumps(record)},
+        weights_name=_weights_name(states[-1]),
+        command=AVERAGE_COMMAND,
+        overwrite=overwrite,
+    )
+
+
 def write_average(
     checkpoints: Sequence[PathLike],
     output: PathLike,
@@ -170,17 +198,9 @@ def write_average(
         "checkpoints": [str(state.path) for state, _ in used],
         "weights": [weight for _, weight in used],
     }
-    return stream_state_dicts(
-        [state for state, _ in used],
-        combine,
-        output,
-        max_shard_size=max_shard_size,
-        progress=progress,
-        copy_files_from=len(used) - 1,
-        metadata={"paperpack_sewa": json.dumps(record)},
-        weights_name=_weights_name(states[-1]),
-        command=AVERAGE_COMMAND,
-        overwrite=overwrite,
+    states = [state for state, _ in used]
+    return _write(
+        states, combine, output, record, max_shard_size=max_shard_size, progress=progress, overwrite=overwrite
     )
 
 
@@ -275,15 +295,7 @@ def write_sewa_average(
         "tie_broken": result.tie_broken,
         "search_dtype": str(model_dtype).removeprefix("torch."),
     }
-    stream_state_dicts(
-        chosen,
-        _mean,
-        output,
-        max_shard_size=max_shard_size,
-        progress=progress,
-        copy_files_from=len(chosen) - 1,
-        metadata={"paperpack_sewa": json.dumps(record)},
-        command=AVERAGE_COMMAND,
-        overwrite=overwrite,
+    _write(
+        chosen, _mean, output, record, max_shard_size=max_shard_size, progress=progress, overwrite=overwrite
     )
     return result
