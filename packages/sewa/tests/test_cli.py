@@ -184,3 +184,21 @@ def test_errors_are_clear_and_leave_nothing_behind(
         "'lm_head.weight' has shape",
     )
     assert_no_partial_output(out)
+
+
+def test_a_users_folder_is_refused_and_left_as_it_was(run_dir: Path, tmp_path: Path, capsys) -> None:
+    """Issues 13 and 15: `sewa average --output DIR` on a folder of the user's deleted its *.safetensors."""
+    folders = [str(p) for p in _folders(run_dir)[:2]]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "fisher_stats.safetensors").write_bytes(b"the user's statistics")
+    (mine / "adapter_config.json").write_text("{}")
+    argv = ["sewa", "average", "--checkpoints", *folders, "--strategy", "uniform", "--output", str(mine)]
+    assert main(argv) == 2
+    assert "paperpack did not write" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["adapter_config.json", "fisher_stats.safetensors"]
+    assert (mine / "fisher_stats.safetensors").read_bytes() == b"the user's statistics"
+    out = tmp_path / "out"
+    assert main([*argv[:-1], str(out)]) == 0
+    assert main([*argv[:-1], str(out)]) == 2  # an earlier output: replaced only when asked
+    assert "already exists" in capsys.readouterr().err

@@ -19,15 +19,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from paperpack.core.checkpoints import (
-    LazyStateDict,
-    PathLike,
-    check_compatible,
-    check_output_path,
-    stream_state_dicts,
-)
+from paperpack.core.checkpoints import LazyStateDict, PathLike, check_compatible, stream_state_dicts
 from paperpack.core.data import read_jsonl
 from paperpack.core.errors import CheckpointError, CheckpointNotFoundError, ConfigError
+from paperpack.core.files import check_output
 from paperpack.core.hf import load_model_and_tokenizer
 from paperpack.core.validation import check_int
 from paperpack.sewa.averaging import baseline_weights
@@ -41,6 +36,7 @@ __all__ = ["average_folders", "find_checkpoints", "sewa_folders"]
 logger = logging.getLogger(__name__)
 
 _STEP = re.compile(r"^checkpoint-(\d+)$")
+_COMMAND = "sewa average"
 
 
 def find_checkpoints(paths: Sequence[PathLike], last_n: int | None = None) -> list[Path]:
@@ -98,10 +94,11 @@ def _weighted(weights: list[float]) -> Callable[[str, list[Tensor]], Tensor]:
     return combine
 
 
-def _open(checkpoints: Sequence[PathLike], output: PathLike) -> list[LazyStateDict]:
+def _open(checkpoints: Sequence[PathLike], output: PathLike, overwrite: bool) -> list[LazyStateDict]:
     states = [LazyStateDict(path) for path in checkpoints]
     check_compatible(states)
-    check_output_path(output, checkpoints)
+    file = Path(output).suffix == ".safetensors"
+    check_output(output, command=_COMMAND, overwrite=overwrite, inputs=checkpoints, flag="output", file=file)
     return states
 
 
@@ -115,6 +112,7 @@ def average_folders(
     seed: int = 0,
     max_shard_size: int | str = "5GB",
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Write a baseline average of saved checkpoints (oldest first) to ``output``, tensor by tensor.
 
@@ -128,15 +126,17 @@ def average_folders(
         seed: Seed of ``"random"``.
         max_shard_size: Bytes per output shard.
         progress: Show a progress bar over tensors.
+        overwrite: Replace an earlier output of ``sewa average`` at ``output`` (the core's output policy).
 
     Returns:
         The output path. Config and tokenizer files come from the latest checkpoint used.
 
     Raises:
         CheckpointError: incompatible checkpoints, or an output overlapping an input.
+        OutputExistsError: ``output`` is taken (checked before anything is read).
         ConfigError: a bad strategy, ``k`` or ``decay``.
     """
-    states = _open(checkpoints, output)
+    states = _open(checkpoints, output, overwrite)
     weights = baseline_weights(len(states), strategy, k, decay, seed=seed)
     used = [(state, weight) for state, weight in zip(states, weights, strict=True) if weight > 0]
     combine = _weighted([weight for _, weight in used]) if strategy == "ema" else _mean
@@ -154,6 +154,8 @@ def average_folders(
         copy_files_from=len(used) - 1,
         metadata={"paperpack_sewa": json.dumps(record)},
         weights_name=_weights_name(states[-1]),
+        command=_COMMAND,
+        overwrite=overwrite,
     )
 
 
@@ -169,6 +171,7 @@ def sewa_folders(
     dtype: str | torch.dtype = "auto",
     max_shard_size: int | str = "5GB",
     progress: bool = True,
+    overwrite: bool = False,
 ) -> SeWAResult:
     """Select ``config.k`` of the saved causal-LM folders with SeWA and write the mean of the selected ones.
 
@@ -188,6 +191,7 @@ def sewa_folders(
             the output keeps the checkpoints' dtype.
         max_shard_size: Bytes per output shard.
         progress: Show progress bars.
+        overwrite: Replace an earlier output of ``sewa average`` at ``output`` (the core's output policy).
 
     Returns:
         The selection; ``result.indices`` index ``checkpoints``.
@@ -195,11 +199,12 @@ def sewa_folders(
     Raises:
         CheckpointError: incompatible checkpoints, a folder that is not a model, an output overlapping an
             input.
+        OutputExistsError: ``output`` is taken (checked before the search).
         ConfigError: bad data or arguments.
     """
     check_int("max_length", max_length, minimum=2)
     check_int("batch_size", batch_size, minimum=1)
-    states = _open(checkpoints, output)
+    states = _open(checkpoints, output, overwrite)
     if config.k > len(states):
         raise ConfigError(f"`k` must be <= the number of checkpoints ({len(states)}), got {config.k}")
     latest = Path(checkpoints[-1])
@@ -253,5 +258,7 @@ def sewa_folders(
         progress=progress,
         copy_files_from=len(chosen) - 1,
         metadata={"paperpack_sewa": json.dumps(record)},
+        command=_COMMAND,
+        overwrite=overwrite,
     )
     return result
