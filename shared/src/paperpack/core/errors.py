@@ -17,7 +17,7 @@ class PaperpackError(Exception):
 class ConfigError(PaperpackError, ValueError):
     """An argument or configuration value is not allowed.
 
-    Example:
+    Examples:
         >>> from paperpack.core.validation import check_positive
         >>> check_positive("rank", 0)
         Traceback (most recent call last):

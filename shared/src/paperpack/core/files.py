@@ -126,7 +126,7 @@ def output_command(path: PathArg) -> str | None:
     A folder is recognised by its :data:`OUTPUT_MARKER` file; a ``.safetensors`` file by :data:`OUTPUT_KEY` in
     its ``__metadata__``; a ``.json`` file by a top-level :data:`OUTPUT_KEY`. Other files carry no marker.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from pathlib import Path
         >>> from paperpack.core.files import atomic_folder, output_command
@@ -260,7 +260,7 @@ def check_output(
         CheckpointError: when the output overlaps an input.
         OutputExistsError: when something is in the way; the message names ``flag`` and the fix.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from pathlib import Path
         >>> from paperpack.core.files import check_output
@@ -480,7 +480,7 @@ def atomic_path(target: PathArg) -> Iterator[Path]:
     created. The file is flushed to the disk before the rename and the folder after it. This is the low-level
     tool: it replaces ``target`` without asking; commands check their outputs with :func:`check_output`.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from pathlib import Path
         >>> from paperpack.core.files import atomic_path
@@ -540,7 +540,7 @@ def atomic_folder(
             before the move).
         CheckpointError: when ``target`` overlaps an input.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from pathlib import Path
         >>> from paperpack.core.files import atomic_folder

@@ -96,7 +96,7 @@ class LazyStateDict(Mapping[str, torch.Tensor]):
         CheckpointError: for a pickle file, or a corrupt, truncated or unsupported file (when its header is
             read, or a tensor of it); the message names the file and the problem.
 
-    Example:
+    Examples:
         >>> import tempfile, torch
         >>> from paperpack.core.checkpoints import LazyStateDict, save_state_dict
         >>> folder = tempfile.mkdtemp()

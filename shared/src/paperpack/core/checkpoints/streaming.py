@@ -128,7 +128,7 @@ def stream_state_dicts(
             input.
         OutputExistsError: when ``output`` is taken (see :func:`paperpack.core.files.check_output`).
 
-    Example:
+    Examples:
         >>> import tempfile, torch
         >>> from paperpack.core.checkpoints import load_state_dict, save_state_dict, stream_state_dicts
         >>> root = tempfile.mkdtemp()

@@ -158,7 +158,7 @@ class StateDictWriter:
         OutputExistsError: when ``path`` is taken (see :func:`paperpack.core.files.check_output`).
         CheckpointError: when ``path`` overlaps an input.
 
-    Example:
+    Examples:
         >>> import tempfile, torch
         >>> from paperpack.core.checkpoints import StateDictWriter, load_state_dict
         >>> out = tempfile.mkdtemp() + "/merged"
@@ -392,7 +392,7 @@ def save_state_dict(
     Raises:
         OutputExistsError: when ``path`` is taken.
 
-    Example:
+    Examples:
         >>> import tempfile, torch
         >>> from paperpack.core.checkpoints import load_state_dict, save_state_dict
         >>> path = save_state_dict({"bias": torch.zeros(4)}, tempfile.mkdtemp() + "/bias.safetensors")
