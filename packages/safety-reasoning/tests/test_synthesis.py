@@ -89,19 +89,13 @@ def test_keep_shortest_and_random_pick_one_accepted_candidate():
     shortest = synthesize(QUERIES, Scripted(answers), GuidelineSet.default(), KeywordJudge(),
                           SynthesisConfig(num_candidates=2, keep="shortest"))  # fmt: skip
     assert [row["candidate"] for row in shortest] == [1, 1]
-    picks = {
-        tuple(
-            row["candidate"]
-            for row in synthesize(
-                QUERIES,
-                Scripted(answers),
-                GuidelineSet.default(),
-                KeywordJudge(),
-                SynthesisConfig(num_candidates=2, keep="random", seed=seed),
-            )
-        )  # fmt: skip
-        for seed in range(12)
-    }
+
+    def pick(seed):
+        config = SynthesisConfig(num_candidates=2, keep="random", seed=seed)
+        data = synthesize(QUERIES, Scripted(answers), GuidelineSet.default(), KeywordJudge(), config)
+        return tuple(row["candidate"] for row in data)
+
+    picks = {pick(seed) for seed in range(12)}
     assert len(picks) > 1 and all(len(p) == 2 for p in picks)
 
 
