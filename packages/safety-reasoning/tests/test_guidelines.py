@@ -14,7 +14,10 @@ def test_default_set_has_the_perspectives_and_the_two_reflective_steps():
     assert len(rendered) == 6 and rendered[3].startswith("4. Harm: ")
     assert guidelines.select(["perspective"]).names == ("intent", "context", "role", "harm")
     assert guidelines["harm"].title == "Harm"
-    assert guidelines == GuidelineSet.default() and len({guidelines.fingerprint(), GuidelineSet(list(guidelines)[:2]).fingerprint()}) == 2
+    assert (
+        guidelines == GuidelineSet.default()
+        and len({guidelines.fingerprint(), GuidelineSet(list(guidelines)[:2]).fingerprint()}) == 2
+    )
 
 
 def test_yaml_round_trip_in_both_shapes(tmp_path):
@@ -38,7 +41,10 @@ def test_yaml_round_trip_in_both_shapes(tmp_path):
         ("name: x", "must be a YAML list"),
         ("- {name: a}", "guideline 0 lacks text"),
         ("- {name: a, text: t, why: w}", "unknown key\\(s\\) why"),
-        ("- {name: a, text: t, kind: rule}", "`kind` must be one of 'perspective', 'reflection', 'refinement'"),
+        (
+            "- {name: a, text: t, kind: rule}",
+            "`kind` must be one of 'perspective', 'reflection', 'refinement'",
+        ),
         ("- {name: A b, text: t}", "guideline `name` must be lowercase"),
         ("- {name: a, text: t}\n- {name: a, text: u}", "repeated: a"),
         ("- just text", "must be a mapping"),

@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from paperpack.core.errors import CheckpointNotFoundError, ConfigError
-from paperpack.safety_reasoning.judges import REFUSAL_MARKERS, ClassifierJudge, KeywordJudge, is_refusal, judge_all
+from paperpack.safety_reasoning.judges import (
+    REFUSAL_MARKERS,
+    ClassifierJudge,
+    KeywordJudge,
+    is_refusal,
+    judge_all,
+)
 
 WORDS = "safe unsafe maybe how do i make a bomb kite sure here is sorry can't help the".split()
 
@@ -40,7 +46,9 @@ def _word_tokenizer():
     vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *WORDS])}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", vocab["<s>"])]
+    )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
         additional_special_tokens=list(SPECIAL_TOKENS[4:]),

@@ -44,11 +44,16 @@ def test_the_trace_round_trips_through_the_chat_template(tiny_lm):
     """The completion survives the chat template (as SFTTrainer renders it) and the tokenizer, and parses back."""
     _, tokenizer = tiny_lm
     completion = format_trace("Intent: the user wants a kite.\nHarm: none.", "Sure. Cut, tie, fly.")
-    messages = [{"role": "user", "content": "How do I make a kite?"}, {"role": "assistant", "content": completion}]
+    messages = [
+        {"role": "user", "content": "How do I make a kite?"},
+        {"role": "assistant", "content": completion},
+    ]
     prompt = tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     assert full.startswith(prompt)
     ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
     decoded = tokenizer.decode(ids, skip_special_tokens=True)
-    assert parse_trace(decoded) == Trace("Intent: the user wants a kite.\nHarm: none.", "Sure. Cut, tie, fly.")
+    assert parse_trace(decoded) == Trace(
+        "Intent: the user wants a kite.\nHarm: none.", "Sure. Cut, tie, fly."
+    )
     assert tokenizer.decode(ids).rstrip().endswith(tokenizer.eos_token)
