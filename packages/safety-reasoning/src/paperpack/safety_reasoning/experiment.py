@@ -287,6 +287,8 @@ def world_tokenizer(data: Any, vocab_size: int) -> Any:
 
 
 def _train(arm_data: Any, tokenizer: Any, settings: ExperimentSettings, seed: int) -> tuple[Any, float]:
+    from transformers import PrinterCallback
+
     from paperpack.core.hf import tiny_causal_lm
     from paperpack.safety_reasoning.training import sft_config, sft_trainer
 
@@ -308,6 +310,7 @@ def _train(arm_data: Any, tokenizer: Any, settings: ExperimentSettings, seed: in
             max_length=256,
         )
         trainer = sft_trainer(model, tokenizer, arm_data, args)
+        trainer.remove_callback(PrinterCallback)  # the demo prints tables, not a log line per logging step
         loss = float(trainer.train().training_loss)
     return model, loss
 
