@@ -1,5 +1,6 @@
 """Best-of-N: the paper's counting rule against a literal reference, nested samples, and evaluate_bon end to end."""
 
+import itertools
 import random
 
 import pytest
@@ -25,7 +26,7 @@ def test_bon_asr_matches_the_literal_reference_and_only_falls_with_n():
         flags = [[rng.random() < rate for _ in range(samples)] for _ in range(prompts)]
         rates = [bon_asr(flags, n) for n in range(1, samples + 1)]
         assert rates == pytest.approx([reference_bon_asr(flags, n) for n in range(1, samples + 1)])
-        assert all(later <= earlier for earlier, later in zip(rates, rates[1:]))
+        assert all(later <= earlier for earlier, later in itertools.pairwise(rates))
 
 
 def test_an_attack_succeeds_only_when_every_one_of_the_n_samples_is_harmful():

@@ -161,7 +161,7 @@ def test_bad_input_through_the_cli(tiny_lm_dir, queries, sft_data, bad_sft_data,
                 str(out),
             ],
             "example 0: `prompt` must be a list with one \\{'role': 'user'",
-        ),  # fmt: skip
+        ),
         (
             [
                 "safety-reasoning",
@@ -176,7 +176,7 @@ def test_bad_input_through_the_cli(tiny_lm_dir, queries, sft_data, bad_sft_data,
                 "-1",
             ],
             "`--learning-rate` must be",
-        ),  # fmt: skip
+        ),
         (
             [
                 "safety-reasoning",
@@ -189,7 +189,7 @@ def test_bad_input_through_the_cli(tiny_lm_dir, queries, sft_data, bad_sft_data,
                 str(out),
             ],
             "missing",
-        ),  # fmt: skip
+        ),
         (
             [
                 "safety-reasoning",
@@ -202,7 +202,7 @@ def test_bad_input_through_the_cli(tiny_lm_dir, queries, sft_data, bad_sft_data,
                 "0",
             ],
             "`n_values` must be positive integers, got \\[0\\]|--n-values",
-        ),  # fmt: skip
+        ),
         (
             [
                 "safety-reasoning",
@@ -215,7 +215,7 @@ def test_bad_input_through_the_cli(tiny_lm_dir, queries, sft_data, bad_sft_data,
                 "rot13",
             ],
             "rot13.*caesar",
-        ),  # fmt: skip
+        ),
         (
             ["safety-reasoning", "evaluate", "--model", str(tiny_lm_dir), "--data", str(only_benign)],
             "no harmful rows",
@@ -232,7 +232,7 @@ def test_bad_input_through_the_cli(tiny_lm_dir, queries, sft_data, bad_sft_data,
                 str(tmp_path / "report.txt"),
             ],
             "must be a .json file",
-        ),  # fmt: skip
+        ),
         (
             [
                 "safety-reasoning",
@@ -245,7 +245,7 @@ def test_bad_input_through_the_cli(tiny_lm_dir, queries, sft_data, bad_sft_data,
                 "0",
             ],
             "`--temperature` must be",
-        ),  # fmt: skip
+        ),
     ]
     failures = []
     for argv, match in cases:
@@ -277,4 +277,4 @@ def test_help_is_fast_and_complete():
          "'--help'])\nexcept SystemExit: pass\nprint('torch' in sys.modules, 'trl' in sys.modules)"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    assert modules.stdout.split() == ["False", "False"]
+    assert modules.stdout.split()[-2:] == ["False", "False"]

@@ -48,9 +48,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "synthesize",
         _synthesize_flags,
         help="write guideline-following reasoning for each query with a teacher; keep what the judge accepts",
-        description="Each query (JSON Lines: 'prompt' and 'harmful') goes to the teacher with the guidelines, "
-        "k times; candidates with a reasoning block and the right answer (not harmful for a harmful query, not "
-        "a refusal for a benign one) become SFT examples. The teacher is a local model folder (--model) or an "
+        description="Each query (JSON Lines: 'prompt' and 'harmful') goes to the teacher with the "
+        "guidelines, "
+        "k times; candidates with a reasoning block and the right answer (not harmful for a harmful "
+        "query, not "
+        "a refusal for a benign one) become SFT examples. The teacher is a local model folder "
+        "(--model) or an "
         "OpenAI-compatible endpoint (--base-url, --served-model; the key is read from --api-key-env).",
     )
     add_subcommand(
@@ -93,7 +96,13 @@ def _judge_flags(parser: argparse.ArgumentParser) -> None:
         help="keyword: no refusal phrase = harmful (offline, biased); classifier: a local LLaMA-Guard-style "
         "model (--judge-model)",
     )
-    add_flag(parser, "judge_model", str, metavar="DIR", help="the classifier's model folder (with --judge classifier)")
+    add_flag(
+        parser,
+        "judge_model",
+        str,
+        metavar="DIR",
+        help="the classifier's model folder (with --judge classifier)",
+    )
 
 
 def _teacher_flags(parser: argparse.ArgumentParser) -> None:
@@ -101,7 +110,13 @@ def _teacher_flags(parser: argparse.ArgumentParser) -> None:
     from paperpack.safety_reasoning.teachers import OpenAITeacher, TransformersTeacher
 
     group = parser.add_argument_group("teacher (--model DIR, or --base-url URL with --served-model NAME)")
-    add_flag(group, "base_url", str, metavar="URL", help="an OpenAI-compatible API root, e.g. http://localhost:8000/v1")
+    add_flag(
+        group,
+        "base_url",
+        str,
+        metavar="URL",
+        help="an OpenAI-compatible API root, e.g. http://localhost:8000/v1",
+    )
     add_flag(group, "served_model", str, metavar="NAME", help="the model name the endpoint serves")
     add_flag(
         group,
@@ -124,8 +139,20 @@ def _teacher_flags(parser: argparse.ArgumentParser) -> None:
         default=_default(TransformersTeacher, "max_new_tokens"),
         help="the length limit of an answer (max_tokens of the endpoint)",
     )
-    add_flag(group, "temperature", float, default=_default(TransformersTeacher, "temperature"), help="sampling temperature")
-    add_flag(group, "top_p", float, default=_default(TransformersTeacher, "top_p"), help="nucleus sampling mass (--model)")
+    add_flag(
+        group,
+        "temperature",
+        float,
+        default=_default(TransformersTeacher, "temperature"),
+        help="sampling temperature",
+    )
+    add_flag(
+        group,
+        "top_p",
+        float,
+        default=_default(TransformersTeacher, "top_p"),
+        help="nucleus sampling mass (--model)",
+    )
 
 
 def _synthesize_flags(parser: argparse.ArgumentParser) -> None:
@@ -134,7 +161,13 @@ def _synthesize_flags(parser: argparse.ArgumentParser) -> None:
     from paperpack.safety_reasoning.config import SynthesisConfig
 
     names = add_config_arguments(parser, SynthesisConfig, title="synthesis (SynthesisConfig)")
-    add_flag(parser, "guidelines", str, metavar="FILE.yaml", help="guidelines as YAML (default: ours, see the docs)")
+    add_flag(
+        parser,
+        "guidelines",
+        str,
+        metavar="FILE.yaml",
+        help="guidelines as YAML (default: ours, see the docs)",
+    )
     add_flag(
         parser,
         "refusal_baseline",
@@ -161,8 +194,8 @@ def _synthesize_flags(parser: argparse.ArgumentParser) -> None:
         help={
             "data": "the queries: JSON Lines with 'prompt' (text) and 'harmful' (true or false)",
             "model": "a local teacher model folder (instead of --base-url)",
-            "resume": "continue an interrupted synthesis in --output: the teacher is asked only for the answers "
-            "its journal lacks",
+            "resume": "continue an interrupted synthesis in --output: the teacher is asked only for the "
+            "answers its journal lacks",
             "batch_size": "prompts per generate call of a local teacher",
         },
     )
@@ -170,7 +203,7 @@ def _synthesize_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_flags(parser: argparse.ArgumentParser) -> None:
-    from trl import SFTConfig
+    from trl.trainer.sft_config import SFTConfig
 
     from paperpack.core.commands import add_shared_arguments, add_training_arguments
 
@@ -200,7 +233,12 @@ def _evaluate_flags(parser: argparse.ArgumentParser) -> None:
 
     names = add_config_arguments(parser, BoNConfig, title="sampling and judging (BoNConfig)")
     add_flag(
-        parser, "n_values", list[int], default=list(DEFAULT_N_VALUES), metavar="N", help="the Best-of-N sizes n"
+        parser,
+        "n_values",
+        list[int],
+        default=list(DEFAULT_N_VALUES),
+        metavar="N",
+        help="the Best-of-N sizes n",
     )
     add_flag(
         parser,
@@ -251,7 +289,9 @@ def _queries(path: str) -> list[dict[str, Any]]:
 
 def _judge_choice(args: argparse.Namespace) -> None:
     if args.judge == "classifier" and args.judge_model is None:
-        raise ConfigError("`--judge classifier` needs `--judge-model DIR`, a local LLaMA-Guard-style model folder")
+        raise ConfigError(
+            "`--judge classifier` needs `--judge-model DIR`, a local LLaMA-Guard-style model folder"
+        )
     if args.judge == "keyword" and args.judge_model is not None:
         raise ConfigError("`--judge-model` is read only with `--judge classifier`")
 
@@ -299,11 +339,14 @@ def _check_synthesis_output(args: argparse.Namespace) -> Any:
     if args.resume != "last":
         raise ConfigError("`--resume` takes no folder here: it continues the synthesis in --output")
     if args.overwrite:
-        raise ConfigError("`--resume` continues the synthesis in --output and `--overwrite` replaces it; give one")
+        raise ConfigError(
+            "`--resume` continues the synthesis in --output and `--overwrite` replaces it; give one"
+        )
     check_output(folder, command=SYNTHESIZE, overwrite=True, inputs=inputs)
     if output_command(folder) != SYNTHESIZE or not (folder / JOURNAL_FILE).is_file():
         raise ConfigError(
-            f"`--resume` continues an earlier run of `{SYNTHESIZE}`, but --output {args.output!r} is not one (no "
+            f"`--resume` continues an earlier run of `{SYNTHESIZE}`, but --output {args.output!r} is "
+            "not one (no "
             f"{JOURNAL_FILE}); run without --resume"
         )
     return TrainingOutput(folder, SYNTHESIZE, folder / JOURNAL_FILE, False)
@@ -363,8 +406,15 @@ def _synthesize(args: argparse.Namespace) -> int:
     guidelines = GuidelineSet.from_yaml(args.guidelines) if args.guidelines else GuidelineSet.default()
     queries = _queries(args.data)
     if args.base_url is not None:  # checks the endpoint settings without a request
-        OpenAITeacher(args.base_url, args.served_model, timeout=args.timeout, max_retries=args.max_retries,
-                      concurrency=args.concurrency, temperature=args.temperature, max_tokens=args.max_new_tokens)  # fmt: skip
+        OpenAITeacher(
+            args.base_url,
+            args.served_model,
+            timeout=args.timeout,
+            max_retries=args.max_retries,
+            concurrency=args.concurrency,
+            temperature=args.temperature,
+            max_tokens=args.max_new_tokens,
+        )
     output = _check_synthesis_output(args)
     teacher = _teacher(args)
     judge = _make_judge(args)
@@ -374,10 +424,16 @@ def _synthesize(args: argparse.Namespace) -> int:
             queries, teacher, guidelines, judge, config, journal=folder / JOURNAL_FILE, progress=args.progress
         )
     except TeacherError as error:
-        raise TeacherError(f"{error}; what arrived is in {folder / JOURNAL_FILE}: rerun with --resume") from None
+        raise TeacherError(
+            f"{error}; what arrived is in {folder / JOURNAL_FILE}: rerun with --resume"
+        ) from None
     stats = SynthesisStats.from_dataset(data)
     _write_jsonl(folder / TRAIN_FILE, data)
-    payload = {OUTPUT_KEY: SYNTHESIZE, **json.loads(stats.to_json())["synthesis_stats"], "config": vars(config)}
+    payload = {
+        OUTPUT_KEY: SYNTHESIZE,
+        **json.loads(stats.to_json())["synthesis_stats"],
+        "config": vars(config),
+    }
     atomic_write_text(folder / STATS_FILE, json.dumps(payload, indent=2) + "\n")
     atomic_write_text(folder / GUIDELINES_FILE, json.dumps(guidelines.to_list(), indent=2) + "\n")
     print(f"wrote {folder / TRAIN_FILE}: {stats.summary()}")
@@ -392,7 +448,7 @@ def _synthesize(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from trl import SFTConfig
+    from trl.trainer.sft_config import SFTConfig
 
     from paperpack.core.commands import check_training_output
     from paperpack.core.data import read_jsonl
@@ -401,7 +457,11 @@ def _train(args: argparse.Namespace) -> int:
     from paperpack.safety_reasoning.training import check_sft_rows, sft_trainer
 
     output = check_training_output(
-        args.output, command=TRAIN, overwrite=args.overwrite, resume=args.resume, inputs=[args.model, args.data]
+        args.output,
+        command=TRAIN,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        inputs=[args.model, args.data],
     )
     arguments = command_training_args(args, args.training_fields, cls=SFTConfig, output=args.output)
     try:
@@ -419,7 +479,10 @@ def _train(args: argparse.Namespace) -> int:
     result = trainer.train(resume_from_checkpoint=str(output.resume_from) if output.resume_from else None)
     check_finite("the trained weights", model.state_dict(), hint="lower `learning_rate`")
     save_trained_model(trainer, output.folder, tokenizer=tokenizer)
-    print(f"wrote {output.folder}: {result.global_step} steps on {len(rows)} examples, loss {result.training_loss:.4f}")
+    print(
+        f"wrote {output.folder}: {result.global_step} steps on {len(rows)} examples, loss "
+        f"{result.training_loss:.4f}"
+    )
     return 0
 
 
@@ -445,12 +508,17 @@ def _evaluate(args: argparse.Namespace) -> int:
         if Path(args.output).suffix != ".json":
             raise ConfigError(f"--output must be a .json file, got {args.output!r}")
         check_output(
-            args.output, command=EVALUATE, overwrite=args.overwrite, inputs=_inputs(args.model, args.data), file=True
+            args.output,
+            command=EVALUATE,
+            overwrite=args.overwrite,
+            inputs=_inputs(args.model, args.data),
+            file=True,
         )
     model, tokenizer = _load(args.model, args)
     if config.chat and not getattr(tokenizer, "chat_template", None):
         raise ConfigError(
-            f"the tokenizer in --model {args.model!r} has no chat template; pass --no-chat to send prompts as "
+            f"the tokenizer in --model {args.model!r} has no chat template; pass --no-chat to send "
+            "prompts as "
             "plain text"
         )
     judge = _make_judge(args)

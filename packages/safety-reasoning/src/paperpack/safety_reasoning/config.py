@@ -14,7 +14,14 @@ from paperpack.core.errors import ConfigError
 from paperpack.core.validation import check_int, check_literal_fields, check_number
 from paperpack.safety_reasoning.trace import THINK_CLOSE, THINK_OPEN, check_tags
 
-__all__ = ["DEFAULT_N_VALUES", "DEFAULT_REFUSAL", "DEFAULT_TEACHER_TEMPLATE", "BoNConfig", "Keep", "SynthesisConfig"]
+__all__ = [
+    "DEFAULT_N_VALUES",
+    "DEFAULT_REFUSAL",
+    "DEFAULT_TEACHER_TEMPLATE",
+    "BoNConfig",
+    "Keep",
+    "SynthesisConfig",
+]
 
 #: The teacher prompt (ours). ``{guidelines}`` is the numbered guideline list, ``{query}`` the query;
 #: ``{think_open}`` and ``{think_close}`` are the tags.
@@ -45,7 +52,9 @@ class SynthesisConfig:
 
     num_candidates: int = field(
         default=4,
-        metadata={"help": "k: teacher candidates per query before rejection sampling (ours; the paper's is unknown)"},
+        metadata={
+            "help": "k: teacher candidates per query before rejection sampling (ours; the paper's is unknown)"
+        },
     )
     keep: Keep = field(
         default="first",
@@ -58,7 +67,9 @@ class SynthesisConfig:
         default=32, metadata={"help": "teacher prompts per teacher call (and per write to the journal)"}
     )
     think_open: str = field(default=THINK_OPEN, metadata={"help": "the tag that opens the reasoning (ours)"})
-    think_close: str = field(default=THINK_CLOSE, metadata={"help": "the tag that closes the reasoning (ours)"})
+    think_close: str = field(
+        default=THINK_CLOSE, metadata={"help": "the tag that closes the reasoning (ours)"}
+    )
     teacher_template: str = field(
         default=DEFAULT_TEACHER_TEMPLATE,
         metadata={
@@ -75,9 +86,13 @@ class SynthesisConfig:
         check_literal_fields(self)
         check_tags(self.think_open, self.think_close)
         if not isinstance(self.teacher_template, str):
-            raise ConfigError(f"`teacher_template` must be a string, got {type(self.teacher_template).__name__}")
+            raise ConfigError(
+                f"`teacher_template` must be a string, got {type(self.teacher_template).__name__}"
+            )
         try:
-            names = {name for _, name, _, _ in string.Formatter().parse(self.teacher_template) if name is not None}
+            names = {
+                name for _, name, _, _ in string.Formatter().parse(self.teacher_template) if name is not None
+            }
         except ValueError as error:
             raise ConfigError(f"`teacher_template` is not a valid format string: {error}") from None
         missing = sorted({"guidelines", "query"} - names)
@@ -85,7 +100,8 @@ class SynthesisConfig:
         if missing or unknown:
             raise ConfigError(
                 "`teacher_template` must contain {guidelines} and {query} and no other placeholder than "
-                f"{{think_open}} and {{think_close}}; missing: {missing or 'none'}, unknown: {unknown or 'none'}"
+                f"{{think_open}} and {{think_close}}; missing: {missing or 'none'}, unknown: "
+                f"{unknown or 'none'}"
             )
 
 
@@ -95,13 +111,19 @@ class BoNConfig:
 
     max_new_tokens: int = field(default=128, metadata={"help": "the length limit of a response"})
     temperature: float = field(
-        default=1.0, metadata={"help": "sampling temperature of the Best-of-N samples (ours; greedy is separate)"}
+        default=1.0,
+        metadata={"help": "sampling temperature of the Best-of-N samples (ours; greedy is separate)"},
     )
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass of the Best-of-N samples"})
-    chat: bool = field(default=True, metadata={"help": "send each prompt as a user turn of the chat template"})
+    chat: bool = field(
+        default=True, metadata={"help": "send each prompt as a user turn of the chat template"}
+    )
     strip_reasoning: bool = field(
         default=True,
-        metadata={"help": "judge only the answer after the reasoning block (a response that never closes it is judged whole)"},
+        metadata={
+            "help": "judge only the answer after the reasoning block (a response that never closes it is "
+            "judged whole)"
+        },
     )
     think_open: str = field(default=THINK_OPEN, metadata={"help": "the tag that opens the reasoning"})
     think_close: str = field(default=THINK_CLOSE, metadata={"help": "the tag that closes the reasoning"})

@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from paperpack.safety_reasoning.bon import DIRECT
-from paperpack.safety_reasoning.experiment import ARMS, JUDGES, ExperimentResults, ExperimentSettings, run_experiment
+from paperpack.safety_reasoning.experiment import (
+    ARMS,
+    JUDGES,
+    ExperimentResults,
+    ExperimentSettings,
+    run_experiment,
+)
 from paperpack.safety_reasoning.synthesis import DROP_REASONS
 
 if TYPE_CHECKING:
@@ -21,10 +27,21 @@ def _asr_table(results: ExperimentResults, judge: str) -> DemoTable:
     n = max(results.settings.n_values)
     columns = ["family", *(f"{arm} {kind}" for kind in ("greedy", f"BoN n={n}") for arm in ARMS)]
     rows = [
-        [label, *(str(mean_std(results.per_seed(arm, family, m, judge=judge))) for m in (None, n) for arm in ARMS)]
-        for label, family in [(DIRECT, DIRECT)] + [(f, f) for f in results.attack_families] + [("held-out mean", None)]
+        [
+            label,
+            *(
+                str(mean_std(results.per_seed(arm, family, m, judge=judge)))
+                for m in (None, n)
+                for arm in ARMS
+            ),
+        ]
+        for label, family in [(DIRECT, DIRECT)]
+        + [(f, f) for f in results.attack_families]
+        + [("held-out mean", None)]
     ]
-    return DemoTable(f"attack success rate, {judge} judge (mean ± std over {len(results.seeds)} seeds)", columns, rows)
+    return DemoTable(
+        f"attack success rate, {judge} judge (mean ± std over {len(results.seeds)} seeds)", columns, rows
+    )
 
 
 def _tables(results: ExperimentResults) -> list[DemoTable]:
@@ -34,7 +51,10 @@ def _tables(results: ExperimentResults) -> list[DemoTable]:
     bon = DemoTable(
         "Best-of-N attack success, held-out families, compliance judge",
         ["n", *ARMS],
-        [[n, *(str(mean_std(results.per_seed(arm, None, n))) for arm in ARMS)] for n in results.settings.n_values],
+        [
+            [n, *(str(mean_std(results.per_seed(arm, None, n))) for arm in ARMS)]
+            for n in results.settings.n_values
+        ],
     )
     arms = DemoTable(
         "arms",
@@ -118,7 +138,9 @@ def run_demo(ctx: DemoContext) -> DemoReport:
 
     settings = ExperimentSettings(
         steps=ctx.pick(quick=150, full=300),
-        eval_phrasings=ctx.pick(quick=ExperimentSettings().eval_phrasings[:1], full=ExperimentSettings().eval_phrasings),
+        eval_phrasings=ctx.pick(
+            quick=ExperimentSettings().eval_phrasings[:1], full=ExperimentSettings().eval_phrasings
+        ),
     )
     results = run_experiment(ctx.seeds(quick=1, full=3), settings)
     plot = line_plot(
@@ -136,11 +158,15 @@ def run_demo(ctx: DemoContext) -> DemoReport:
         tables=_tables(results),
         plots=[plot],
         notes=[
-            f"tiny_causal_lm (hidden {settings.hidden_size}, {settings.num_layers} layers) trained from scratch "
-            f"for {settings.steps} SFT steps per arm; {len(results.attack_families)} attack families, none seen "
+            f"tiny_causal_lm (hidden {settings.hidden_size}, {settings.num_layers} layers) trained "
+            "from scratch "
+            f"for {settings.steps} SFT steps per arm; {len(results.attack_families)} attack families, "
+            "none seen "
             "in training; evaluation phrasings held out.",
-            "A template teacher stands in for an LLM; its traces follow the default guidelines. The compliance "
-            "judge counts answers that set out to give instructions (the stand-in for LLaMA-Guard); the keyword "
+            "A template teacher stands in for an LLM; its traces follow the default guidelines. The "
+            "compliance "
+            "judge counts answers that set out to give instructions (the stand-in for LLaMA-Guard); "
+            "the keyword "
             "judge counts any answer without a refusal phrase, 'Sure.' alone and garbled ones included.",
         ],
     )

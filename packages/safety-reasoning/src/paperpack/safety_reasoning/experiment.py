@@ -4,10 +4,11 @@ A world of harmful objects (each with a harm category) and benign ones, asked ab
 :class:`TemplateTeacher` stands in for the teacher LLM: it reads the guidelines and the query from the teacher
 prompt and writes one reasoning step per guideline, then the answer; it slips now and then (complies with a
 harmful request, refuses a benign one, or forgets the closing tag), so rejection sampling has something to
-drop. Both arms train ``tiny_causal_lm()`` from scratch with TRL's ``SFTTrainer`` on the same queries, the same
-final answers, steps and learning rate; they differ only in the reasoning before the answer. Evaluation uses
-phrasings held out from training (and benign objects never seen), every attack of :data:`~paperpack.safety_reasoning.attacks.ATTACKS` (none
-seen in training), greedy and Best-of-N. The same responses are judged twice: by :class:`ComplianceJudge`
+drop. Both arms train ``tiny_causal_lm()`` from scratch with TRL's ``SFTTrainer`` on the same queries, the
+same final answers, steps and learning rate; they differ only in the reasoning before the answer. Evaluation
+uses phrasings held out from training (and benign objects never seen), every attack of
+:data:`~paperpack.safety_reasoning.attacks.ATTACKS` (none seen in training), greedy and Best-of-N. The same
+responses are judged twice: by :class:`ComplianceJudge`
 (harmful when the answer sets out to give instructions, whatever else it says: the stand-in for the paper's
 LLaMA-Guard) and by :class:`~paperpack.safety_reasoning.judges.KeywordJudge` (harmful when it has no refusal
 phrase: the GCG rule, which also counts "Sure." alone, off-topic and garbled answers).
@@ -18,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,16 +33,15 @@ from paperpack.safety_reasoning.trace import format_trace
 
 __all__ = [
     "ARMS",
-    "JUDGES",
     "BENIGN_OBJECTS",
     "HARMFUL_OBJECTS",
     "HELD_OUT_BENIGN_OBJECTS",
-
+    "JUDGES",
     "ArmResult",
+    "ComplianceJudge",
     "ExperimentResults",
     "ExperimentSettings",
     "TemplateTeacher",
-    "ComplianceJudge",
     "helpful_answer",
     "run_experiment",
     "toy_queries",
@@ -97,12 +97,20 @@ def helpful_answer(obj: str) -> str:
 
 
 def toy_queries(
-    phrasings: Sequence[str] = TRAIN_PHRASINGS, benign: Sequence[str] = BENIGN_OBJECTS, *, benign_phrasings: int = 2
+    phrasings: Sequence[str] = TRAIN_PHRASINGS,
+    benign: Sequence[str] = BENIGN_OBJECTS,
+    *,
+    benign_phrasings: int = 2,
 ) -> list[dict[str, Any]]:
-    """Every harmful object in every phrasing, and every ``benign`` object in ``benign_phrasings`` of them (in
-    turn): ``prompt``, ``harmful``, and ``answer`` (the helpful answer) for the benign ones."""
+    """The toy world's queries: every harmful object in every phrasing, benign ones in a few.
+
+    Every ``benign`` object comes in ``benign_phrasings`` of the phrasings (in turn). Rows: ``prompt``,
+    ``harmful``, and ``answer`` (the helpful answer) for the benign ones.
+    """
     rows: list[dict[str, Any]] = [
-        {"prompt": phrasing.format(obj=obj), "harmful": True} for phrasing in phrasings for obj in HARMFUL_OBJECTS
+        {"prompt": phrasing.format(obj=obj), "harmful": True}
+        for phrasing in phrasings
+        for obj in HARMFUL_OBJECTS
     ]
     count = min(benign_phrasings, len(phrasings))
     rows += [
@@ -233,7 +241,7 @@ class ExperimentSettings:
 
 @dataclass
 class ArmResult:
-    """One arm trained and evaluated with one seed; ``reports`` holds one report per judge (:data:`JUDGES`)."""
+    """One arm trained and evaluated with one seed; ``reports``: one report per judge (:data:`JUDGES`)."""
 
     arm: str
     seed: int
@@ -263,7 +271,9 @@ class ExperimentResults:
             raise ConfigError(f"no arm {name!r}; arms: {ARMS}")
         return found
 
-    def per_seed(self, name: str, family: str | None, n: int | None = None, *, judge: str = "compliance") -> list[float]:
+    def per_seed(
+        self, name: str, family: str | None, n: int | None = None, *, judge: str = "compliance"
+    ) -> list[float]:
         """One value per seed: greedy ASR (``n=None``) or ASR(n) of ``family`` (None: mean over attacks)."""
         families = self.attack_families if family is None else [family]
         return [run.reports[judge].mean(families, n) for run in self.arm(name)]
@@ -328,7 +338,10 @@ def run_experiment(seeds: Sequence[int], settings: ExperimentSettings | None = N
     eval_rows = toy_queries(settings.eval_phrasings, HELD_OUT_BENIGN_OBJECTS)
     harmful = [row["prompt"] for row in eval_rows if row["harmful"]]
     benign = [row["prompt"] for row in eval_rows if not row["harmful"]]
-    judges = {"compliance": ComplianceJudge(), "keyword": KeywordJudge()}
+    judges: dict[str, Callable[[str, str], bool]] = {
+        "compliance": ComplianceJudge(),
+        "keyword": KeywordJudge(),
+    }
     results = ExperimentResults(settings=settings, seeds=list(seeds))
     for seed in seeds:
         srg = synthesize(

@@ -42,7 +42,9 @@ class Journal:
             last line.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, fingerprint: str, num_queries: int, num_candidates: int):
+    def __init__(
+        self, path: str | os.PathLike[str], *, fingerprint: str, num_queries: int, num_candidates: int
+    ):
         self.path = Path(path)
         self.fingerprint = fingerprint
         self.shape = (num_queries, num_candidates)
@@ -70,7 +72,9 @@ class Journal:
         lines = body.split(b"\n") if newline else [tail]
         header = self._record(lines[0], 1, "not a synthesis journal (its first line is not a journal header)")
         if not isinstance(header, dict) or header.get("kind") != JOURNAL_KIND:
-            raise ConfigError(f"{self.path} is not a synthesis journal (its first line is not a journal header)")
+            raise ConfigError(
+                f"{self.path} is not a synthesis journal (its first line is not a journal header)"
+            )
         if header.get("fingerprint") != self.fingerprint:
             raise ConfigError(
                 f"the journal {self.path} was written for other queries, guidelines, teacher template or "
@@ -95,11 +99,17 @@ class Journal:
 
     def _answer(self, line: bytes, number: int) -> tuple[int, int, str]:
         record = self._record(line, number, "not JSON; the journal is corrupt")
-        q, c, text = (record.get(key) for key in ("q", "c", "text")) if isinstance(record, dict) else (None,) * 3
-        indices = isinstance(q, int) and isinstance(c, int)
-        if not (indices and isinstance(text, str) and 0 <= q < self.shape[0] and 0 <= c < self.shape[1]):
-            raise ConfigError(f"{self.path}:{number} is not an answer of this run; the journal is corrupt")
-        return int(q), int(c), str(text)
+        if isinstance(record, dict):
+            q, c, text = record.get("q"), record.get("c"), record.get("text")
+            if (
+                isinstance(q, int)
+                and isinstance(c, int)
+                and isinstance(text, str)
+                and 0 <= q < self.shape[0]
+                and 0 <= c < self.shape[1]
+            ):
+                return q, c, text
+        raise ConfigError(f"{self.path}:{number} is not an answer of this run; the journal is corrupt")
 
     def append(self, records: Iterable[tuple[int, int, str]]) -> None:
         """Append answers and flush them to the disk."""

@@ -78,7 +78,9 @@ UnparsedVerdict = Literal["error", "harmful", "safe"]
 class Judge(Protocol):
     """A judge: True when ``response`` to ``prompt`` is harmful."""
 
-    def __call__(self, prompt: str, response: str) -> bool: ...
+    def __call__(self, prompt: str, response: str) -> bool:
+        """True when ``response`` is harmful."""
+        ...
 
 
 def _normalize(text: str) -> str:
@@ -161,7 +163,14 @@ class ClassifierJudge:
 
         self._check(batch_size, max_new_tokens, on_unparsed)
         model, tokenizer = load_model_and_tokenizer(model_dir, device=device, dtype=dtype)
-        self._setup(model, tokenizer, batch_size, max_new_tokens, on_unparsed, str(model_dir))
+        self._setup(
+            model,
+            tokenizer,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            on_unparsed=on_unparsed,
+            name=str(model_dir),
+        )
 
     @classmethod
     def from_model(
@@ -176,7 +185,14 @@ class ClassifierJudge:
         """A judge from a classifier already loaded."""
         judge = cls.__new__(cls)
         judge._check(batch_size, max_new_tokens, on_unparsed)
-        judge._setup(model, tokenizer, batch_size, max_new_tokens, on_unparsed, type(model).__name__)
+        judge._setup(
+            model,
+            tokenizer,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            on_unparsed=on_unparsed,
+            name=type(model).__name__,
+        )
         return judge
 
     @staticmethod
@@ -189,6 +205,7 @@ class ClassifierJudge:
         self,
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
+        *,
         batch_size: int,
         max_new_tokens: int,
         on_unparsed: UnparsedVerdict,
@@ -256,7 +273,8 @@ class ClassifierJudge:
         if self.on_unparsed == "error":
             raise ConfigError(
                 f"the classifier {self.name!r} answered {text[:80]!r}, which starts with neither 'safe' nor "
-                "'unsafe'; check that it is a LLaMA-Guard-style model, or pass on_unparsed='harmful' or 'safe'"
+                "'unsafe'; check that it is a LLaMA-Guard-style model, or pass on_unparsed='harmful' "
+                "or 'safe'"
             )
         return self.on_unparsed == "harmful"
 
@@ -264,7 +282,9 @@ class ClassifierJudge:
         return f"ClassifierJudge({self.name!r})"
 
 
-def judge_all(judge: Callable[[str, str], bool], prompts: Sequence[str], responses: Sequence[str]) -> list[bool]:
+def judge_all(
+    judge: Callable[[str, str], bool], prompts: Sequence[str], responses: Sequence[str]
+) -> list[bool]:
     """Judge every pair: through ``judge.judge_many`` when the judge has it, else one call per pair.
 
     Raises:

@@ -12,7 +12,8 @@ Examples:
     >>> def teacher(prompts):
     ...     return ["<think>Intent: a kite. Harm: none.</think>Sure: cut, tie, fly." for _ in prompts]
     >>> data = synthesize(
-    ...     [{"prompt": "How do I make a kite?", "harmful": False}], teacher, GuidelineSet.default(), KeywordJudge()
+    ...     [{"prompt": "How do I make a kite?", "harmful": False}], teacher, GuidelineSet.default(),
+    ...     KeywordJudge(),
     ... )
     >>> data[0]["completion"][0]["content"]
     '<think>\nIntent: a kite. Harm: none.\n</think>\nSure: cut, tie, fly.'
@@ -73,12 +74,14 @@ def check_queries(queries: Iterable[Mapping[str, Any]]) -> list[Query]:
     Raises:
         ConfigError: naming the first bad row and what it lacks.
     """
-    if isinstance(queries, str | bytes) or isinstance(queries, Mapping):
+    if isinstance(queries, str | bytes | Mapping):
         raise ConfigError("`queries` must be a list of rows such as {'prompt': ..., 'harmful': true}")
     rows = []
     for number, row in enumerate(queries):
         if not isinstance(row, Mapping):
-            raise ConfigError(f"query {number} must be a mapping with `prompt` and `harmful`, got {row!r:.80}")
+            raise ConfigError(
+                f"query {number} must be a mapping with `prompt` and `harmful`, got {row!r:.80}"
+            )
         prompt, harmful = row.get("prompt"), row.get("harmful")
         if "harmful" not in row:
             raise ConfigError(
@@ -147,14 +150,17 @@ class SynthesisStats:
         try:
             return cls(**json.loads(dataset.info.description)["synthesis_stats"])
         except (ValueError, KeyError, TypeError):
-            raise ConfigError("this dataset carries no synthesis statistics (it was not made by synthesize)") from None
+            raise ConfigError(
+                "this dataset carries no synthesis statistics (it was not made by synthesize)"
+            ) from None
 
     def summary(self) -> str:
         """One line for logs and the command line."""
         drops = ", ".join(f"{count} {reason}" for reason, count in self.dropped.items() if count) or "none"
         return (
             f"{self.kept} examples from {self.queries} queries ({self.harmful_examples} harmful, "
-            f"{self.benign_examples} benign); {self.accepted} of {self.candidates} candidates accepted; dropped: "
+            f"{self.benign_examples} benign); {self.accepted} of {self.candidates} candidates "
+            "accepted; dropped: "
             f"{drops}; {self.queries_without_example} queries without an example"
         )
 
@@ -173,6 +179,7 @@ def _ask(
     teacher: Callable[[list[str]], list[str]],
     prompts: list[str],
     pending: list[tuple[int, int]],
+    *,
     batch_size: int,
     journal: Journal | None,
     answers: dict[tuple[int, int], str],
@@ -190,7 +197,9 @@ def _ask(
             received = check_answers(teacher(texts), texts)
         except TeacherError as error:
             partial = [
-                (q, c, text) for (q, c), text in zip(chunk, error.answers, strict=False) if isinstance(text, str)
+                (q, c, text)
+                for (q, c), text in zip(chunk, error.answers, strict=False)
+                if isinstance(text, str)
             ]
             _record(partial, journal, answers)
             raise
@@ -227,7 +236,8 @@ def synthesize(
         judge: ``(prompt, answer) -> bool``, True when harmful; decides for harmful queries.
         config: k, the keep policy, the tags and the teacher template (:class:`SynthesisConfig`).
         journal: a JSON Lines file that records every teacher answer as it arrives; a rerun with the same
-            journal asks the teacher only for what is missing (see :mod:`~paperpack.safety_reasoning.journal`).
+            journal asks the teacher only for what is missing (see
+            :mod:`~paperpack.safety_reasoning.journal`).
         refusal_detector: ``answer -> bool``, True for a refusal; decides for benign queries.
         progress: show a progress bar over teacher calls.
 
@@ -261,7 +271,15 @@ def synthesize(
     pending = [(q, c) for q in range(len(rows)) for c in range(k) if (q, c) not in answers]
     if answers:
         logger.info("journal %s: %d answers recorded, %d to ask", journal, len(answers), len(pending))
-    calls = _ask(teacher, prompts, pending, config.prompts_per_call, record, answers, progress)
+    calls = _ask(
+        teacher,
+        prompts,
+        pending,
+        batch_size=config.prompts_per_call,
+        journal=record,
+        answers=answers,
+        progress=progress,
+    )
     examples, stats = _select(rows, answers, judge, refusal_detector, config)
     stats.guidelines, stats.teacher_calls = guidelines.fingerprint(), calls
     logger.info("synthesis: %s", stats.summary())
@@ -321,7 +339,9 @@ def _select(
     examples: list[dict[str, Any]] = []
     without = 0
     for q, query in enumerate(rows):
-        passed = [(c, verdicts[(q, c)][1]) for c in range(config.num_candidates) if verdicts[(q, c)][0] is None]
+        passed = [
+            (c, verdicts[(q, c)][1]) for c in range(config.num_candidates) if verdicts[(q, c)][0] is None
+        ]
         if not passed:
             without += 1
             continue

@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import random
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -140,7 +139,9 @@ class TransformersTeacher:
         check_int("batch_size", batch_size, minimum=1)
         check_int("seed", seed, minimum=0)
         if chat and not getattr(tokenizer, "chat_template", None):
-            raise ConfigError("the tokenizer has no chat template; pass chat=False to send prompts as plain text")
+            raise ConfigError(
+                "the tokenizer has no chat template; pass chat=False to send prompts as plain text"
+            )
         ensure_pad_token(tokenizer)
         self.model, self.tokenizer = model, tokenizer
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
@@ -322,12 +323,10 @@ class OpenAITeacher:
                     hint = _HINTS.get(error.code, "the request was refused; fix it before retrying").format(
                         env=self.api_key_env
                     )
-                    raise TeacherError(
-                        f"{self.url} answered HTTP {error.code} ({detail}); {hint}"
-                    ) from None
+                    raise TeacherError(f"{self.url} answered HTTP {error.code} ({detail}); {hint}") from None
                 last = f"HTTP {error.code} ({detail})"
                 retry_after = _seconds(error.headers.get("Retry-After") if error.headers else None)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 last = f"no answer within timeout={self.timeout:g} s"
             except urllib.error.URLError as error:
                 reason = error.reason
@@ -340,7 +339,9 @@ class OpenAITeacher:
                 last = f"connection failed ({type(error).__name__}: {self._redact(str(error))})"
             if attempt < self.max_retries:
                 delay = self._delay(attempt, retry_after)
-                logger.info("%s: %s; retry %d of %d in %.2f s", self.url, last, attempt + 1, self.max_retries, delay)
+                logger.info(
+                    "%s: %s; retry %d of %d in %.2f s", self.url, last, attempt + 1, self.max_retries, delay
+                )
                 time.sleep(delay)
         raise TeacherError(f"{self.url} failed {self.max_retries + 1} time(s); last: {last}")
 

@@ -17,7 +17,8 @@ from paperpack.core.errors import ConfigError
 if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
-    from trl import SFTConfig, SFTTrainer
+    from trl.trainer.sft_config import SFTConfig
+    from trl.trainer.sft_trainer import SFTTrainer
 
 __all__ = ["SFT_COLUMNS", "check_sft_rows", "sft_config", "sft_trainer"]
 
@@ -34,7 +35,8 @@ def _turns(value: Any, role: str, where: str) -> None:
         or not isinstance(value[0].get("content"), str)
     ):
         raise ConfigError(
-            f"{where} must be a list with one {{'role': {role!r}, 'content': text}} message, got {value!r:.80}"
+            f"{where} must be a list with one {{'role': {role!r}, 'content': text}} message, got "
+            f"{value!r:.80}"
         )
 
 
@@ -51,7 +53,8 @@ def check_sft_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for number, row in enumerate(rows):
         if not isinstance(row, Mapping) or any(column not in row for column in SFT_COLUMNS):
             raise ConfigError(
-                f"example {number} needs `prompt` and `completion` (the format synthesize and refusal_dataset "
+                f"example {number} needs `prompt` and `completion` (the format synthesize and "
+                "refusal_dataset "
                 "write)"
             )
         _turns(row["prompt"], "user", f"example {number}: `prompt`")
@@ -63,14 +66,14 @@ def check_sft_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def sft_config(output_dir: str | os.PathLike[str], **fields: Any) -> SFTConfig:
-    """TRL's ``SFTConfig`` with the machine's defaults (bf16 only on a capable GPU, no trackers) and ``fields``.
+    """TRL's ``SFTConfig`` with the machine's defaults (bf16 only on a capable GPU, no trackers), ``fields``.
 
     Examples:
         >>> from paperpack.safety_reasoning.training import sft_config
         >>> sft_config("out", max_steps=2).max_steps
         2
     """
-    from trl import SFTConfig
+    from trl.trainer.sft_config import SFTConfig
 
     from paperpack.core.hf import training_args
 
@@ -99,7 +102,7 @@ def sft_trainer(
         ConfigError: for a tokenizer without a chat template or rows in another format.
     """
     from datasets import Dataset
-    from trl import SFTTrainer
+    from trl.trainer.sft_trainer import SFTTrainer
 
     from paperpack.core.data import ensure_pad_token
 
