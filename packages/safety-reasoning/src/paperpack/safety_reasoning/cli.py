@@ -352,20 +352,25 @@ def _check_synthesis_output(args: argparse.Namespace) -> Any:
     return TrainingOutput(folder, SYNTHESIZE, folder / JOURNAL_FILE, False)
 
 
-def _teacher(args: argparse.Namespace) -> Any:
-    from paperpack.safety_reasoning.teachers import OpenAITeacher, TransformersTeacher
+def _endpoint_teacher(args: argparse.Namespace) -> Any:
+    """The endpoint's teacher; building it checks its settings without sending a request."""
+    from paperpack.safety_reasoning.teachers import OpenAITeacher
 
-    if args.base_url is not None:
-        return OpenAITeacher(
-            args.base_url,
-            args.served_model,
-            api_key_env=args.api_key_env,
-            timeout=args.timeout,
-            max_retries=args.max_retries,
-            concurrency=args.concurrency,
-            temperature=args.temperature,
-            max_tokens=args.max_new_tokens,
-        )
+    return OpenAITeacher(
+        args.base_url,
+        args.served_model,
+        api_key_env=args.api_key_env,
+        timeout=args.timeout,
+        max_retries=args.max_retries,
+        concurrency=args.concurrency,
+        temperature=args.temperature,
+        max_tokens=args.max_new_tokens,
+    )
+
+
+def _local_teacher(args: argparse.Namespace) -> Any:
+    from paperpack.safety_reasoning.teachers import TransformersTeacher
+
     model, tokenizer = _load(args.model, args)
     return TransformersTeacher(
         model,
@@ -397,7 +402,7 @@ def _synthesize(args: argparse.Namespace) -> int:
     from paperpack.safety_reasoning.config import SynthesisConfig
     from paperpack.safety_reasoning.guidelines import GuidelineSet
     from paperpack.safety_reasoning.synthesis import SynthesisStats, refusal_dataset, synthesize
-    from paperpack.safety_reasoning.teachers import OpenAITeacher, TeacherError
+    from paperpack.safety_reasoning.teachers import TeacherError
 
     # Every check before the first side effect.
     _check_teacher_choice(args)
@@ -405,18 +410,9 @@ def _synthesize(args: argparse.Namespace) -> int:
     config = SynthesisConfig(**config_overrides(args, args.config_fields))
     guidelines = GuidelineSet.from_yaml(args.guidelines) if args.guidelines else GuidelineSet.default()
     queries = _queries(args.data)
-    if args.base_url is not None:  # checks the endpoint settings without a request
-        OpenAITeacher(
-            args.base_url,
-            args.served_model,
-            timeout=args.timeout,
-            max_retries=args.max_retries,
-            concurrency=args.concurrency,
-            temperature=args.temperature,
-            max_tokens=args.max_new_tokens,
-        )
+    endpoint = _endpoint_teacher(args) if args.base_url is not None else None
     output = _check_synthesis_output(args)
-    teacher = _teacher(args)
+    teacher = endpoint if endpoint is not None else _local_teacher(args)
     judge = _make_judge(args)
     folder = output.open()
     try:

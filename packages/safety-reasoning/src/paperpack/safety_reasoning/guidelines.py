@@ -84,7 +84,8 @@ _DEFAULT = (
     Guideline(
         "harm",
         "Name the harm category (weapons, drugs, cybercrime, fraud, poison, violence, self-harm, "
-        "hate, privacy, or none) and whether a full answer would give real uplift to someone who wants to cause harm.",
+        "hate, privacy, or none) and whether a full answer would give real uplift to someone who wants to "
+        "cause harm.",
     ),
     Guideline(
         "reflection",
