@@ -137,7 +137,7 @@ def run_demo(ctx: DemoContext) -> DemoReport:
     from paperpack.core.plotting import line_plot
 
     settings = ExperimentSettings(
-        steps=ctx.pick(quick=150, full=300),
+        steps=300,
         eval_phrasings=ctx.pick(
             quick=ExperimentSettings().eval_phrasings[:1], full=ExperimentSettings().eval_phrasings
         ),

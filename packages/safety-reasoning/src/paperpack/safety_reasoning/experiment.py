@@ -212,7 +212,7 @@ class TemplateTeacher:
 
 @dataclass
 class ExperimentSettings:
-    """The experiment's knobs (ours; the demo's quick and full scales set ``steps`` and ``n_values``).
+    """The experiment's knobs (ours; the demo's quick scale uses one seed and one held-out phrasing).
 
     Attributes:
         steps: SFT optimizer steps per arm.
