@@ -16,7 +16,7 @@ from trl import SFTConfig, SFTTrainer
 from paperpack.core.hf import default_corpus, training_args
 from paperpack.core.testing.contracts import assert_state_dicts_equal
 from paperpack.core.testing.resume import StopAtStep
-from paperpack.meap import MEAPCollator, MEAPConfig, MEAPSFTCollator
+from paperpack.meap import MEAPCollator, MEAPConfig, MEAPEpochCallback, MEAPSFTCollator
 
 
 class Recording:
@@ -84,33 +84,38 @@ def test_trainer_steps_decrease_the_loss(meap_lm: tuple[Any, Any, int], tmp_path
     assert changed_parameters(before, model) == []
     special = torch.tensor(tokenizer.all_special_ids)
     for batch in collator.batches:
-        eligible = (~torch.isin(batch["labels"], special))[:, :-1].sum(dim=1)
+        eligible = (~torch.isin(batch["labels"], special))[:, :-2].sum(dim=1)
         assert torch.equal((batch["input_ids"] == mask_id).sum(dim=1), eligible * 15 // 100)
 
 
 @pytest.mark.slow
-def test_resumed_pretraining_matches_the_uninterrupted_run(
+def test_masks_change_every_epoch_and_resume_reproduces_them(
     meap_lm: tuple[Any, Any, int], tmp_path: Path
 ) -> None:
-    # The collator keeps no random state: after resuming from the checkpoint at step 3, steps 4-6 see the
-    # same masked batches, so the weights equal those of a run that was never interrupted.
-    tokenizer = meap_lm[1]
-    data = Dataset.from_dict({"input_ids": pretraining_blocks(tokenizer)[:48]})
+    """Issue 14: at one example per batch, every example came back in every epoch with the same masks.
+
+    With ``MEAPEpochCallback`` the masks of an example differ between epochs, and a run resumed from a
+    checkpoint in the middle of the second epoch sees the uninterrupted run's masked batches and ends with
+    its weights (the collator keeps no random state; the epoch comes from the Trainer's state).
+    """
+    tokenizer, mask_id = meap_lm[1], meap_lm[2]
+    data = Dataset.from_dict({"input_ids": pretraining_blocks(tokenizer)[:4]})
 
     def train(folder: str, *, stop: int | None = None, resume: str | None = None) -> tuple[Any, Recording]:
         model = copy.deepcopy(meap_lm[0])
-        collator = Recording(MEAPCollator(tokenizer, MEAPConfig(mask_ratio=0.3, seed=7)))
+        meap = MEAPCollator(tokenizer, MEAPConfig(mask_ratio=0.3, seed=7))
+        collator = Recording(meap)
         args = training_args(
             tmp_path / folder,
-            max_steps=6,
-            per_device_train_batch_size=4,
+            num_train_epochs=3,
+            per_device_train_batch_size=1,
             learning_rate=3e-3,
             save_strategy="steps",
-            save_steps=3,
+            save_steps=6,
             seed=0,
             data_seed=0,
         )
-        callbacks = [StopAtStep(stop)] if stop else []
+        callbacks = [MEAPEpochCallback(meap), *([StopAtStep(stop)] if stop else [])]
         trainer = Trainer(
             model=model, args=args, train_dataset=data, data_collator=collator, callbacks=callbacks
         )
@@ -118,12 +123,21 @@ def test_resumed_pretraining_matches_the_uninterrupted_run(
         return model, collator
 
     full, full_batches = train("full")
-    train("interrupted", stop=3)
-    resumed, resumed_batches = train("resumed", resume=str(tmp_path / "interrupted" / "checkpoint-3"))
-    # Steps 4-6 of the uninterrupted run and the three steps of the resumed one: the same masked inputs.
-    for ours, theirs in zip(resumed_batches.batches[-3:], full_batches.batches[-3:], strict=True):
+    assert len(full_batches.batches) == 12  # 4 examples x 3 epochs
+    masks: dict[tuple[int, ...], list[tuple[bool, ...]]] = {}
+    for batch in full_batches.batches:
+        masks.setdefault(tuple(batch["labels"][0].tolist()), []).append(
+            tuple((batch["input_ids"][0] == mask_id).tolist())
+        )
+    assert len(masks) == 4
+    assert all(len(set(per_epoch)) == 3 for per_epoch in masks.values()), "an example kept its masks"
+
+    train("interrupted", stop=6)
+    resumed, resumed_batches = train("resumed", resume=str(tmp_path / "interrupted" / "checkpoint-6"))
+    # Steps 7-12 of the uninterrupted run and the six steps of the resumed one: the same masked inputs.
+    assert len(resumed_batches.batches) == 6
+    for ours, theirs in zip(resumed_batches.batches, full_batches.batches[-6:], strict=True):
         assert torch.equal(ours["input_ids"], theirs["input_ids"])
-    assert (full_batches.batches[-1]["input_ids"] == meap_lm[2]).any()
     assert_state_dicts_equal(resumed.state_dict(), full.state_dict())
 
 

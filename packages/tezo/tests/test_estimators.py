@@ -173,8 +173,8 @@ def test_kappa_matches_autograd_directional_derivative() -> None:
     opt.step(lambda: model_loss(list(params)))
     directional = 0.0
     for param, grad in zip(params, grads, strict=True):
-        Z = torch.zeros_like(param)
-        opt.direction(param).perturb_(Z, opt.state[param], 0, 1.0)
+        blocks = opt.direction(param).deltas(param, opt.state[param], 0, 1.0)
+        Z = torch.cat([delta for _, _, delta in blocks]).view(param.shape)
         directional += float((grad * Z).sum())
     assert opt.last_kappa == pytest.approx(directional, rel=1e-6)
 

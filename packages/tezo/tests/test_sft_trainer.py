@@ -201,8 +201,10 @@ def test_config_carries_both_parents_fields_and_defaults(tmp_path: Path) -> None
         64,
         False,
     )
-    # Where the parents disagree: ZOConfig's learning rate and clipping, no checkpointing, SFTConfig's logging.
+    # Where the parents disagree: ZOConfig's learning rate, schedule and clipping, no checkpointing,
+    # SFTConfig's logging.
     assert (args.learning_rate, args.max_grad_norm, args.logging_steps) == (1e-5, 0.0, 10)
+    assert args.lr_scheduler_type == "constant"
     assert args.gradient_checkpointing is False and args.bf16 is False
     # SFTConfig's __post_init__ ran: "auto" padding resolves to None off Neuron; so did _BaseConfig's bf16 default.
     assert args.pad_to_multiple_of is None

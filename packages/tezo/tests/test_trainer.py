@@ -13,6 +13,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
 
 from paperpack.core.errors import ConfigError
+from paperpack.core.hf import training_args
 from paperpack.core.testing.contracts import assert_state_dicts_equal, run_distributed
 from paperpack.core.testing.resume import StopAtStep
 from paperpack.tezo import ZOConfig, ZOOptimizer, ZOTrainer, zo_state_bytes
@@ -265,3 +266,98 @@ def test_ddp_ranks_agree_and_average_kappa(tmp_path: Path) -> None:
         assert local0 != local1  # each rank saw its own shard of the batch
         assert applied == pytest.approx((local0 + local1) / 2, rel=1e-9)
     assert any(not torch.equal(w, rank0["initial"][k]) for k, w in rank0["weights"].items())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Issue 14: every loss evaluation sees the batch as given; the documented default schedule; one decay rule.
+
+
+def test_label_smoothing_trains(fresh_model, make_args, lm_dataset, collator) -> None:
+    """``compute_loss`` pops ``labels`` for label smoothing: the second perturbed pass must still have them."""
+    args = make_args(max_steps=2, label_smoothing_factor=0.1)
+    trainer = ZOTrainer(model=fresh_model(), args=args, train_dataset=lm_dataset, data_collator=collator)
+    trainer.train()
+    optimizer = unwrap_optimizer(trainer.optimizer)
+    assert optimizer.zo_step == 2
+    assert optimizer.last_kappa is not None and torch.isfinite(torch.tensor(optimizer.last_kappa))
+
+
+def test_compute_loss_func_sees_the_labels_at_every_evaluation(
+    fresh_model, make_args, lm_dataset, collator
+) -> None:
+    seen: list[torch.Tensor | None] = []
+
+    def loss_func(outputs: Any, labels: torch.Tensor | None, num_items_in_batch: Any = None) -> torch.Tensor:
+        seen.append(labels)
+        logits = outputs.logits[:, :-1].flatten(0, 1)
+        return torch.nn.functional.cross_entropy(logits, labels[:, 1:].flatten(), ignore_index=-100)
+
+    args = make_args(max_steps=3, gradient_accumulation_steps=2)
+    trainer = ZOTrainer(
+        model=fresh_model(),
+        args=args,
+        train_dataset=lm_dataset,
+        data_collator=collator,
+        compute_loss_func=loss_func,
+    )
+    trainer.train()
+    assert len(seen) == 3 * 2 * 2  # steps x micro-batches x two perturbed passes
+    assert all(labels is not None and labels.shape[0] == 4 for labels in seen)
+
+
+def test_default_schedule_is_the_documented_constant_rate(
+    fresh_model, tmp_path: Path, lm_dataset, collator
+) -> None:
+    args = ZOConfig(
+        str(tmp_path), max_steps=4, learning_rate=1e-3, logging_steps=1, use_cpu=True, report_to="none",
+        save_strategy="no", disable_tqdm=True,
+    )  # fmt: skip
+    assert args.lr_scheduler_type == "constant"
+    trainer = ZOTrainer(model=fresh_model(), args=args, train_dataset=lm_dataset, data_collator=collator)
+    trainer.train()
+    rates = [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
+    assert rates == [1e-3] * 4
+
+
+class _ScaledLinear(torch.nn.Module):
+    """A bias, a 1-D scale that transformers' name rule would decay, and a matrix."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(6, 6)
+        self.scale = torch.nn.Parameter(torch.ones(6))
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        # A constant loss: κ = 0, so only weight decay moves the weights.
+        return {"loss": (self.linear(x) * self.scale).sum() * 0 + 1.0}
+
+
+@pytest.mark.parametrize("route", ["optimizer", "trainer"])
+def test_one_weight_decay_rule(route: str, tmp_path: Path) -> None:
+    """λ decays the parameters with two or more dimensions, never 1-D ones, used directly or in ZOTrainer."""
+    model = _ScaledLinear()
+    start = {name: p.detach().clone() for name, p in model.named_parameters()}
+    lr, decay, steps = 0.1, 0.5, 3
+    if route == "optimizer":
+        # Even a group that asks for decay on a bias does not get it.
+        optimizer = ZOOptimizer(
+            [{"params": [model.linear.weight, model.linear.bias]}, {"params": [model.scale]}],
+            method="tezo_sgd", lr=lr, weight_decay=decay, rank=2,
+        )  # fmt: skip
+        for _ in range(steps):
+            optimizer.step(lambda: model(torch.ones(2, 6))["loss"])
+    else:
+        args = training_args(
+            tmp_path, cls=ZOConfig, zo_method="tezo_sgd", zo_rank=2, learning_rate=lr, weight_decay=decay,
+            max_steps=steps, per_device_train_batch_size=2, save_strategy="no", disable_tqdm=True,
+        )  # fmt: skip
+        data = [{"x": torch.ones(6), "labels": torch.zeros(1)}] * 4
+        trainer = ZOTrainer(model=model, args=args, train_dataset=data)
+        assert trainer.get_decay_parameter_names(model) == ["linear.weight"]
+        trainer.train()
+    expected = start["linear.weight"].clone()
+    for _ in range(steps):
+        expected.mul_(1.0 - lr * decay)
+    assert torch.equal(model.linear.weight.detach(), expected)
+    assert torch.equal(model.linear.bias.detach(), start["linear.bias"])
+    assert torch.equal(model.scale.detach(), start["scale"])

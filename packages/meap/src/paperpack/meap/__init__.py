@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from paperpack.core.lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from paperpack.meap.callback import MEAPEpochCallback
     from paperpack.meap.collator import MEAPCollator, MEAPSFTCollator
     from paperpack.meap.config import MEAPConfig
     from paperpack.meap.masking import mask_inputs, sample_mask
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MEAPCollator",
     "MEAPConfig",
+    "MEAPEpochCallback",
     "MEAPSFTCollator",
     "add_mask_token",
     "mask_inputs",
@@ -29,6 +31,7 @@ __getattr__, __dir__ = lazy_exports(
         "MEAPCollator": "paperpack.meap.collator",
         "MEAPSFTCollator": "paperpack.meap.collator",
         "MEAPConfig": "paperpack.meap.config",
+        "MEAPEpochCallback": "paperpack.meap.callback",
         "mask_inputs": "paperpack.meap.masking",
         "sample_mask": "paperpack.meap.masking",
         "add_mask_token": "paperpack.meap.tokens",

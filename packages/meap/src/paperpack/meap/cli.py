@@ -156,6 +156,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     from paperpack.core.data import read_jsonl
     from paperpack.core.hf import training_args
+    from paperpack.meap.callback import MEAPEpochCallback
     from paperpack.meap.collator import MEAPCollator
 
     config = _config(args, mask_ratio=args.mask_ratio)
@@ -173,11 +174,13 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     def build(trainer_dir: Path) -> tuple[Any, Any]:
         arguments = training_args(trainer_dir, **_training_kwargs(args))
+        collator = MEAPCollator(tokenizer, config)
         trainer = Trainer(
             model=model,
             args=arguments,
             train_dataset=Dataset.from_dict({"input_ids": blocks}),
-            data_collator=MEAPCollator(tokenizer, config),
+            data_collator=collator,
+            callbacks=[MEAPEpochCallback(collator)],
         )
         return trainer, tokenizer
 
@@ -212,6 +215,7 @@ def _sft(args: argparse.Namespace) -> int:
     from trl.trainer.sft_trainer import SFTTrainer
 
     from paperpack.core.hf import training_args
+    from paperpack.meap.callback import MEAPEpochCallback
     from paperpack.meap.collator import MEAPSFTCollator
 
     config = _config(
@@ -232,12 +236,14 @@ def _sft(args: argparse.Namespace) -> int:
             completion_only_loss=None if conversational else True,
             **_training_kwargs(args),
         )
+        collator = MEAPSFTCollator(tokenizer, config)
         trainer = SFTTrainer(
             model=model,
             args=arguments,
             train_dataset=Dataset.from_list(records),
             processing_class=tokenizer,
-            data_collator=MEAPSFTCollator(tokenizer, config),
+            data_collator=collator,
+            callbacks=[MEAPEpochCallback(collator)],
         )
         return trainer, tokenizer
 

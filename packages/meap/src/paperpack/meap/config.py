@@ -8,9 +8,10 @@ from typing import Literal
 from paperpack.core.errors import ConfigError
 from paperpack.core.validation import check_choice, check_int, check_range
 
-__all__ = ["SFT_LAYOUTS", "MEAPConfig"]
+__all__ = ["MASK_COUNTS", "SFT_LAYOUTS", "MEAPConfig"]
 
 SFT_LAYOUTS = ("separate", "concat")
+MASK_COUNTS = ("floor", "at_least_one")
 
 
 @dataclass
@@ -24,7 +25,9 @@ class MEAPConfig:
     ``sft_mask_ratio=0.1`` and ``min_answer_tokens=51`` (the official SFT script masks answers longer than 50
     tokens), ``mask_token="[MASK]"``. Ours: ``sft_layout="separate"`` (the layout of the official code; the
     paper's concatenated layout is ``"concat"``), ``per_row_positions=True`` (fresh positions for every
-    sequence; the official pretraining code shares one pattern across the batch) and ``seed=0``.
+    sequence; the official pretraining code shares one pattern across the batch), ``mask_count="floor"``
+    (the official code's ``max(1, int(L·P))`` is ``"at_least_one"``; the two agree wherever the paper's
+    settings put at least ``1/P`` eligible positions in a sequence) and ``seed=0``.
 
     Examples:
         >>> from paperpack.meap import MEAPConfig
@@ -65,6 +68,15 @@ class MEAPConfig:
             "loss on the answer and the masked positions (the paper's description; doubles the length)."
         },
     )
+    mask_count: Literal["floor", "at_least_one"] = field(
+        default="floor",
+        metadata={
+            "help": "Masks per sequence from its E eligible positions: 'floor' masks ⌊P·E⌋ (ours: never more "
+            "than the fraction P, so sequences with fewer than 1/P eligible positions stay unmasked); "
+            "'at_least_one' masks max(1, ⌊P·E⌋), the official code's max(1, int(L·P)). They agree at the "
+            "paper's settings (4096-token blocks; answers over 50 tokens at ratio 0.1)."
+        },
+    )
     per_row_positions: bool = field(
         default=True,
         metadata={
@@ -83,7 +95,8 @@ class MEAPConfig:
         default=0,
         metadata={
             "help": "Seed of the mask sampler (ours). A batch's masks are drawn from (seed, process rank, "
-            "the batch's tokens): reproducible, the same after resuming, different across ranks."
+            "epoch, the batch's tokens): reproducible, the same after resuming, different across ranks and "
+            "epochs (the epoch comes from the collator's set_epoch, which MEAPEpochCallback calls)."
         },
     )
 
@@ -92,6 +105,7 @@ class MEAPConfig:
         check_range("sft_mask_ratio", self.sft_mask_ratio, 0.0, 1.0, high_inclusive=False)
         check_int("min_answer_tokens", self.min_answer_tokens, minimum=0)
         check_choice("sft_layout", self.sft_layout, SFT_LAYOUTS)
+        check_choice("mask_count", self.mask_count, MASK_COUNTS)
         if not isinstance(self.per_row_positions, bool):
             raise ConfigError(
                 f"`per_row_positions` must be True or False, got {self.per_row_positions!r} "

@@ -175,7 +175,8 @@ def reference_run(
             if p.ndim < 2 and cfg.one_dim == "freeze":
                 new_theta.append(p)
                 continue
-            decayed = p * (1 - cfg.lr * cfg.weight_decay)  # W ← W − η·λ·W
+            # W ← W − η·λ·W on matrices only: 1-D parameters (biases, norms) are never decayed.
+            decayed = p * (1 - cfg.lr * cfg.weight_decay) if p.ndim >= 2 else p
             if d.low_rank is not None:
                 step = _low_rank_step(
                     d.low_rank, kappa, index=index, k=t + 1, moments=moments, cfg=cfg

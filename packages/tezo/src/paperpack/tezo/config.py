@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import TrainingArguments
+from transformers.trainer_utils import SchedulerType
 
 from paperpack.core.errors import ConfigError
 from paperpack.core.validation import check_choice, check_int, check_positive
@@ -27,7 +28,8 @@ class ZOConfig(TrainingArguments):
     ``TrainingArguments`` ones.
 
     Defaults that differ from ``TrainingArguments``: ``learning_rate=1e-5`` (in both the SGD and Adam grids of
-    the TeZO paper, and MeZO's script value) and ``max_grad_norm=0.0`` (there are no gradients to clip).
+    the TeZO paper, and MeZO's script value), ``lr_scheduler_type="constant"`` (MeZO's convention, and the
+    CLI's) and ``max_grad_norm=0.0`` (there are no gradients to clip).
 
     Raises:
         ConfigError: for a bad value, for ``activation_checkpointing`` or its alias ``gradient_checkpointing``
@@ -99,6 +101,13 @@ class ZOConfig(TrainingArguments):
     learning_rate: float = field(
         default=1e-5,
         metadata={"help": "Learning rate η. Default 1e-5 (in the TeZO paper's SGD and Adam grids; ours)."},
+    )
+    lr_scheduler_type: SchedulerType | str = field(
+        default="constant",
+        metadata={
+            "help": "The learning-rate schedule (transformers' names). Default constant: MeZO's convention "
+            "(ours for TeZO, whose schedule is not stated); TrainingArguments' default is linear decay."
+        },
     )
     max_grad_norm: float = field(
         default=0.0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterable
@@ -20,8 +21,9 @@ from paperpack.tezo.estimators import (
     UpdateHyperparams,
 )
 from paperpack.tezo.methods import ESTIMATES, METHODS, ONE_DIM_MODES, method_parts
+from paperpack.tezo.perturbation import Patch, perturb_, restore_
 
-__all__ = ["ZOOptimizer", "unwrap_optimizer", "zo_state_bytes"]
+__all__ = ["ZOOptimizer", "decays", "unwrap_optimizer", "zo_state_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,17 @@ _GLOBAL_KEYS = (
 _GROUP_KEYS = ("lr", "weight_decay", "betas", "adam_eps")
 
 Closure = Callable[[], Tensor | float]
+
+
+def decays(param: Tensor) -> bool:
+    """Whether weight decay applies to ``param``: it has two or more dimensions.
+
+    The one rule of :class:`ZOOptimizer` and of :class:`~paperpack.tezo.ZOTrainer`: weight matrices,
+    embeddings and convolution kernels are decayed; 1-D parameters (biases, norm weights) never are, whatever
+    their group's ``weight_decay``. On the usual transformer models this is the set that transformers'
+    ``Trainer`` decays by its name rule, and MeZO's.
+    """
+    return param.ndim >= 2
 
 
 class ZOOptimizer(torch.optim.Optimizer):
@@ -67,7 +80,8 @@ class ZOOptimizer(torch.optim.Optimizer):
         betas: (β1, β2) of the momentum and Adam rules.
         seed: seed of every random draw of the run.
         adam_eps: ε of the Adam rules.
-        weight_decay: decoupled weight decay λ (W ← W − η·λ·W), applied to the parameters of a group.
+        weight_decay: decoupled weight decay λ (W ← W − η·λ·W), applied to the parameters of a group that
+            have two or more dimensions, never to 1-D ones (biases, norm weights): see :func:`decays`.
         cache_factors: keep TeZO's U, V (LOZO's V) in memory, or regenerate them from seeds at each use.
         scale_by_rank: draw TeZO's τ_t from N(0, I/r) (LOZO: divide Z_t by √r), which makes the estimate
             unbiased; off by default, as in the peers' code.
@@ -150,6 +164,8 @@ class ZOOptimizer(torch.optim.Optimizer):
         self._pending_count = 0
         self._seed_synced = False
         self._directions: dict[Tensor, Direction] = {}
+        self._patches: dict[Tensor, list[Patch]] = {}
+        self._sign = 0
         index = 0
         for group in self.param_groups:
             for param in group["params"]:
@@ -233,9 +249,29 @@ class ZOOptimizer(torch.optim.Optimizer):
         """
         return self._directions[param]
 
-    def _perturb_(self, alpha: float) -> None:
+    def _move_to_(self, sign: int) -> None:
+        """Move θ from its current point to θ + sign·ρZ_t (sign 0: back to θ, bit for bit).
+
+        Undoing the current perturbation and applying the next one share one pass over the blocks of ρZ_t
+        (:mod:`paperpack.tezo.perturbation` makes the undo exact).
+        """
+        undo, self._sign = self._sign, sign
+        if not (undo or sign):
+            return
+        rho = float(self.defaults["eps"])
         for param, direction in self._directions.items():
-            direction.perturb_(param.data, self.state[param], self.zo_step, alpha)
+            flat = param.data.view(-1)
+            undo_patches = self._patches.pop(param, [])
+            patches: list[Patch] = []
+            blocks = direction.deltas(param.data, self.state[param], self.zo_step, rho)
+            for number, (start, stop, delta) in enumerate(blocks):
+                block = flat[start:stop]
+                if undo:
+                    restore_(block, delta, undo, undo_patches[number])
+                if sign:
+                    patches.append(perturb_(block, delta, sign))
+            if sign:
+                self._patches[param] = patches
 
     def _sync_seed(self) -> None:
         """Check once that every rank has rank 0's seed, so the directions agree across replicas."""
@@ -257,9 +293,9 @@ class ZOOptimizer(torch.optim.Optimizer):
     def estimate(self, closure: Closure) -> Tensor:
         """Evaluate the loss around θ with this step's direction and add κ to the pending projected gradient.
 
-        θ is perturbed in place and restored (to float rounding) before returning; the update waits for
-        :meth:`step`. The closure must compute the loss without calling ``backward``; it runs under
-        ``torch.no_grad``.
+        θ is perturbed in place and restored bit for bit before returning (or raising), in any dtype; the
+        update waits for :meth:`step`. The closure must compute the loss without calling ``backward``; it runs
+        under ``torch.no_grad``.
 
         Args:
             closure: returns the loss of the current batch as a scalar tensor or float.
@@ -274,20 +310,21 @@ class ZOOptimizer(torch.optim.Optimizer):
         if not self._seed_synced:
             self._sync_seed()
         rho = float(self.defaults["eps"])
-        if self.defaults["estimate"] == "two_sided":
-            self._perturb_(rho)
-            loss_plus = _scalar(closure())
-            self._perturb_(-2.0 * rho)
-            loss_minus = _scalar(closure())
-            self._perturb_(rho)
-            kappa = (float(loss_plus) - float(loss_minus)) / (2.0 * rho)
-            loss = (loss_plus + loss_minus) / 2
-        else:
-            loss = _scalar(closure())
-            self._perturb_(rho)
-            loss_plus = _scalar(closure())
-            self._perturb_(-rho)
-            kappa = (float(loss_plus) - float(loss)) / rho
+        try:
+            if self.defaults["estimate"] == "two_sided":
+                self._move_to_(+1)
+                loss_plus = _scalar(closure())
+                self._move_to_(-1)
+                loss_minus = _scalar(closure())
+                kappa = (float(loss_plus) - float(loss_minus)) / (2.0 * rho)
+                loss = (loss_plus + loss_minus) / 2
+            else:
+                loss = _scalar(closure())
+                self._move_to_(+1)
+                loss_plus = _scalar(closure())
+                kappa = (float(loss_plus) - float(loss)) / rho
+        finally:
+            self._move_to_(0)
         self._pending_kappa += kappa
         self._pending_count += 1
         return loss.detach()
@@ -334,7 +371,7 @@ class ZOOptimizer(torch.optim.Optimizer):
     def _update_(self, kappa: float) -> None:
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
-            hp = UpdateHyperparams(
+            decayed = UpdateHyperparams(
                 lr=float(group["lr"]),
                 weight_decay=float(group["weight_decay"]),
                 beta1=float(beta1),
@@ -342,9 +379,11 @@ class ZOOptimizer(torch.optim.Optimizer):
                 adam_eps=float(group["adam_eps"]),
                 update_count=self.zo_updates,
             )
+            undecayed = dataclasses.replace(decayed, weight_decay=0.0)
             for param in group["params"]:
                 direction = self._directions.get(param)
                 if direction is not None:
+                    hp = decayed if decays(param) else undecayed
                     direction.update_(param.data, self.state[param], self.zo_step, kappa, hp)
 
     def state_bytes(self) -> int:
