@@ -252,3 +252,25 @@ def test_trainer_rejects_other_arguments_and_optimizers(
             tokenizer,
             optimizer_cls_and_kwargs=(torch.optim.SGD, {"lr": 0.1}),
         )
+
+
+def test_label_smoothing_and_compute_loss_func(fresh_model, make_sft_args, sft_dataset, tiny_lm) -> None:
+    """Every loss evaluation sees the batch as given (``compute_loss`` pops ``labels`` for both)."""
+    seen: list[Any] = []
+
+    def loss_func(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> torch.Tensor:
+        seen.append(labels)
+        logits = outputs.logits[:, :-1].flatten(0, 1)
+        return torch.nn.functional.cross_entropy(logits, labels[:, 1:].flatten(), ignore_index=-100)
+
+    for subdir, extra in (("smoothing", {"label_smoothing_factor": 0.1}), ("func", {})):
+        trainer = ZOSFTTrainer(
+            model=fresh_model(),
+            args=make_sft_args(subdir, max_steps=2, **extra),
+            train_dataset=sft_dataset,
+            processing_class=tiny_lm[1],
+            compute_loss_func=loss_func if subdir == "func" else None,
+        )
+        trainer.train()
+        assert unwrap_optimizer(trainer.optimizer).zo_step == 2
+    assert len(seen) == 4 and all(labels is not None for labels in seen)

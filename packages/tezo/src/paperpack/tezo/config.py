@@ -23,8 +23,8 @@ class ZOConfig(TrainingArguments):
     """Training arguments for :class:`~paperpack.tezo.ZOTrainer`.
 
     The learning rate η is ``learning_rate``, β1 and β2 are ``adam_beta1`` and ``adam_beta2``, the Adam ε is
-    ``adam_epsilon`` and the weight decay λ is ``weight_decay`` (decoupled; HF's rule excludes biases and norm
-    weights). The learning-rate scheduler, gradient accumulation, evaluation and checkpointing are the
+    ``adam_epsilon`` and the weight decay λ is ``weight_decay`` (decoupled, on the parameters with two or more
+    dimensions only: never on biases and norm weights; see :func:`paperpack.tezo.optim.decays`). The learning-rate scheduler, gradient accumulation, evaluation and checkpointing are the
     ``TrainingArguments`` ones.
 
     Defaults that differ from ``TrainingArguments``: ``learning_rate=1e-5`` (in both the SGD and Adam grids of

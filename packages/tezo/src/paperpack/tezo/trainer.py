@@ -173,5 +173,5 @@ class ZOTrainer(ZOTrainerMixin, Trainer):
 
 
 def _without_group_keys(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Drop ``weight_decay``: HF's ``create_optimizer`` sets it per group (none on biases and norms)."""
+    """Drop ``weight_decay``: HF's ``create_optimizer`` sets it per group (:meth:`get_decay_parameter_names`)."""
     return {key: value for key, value in kwargs.items() if key != "weight_decay"}
