@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from paperpack.tezo import METHODS, ZOOptimizer, ZOTrainer
-from paperpack.tezo import estimators as est
+from paperpack.tezo import directions as est
 from paperpack.tezo.perturbation import perturb_, restore_
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
@@ -131,7 +131,7 @@ def test_perturb_and_restore_on_a_block(dtype: torch.dtype) -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 def test_zo_trainer_at_zero_kappa_leaves_the_model_bit_identical(
-    dtype: torch.dtype, tiny_lm: Any, make_args: Any, lm_dataset: Any, collator: Any
+    dtype: torch.dtype, tiny_lm: Any, make_args: Any, tiny_lm_dataset: Any, tiny_collator: Any
 ) -> None:
     """Through ``ZOTrainer`` on a model loaded in each dtype: a constant loss gives κ = 0 at every step."""
     model = copy.deepcopy(tiny_lm[0]).to(dtype)
@@ -140,8 +140,8 @@ def test_zo_trainer_at_zero_kappa_leaves_the_model_bit_identical(
     trainer = ZOTrainer(
         model=model,
         args=args,
-        train_dataset=lm_dataset,
-        data_collator=collator,
+        train_dataset=tiny_lm_dataset,
+        data_collator=tiny_collator,
         compute_loss_func=lambda outputs, labels, num_items_in_batch=None: outputs.logits.sum() * 0 + 2.5,
     )
     trainer.train()

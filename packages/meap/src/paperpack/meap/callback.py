@@ -31,7 +31,7 @@ class MEAPEpochCallback(TrainerCallback):
         ConfigError: when training starts with persistent data-loader workers, which keep the collator they
             copied in the first epoch and would repeat its masks.
 
-    Example:
+    Examples:
         >>> from paperpack.core.hf import tiny_causal_lm
         >>> from paperpack.meap import MEAPCollator, MEAPEpochCallback, add_mask_token
         >>> model, tokenizer = tiny_causal_lm()

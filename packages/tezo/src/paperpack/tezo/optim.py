@@ -11,16 +11,25 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
+from paperpack.core.distributed import all_reduce_mean, check_same_across_ranks, is_distributed
 from paperpack.core.errors import CheckpointError, ConfigError
-from paperpack.core.validation import check_choice, check_int, check_positive, check_range
-from paperpack.tezo.estimators import (
+from paperpack.core.validation import check_bool, check_choice, check_int, check_number
+from paperpack.tezo.choices import (
+    ESTIMATES,
+    METHODS,
+    ONE_DIM_MODES,
+    Estimate,
+    Method,
+    OneDimMode,
+    method_parts,
+)
+from paperpack.tezo.directions import (
     DenseDirection,
     Direction,
     LazyLowRankDirection,
     TemporalLowRankDirection,
     UpdateHyperparams,
 )
-from paperpack.tezo.methods import ESTIMATES, METHODS, ONE_DIM_MODES, method_parts
 from paperpack.tezo.perturbation import Patch, perturb_, restore_
 
 __all__ = ["ZOOptimizer", "decays", "unwrap_optimizer", "zo_state_bytes"]
@@ -93,7 +102,7 @@ class ZOOptimizer(torch.optim.Optimizer):
     Raises:
         ConfigError: for a bad value, naming it.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from paperpack.tezo import ZOOptimizer
         >>> model = torch.nn.Linear(8, 1)
@@ -107,7 +116,7 @@ class ZOOptimizer(torch.optim.Optimizer):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        method: str = "tezo_adam",
+        method: Method = "tezo_adam",
         lr: float = 1e-5,
         *,
         eps: float = 1e-3,
@@ -118,20 +127,19 @@ class ZOOptimizer(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         cache_factors: bool = True,
         scale_by_rank: bool = False,
-        estimate: str = "two_sided",
-        one_dim: str = "dense",
+        estimate: Estimate = "two_sided",
+        one_dim: OneDimMode = "dense",
         lozo_interval: int = 100,
     ) -> None:
         check_choice("method", method, METHODS)
-        check_positive("eps", eps)
+        check_number("eps", eps, greater_than=0)
         check_int("rank", rank, minimum=1)
         check_int("seed", seed, minimum=0, maximum=2**63 - 1)
         check_choice("estimate", estimate, ESTIMATES)
         check_choice("one_dim", one_dim, ONE_DIM_MODES)
         check_int("lozo_interval", lozo_interval, minimum=1)
-        for name, flag in (("cache_factors", cache_factors), ("scale_by_rank", scale_by_rank)):
-            if not isinstance(flag, bool):
-                raise ConfigError(f"`{name}` must be a bool, got {flag!r}")
+        check_bool("cache_factors", cache_factors)
+        check_bool("scale_by_rank", scale_by_rank)
         _check_group_values(lr, weight_decay, betas, adam_eps)
         defaults: dict[str, Any] = {
             "lr": lr,
@@ -273,22 +281,6 @@ class ZOOptimizer(torch.optim.Optimizer):
             if sign:
                 self._patches[param] = patches
 
-    def _sync_seed(self) -> None:
-        """Check once that every rank has rank 0's seed, so the directions agree across replicas."""
-        self._seed_synced = True
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return
-        if torch.distributed.get_world_size() == 1:
-            return
-        device = next(iter(self._directions)).device
-        seed = torch.tensor([self.defaults["seed"]], dtype=torch.int64, device=device)
-        torch.distributed.broadcast(seed, src=0)
-        if int(seed.item()) != self.defaults["seed"]:
-            raise ConfigError(
-                f"`seed` must be the same on every rank, got {self.defaults['seed']} on rank "
-                f"{torch.distributed.get_rank()} and {int(seed.item())} on rank 0"
-            )
-
     @torch.no_grad()
     def estimate(self, closure: Closure) -> Tensor:
         """Evaluate the loss around θ with this step's direction and add κ to the pending projected gradient.
@@ -308,7 +300,9 @@ class ZOOptimizer(torch.optim.Optimizer):
             TypeError: when the closure does not return a scalar.
         """
         if not self._seed_synced:
-            self._sync_seed()
+            # Every rank must draw the directions of rank 0.
+            check_same_across_ranks("seed", self.defaults["seed"])
+            self._seed_synced = True
         rho = float(self.defaults["eps"])
         try:
             if self.defaults["estimate"] == "two_sided":
@@ -330,15 +324,12 @@ class ZOOptimizer(torch.optim.Optimizer):
         return loss.detach()
 
     def _reduced_kappa(self) -> float:
-        kappa = self._pending_kappa
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            world = torch.distributed.get_world_size()
-            if world > 1:
-                device = next(iter(self._directions)).device
-                total = torch.tensor([kappa], dtype=torch.float64, device=device)
-                torch.distributed.all_reduce(total)
-                kappa = float(total.item()) / world
-        return kappa
+        """The pending κ, averaged across processes (where the parameters live: NCCL needs CUDA tensors)."""
+        if not is_distributed():
+            return self._pending_kappa
+        device = next(iter(self._directions)).device
+        total = torch.tensor([self._pending_kappa], dtype=torch.float64)
+        return float(all_reduce_mean(total, device=device).item())
 
     @torch.no_grad()
     def step(self, closure: Closure | None = None) -> Tensor | None:  # type: ignore[override]
@@ -476,13 +467,13 @@ def _check_param_state(saved_id: int, loaded: dict[str, Tensor], current: dict[s
 
 
 def _check_group_values(lr: Any, weight_decay: Any, betas: Any, adam_eps: Any) -> None:
-    check_positive("lr", lr, allow_zero=True)
-    check_positive("weight_decay", weight_decay, allow_zero=True)
+    check_number("lr", lr, minimum=0)
+    check_number("weight_decay", weight_decay, minimum=0)
     if not isinstance(betas, tuple | list) or len(betas) != 2:
         raise ConfigError(f"`betas` must be a pair (beta1, beta2), got {betas!r}")
-    check_range("betas[0]", betas[0], 0.0, 1.0, high_inclusive=False)
-    check_range("betas[1]", betas[1], 0.0, 1.0, high_inclusive=False)
-    check_positive("adam_eps", adam_eps)
+    check_number("betas[0]", betas[0], minimum=0, less_than=1)
+    check_number("betas[1]", betas[1], minimum=0, less_than=1)
+    check_number("adam_eps", adam_eps, greater_than=0)
 
 
 def _scalar(value: Tensor | float) -> Tensor:
@@ -513,7 +504,7 @@ def zo_state_bytes(optimizer_or_trainer: Any) -> int:
     Raises:
         TypeError: when no ZOOptimizer is found.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from paperpack.tezo import ZOOptimizer, zo_state_bytes
         >>> W = torch.nn.Parameter(torch.zeros(6, 4))

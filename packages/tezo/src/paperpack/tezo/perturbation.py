@@ -48,7 +48,7 @@ def perturb_(block: Tensor, delta: Tensor, sign: int) -> Patch:
     Returns:
         The patch to pass to :func:`restore_` with the same ``delta`` and ``sign``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> theta = torch.randn(1000).to(torch.bfloat16)
         >>> block, delta = theta.clone(), torch.randn(1000) * 1e-3

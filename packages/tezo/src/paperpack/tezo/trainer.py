@@ -153,7 +153,7 @@ class ZOTrainer(ZOTrainerMixin, Trainer):
     Raises:
         TypeError: when ``args`` is not a ``ZOConfig`` or the optimizer is not a ``ZOOptimizer``.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from paperpack.core.hf import tiny_causal_lm
         >>> from paperpack.tezo import ZOConfig, ZOTrainer
@@ -173,5 +173,5 @@ class ZOTrainer(ZOTrainerMixin, Trainer):
 
 
 def _without_group_keys(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Drop ``weight_decay``: HF's ``create_optimizer`` sets it per group (:meth:`get_decay_parameter_names`)."""
+    """Drop ``weight_decay``: HF's ``create_optimizer`` sets it per group (``get_decay_parameter_names``)."""
     return {key: value for key, value in kwargs.items() if key != "weight_decay"}

@@ -1,4 +1,4 @@
-"""The estimators and ZOOptimizer on plain tensors, against the literal reference and known gradients."""
+"""The directions and ZOOptimizer on plain tensors, against the literal reference and known gradients."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from torch import Tensor
 
 from paperpack.core.errors import CheckpointError, ConfigError
 from paperpack.tezo import METHODS, ZOOptimizer, zo_state_bytes
-from paperpack.tezo import estimators as est
+from paperpack.tezo import directions as est
 from paperpack.tezo._reference import ReferenceSettings, reference_run
-from paperpack.tezo.estimators import TemporalLowRankDirection, tezo_factors
-from paperpack.tezo.methods import method_parts
+from paperpack.tezo.choices import method_parts
+from paperpack.tezo.directions import TemporalLowRankDirection, tezo_factors
 
 # ---------------------------------------------------------------------------------------------------------
 # A small nonlinear model: two matrices, a bias and a 3-D tensor (seen as a 2×12 matrix).

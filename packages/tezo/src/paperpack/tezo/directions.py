@@ -76,7 +76,7 @@ def derive_seed(*keys: int) -> int:
     A chain of SplitMix64 finalisers, so seeds of neighbouring steps or parameters are unrelated; a few
     microseconds per call, which matters because every step derives one seed per parameter and pass.
 
-    Example:
+    Examples:
         >>> derive_seed(0, 1, 2) == derive_seed(0, 1, 2) != derive_seed(0, 2, 1)
         True
     """
@@ -89,7 +89,7 @@ def derive_seed(*keys: int) -> int:
 def seeded_normal(shape: tuple[int, ...], seed: int, *, device: torch.device, dtype: torch.dtype) -> Tensor:
     """Draw a standard normal tensor from a private generator seeded with ``seed`` (no global RNG state).
 
-    Example:
+    Examples:
         >>> a = seeded_normal((3,), 7, device=torch.device("cpu"), dtype=torch.float32)
         >>> torch.equal(a, seeded_normal((3,), 7, device=torch.device("cpu"), dtype=torch.float32))
         True
