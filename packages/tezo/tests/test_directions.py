@@ -344,7 +344,7 @@ def test_gradient_accumulation_sums_kappa() -> None:
         ({"estimate": "three_sided"}, "`estimate` must be one of 'two_sided', 'one_sided'"),
         ({"one_dim": "lowrank"}, "`one_dim` must be one of 'dense', 'freeze'"),
         ({"lozo_interval": 0}, "`lozo_interval` must be >= 1"),
-        ({"cache_factors": "yes"}, "`cache_factors` must be a bool"),
+        ({"cache_factors": "yes"}, "`cache_factors` must be true or false, got 'yes' (str)"),
         ({"seed": -1}, "`seed` must be >= 0"),
     ],
 )
