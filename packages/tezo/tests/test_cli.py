@@ -101,7 +101,8 @@ def test_both_spellings_a_config_file_and_another_architecture(
     argv.remove("--max-steps"), argv.remove("4")  # from the config file
     assert main(argv) == 0
     arguments = json.loads((output / "training_args.json").read_text())
-    assert (arguments["zo_method"], arguments["learning_rate"], arguments["zo_eps"]) == ("lozo", 5e-4, 1e-2)
+    # The file's values, except learning_rate: a flag typed on the command line wins over the file.
+    assert (arguments["zo_method"], arguments["learning_rate"], arguments["zo_eps"]) == ("lozo", 1e-3, 1e-2)
     assert (arguments["max_steps"], arguments["save_steps"]) == (3, 3)
     assert (output / "checkpoint-3").is_dir() and (output / "model.safetensors").is_file()
 
@@ -117,12 +118,11 @@ def test_both_spellings_a_config_file_and_another_architecture(
         (["--adam-beta1", "1.5"], r"`--adam-beta1` must be in \[0, 1\), got 1.5"),
         (["--zo-rank", "0"], r"`--zo-rank` must be >= 1, got 0"),
         (["--zo_eps", "0"], r"`--zo_eps` must be > 0, got 0"),
-        (["--zo-method", "mezo_lion"], r"invalid choice: 'mezo_lion'"),
+        (["--zo-method", "mezo_lion"], r"`--zo-method` must be one of 'mezo_sgd', .*, got 'mezo_lion'"),
         (["--fp16"], r"`--fp16` must be False for zeroth-order training"),
         (["--lr", "1e-5"], r"unrecognized arguments: --lr"),
         (["--steps", "5"], r"unrecognized arguments: --steps"),
         (["--resume"], r"`--resume` continues an earlier run of `tezo finetune`"),
-        (["--learning-rate", "1e30"], r"lower `learning_rate`|lower `--learning-rate`"),
     ],
 )
 def test_bad_input_leaves_the_file_system_as_it_was(

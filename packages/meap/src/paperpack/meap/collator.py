@@ -22,13 +22,14 @@ masks: ``set_epoch`` sets it, and :class:`~paperpack.meap.MEAPEpochCallback` cal
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from paperpack.core.data import IGNORE_INDEX
+from paperpack.core.distributed import rank
 from paperpack.core.errors import ConfigError
 from paperpack.core.validation import check_int
 from paperpack.meap.config import MEAPConfig
@@ -36,17 +37,6 @@ from paperpack.meap.masking import sample_mask
 from paperpack.meap.tokens import mask_token_id
 
 __all__ = ["MEAPCollator", "MEAPSFTCollator"]
-
-IGNORE_INDEX = -100
-
-
-def _process_rank() -> int:
-    rank = os.environ.get("RANK")
-    if rank is not None and rank.isdigit():
-        return int(rank)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return int(torch.distributed.get_rank())
-    return 0
 
 
 class _MEAPBase:
@@ -113,7 +103,7 @@ class _MEAPBase:
             digest.update(example["input_ids"].tobytes())
             digest.update(b"|")
         words = np.frombuffer(digest.digest(), dtype=np.uint32).tolist()
-        entropy = [self.config.seed, _process_rank(), self.epoch, *words]
+        entropy = [self.config.seed, rank(), self.epoch, *words]
         seed = int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
         return torch.Generator().manual_seed(seed)
 

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from paperpack.core.errors import ConfigError
-from paperpack.core.validation import check_choice, check_int, check_range
+from paperpack.core.validation import check_bool, check_int, check_literal_fields, check_number
 
-__all__ = ["MASK_COUNTS", "SFT_LAYOUTS", "MEAPConfig"]
+__all__ = ["MASK_COUNTS", "SFT_LAYOUTS", "MEAPConfig", "MaskCount", "SFTLayout"]
 
-SFT_LAYOUTS = ("separate", "concat")
-MASK_COUNTS = ("floor", "at_least_one")
+SFTLayout = Literal["separate", "concat"]
+"""Where an SFT example's masked copy goes: its own row, or appended to the clean sequence."""
+SFT_LAYOUTS: tuple[SFTLayout, ...] = get_args(SFTLayout)
+
+MaskCount = Literal["floor", "at_least_one"]
+"""How many of a sequence's E eligible positions are masked: ⌊P·E⌋, or max(1, ⌊P·E⌋)."""
+MASK_COUNTS: tuple[MaskCount, ...] = get_args(MaskCount)
 
 
 @dataclass
@@ -60,7 +65,7 @@ class MEAPConfig:
             "and no masked copy (official code: answers longer than 50 tokens are masked, i.e. 51)."
         },
     )
-    sft_layout: Literal["separate", "concat"] = field(
+    sft_layout: SFTLayout = field(
         default="separate",
         metadata={
             "help": "SFT layout of the masked copy: 'separate' adds it as its own row whose loss is on the "
@@ -68,7 +73,7 @@ class MEAPConfig:
             "loss on the answer and the masked positions (the paper's description; doubles the length)."
         },
     )
-    mask_count: Literal["floor", "at_least_one"] = field(
+    mask_count: MaskCount = field(
         default="floor",
         metadata={
             "help": "Masks per sequence from its E eligible positions: 'floor' masks ⌊P·E⌋ (ours: never more "
@@ -101,16 +106,11 @@ class MEAPConfig:
     )
 
     def __post_init__(self) -> None:
-        check_range("mask_ratio", self.mask_ratio, 0.0, 1.0, high_inclusive=False)
-        check_range("sft_mask_ratio", self.sft_mask_ratio, 0.0, 1.0, high_inclusive=False)
+        check_literal_fields(self)
+        check_number("mask_ratio", self.mask_ratio, minimum=0, less_than=1)
+        check_number("sft_mask_ratio", self.sft_mask_ratio, minimum=0, less_than=1)
         check_int("min_answer_tokens", self.min_answer_tokens, minimum=0)
-        check_choice("sft_layout", self.sft_layout, SFT_LAYOUTS)
-        check_choice("mask_count", self.mask_count, MASK_COUNTS)
-        if not isinstance(self.per_row_positions, bool):
-            raise ConfigError(
-                f"`per_row_positions` must be True or False, got {self.per_row_positions!r} "
-                f"({type(self.per_row_positions).__name__})"
-            )
+        check_bool("per_row_positions", self.per_row_positions)
         if not isinstance(self.mask_token, str) or not self.mask_token:
             raise ConfigError(f"`mask_token` must be a non-empty string, got {self.mask_token!r}")
         check_int("seed", self.seed, minimum=0)

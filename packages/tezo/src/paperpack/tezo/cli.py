@@ -22,6 +22,7 @@ from typing import Any
 
 from paperpack.core.commands import add_shared_arguments, add_training_arguments, check_training_output
 from paperpack.core.errors import ConfigError
+from paperpack.core.subcommands import add_subcommand
 
 __all__ = ["configure_parser"]
 
@@ -30,16 +31,21 @@ SUMMARY_FILE = "tezo_summary.json"
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Add the ``finetune`` subcommand to ``paperpack tezo``."""
-    from paperpack.tezo.config import ZOConfig
-
+    """Add the ``finetune`` subcommand to ``paperpack tezo`` (its flags are built when it is used)."""
     commands = parser.add_subparsers(dest="tezo_command", metavar="COMMAND")
-    tune = commands.add_parser(
+    add_subcommand(
+        commands,
         "finetune",
+        _finetune_flags,
         help="fine-tune a causal LM with TeZO, MeZO or LOZO (forward passes only)",
         description="Zeroth-order fine-tuning: two forward passes per step, no backward, optimizer state of "
         "r-vectors per matrix for TeZO. Data: JSON Lines with a 'text' field (causal-LM loss on all tokens).",
     )
+
+
+def _finetune_flags(tune: argparse.ArgumentParser) -> None:
+    from paperpack.tezo.config import ZOConfig
+
     names = add_training_arguments(tune, ZOConfig)
     add_shared_arguments(
         tune,
