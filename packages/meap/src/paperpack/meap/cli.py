@@ -21,7 +21,12 @@ import logging
 from typing import Any
 
 from paperpack.core.arguments import add_config_arguments, add_flag, config_overrides
-from paperpack.core.commands import add_shared_arguments, add_training_arguments, check_training_output
+from paperpack.core.commands import (
+    SharedFlag,
+    add_shared_arguments,
+    add_training_arguments,
+    check_training_output,
+)
 from paperpack.core.errors import ConfigError
 from paperpack.core.subcommands import add_subcommand
 
@@ -29,7 +34,7 @@ __all__ = ["configure_parser"]
 
 logger = logging.getLogger(__name__)
 
-_SHARED = (
+_SHARED: tuple[SharedFlag, ...] = (
     "model",
     "data",
     "output",

@@ -14,6 +14,11 @@ from paperpack.meap.experiment import Arm, RecallResults, RecallSettings, run_re
 
 __all__ = ["run_demo"]
 
+_PAIRS: tuple[tuple[Arm, Arm, str], ...] = (
+    ("MEAP", "NTP", "pretraining"),
+    ("MEAP-SFT", "SFT", "fine-tuning"),
+)
+
 
 def _thirds(values: list[float]) -> list[float]:
     n = len(values)
@@ -99,7 +104,7 @@ def run_demo(ctx: DemoContext) -> DemoReport:
             ylim=(0, 1.02),
             marker="o",
         )
-        for method, baseline, stage in (("MEAP", "NTP", "pretraining"), ("MEAP-SFT", "SFT", "fine-tuning"))
+        for method, baseline, stage in _PAIRS
     ]
     notes = [
         f"Task: {task.num_pairs} key-value pairs (keys from {task.num_keys}, values from {task.num_values} "
