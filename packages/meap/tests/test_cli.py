@@ -41,20 +41,6 @@ def sft_file(tmp_path: Path) -> Path:
     return write_jsonl(tmp_path / "inputs" / "sft.jsonl", records)
 
 
-@pytest.fixture(scope="module")
-def gpt2_dir(tiny_lm: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A GPT-2 (tied embeddings, Conv1D weights) built from a config with the tiny tokenizer."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    tokenizer = tiny_lm[1]
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=128)
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("gpt2")
-    GPT2LMHeadModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def command(name: str, model: Path, data: Path, output: Path, *extra: str) -> list[str]:
     return [
         "meap", name, "--model", str(model), "--data", str(data), "--output", str(output),
@@ -91,7 +77,7 @@ def test_pretrain_one_layout_mask_token_and_resume(
 
 @pytest.mark.slow
 def test_sft_flags_reach_the_collator_on_another_architecture(
-    gpt2_dir: Path, sft_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_gpt2_dir: Path, sft_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from paperpack.meap.collator import MEAPSFTCollator
 
@@ -105,7 +91,7 @@ def test_sft_flags_reach_the_collator_on_another_architecture(
     monkeypatch.setattr(MEAPSFTCollator, "__init__", spy)
     output = tmp_path / "sft-model"
     extra = ("--min-answer-tokens", "3", "--sft-layout", "concat", "--sft_mask_ratio", "0.3", "--seed", "7")
-    assert main(command("sft", gpt2_dir, sft_file, output, *extra)) == 0
+    assert main(command("sft", tiny_gpt2_dir, sft_file, output, *extra)) == 0
     (config,) = configs
     assert (config.sft_layout, config.min_answer_tokens, config.sft_mask_ratio, config.seed) == (
         "concat",

@@ -23,20 +23,6 @@ def data_file(tmp_path: Path, tiny_texts: list[str]) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def gpt2_dir(tiny_lm: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A GPT-2 (tied embeddings, Conv1D weights) built from a config with the tiny tokenizer."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    tokenizer = tiny_lm[1]
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=64)
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("gpt2")
-    GPT2LMHeadModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def finetune(model: Path, data: Path, output: Path, *extra: str) -> list[str]:
     return [
         "tezo", "finetune", "--model", str(model), "--data", str(data), "--output", str(output),
@@ -90,13 +76,13 @@ def test_one_layout_resume_and_no_pickle(
 
 @pytest.mark.slow
 def test_both_spellings_a_config_file_and_another_architecture(
-    gpt2_dir: Path, data_file: Path, tmp_path: Path
+    tiny_gpt2_dir: Path, data_file: Path, tmp_path: Path
 ) -> None:
     recipe = tmp_path / "inputs" / "run.yaml"
     recipe.write_text("zo_method: lozo\nlearning_rate: 5e-4\nzo_lozo_interval: 2\nmax_steps: 3\n")
     output = tmp_path / "gpt2-run"
     argv = finetune(
-        gpt2_dir, data_file, output, "--config", str(recipe), "--zo_eps", "1e-2", "--save_steps", "3"
+        tiny_gpt2_dir, data_file, output, "--config", str(recipe), "--zo_eps", "1e-2", "--save_steps", "3"
     )
     argv.remove("--max-steps"), argv.remove("4")  # from the config file
     assert main(argv) == 0

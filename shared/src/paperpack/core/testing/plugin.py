@@ -2,7 +2,7 @@
 
 It registers the ``gpu`` and ``slow`` markers, skips ``gpu`` tests with a clear reason when CUDA is absent,
 keeps the Hugging Face libraries offline, and provides session-scoped fixtures: a tiny model (``tiny_lm``,
-``tiny_lm_dir``) and tiny data for it (``tiny_texts``, ``tiny_lm_dataset`` with ``tiny_collator``,
+``tiny_lm_dir``, and a GPT-2 folder ``tiny_gpt2_dir`` as a second architecture) and tiny data for it (``tiny_texts``, ``tiny_lm_dataset`` with ``tiny_collator``,
 ``tiny_text_dataset``, ``tiny_prompt_completion_dataset``; see :mod:`paperpack.core.testing.data`).
 
 Outside this workspace, enable it with ``pytest_plugins = ["paperpack.core.testing.plugin"]`` in a
@@ -64,6 +64,26 @@ def tiny_lm_dir(
     """A model folder holding ``tiny_lm`` (safetensors weights, config and tokenizer); treat it read-only."""
     model, tokenizer = tiny_lm
     folder = tmp_path_factory.mktemp("tiny_lm")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(
+    tiny_lm: tuple[LlamaForCausalLM, PreTrainedTokenizerFast], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A second architecture for commands that take any model folder: a 2-layer GPT-2 (tied embeddings,
+    ``Conv1D`` weights, learned positions up to 128) built from a config with ``tiny_lm``'s tokenizer."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = tiny_lm[1]
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=128)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(config)
+    folder = tmp_path_factory.mktemp("tiny_gpt2")
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
