@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from paperpack.core.cli import main
 from paperpack.core.files import OUTPUT_MARKER

@@ -2,8 +2,9 @@
 
 It registers the ``gpu`` and ``slow`` markers, skips ``gpu`` tests with a clear reason when CUDA is absent,
 keeps the Hugging Face libraries offline, and provides session-scoped fixtures: a tiny model (``tiny_lm``,
-``tiny_lm_dir``, and a GPT-2 folder ``tiny_gpt2_dir`` as a second architecture) and tiny data for it (``tiny_texts``, ``tiny_lm_dataset`` with ``tiny_collator``,
-``tiny_text_dataset``, ``tiny_prompt_completion_dataset``; see :mod:`paperpack.core.testing.data`).
+``tiny_lm_dir``; ``tiny_gpt2_dir``, a second architecture) and tiny data for it (``tiny_texts``,
+``tiny_lm_dataset`` with ``tiny_collator``, ``tiny_text_dataset``, ``tiny_prompt_completion_dataset``; see
+:mod:`paperpack.core.testing.data`).
 
 Outside this workspace, enable it with ``pytest_plugins = ["paperpack.core.testing.plugin"]`` in a
 root ``conftest.py``.
@@ -73,8 +74,11 @@ def tiny_lm_dir(
 def tiny_gpt2_dir(
     tiny_lm: tuple[LlamaForCausalLM, PreTrainedTokenizerFast], tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    """A second architecture for commands that take any model folder: a 2-layer GPT-2 (tied embeddings,
-    ``Conv1D`` weights, learned positions up to 128) built from a config with ``tiny_lm``'s tokenizer."""
+    """A GPT-2 model folder with ``tiny_lm``'s tokenizer, for commands that take any model folder.
+
+    A second architecture: 2 layers, tied embeddings, ``Conv1D`` weights, learned positions up to 128, built
+    from a config; treat it read-only.
+    """
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
