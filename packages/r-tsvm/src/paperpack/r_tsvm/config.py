@@ -25,17 +25,24 @@ __all__ = [
     "OUTLIER_MODES",
     "RANK_MODES",
     "SIGN_METHODS",
+    "SVD_MODES",
     "BreadcrumbsConfig",
+    "BreadcrumbsTiesConfig",
     "ConsensusConfig",
     "DareConfig",
     "DareTiesConfig",
     "DellaConfig",
+    "DellaLinearConfig",
     "FisherConfig",
     "IsoCConfig",
     "IsoCTSConfig",
     "LinearConfig",
+    "ModelStockConfig",
+    "NuSlerpConfig",
+    "PassthroughConfig",
     "RTSVMConfig",
     "RegMeanConfig",
+    "SCEConfig",
     "SlerpConfig",
     "TSVMConfig",
     "TaskArithmeticConfig",
@@ -94,6 +101,26 @@ OUTLIER_ACTIONS = ("downweight", "clip", "both")
 
 
 RANK_MODES = ("fixed", "sparsity", "energy")
+
+
+#: How TSV-M, R-TSVM and Iso compute singular triplets and polar factors (see ``methods.spectral``).
+SVD_MODES = ("fast", "exact")
+
+_SVD_HELP = (
+    "'fast' (default, ours: Gram-matrix eigendecompositions, the SVD where those would lose accuracy) or "
+    "'exact' (full SVDs, the papers' construction; for checking)."
+)
+_PARALLEL_HELP = (
+    "Task matrices whose directions differ by at most this (‖Δ_i/‖Δ_i‖ − Δ_j/‖Δ_j‖‖_F, about the angle in "
+    "radians; a sign flip counts as parallel) are merged into their mean before the decomposition (ours: "
+    "1e-3; 0 merges only exactly parallel ones)."
+)
+
+
+def _check_spectral(config: object) -> None:
+    check_choice("svd", config.svd, SVD_MODES)
+    if hasattr(config, "parallel_tol"):
+        check_range("parallel_tol", config.parallel_tol, 0.0, 2.0)
 
 
 @dataclass
@@ -268,16 +295,32 @@ class BreadcrumbsConfig:
 
 
 @dataclass
-class DellaConfig:
-    """Parameters of DELLA.
+class BreadcrumbsTiesConfig(BreadcrumbsConfig):
+    """Parameters of Model Breadcrumbs, then TIES's sign election and disjoint merge (mergekit's method).
+
+    Args:
+        majority_sign: "sum" or "count", as in :class:`~paperpack.r_tsvm.TiesConfig`.
+    """
+
+    majority_sign: str = field(
+        default="sum", metadata={"help": "Sign election: 'sum' of masses (TIES's) or 'count' of votes."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("majority_sign", self.majority_sign, SIGN_METHODS)
+
+
+@dataclass
+class DellaLinearConfig:
+    """Parameters of DELLA's MagPrune followed by a plain sum of the task vectors (``della_linear``).
 
     Args:
         density: mean keep probability (1 − p).
         epsilon: ε, the width of the keep-probability range across magnitude ranks.
         rescale: divide each kept entry by its keep probability.
         scaling: λ.
-        normalize: disjoint mean (True) or disjoint sum (False).
-        majority_sign: "sum" or "count".
+        normalize: divide the sum by Σ_t w_t.
         seed: seeds the random masks (combined with the parameter's name).
     """
 
@@ -285,15 +328,15 @@ class DellaConfig:
     epsilon: float = field(
         default=0.1,
         metadata={
-            "help": "ε: keep probabilities span [density − ε/2, density + ε/2] by magnitude rank (0.1: ours)."
+            "help": "ε: keep probabilities span [density − ε/2, density + ε/2] by magnitude rank (0.1: ours; "
+            "mergekit's epsilon is half of this width)."
         },
     )
     rescale: bool = field(default=True, metadata={"help": "Rescale kept entries by 1 / q_i (the paper's)."})
     scaling: float = field(default=1.0, metadata={"help": "λ on the merged task vector (1.0: ours)."})
     normalize: bool = field(
-        default=True, metadata={"help": "Disjoint mean (True, the paper's fuse step) or sum."}
+        default=False, metadata={"help": "Divide Σ_t w_t τ̃_t by Σ_t w_t (default False, as mergekit)."}
     )
-    majority_sign: str = field(default="sum", metadata={"help": "Sign election: 'sum' (TIES's) or 'count'."})
     seed: int = field(default=0, metadata={"help": "Seed of the random masks (ours)."})
 
     def __post_init__(self) -> None:
@@ -308,8 +351,26 @@ class DellaConfig:
         check_bool("rescale", self.rescale)
         check_number("scaling", self.scaling)
         check_bool("normalize", self.normalize)
-        check_choice("majority_sign", self.majority_sign, SIGN_METHODS)
         check_int("seed", self.seed, minimum=0)
+
+
+@dataclass
+class DellaConfig(DellaLinearConfig):
+    """Parameters of DELLA: MagPrune, then TIES's sign election and disjoint merge.
+
+    Args:
+        normalize: disjoint mean (True, the paper's fuse step) or sum.
+        majority_sign: "sum" or "count".
+    """
+
+    normalize: bool = field(
+        default=True, metadata={"help": "Disjoint mean (True, the paper's fuse step) or sum."}
+    )
+    majority_sign: str = field(default="sum", metadata={"help": "Sign election: 'sum' (TIES's) or 'count'."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("majority_sign", self.majority_sign, SIGN_METHODS)
 
 
 @dataclass
@@ -349,6 +410,9 @@ class TSVMConfig:
     Args:
         alpha: α on the merged task matrix.
         exclude_keys: regular expressions; matching parameters are averaged instead of decomposed.
+        svd: "fast" (Gram-matrix eigendecompositions where they are accurate) or "exact" (full SVDs).
+        parallel_tol: task matrices within this distance of each other's direction are merged into their mean
+            before the decomposition.
     """
 
     alpha: float = field(
@@ -358,11 +422,14 @@ class TSVMConfig:
         default_factory=list,
         metadata={"help": "Regexes of parameter names averaged instead of decomposed (none: FusionBench's)."},
     )
+    svd: str = field(default="fast", metadata={"help": _SVD_HELP})
+    parallel_tol: float = field(default=1e-3, metadata={"help": _PARALLEL_HELP})
 
     def __post_init__(self) -> None:
         check_number("alpha", self.alpha)
         check_patterns("exclude_keys", self.exclude_keys)
         self.exclude_keys = list(self.exclude_keys)
+        _check_spectral(self)
 
 
 @dataclass
@@ -372,6 +439,7 @@ class IsoCConfig:
     Args:
         alpha: α on the isotropic task matrix.
         exclude_keys: regular expressions; matching parameters are averaged.
+        svd: "fast" or "exact" (see :class:`TSVMConfig`).
     """
 
     alpha: float = field(
@@ -381,11 +449,13 @@ class IsoCConfig:
         default_factory=list,
         metadata={"help": "Regexes of parameter names averaged instead (none: FusionBench's)."},
     )
+    svd: str = field(default="fast", metadata={"help": _SVD_HELP})
 
     def __post_init__(self) -> None:
         check_number("alpha", self.alpha)
         check_patterns("exclude_keys", self.exclude_keys)
         self.exclude_keys = list(self.exclude_keys)
+        _check_spectral(self)
 
 
 @dataclass
@@ -394,12 +464,14 @@ class IsoCTSConfig(IsoCConfig):
 
     Args:
         common_space_fraction: f, the share of the rank given to the common subspace.
+        parallel_tol: the tolerance of the rule for parallel task matrices (see :class:`TSVMConfig`).
     """
 
     common_space_fraction: float = field(
         default=0.8,
         metadata={"help": "f: share of the rank r kept for the common subspace (the paper's 0.8)."},
     )
+    parallel_tol: float = field(default=1e-3, metadata={"help": _PARALLEL_HELP})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -474,10 +546,12 @@ class RTSVMConfig:
         outlier_action: "downweight" (per-task weights), "clip" (winsorise entries) or "both".
         gamma: γ, the strength of the downweighting.
         rank_mode: "fixed" (TSV-M), "sparsity" or "energy".
-        eps_rel: ε_rel, the relative magnitude below which an entry counts as zero.
+        eps_rel: ε_rel, the magnitude (relative to the median nonzero |Δ_t|) below which an entry is zero.
         energy_tau: τ, the spectral energy kept per task in "energy" mode.
         k_min: the smallest rank per task.
         exclude_keys: regular expressions of parameter names averaged instead of decomposed.
+        svd: "fast" or "exact" (see :class:`TSVMConfig`).
+        parallel_tol: the tolerance of the rule for parallel task matrices (see :class:`TSVMConfig`).
     """
 
     alpha: float = field(
@@ -508,7 +582,10 @@ class RTSVMConfig:
     )
     eps_rel: float = field(
         default=1e-3,
-        metadata={"help": "ε_rel: |Δ| ≤ ε_rel · max|Δ| counts as zero for the sparsity s_p (ours)."},
+        metadata={
+            "help": "ε_rel: |Δ_t| ≤ ε_rel · median of the nonzero |Δ_t| counts as zero for the sparsity s_p "
+            "(ours; a robust scale that one outlier cannot move)."
+        },
     )
     energy_tau: float = field(
         default=0.9, metadata={"help": "τ: spectral energy kept per task in 'energy' mode (ours: 0.9)."}
@@ -521,6 +598,8 @@ class RTSVMConfig:
             "['embed_tokens', 'lm_head'] saves the two largest SVDs of an LLM)."
         },
     )
+    svd: str = field(default="fast", metadata={"help": _SVD_HELP})
+    parallel_tol: float = field(default=1e-3, metadata={"help": _PARALLEL_HELP})
 
     def __post_init__(self) -> None:
         check_number("alpha", self.alpha)
@@ -534,3 +613,83 @@ class RTSVMConfig:
         check_int("k_min", self.k_min, minimum=1)
         check_patterns("exclude_keys", self.exclude_keys)
         self.exclude_keys = list(self.exclude_keys)
+        _check_spectral(self)
+
+
+@dataclass
+class ModelStockConfig:
+    """Parameters of Model Stock.
+
+    Args:
+        filter_wise: one interpolation ratio per row (per output unit) instead of one per tensor.
+    """
+
+    filter_wise: bool = field(
+        default=False,
+        metadata={"help": "One ratio t per row (filter) instead of per tensor (default False: mergekit's)."},
+    )
+
+    def __post_init__(self) -> None:
+        check_bool("filter_wise", self.filter_wise)
+
+
+@dataclass
+class NuSlerpConfig:
+    """Parameters of NuSLERP (mergekit's SLERP by weights, optionally of task vectors).
+
+    Args:
+        flatten: interpolate the whole tensor as one vector.
+        row_wise: without ``flatten``, interpolate along the first dimension instead of the last.
+    """
+
+    flatten: bool = field(
+        default=True,
+        metadata={
+            "help": "Interpolate the whole tensor as one vector (default True; mergekit's nuslerp_flatten)."
+        },
+    )
+    row_wise: bool = field(
+        default=False,
+        metadata={
+            "help": "Without flatten: interpolate vectors along the first dimension instead of the last "
+            "(default False; mergekit's nuslerp_row_wise)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        check_bool("flatten", self.flatten)
+        check_bool("row_wise", self.row_wise)
+
+
+@dataclass
+class SCEConfig:
+    """Parameters of SCE (select, calculate, erase).
+
+    Args:
+        select_topk: the fraction of entries, by variance across the task vectors, that are kept.
+    """
+
+    select_topk: float = field(
+        default=1.0,
+        metadata={
+            "help": "Fraction of entries kept by their variance across task vectors (1.0 keeps all: "
+            "mergekit's default; the paper tunes it)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        check_probability("select_topk", self.select_topk)
+
+
+@dataclass
+class PassthroughConfig:
+    """Parameters of passthrough (copy one model's tensors, e.g. to stack layer slices).
+
+    Args:
+        scale: a factor on the copied tensor (per model, usually with a filter).
+    """
+
+    scale: float = field(default=1.0, metadata={"help": "Factor on the copied tensor (1.0: unchanged)."})
+
+    def __post_init__(self) -> None:
+        check_number("scale", self.scale)
