@@ -75,9 +75,11 @@ def _elect_and_merge(b, taus, weights, *, scaling, normalize, sign_method):
 
 
 def ties(base, tensors, weights, *, density, scaling=1.0, normalize=True, sign="sum"):
+    """TIES; ``density`` may be one value or one per model."""
     b, taus = task_vectors(base, tensors)
+    densities = density if isinstance(density, list) else [density] * len(taus)
     trimmed = []
-    for tau in taus:
+    for tau, density in zip(taus, densities, strict=True):
         keep = top_k(tau, density)
         trimmed.append([v if i in keep else 0.0 for i, v in enumerate(tau)])
     return _out(
@@ -86,9 +88,11 @@ def ties(base, tensors, weights, *, density, scaling=1.0, normalize=True, sign="
 
 
 def dare(base, tensors, weights, *, density, uniforms, rescale=True, scaling=1.0, normalize=False, sign=None):
+    """DARE; ``density`` may be one value or one per model."""
     b, taus = task_vectors(base, tensors)
+    densities = density if isinstance(density, list) else [density] * len(taus)
     dropped = []
-    for tau, draws in zip(taus, uniforms, strict=True):
+    for tau, draws, density in zip(taus, uniforms, densities, strict=True):
         u = draws.reshape(-1).tolist()
         dropped.append(
             [(v / density if rescale else v) if u[i] < density else 0.0 for i, v in enumerate(tau)]
@@ -98,10 +102,13 @@ def dare(base, tensors, weights, *, density, uniforms, rescale=True, scaling=1.0
     )
 
 
-def breadcrumbs(base, tensors, weights, *, density, gamma, scaling=1.0):
+def breadcrumbs(base, tensors, weights, *, density, gamma, scaling=1.0, sign=None, normalize=False):
+    """Breadcrumbs (with ``sign``: Breadcrumbs + TIES); ``density`` and ``gamma`` may be lists per model."""
     b, taus = task_vectors(base, tensors)
+    densities = density if isinstance(density, list) else [density] * len(taus)
+    gammas = gamma if isinstance(gamma, list) else [gamma] * len(taus)
     masked = []
-    for tau in taus:
+    for tau, density, gamma in zip(taus, densities, gammas, strict=True):
         n = len(tau)
         keep_n = int(density * n)
         bottom = max(0, n - keep_n - int(gamma * n))
@@ -109,17 +116,20 @@ def breadcrumbs(base, tensors, weights, *, density, gamma, scaling=1.0):
         keep = set(order[bottom : bottom + keep_n])
         masked.append([v if i in keep else 0.0 for i, v in enumerate(tau)])
     return _out(
-        _elect_and_merge(b, masked, weights, scaling=scaling, normalize=False, sign_method=None), base
+        _elect_and_merge(b, masked, weights, scaling=scaling, normalize=normalize, sign_method=sign), base
     )
 
 
 def della(base, tensors, weights, *, density, epsilon, uniforms, scaling=1.0, normalize=True, sign="sum"):
+    """DELLA (``sign=None``: DELLA linear); ``density`` and ``epsilon`` may be lists per model."""
     b, taus = task_vectors(base, tensors)
     shape = base.shape
     rows = 1 if len(shape) < 2 else shape[0]
     width = len(b) // rows
+    densities = density if isinstance(density, list) else [density] * len(taus)
+    epsilons = epsilon if isinstance(epsilon, list) else [epsilon] * len(taus)
     pruned = []
-    for tau, draws in zip(taus, uniforms, strict=True):
+    for tau, draws, density, epsilon in zip(taus, uniforms, densities, epsilons, strict=True):
         u = draws.reshape(-1).tolist()
         out = [0.0] * len(tau)
         for r in range(rows):
@@ -178,10 +188,29 @@ def tsv_padded(deltas, ranks, scales=None):
     return _polar(sum_u) @ np.diag(sum_s) @ _polar(sum_v)
 
 
-def tsv_m(base, tensors, weights, alpha=1.0):
+def parallel_groups(deltas, tolerance):
+    """Groups of task matrices whose unit directions are within ``tolerance`` (or of each other's negation)."""
+    groups = []
+    for i, delta in enumerate(deltas):
+        a = delta / np.linalg.norm(delta) if np.linalg.norm(delta) else None
+        for group in groups:
+            d = deltas[group[0]]
+            if a is None or not np.linalg.norm(d):
+                continue
+            b = d / np.linalg.norm(d)
+            if min(np.linalg.norm(a - b), np.linalg.norm(a + b)) <= tolerance:
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups
+
+
+def tsv_m(base, tensors, weights, alpha=1.0, parallel_tol=1e-3):
     deltas = [w * (_np(t) - _np(base)) for w, t in zip(weights, tensors, strict=True)]
     if base.dim() != 2:
         return torch.from_numpy(_np(base) + alpha * sum(deltas) / len(deltas))
+    deltas = [sum(deltas[i] for i in g) / len(g) for g in parallel_groups(deltas, parallel_tol)]
     k = max(1, min(base.shape) // len(deltas))
     return torch.from_numpy(_np(base) + alpha * tsv_padded(deltas, [k] * len(deltas)))
 
@@ -301,9 +330,18 @@ def r_tsvm(
         if action in ("downweight", "both") and mean > 0:
             raw = [1 / (1 + gamma * f / mean) for f in fractions]
             omega = [x * num / sum(raw) for x in raw]
+    deltas = [omega[t] * deltas[t] for t in range(num)]
+    groups = parallel_groups(deltas, 1e-3)
+    deltas = [sum(deltas[i] for i in g) / len(g) for g in groups]
+    num = len(deltas)
     k_cap = max(1, min(base.shape) // num)
     k_lo = min(k_min, k_cap)
-    zeros = [np.mean(np.abs(d) <= eps_rel * np.abs(d).max()) for d in deltas]
+    zeros = []
+    for d in deltas:
+        nonzero = np.abs(d[d != 0])
+        # The median of the nonzero magnitudes (torch.median's lower middle value for an even count).
+        scale = np.sort(nonzero)[(nonzero.size - 1) // 2] if nonzero.size else 0.0
+        zeros.append(np.mean(np.abs(d) <= eps_rel * scale) if nonzero.size else 1.0)
     sparsity = sum(zeros) / num
     if rank_mode == "fixed":
         ranks = [k_cap] * num
@@ -313,6 +351,75 @@ def r_tsvm(
         ranks = []
         for d in deltas:
             s2 = np.linalg.svd(d, compute_uv=False) ** 2
-            k = int(np.argmax(np.cumsum(s2) >= energy_tau * s2.sum())) + 1 if s2.sum() > 0 else k_lo
+            cumulative = np.cumsum(s2)
+            # The smallest k whose energy reaches τ of the total; τ = 1 keeps every nonzero singular value.
+            k = int(np.argmax(cumulative >= energy_tau * cumulative[-1])) + 1 if s2.sum() > 0 else k_lo
             ranks.append(min(max(k, k_lo), k_cap))
-    return torch.from_numpy(_np(base) + alpha * tsv_padded(deltas, ranks, omega))
+    return torch.from_numpy(_np(base) + alpha * tsv_padded(deltas, ranks))
+
+
+def model_stock(base, tensors, filter_wise=False):
+    """Model Stock (Jang et al., 2024): θ_0 + t (θ_avg − θ_0), t = N cos θ / (1 + (N − 1) cos θ)."""
+    b = _np(base)
+    taus = [_np(t) - b for t in tensors]
+    n = len(taus)
+    rows = [slice(None)] if not filter_wise or b.ndim < 2 else [i for i in range(b.shape[0])]
+    out = b.copy()
+    for row in rows:
+        vectors = [tau[row].reshape(-1) for tau in taus]
+        cosines = []
+        for i in range(n):
+            for j in range(i + 1, n):
+                na, nb = np.linalg.norm(vectors[i]), np.linalg.norm(vectors[j])
+                cosines.append(float(vectors[i] @ vectors[j] / (na * nb)) if na * nb > 0 else 0.0)
+        cos = sum(cosines) / len(cosines)
+        denominator = 1 + (n - 1) * cos
+        t = n * cos / denominator if abs(denominator) >= 1e-6 else 0.0
+        out[row] = b[row] + t * sum(tau[row] for tau in taus) / n
+    return torch.from_numpy(out)
+
+
+def _slerp_vectors(a, b, t):
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    cos = float(a @ b / (na * nb)) if na * nb > 0 else 0.0
+    cos = max(-1.0, min(1.0, cos))
+    if 1 - cos * cos <= 1e-16:
+        return (1 - t) * a + t * b
+    omega = math.acos(cos)
+    return (math.sin((1 - t) * omega) * a + math.sin(t * omega) * b) / math.sin(omega)
+
+
+def nuslerp(base, tensors, weights, flatten=True, row_wise=False):
+    """NuSLERP: t = w_2 / (w_1 + w_2); task vectors with a base; per vector along the last (or first) axis."""
+    t = 0.5 if abs(sum(weights)) < 1e-6 else weights[1] / sum(weights)
+    b = None if base is None else _np(base)
+    v0, v1 = (_np(x) - (b if b is not None else 0) for x in tensors)
+    if flatten or v0.ndim < 2:
+        out = _slerp_vectors(v0.reshape(-1), v1.reshape(-1), t).reshape(v0.shape)
+    else:
+        a, c = (v0.T, v1.T) if row_wise else (v0, v1)
+        out = np.stack([_slerp_vectors(x, y, t) for x, y in zip(a, c, strict=True)])
+        out = out.T if row_wise else out
+    return torch.from_numpy(out + (b if b is not None else 0))
+
+
+def sce(base, tensors, select_topk=1.0):
+    """SCE (FuseChat): select by variance, weights ∝ mean τ², erase minority signs, weighted disjoint mean."""
+    b = _np(base).reshape(-1)
+    taus = [_np(t).reshape(-1) - b for t in tensors]
+    n, size = len(taus), len(b)
+    if select_topk < 1:
+        var = [np.var([tau[i] for tau in taus]) for i in range(size)]
+        k = int(select_topk * sum(v != 0 for v in var))
+        keep = set(sorted(range(size), key=lambda i: -var[i])[:k]) if k else set()
+        taus = [np.array([tau[i] if i in keep else 0.0 for i in range(size)]) for tau in taus]
+    energy = [float(np.mean(tau**2)) for tau in taus]
+    total = sum(energy)
+    eta = [e / total for e in energy] if total > 0 else [1 / n] * n
+    out = []
+    for i in range(size):
+        sign = 1.0 if sum(tau[i] for tau in taus) >= 0 else -1.0
+        agree = [t for t in range(n) if taus[t][i] != 0 and math.copysign(1.0, taus[t][i]) == sign]
+        mass = sum(eta[t] for t in agree)
+        out.append(b[i] + (sum(eta[t] * taus[t][i] for t in agree) / mass if mass > 0 else 0.0))
+    return torch.tensor(out, dtype=torch.float64).reshape(base.shape)

@@ -79,7 +79,8 @@ def _run_r_tsvm(args: argparse.Namespace) -> int:
         merge_method="r_tsvm",
         base_model=args.base,
         models=[
-            ModelSpec(model=path, weight=weight) for path, weight in zip(args.models, weights, strict=True)
+            ModelSpec(model=path, parameters={} if weight is None else {"weight": weight})
+            for path, weight in zip(args.models, weights, strict=True)
         ],
         parameters=config_overrides(args, args.config_fields),
         dtype=args.dtype,

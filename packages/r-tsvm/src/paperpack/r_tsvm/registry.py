@@ -83,6 +83,16 @@ class MergeMethod:
         """The names of the method's parameters (its config fields)."""
         return [item.name for item in dataclasses.fields(self.config_class)]
 
+    @property
+    def list_parameters(self) -> list[str]:
+        """The parameters whose value is a list (``exclude_keys``): in a recipe, a list there is the value
+        itself, not a gradient over layers."""
+        return [
+            item.name
+            for item in dataclasses.fields(self.config_class)
+            if item.default_factory is list or str(item.type).startswith("list")
+        ]
+
     def make_config(self, params: Mapping[str, Any] | None = None, /, **kwargs: Any) -> Any:
         """Build and validate the method's config from parameter values.
 
