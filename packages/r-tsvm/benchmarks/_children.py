@@ -45,7 +45,9 @@ def models(workdir: str, spec_json: str) -> None:
         for name, folder in folders.items():
             state = base
             if name != "base":
-                state = {k: v + spec["noise"] * torch.randn(v.shape, generator=generator) for k, v in base.items()}
+                state = {
+                    k: v + spec["noise"] * torch.randn(v.shape, generator=generator) for k, v in base.items()
+                }
             save_state_dict(state, folder, max_shard_size="500MB")
             config.save_pretrained(folder)
         marker.touch()
@@ -53,7 +55,7 @@ def models(workdir: str, spec_json: str) -> None:
     print(json.dumps({"folders": {k: str(v) for k, v in folders.items()}, "parameters": count}))
 
 
-def parity_models(workdir: str) -> None:
+def parity_models(workdir: str) -> dict[str, str]:
     """A base with a tokenizer and chat template, three noisy fine-tunes, two with added tokens, one with
     another chat template (all saved as from_pretrained folders)."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -98,8 +100,12 @@ def parity_models(workdir: str) -> None:
             model = noisy()
             model.resize_token_embeddings(len(own), mean_resizing=False)
             with torch.no_grad():
-                model.get_input_embeddings().weight[-len(added) :] = torch.randn(len(added), 128, generator=generator)
-                model.get_output_embeddings().weight[-len(added) :] = torch.randn(len(added), 128, generator=generator)
+                model.get_input_embeddings().weight[-len(added) :] = torch.randn(
+                    len(added), 128, generator=generator
+                )
+                model.get_output_embeddings().weight[-len(added) :] = torch.randn(
+                    len(added), 128, generator=generator
+                )
             model.save_pretrained(root / name)
             own.save_pretrained(root / name)
         other = tiny_tokenizer()
@@ -107,7 +113,7 @@ def parity_models(workdir: str) -> None:
         noisy().save_pretrained(root / "template")
         other.save_pretrained(root / "template")
         marker.touch()
-    print(json.dumps({name: str(root / name) for name in names}))
+    return {name: str(root / name) for name in names}
 
 
 def merge(recipe: str, output: str) -> None:
@@ -126,7 +132,7 @@ def _rows_by_token(folder: Path, tensor: torch.Tensor) -> dict[str, torch.Tensor
     return {token: tensor[index] for token, index in tokenizer.get_vocab().items() if index < tensor.shape[0]}
 
 
-def compare(a: str, b: str) -> None:
+def compare(a: str, b: str) -> dict[str, object]:
     from paperpack.core.checkpoints import LazyStateDict
 
     left, right = LazyStateDict(a), LazyStateDict(b)
@@ -160,17 +166,17 @@ def compare(a: str, b: str) -> None:
             for k in ("num_hidden_layers", "vocab_size", "layer_types")
             if ca.get(k) != cb.get(k)
         }
-    print(json.dumps(result))
+    return result
 
 
-def chat(folder: str) -> None:
+def chat(folder: str) -> dict[str, object]:
     """The chat template's rendering of a fixed conversation, and the vocabulary size."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
     rendered = tokenizer.apply_chat_template(messages, tokenize=False) if tokenizer.chat_template else None
-    print(json.dumps({"rendered": rendered, "vocab": len(tokenizer)}))
+    return {"rendered": rendered, "vocab": len(tokenizer)}
 
 
 def truncation(workdir: str, spec_json: str) -> None:
@@ -214,4 +220,6 @@ if __name__ == "__main__":
         "chat": chat,
         "truncation": truncation,
     }[sys.argv[1]]
-    function(*sys.argv[2:])
+    result = function(*sys.argv[2:])
+    if result is not None:
+        print(json.dumps(result))

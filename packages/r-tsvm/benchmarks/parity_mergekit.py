@@ -25,9 +25,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import _children
 import yaml
-
-from _harness import HERE, in_child, load_average, load_json_line
+from _harness import load_average
 
 #: Recipes by feature: (name, what it checks, recipe with {placeholders} for the model folders, note).
 FEATURES: list[tuple[str, str, dict[str, Any]]] = [
@@ -39,7 +39,10 @@ FEATURES: list[tuple[str, str, dict[str, Any]]] = [
             "base_model": "{base}",
             "models": [
                 {"model": "{base}"},
-                *({"model": f"{{expert{i}}}", "parameters": {"weight": 1.0, "density": 0.5}} for i in range(3)),
+                *(
+                    {"model": f"{{expert{i}}}", "parameters": {"weight": 1.0, "density": 0.5}}
+                    for i in range(3)
+                ),
             ],
         },
     ),
@@ -237,7 +240,11 @@ FEATURES: list[tuple[str, str, dict[str, Any]]] = [
     (
         "model_stock",
         "new method: Model Stock",
-        {"merge_method": "model_stock", "base_model": "{base}", "models": [{"model": f"{{expert{i}}}"} for i in range(3)]},
+        {
+            "merge_method": "model_stock",
+            "base_model": "{base}",
+            "models": [{"model": f"{{expert{i}}}"} for i in range(3)],
+        },
     ),
     (
         "model_stock-filter-wise",
@@ -327,15 +334,21 @@ def fill(value: Any, folders: dict[str, str]) -> Any:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mergekit", default="/work/venvs/mergekit/bin/mergekit-yaml", help="mergekit-yaml path")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--mergekit", default="/work/venvs/mergekit/bin/mergekit-yaml", help="mergekit-yaml path"
+    )
     parser.add_argument("--workdir", default="/tmp/rtsvm-parity", help="where models and outputs go")
     parser.add_argument("--only", nargs="+", help="run only these features")
     args = parser.parse_args()
     import subprocess
 
+    from paperpack.r_tsvm import merge_checkpoints
+
     workdir = Path(args.workdir)
-    folders = load_json_line(in_child("parity-models", str(workdir / "models")))
+    folders = _children.parity_models(str(workdir / "models"))
     print(f"load average before: {load_average()}", flush=True)
     rows = []
     for name, what, recipe in FEATURES:
@@ -348,7 +361,7 @@ def main() -> None:
         folder.mkdir(parents=True)
         (folder / "recipe.yaml").write_text(yaml.safe_dump(filled, sort_keys=False))
         ours, theirs = folder / "ours", folder / "mergekit"
-        in_child("merge", str(folder / "recipe.yaml"), str(ours))
+        merge_checkpoints(folder / "recipe.yaml", ours, progress=False)
         done = subprocess.run(
             [args.mergekit, str(folder / "recipe.yaml"), str(theirs), "--quiet", "--random-seed", "0"],
             capture_output=True,
@@ -356,12 +369,16 @@ def main() -> None:
             check=False,
         )
         if done.returncode != 0:
-            rows.append({"feature": name, "what": what, "error": "mergekit: " + done.stderr.strip().splitlines()[-1]})
+            rows.append(
+                {"feature": name, "what": what, "error": "mergekit: " + done.stderr.strip().splitlines()[-1]}
+            )
             print(json.dumps(rows[-1]), flush=True)
             continue
-        result = load_json_line(in_child("compare", str(ours), str(theirs)))
-        chats = [load_json_line(in_child("chat", str(path))) for path in (ours, theirs)]
-        result.update(feature=name, what=what, chat_equal=chats[0] == chats[1], vocab=[c["vocab"] for c in chats])
+        result = _children.compare(str(ours), str(theirs))
+        chats = [_children.chat(str(path)) for path in (ours, theirs)]
+        result.update(
+            feature=name, what=what, chat_equal=chats[0] == chats[1], vocab=[c["vocab"] for c in chats]
+        )
         rows.append(result)
         print(json.dumps(result), flush=True)
     print(f"load average after: {load_average()}")
@@ -374,7 +391,9 @@ def main() -> None:
             continue
         config = "same" if not row["config_differs"] else json.dumps(row["config_differs"])
         keys = "" if row["keys_equal"] else " (keys differ)"
-        chat = ("same" if row["chat_equal"] else "differs") + f", {row['vocab'][0]} / {row['vocab'][1]} tokens"
+        chat = (
+            "same" if row["chat_equal"] else "differs"
+        ) + f", {row['vocab'][0]} / {row['vocab'][1]} tokens"
         print(
             f"| {row['feature']} | {row['what']} | {row['max_diff']:.1e} ({row['scale']:.2f}){keys} | {config} "
             f"| {chat} |"

@@ -79,8 +79,8 @@ def ties(base, tensors, weights, *, density, scaling=1.0, normalize=True, sign="
     b, taus = task_vectors(base, tensors)
     densities = density if isinstance(density, list) else [density] * len(taus)
     trimmed = []
-    for tau, density in zip(taus, densities, strict=True):
-        keep = top_k(tau, density)
+    for tau, fraction in zip(taus, densities, strict=True):
+        keep = top_k(tau, fraction)
         trimmed.append([v if i in keep else 0.0 for i, v in enumerate(tau)])
     return _out(
         _elect_and_merge(b, trimmed, weights, scaling=scaling, normalize=normalize, sign_method=sign), base
@@ -92,11 +92,9 @@ def dare(base, tensors, weights, *, density, uniforms, rescale=True, scaling=1.0
     b, taus = task_vectors(base, tensors)
     densities = density if isinstance(density, list) else [density] * len(taus)
     dropped = []
-    for tau, draws, density in zip(taus, uniforms, densities, strict=True):
+    for tau, draws, keep in zip(taus, uniforms, densities, strict=True):
         u = draws.reshape(-1).tolist()
-        dropped.append(
-            [(v / density if rescale else v) if u[i] < density else 0.0 for i, v in enumerate(tau)]
-        )
+        dropped.append([(v / keep if rescale else v) if u[i] < keep else 0.0 for i, v in enumerate(tau)])
     return _out(
         _elect_and_merge(b, dropped, weights, scaling=scaling, normalize=normalize, sign_method=sign), base
     )
@@ -108,10 +106,10 @@ def breadcrumbs(base, tensors, weights, *, density, gamma, scaling=1.0, sign=Non
     densities = density if isinstance(density, list) else [density] * len(taus)
     gammas = gamma if isinstance(gamma, list) else [gamma] * len(taus)
     masked = []
-    for tau, density, gamma in zip(taus, densities, gammas, strict=True):
+    for tau, kept, outliers in zip(taus, densities, gammas, strict=True):
         n = len(tau)
-        keep_n = int(density * n)
-        bottom = max(0, n - keep_n - int(gamma * n))
+        keep_n = int(kept * n)
+        bottom = max(0, n - keep_n - int(outliers * n))
         order = sorted(range(n), key=lambda i: abs(tau[i]))
         keep = set(order[bottom : bottom + keep_n])
         masked.append([v if i in keep else 0.0 for i, v in enumerate(tau)])
@@ -129,14 +127,14 @@ def della(base, tensors, weights, *, density, epsilon, uniforms, scaling=1.0, no
     densities = density if isinstance(density, list) else [density] * len(taus)
     epsilons = epsilon if isinstance(epsilon, list) else [epsilon] * len(taus)
     pruned = []
-    for tau, draws, density, epsilon in zip(taus, uniforms, densities, epsilons, strict=True):
+    for tau, draws, mean_keep, spread in zip(taus, uniforms, densities, epsilons, strict=True):
         u = draws.reshape(-1).tolist()
         out = [0.0] * len(tau)
         for r in range(rows):
             idx = list(range(r * width, (r + 1) * width))
             order = sorted(idx, key=lambda i: abs(tau[i]))
             for rank, i in enumerate(order):
-                q = density if width == 1 else density + epsilon * (rank / (width - 1) - 0.5)
+                q = mean_keep if width == 1 else mean_keep + spread * (rank / (width - 1) - 0.5)
                 out[i] = tau[i] / q if u[i] < q else 0.0
         pruned.append(out)
     return _out(
@@ -363,7 +361,7 @@ def model_stock(base, tensors, filter_wise=False):
     b = _np(base)
     taus = [_np(t) - b for t in tensors]
     n = len(taus)
-    rows = [slice(None)] if not filter_wise or b.ndim < 2 else [i for i in range(b.shape[0])]
+    rows = [slice(None)] if not filter_wise or b.ndim < 2 else list(range(b.shape[0]))
     out = b.copy()
     for row in rows:
         vectors = [tau[row].reshape(-1) for tau in taus]

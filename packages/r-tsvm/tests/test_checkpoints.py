@@ -307,9 +307,9 @@ def test_yaml_config_validation(model_dirs, tmp_path):
         ({**good, "parameters": {"density": 3}}, ConfigError, r"`density` must be in \[0, 1\]"),
         ({**good, "base_model": str(tmp_path / "nope")}, CheckpointNotFoundError, "does not exist"),
         (
-            {**good, "models": [{"model": "x", "parameters": {"density": 0.2}}]},
+            {**good, "models": [{"model": "x", "parameters": {"scaling": 0.2}}]},
             ConfigError,
-            "per-model parameter",
+            "not a per-model parameter",
         ),
         ({**good, "merge": "ties"}, ConfigError, "unknown merge config key 'merge'"),
         ({**good, "base_model": None}, ConfigError, "'ties' works on task vectors and needs a base model"),

@@ -51,7 +51,10 @@ def test_merge_command_dry_run_writes_nothing(model_dirs, tmp_path, capsys):
 def test_merge_command_reports_bad_recipes(model_dirs, tmp_path, capsys):
     recipe = write_recipe(tmp_path, model_dirs, parameters={"densty": 0.2})
     assert main(["merge", str(recipe), "--output", str(tmp_path / "out")]) != 0
-    assert "unknown parameter 'densty' for merge method 'task_arithmetic'" in capsys.readouterr().err
+    assert (
+        "unknown parameter 'densty' for merge method 'task_arithmetic' in `parameters`"
+        in capsys.readouterr().err
+    )
     assert_no_partial_output(tmp_path / "out")
 
 

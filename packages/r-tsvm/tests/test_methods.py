@@ -381,7 +381,15 @@ def test_della_linear_matches_reference(shape):
     base, models = make_models(shape)
     params = [{"density": 0.5, "epsilon": 0.3}, {"density": 0.7}, {"epsilon": 0.0}]
     fast = merge_tensors(
-        "della_linear", base, models, weights=WEIGHTS, density=0.6, epsilon=0.2, seed=2, key="k", model_params=params
+        "della_linear",
+        base,
+        models,
+        weights=WEIGHTS,
+        density=0.6,
+        epsilon=0.2,
+        seed=2,
+        key="k",
+        model_params=params,
     )
     slow = ref.della(
         base,
@@ -409,7 +417,9 @@ def test_per_model_density_matches_reference(shape):
 
 def test_per_model_parameters_are_checked():
     base, models = make_models((4, 3))
-    with pytest.raises(ConfigError, match="parameter 'scaling' of model 0 is not per model for merge method 'ties'"):
+    with pytest.raises(
+        ConfigError, match="parameter 'scaling' of model 0 is not per model for merge method 'ties'"
+    ):
         merge_tensors("ties", base, models, model_params=[{"scaling": 2.0}, {}, {}])
     with pytest.raises(ConfigError, match=r"`density` must be in \[0, 1\], got 2"):
         merge_tensors("ties", base, models, model_params=[{"density": 2}, {}, {}])
@@ -485,7 +495,9 @@ def _near_copies(spread, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
     base = torch.randn(48, 40, generator=g, dtype=dtype)
     delta = 0.1 * torch.randn(48, 40, generator=g, dtype=dtype)
-    return base, [base + delta + spread * 0.1 * torch.randn(48, 40, generator=g, dtype=dtype) for _ in range(3)]
+    return base, [
+        base + delta + spread * 0.1 * torch.randn(48, 40, generator=g, dtype=dtype) for _ in range(3)
+    ]
 
 
 @pytest.mark.parametrize("svd", ["fast", "exact"])
@@ -567,7 +579,10 @@ def test_fast_truncation_error_is_within_one_percent_of_the_exact(kind, shape):
     deltas = torch.stack([m - base for m in models])
     k = min(shape) // 3
     errors = {
-        mode: [float((d - (u * s) @ vh).norm()) for d, (u, s, vh) in zip(deltas, top_triplets(deltas, [k] * 3, mode))]
+        mode: [
+            float((d - (u * s) @ vh).norm())
+            for d, (u, s, vh) in zip(deltas, top_triplets(deltas, [k] * 3, mode), strict=True)
+        ]
         for mode in ("exact", "fast")
     }
     for exact, fast in zip(errors["exact"], errors["fast"], strict=True):

@@ -13,16 +13,22 @@ from paperpack.core.lazy import lazy_exports
 if TYPE_CHECKING:
     from paperpack.r_tsvm.config import (
         BreadcrumbsConfig,
+        BreadcrumbsTiesConfig,
         ConsensusConfig,
         DareConfig,
         DareTiesConfig,
         DellaConfig,
+        DellaLinearConfig,
         FisherConfig,
         IsoCConfig,
         IsoCTSConfig,
         LinearConfig,
+        ModelStockConfig,
+        NuSlerpConfig,
+        PassthroughConfig,
         RegMeanConfig,
         RTSVMConfig,
+        SCEConfig,
         SlerpConfig,
         TaskArithmeticConfig,
         TiesConfig,
@@ -30,30 +36,36 @@ if TYPE_CHECKING:
     )
     from paperpack.r_tsvm.lora import LoraAdapter, lora_delta_state_dict
     from paperpack.r_tsvm.merge import merge_state_dicts, merge_tensors
-    from paperpack.r_tsvm.methods.breadcrumbs import breadcrumbs_merge
+    from paperpack.r_tsvm.methods.breadcrumbs import breadcrumbs_merge, breadcrumbs_ties_merge
     from paperpack.r_tsvm.methods.consensus import consensus_merge
     from paperpack.r_tsvm.methods.dare import dare_linear_merge, dare_ties_merge
-    from paperpack.r_tsvm.methods.della import della_merge
+    from paperpack.r_tsvm.methods.della import della_linear_merge, della_merge
     from paperpack.r_tsvm.methods.fisher import fisher_merge
     from paperpack.r_tsvm.methods.iso import iso_c_merge, iso_cts_merge
     from paperpack.r_tsvm.methods.linear import linear_merge, task_arithmetic_merge
+    from paperpack.r_tsvm.methods.model_stock import model_stock_merge
+    from paperpack.r_tsvm.methods.nuslerp import nuslerp_merge
+    from paperpack.r_tsvm.methods.passthrough import passthrough_merge
     from paperpack.r_tsvm.methods.r_tsvm import r_tsvm_merge
     from paperpack.r_tsvm.methods.regmean import regmean_merge
+    from paperpack.r_tsvm.methods.sce import sce_merge
     from paperpack.r_tsvm.methods.slerp import slerp_merge
     from paperpack.r_tsvm.methods.ties import ties_merge
     from paperpack.r_tsvm.methods.tsv import tsv_m_merge
     from paperpack.r_tsvm.mixture import mix_datasets, mixture_trainer, train_on_mixture
-    from paperpack.r_tsvm.recipe import MergeConfig, ModelSpec
+    from paperpack.r_tsvm.recipe import MergeConfig, ModelSpec, SliceSource, SliceSpec
     from paperpack.r_tsvm.registry import MergeMethod, get_method, list_methods, register_method
     from paperpack.r_tsvm.statistics import compute_fisher, compute_gram
-    from paperpack.r_tsvm.streaming import merge_checkpoints
+    from paperpack.r_tsvm.streaming import TensorGroup, merge_checkpoints, walk_checkpoints
 
 __all__ = [
     "BreadcrumbsConfig",
+    "BreadcrumbsTiesConfig",
     "ConsensusConfig",
     "DareConfig",
     "DareTiesConfig",
     "DellaConfig",
+    "DellaLinearConfig",
     "FisherConfig",
     "IsoCConfig",
     "IsoCTSConfig",
@@ -62,18 +74,27 @@ __all__ = [
     "MergeConfig",
     "MergeMethod",
     "ModelSpec",
+    "ModelStockConfig",
+    "NuSlerpConfig",
+    "PassthroughConfig",
     "RTSVMConfig",
     "RegMeanConfig",
+    "SCEConfig",
     "SlerpConfig",
+    "SliceSource",
+    "SliceSpec",
     "TSVMConfig",
     "TaskArithmeticConfig",
+    "TensorGroup",
     "TiesConfig",
     "breadcrumbs_merge",
+    "breadcrumbs_ties_merge",
     "compute_fisher",
     "compute_gram",
     "consensus_merge",
     "dare_linear_merge",
     "dare_ties_merge",
+    "della_linear_merge",
     "della_merge",
     "fisher_merge",
     "get_method",
@@ -87,14 +108,19 @@ __all__ = [
     "merge_tensors",
     "mix_datasets",
     "mixture_trainer",
+    "model_stock_merge",
+    "nuslerp_merge",
+    "passthrough_merge",
     "r_tsvm_merge",
     "register_method",
     "regmean_merge",
+    "sce_merge",
     "slerp_merge",
     "task_arithmetic_merge",
     "ties_merge",
     "train_on_mixture",
     "tsv_m_merge",
+    "walk_checkpoints",
 ]
 
 __getattr__, __dir__ = lazy_exports(
@@ -115,6 +141,22 @@ __getattr__, __dir__ = lazy_exports(
         "TSVMConfig": "paperpack.r_tsvm.config",
         "TaskArithmeticConfig": "paperpack.r_tsvm.config",
         "TiesConfig": "paperpack.r_tsvm.config",
+        "BreadcrumbsTiesConfig": "paperpack.r_tsvm.config",
+        "DellaLinearConfig": "paperpack.r_tsvm.config",
+        "ModelStockConfig": "paperpack.r_tsvm.config",
+        "NuSlerpConfig": "paperpack.r_tsvm.config",
+        "PassthroughConfig": "paperpack.r_tsvm.config",
+        "SCEConfig": "paperpack.r_tsvm.config",
+        "breadcrumbs_ties_merge": "paperpack.r_tsvm.methods.breadcrumbs",
+        "della_linear_merge": "paperpack.r_tsvm.methods.della",
+        "model_stock_merge": "paperpack.r_tsvm.methods.model_stock",
+        "nuslerp_merge": "paperpack.r_tsvm.methods.nuslerp",
+        "passthrough_merge": "paperpack.r_tsvm.methods.passthrough",
+        "sce_merge": "paperpack.r_tsvm.methods.sce",
+        "SliceSource": "paperpack.r_tsvm.recipe",
+        "SliceSpec": "paperpack.r_tsvm.recipe",
+        "TensorGroup": "paperpack.r_tsvm.streaming",
+        "walk_checkpoints": "paperpack.r_tsvm.streaming",
         "LoraAdapter": "paperpack.r_tsvm.lora",
         "lora_delta_state_dict": "paperpack.r_tsvm.lora",
         "merge_state_dicts": "paperpack.r_tsvm.merge",

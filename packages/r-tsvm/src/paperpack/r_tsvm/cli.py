@@ -37,7 +37,12 @@ def _run_recipe(args: argparse.Namespace) -> int:
         print(config.to_yaml(), end="")
         return 0
     output = merge_checkpoints(config, args.output, progress=not args.no_progress, device=args.device)
-    print(f"merged {len(config.models)} model(s) with {config.merge_method} into {output}")
+    what = (
+        f"{len(config.models)} model(s)"
+        if config.models is not None
+        else f"{len(config.slices or [])} slice(s)"
+    )
+    print(f"merged {what} with {config.merge_method} into {output}")
     return 0
 
 
@@ -89,8 +94,7 @@ def _run_r_tsvm(args: argparse.Namespace) -> int:
     )
     output = merge_checkpoints(config, args.output, progress=not args.no_progress, device=args.device)
     print(
-        f"merged {len(config.models)} model(s) with R-TSVM into {output} (per-layer report: "
-        "merge_report.json)"
+        f"merged {len(args.models)} model(s) with R-TSVM into {output} (per-layer report: merge_report.json)"
     )
     return 0
 

@@ -117,10 +117,11 @@ _PARALLEL_HELP = (
 )
 
 
-def _check_spectral(config: object) -> None:
+def _check_spectral(config: TSVMConfig | IsoCConfig | RTSVMConfig) -> None:
     check_choice("svd", config.svd, SVD_MODES)
-    if hasattr(config, "parallel_tol"):
-        check_range("parallel_tol", config.parallel_tol, 0.0, 2.0)
+    tolerance = getattr(config, "parallel_tol", None)
+    if tolerance is not None:
+        check_range("parallel_tol", tolerance, 0.0, 2.0)
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Which input tensors make each output tensor: the layout of a merge, worked out from the headers alone.
 
 A merge of whole models (``models:``) maps every key of the reference checkpoint (the base, else the first
-model) to itself in every model. A merge by ``slices:`` builds the output's layers slice by slice: output layer
-j of a slice comes from layer ``start + offset`` of each source, renamed to the output's numbering; the
+model) to itself in every model. A merge by ``slices:`` builds the output's layers slice by slice: output
+layer j of a slice comes from layer ``start + offset`` of each source, renamed to the output's numbering; the
 parameters outside the layers come from the first slice's sources (embeddings) or the last slice's (everything
 else: final norm, LM head), as in mergekit.
 
@@ -20,7 +20,7 @@ from paperpack.core.errors import CheckpointError
 
 __all__ = ["LAYER_KEY", "Source", "TensorJob", "layer_index", "layer_keys", "layer_position", "num_layers"]
 
-#: A key inside the i-th decoder layer: group 1 is the prefix up to the index, group 2 the index, group 3 the rest.
+#: A key inside the i-th decoder layer: groups are the prefix up to the index, the index, and the rest.
 LAYER_KEY = re.compile(r"^(.*?(?:^|\.)(?:layers|h|blocks|block|layer)\.)(\d+)(\..+)$")
 #: Parameters before the layers (embeddings); every other non-layer parameter comes after them.
 _PRE_LAYER_KEY = re.compile(r"(embed|wte|wpe|word_embeddings|position_embeddings)")
@@ -68,7 +68,7 @@ def num_layers(keys: Iterable[str]) -> int:
 
 
 def layer_position(index: int | None, count: int) -> float:
-    """The gradient position t of layer ``index`` of ``count`` (mergekit's rule: i / (n − 1), 1 when n = 1)."""
+    """The gradient position t of layer ``index`` of ``count``: i / (n − 1), 1 when n = 1 (as mergekit)."""
     if index is None:
         return 0.0
     return index / (count - 1) if count > 1 else 1.0
@@ -155,8 +155,8 @@ def sliced_jobs(
                 found = layer_keys(keys_of[model], start + offset)
                 if not found:
                     raise CheckpointError(
-                        f"slices[{number}]: input {model} has no layer {start + offset} (its layer_range runs past "
-                        "its last layer)"
+                        f"slices[{number}]: input {model} has no layer {start + offset} (its layer_range "
+                        "runs past its last layer)"
                     )
                 layers[(model, start)] = found
             names = list(next(iter(layers.values())))
@@ -166,8 +166,8 @@ def sliced_jobs(
                 if set(found) != set(suffixes):
                     missing = sorted(set(suffixes) ^ set(found))
                     raise CheckpointError(
-                        f"slices[{number}]: layer {offset} of a source has other parameters than the reference "
-                        f"layer ({missing[0]!r} differs): mismatched architectures"
+                        f"slices[{number}]: layer {offset} of a source has other parameters than the "
+                        f"reference layer ({missing[0]!r} differs): mismatched architectures"
                     )
             for suffix in suffixes:
                 jobs.append(

@@ -82,19 +82,19 @@ _SLICE_KEYS = {"sources", "base_model", "parameters"}
 
 
 def _check_parameters(params: Any, where: str, literal: Sequence[str] = ()) -> dict[str, Any]:
-    """Check the settings of a parameters mapping; names in ``literal`` (list-valued fields) are taken as is."""
+    """Check the settings of a parameters mapping; names in ``literal`` (list fields) are taken as is."""
     if params is None:
         return {}
     if not isinstance(params, dict):
         raise ConfigError(f"`{where}` must be a mapping of parameter names to values, got {params!r}")
     result = {}
-    for name, value in params.items():
-        if name in IGNORED:
-            logger.info("ignoring mergekit's `%s` in `%s`: it changes nothing here", name, where)
+    for given, value in params.items():
+        if given in IGNORED:
+            logger.info("ignoring mergekit's `%s` in `%s`: it changes nothing here", given, where)
             continue
-        name = ALIASES.get(name, name)
+        name = str(ALIASES.get(given, given))
         if name not in literal:
-            check_setting(str(name), value, where)
+            check_setting(name, value, where)
         result[name] = value
     return result
 
@@ -279,12 +279,13 @@ class MergeConfig:
             if name not in allowed:
                 if not shared and name in method.parameters:
                     raise ConfigError(
-                        f"`{name}` in `{where}` is not a per-model parameter of {method.name!r}; set it under the "
-                        f"top-level `parameters` (per model: {', '.join(sorted(per_model))})"
+                        f"`{name}` in `{where}` is not a per-model parameter of {method.name!r}; set it "
+                        f"under the top-level `parameters` (per model: {', '.join(sorted(per_model))})"
                     )
                 listed = ", ".join(sorted(allowed))
                 raise ConfigError(
-                    f"unknown parameter {name!r} for merge method {method.name!r} in `{where}`; allowed: {listed}"
+                    f"unknown parameter {name!r} for merge method {method.name!r} in `{where}`; "
+                    f"allowed: {listed}"
                 )
             if name == "weight":
                 if not method.takes_weights:
@@ -332,7 +333,9 @@ class MergeConfig:
                 f"merge method {method.name!r} needs per-model statistics: use `models`, not `slices`"
             )
         for number, item in enumerate(self.slices):
-            item.parameters = _check_parameters(item.parameters, f"slices[{number}].parameters", method.list_parameters)
+            item.parameters = _check_parameters(
+                item.parameters, f"slices[{number}].parameters", method.list_parameters
+            )
             self._check_names(method, item.parameters, f"slices[{number}].parameters", shared=True)
             for index, source in enumerate(item.sources):
                 where = f"slices[{number}].sources[{index}].parameters"
@@ -343,8 +346,8 @@ class MergeConfig:
                 in_slice = [s for s in item.sources if _same_path(s.model, base)]
                 if method.uses_base and not in_slice:
                     raise ConfigError(
-                        f"slices[{number}]: the base model {base!r} must be one of the slice's sources (with its "
-                        "layer_range), as in mergekit"
+                        f"slices[{number}]: the base model {base!r} must be one of the slice's sources "
+                        "(with its layer_range), as in mergekit"
                     )
                 count -= len(in_slice[:1]) if not method.base_first else 0
             try:
@@ -449,31 +452,7 @@ class MergeConfig:
             models = [ModelSpec(**entry) for entry in entries(data["models"], "models", _MODEL_KEYS)]
         slices = None
         if data.get("slices") is not None:
-            if not isinstance(data["slices"], list):
-                raise ConfigError(f"`slices` must be a list of {{sources: [...]}}, got {data['slices']!r}")
-            slices = []
-            for number, item in enumerate(data["slices"]):
-                if not isinstance(item, dict) or "sources" not in item:
-                    raise ConfigError(f"`slices[{number}]` must be a mapping with `sources`, got {item!r}")
-                extra = sorted(set(item) - _SLICE_KEYS)
-                if extra:
-                    raise ConfigError(
-                        f"unknown key {extra[0]!r} in `slices[{number}]`; allowed: {', '.join(sorted(_SLICE_KEYS))}"
-                    )
-                sources = entries(item["sources"], f"slices[{number}].sources", _SOURCE_KEYS)
-                for index, source in enumerate(sources):
-                    if "layer_range" not in source:
-                        raise ConfigError(f"`slices[{number}].sources[{index}]` needs a `layer_range`")
-                slice_base = item.get("base_model")
-                slices.append(
-                    SliceSpec(
-                        sources=[SliceSource(**source) for source in sources],
-                        base_model=None
-                        if slice_base is None
-                        else resolve(slice_base, f"slices[{number}].base_model"),
-                        parameters=item.get("parameters") or {},
-                    )
-                )
+            slices = _parse_slices(data["slices"], resolve, entries)
         base_model = data.get("base_model")
         tokenizer_source = data.get("tokenizer_source")
         if tokenizer_source not in (None, "base", "union"):
@@ -555,6 +534,35 @@ class MergeConfig:
     def to_yaml(self) -> str:
         """The recipe as YAML text (``merge_checkpoints`` stores it beside its output)."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _parse_slices(items: Any, resolve: Any, entries: Any) -> list[SliceSpec]:
+    """The ``slices:`` of a recipe mapping, paths resolved."""
+    if not isinstance(items, list):
+        raise ConfigError(f"`slices` must be a list of {{sources: [...]}}, got {items!r}")
+    slices = []
+    for number, item in enumerate(items):
+        if not isinstance(item, dict) or "sources" not in item:
+            raise ConfigError(f"`slices[{number}]` must be a mapping with `sources`, got {item!r}")
+        extra = sorted(set(item) - _SLICE_KEYS)
+        if extra:
+            allowed = ", ".join(sorted(_SLICE_KEYS))
+            raise ConfigError(f"unknown key {extra[0]!r} in `slices[{number}]`; allowed: {allowed}")
+        sources = entries(item["sources"], f"slices[{number}].sources", _SOURCE_KEYS)
+        for index, source in enumerate(sources):
+            if "layer_range" not in source:
+                raise ConfigError(f"`slices[{number}].sources[{index}]` needs a `layer_range`")
+        slice_base = item.get("base_model")
+        slices.append(
+            SliceSpec(
+                sources=[SliceSource(**source) for source in sources],
+                base_model=None
+                if slice_base is None
+                else resolve(slice_base, f"slices[{number}].base_model"),
+                parameters=item.get("parameters") or {},
+            )
+        )
+    return slices
 
 
 def _plain(value: Any) -> bool:

@@ -85,8 +85,10 @@ class MergeMethod:
 
     @property
     def list_parameters(self) -> list[str]:
-        """The parameters whose value is a list (``exclude_keys``): in a recipe, a list there is the value
-        itself, not a gradient over layers."""
+        """The parameters whose value is a list (``exclude_keys``).
+
+        In a recipe, a list given for one of them is the value itself, not a gradient over layers.
+        """
         return [
             item.name
             for item in dataclasses.fields(self.config_class)

@@ -57,8 +57,8 @@ def check_setting(name: str, value: Any, where: str) -> None:
                 _check_conditional(label, item)
             return
     raise ConfigError(
-        f"{label} must be a finite number, true/false or a string; a non-empty list of those (a gradient over "
-        f"layers); or {{filter: NAME, value: ...}} conditionals; got {value!r}"
+        f"{label} must be a finite number, true/false or a string; a non-empty list of those (a gradient "
+        f"over layers); or {{filter: NAME, value: ...}} conditionals; got {value!r}"
     )
 
 

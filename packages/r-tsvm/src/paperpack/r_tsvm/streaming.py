@@ -4,9 +4,9 @@ Everything that can be checked from file headers is checked before the first ten
 vocabulary sizes, LoRA targets, statistics, every tensor's parameters (gradients and filters resolved) and the
 output path. The output is written through the core's :class:`~paperpack.core.checkpoints.StateDictWriter`
 into a hidden staging folder that is renamed into place only when complete, with the base model's config and
-tokenizer, the recipe (``merge_config.yaml``) and ``merge_report.json`` (the method, its parameters, the models
-and, for R-TSVM, each layer's ranks and weights). A single ``.safetensors`` output gets the recipe and the
-report beside it, as ``<name>.merge_config.yaml`` and ``<name>.merge_report.json``.
+tokenizer, the recipe (``merge_config.yaml``) and ``merge_report.json`` (the method, its parameters, the
+models and, for R-TSVM, each layer's ranks and weights). A single ``.safetensors`` output gets the recipe and
+the report beside it, as ``<name>.merge_config.yaml`` and ``<name>.merge_report.json``.
 
 :func:`walk_checkpoints` is the same walk without a method: it yields, key by key, the base's and every
 model's tensor (LoRA adapters as their dense weights, tied heads resolved), for code that merges by itself.
@@ -43,7 +43,7 @@ from paperpack.r_tsvm.plan import (
     sliced_jobs,
     whole_model_jobs,
 )
-from paperpack.r_tsvm.recipe import MergeConfig, _same_path
+from paperpack.r_tsvm.recipe import MergeConfig, ModelSpec, _same_path
 from paperpack.r_tsvm.registry import MergeMethod
 from paperpack.r_tsvm.settings import resolve
 from paperpack.r_tsvm.vocabulary import (
@@ -189,7 +189,7 @@ def _expected_shape(inputs: _Inputs, job: TensorJob) -> tuple[int, ...]:
 def _check_job_shapes(
     inputs: _Inputs, jobs: Sequence[TensorJob], vocab_mismatch: str, aligned: bool
 ) -> set[str]:
-    """Check every source's shape against the job's anchor (base, else first source); return the vocab keys."""
+    """Check every source's shape against its job's base (else first source); return the vocabulary keys."""
     vocab_keys: set[str] = set()
     for model in inputs.models:
         if isinstance(model, _AdapterModel):
@@ -197,8 +197,8 @@ def _check_job_shapes(
             unknown = sorted(model.adapter.keys - known)
             if unknown:
                 raise CheckpointError(
-                    f"LoRA adapter {model.path} changes {unknown[0]!r}, which the base model does not have: was "
-                    "it trained on another architecture?"
+                    f"LoRA adapter {model.path} changes {unknown[0]!r}, which the base model does not have: "
+                    "was it trained on another architecture?"
                 )
     for job in jobs:
         expected = _expected_shape(inputs, job)
@@ -209,8 +209,8 @@ def _check_job_shapes(
                 delta = model.adapter.delta_shape(source.key)
                 if delta is not None and delta != shape:
                     raise CheckpointError(
-                        f"LoRA adapter {model.path}: the delta of {source.key!r} has shape {list(delta)}, but the "
-                        f"weight has {list(shape)}"
+                        f"LoRA adapter {model.path}: the delta of {source.key!r} has shape {list(delta)}, "
+                        f"but the weight has {list(shape)}"
                     )
             if shape == expected:
                 continue
@@ -221,9 +221,9 @@ def _check_job_shapes(
                 if vocab_mismatch == "error":
                     raise CheckpointError(
                         f"vocabulary sizes differ: {job.key!r} has {shape[0]} rows in {model.path} but "
-                        f"{expected[0]} in the reference; set `vocab_mismatch: base` to keep the base model's "
-                        "tensor, `vocab_mismatch: truncate` to cut (or pad) every model to the base's vocabulary, "
-                        "or `tokenizer_source` to align them by token"
+                        f"{expected[0]} in the reference; set `vocab_mismatch: base` to keep the base "
+                        "model's tensor, `vocab_mismatch: truncate` to cut (or pad) every model to the "
+                        "base's vocabulary, or `tokenizer_source` to align them by token"
                     )
                 vocab_keys.add(job.key)
                 continue
@@ -267,7 +267,8 @@ def _model_scopes(config: MergeConfig, job: TensorJob) -> list[dict[str, Any]]:
     """Each source's own parameters (its model's, or its slice source's)."""
     if config.models is not None:
         return [config.models[m].parameters if m >= 0 else {} for m in job.members]
-    assert config.slices is not None and job.scope is not None
+    assert config.slices is not None
+    assert job.scope is not None
     sources = config.slices[job.scope].sources
     return [sources[m].parameters if m >= 0 else {} for m in job.members]
 
@@ -305,65 +306,81 @@ def _resolve_job(plan: _Plan, job: TensorJob) -> tuple[Any, list[float] | None, 
     return method_config, weight_list, model_params if any(model_params) else None
 
 
-def _open(config: MergeConfig, output: PathLike | None, device: torch.device) -> _Plan:
+def _whole_models(
+    config: MergeConfig, inputs: _Inputs, base: int | None
+) -> tuple[_FullModel, list[TensorJob]]:
+    """The reference model and the jobs of a ``models:`` merge."""
+    assert config.models is not None
+    models = [inputs.add(spec.model) for spec in config.models]
+    if base is None and isinstance(inputs.models[models[0]], _AdapterModel):
+        raise ConfigError(
+            f"{inputs.models[models[0]].path} is a LoRA adapter: set `base_model` to the model it adapts"
+        )
+    reference = inputs.full(base if base is not None else models[0], "the reference model")
+    for index in models:
+        model = inputs.models[index]
+        if isinstance(model, _FullModel):
+            _reconcile_keys(reference, model)
+    sources, members = models, list(range(len(models)))
+    if config.method.base_first and base is not None:
+        sources, members = [base, *models], [-1, *members]
+    jobs = [
+        TensorJob(job.key, job.sources, job.base, job.position, None, tuple(members))
+        for job in whole_model_jobs(reference.keys, sources, base)
+    ]
+    return reference, jobs
+
+
+def _slices(
+    config: MergeConfig, inputs: _Inputs, base: int | None
+) -> tuple[_FullModel, list[TensorJob], int]:
+    """The reference model, the jobs and the number of output layers of a ``slices:`` merge."""
+    assert config.slices is not None
     method = config.method
+    plans = []
+    for item in config.slices:
+        slice_base = item.base_model or config.base_model
+        entries = [(inputs.add(s.model), s.layer_range[0], number) for number, s in enumerate(item.sources)]
+        for index, _, _ in entries:
+            inputs.full(index, "every slice source")
+        base_entry = None
+        if slice_base is not None and (method.uses_base or method.optional_base or method.base_first):
+            found = [e for e in entries if _same_path(inputs.models[e[0]].path, slice_base)]
+            if found:
+                base_entry = found[0]
+                entries = [e for e in entries if e is not base_entry]
+                if method.base_first:
+                    entries, base_entry = [base_entry, *entries], None
+        plans.append(
+            SlicePlan(
+                sources=tuple((e[0], e[1]) for e in entries),
+                members=tuple(e[2] for e in entries),
+                base=None if base_entry is None else (base_entry[0], base_entry[1]),
+                length=item.length,
+            )
+        )
+    first = config.slices[0].sources[0].model
+    reference = inputs.full(base if base is not None else inputs.add(first), "the reference model")
+    keys_of = [model.keys if isinstance(model, _FullModel) else [] for model in inputs.models]
+    jobs, layers = sliced_jobs(keys_of, plans, inputs.models.index(reference))
+    return reference, jobs, layers
+
+
+def _open(config: MergeConfig, output: PathLike | None, device: torch.device) -> _Plan:
+    """Open every input and work out the merge from the headers: nothing is read or written yet."""
     if output is not None:
         check_output_path(output, config.paths())
     inputs = _Inputs(device)
     base = inputs.add(config.base_model) if config.base_model else None
     layers: int | None = None
     if config.models is not None:
-        models = [inputs.add(spec.model) for spec in config.models]
-        if base is None and isinstance(inputs.models[models[0]], _AdapterModel):
-            raise ConfigError(
-                f"{inputs.models[models[0]].path} is a LoRA adapter: set `base_model` to the model it adapts"
-            )
-        reference = inputs.full(base if base is not None else models[0], "the reference model")
-        for index in models:
-            model = inputs.models[index]
-            if isinstance(model, _FullModel):
-                _reconcile_keys(reference, model)
-        sources, members = models, list(range(len(models)))
-        if method.base_first and base is not None:
-            sources, members = [base, *models], [-1, *members]
-        jobs = [
-            TensorJob(job.key, job.sources, job.base, job.position, None, tuple(members))
-            for job in whole_model_jobs(reference.keys, sources, base)
-        ]
+        reference, jobs = _whole_models(config, inputs, base)
     else:
-        assert config.slices is not None
-        plans = []
-        for item in config.slices:
-            slice_base = item.base_model or config.base_model
-            entries = [
-                (inputs.add(s.model), s.layer_range[0], number) for number, s in enumerate(item.sources)
-            ]
-            for index, _, _ in entries:
-                inputs.full(index, "every slice source")
-            base_entry = None
-            if slice_base is not None and (method.uses_base or method.optional_base or method.base_first):
-                found = [e for e in entries if _same_path(inputs.models[e[0]].path, slice_base)]
-                if found:
-                    base_entry = found[0]
-                    entries = [e for e in entries if e is not base_entry]
-                    if method.base_first:
-                        entries, base_entry = [base_entry, *entries], None
-            plans.append(
-                SlicePlan(
-                    sources=tuple((e[0], e[1]) for e in entries),
-                    members=tuple(e[2] for e in entries),
-                    base=None if base_entry is None else (base_entry[0], base_entry[1]),
-                    length=item.length,
-                )
-            )
-        first = config.slices[0].sources[0].model
-        reference = inputs.full(base if base is not None else inputs.add(first), "the reference model")
-        keys_of = [model.keys if isinstance(model, _FullModel) else [] for model in inputs.models]
-        jobs, layers = sliced_jobs(keys_of, plans, inputs.models.index(reference))
+        reference, jobs, layers = _slices(config, inputs, base)
     statistics = None
     if config.models is not None and any(spec.statistics for spec in config.models):
         statistics = [LazyStateDict(str(spec.statistics), device=device) for spec in config.models]
-    plan = _Plan(method, config, inputs, base, reference, jobs, layers, statistics)
+    plan = _Plan(config.method, config, inputs, base, reference, jobs, layers, statistics)
     aligned = config.tokenizer_source is not None
     plan.vocab_keys = _check_job_shapes(inputs, jobs, config.vocab_mismatch, aligned)
     _check_statistics(plan)
@@ -538,10 +555,10 @@ def merge_checkpoints(
     Inputs are model folders (single or sharded safetensors), ``.safetensors`` files, or PEFT LoRA adapter
     folders (merged as dense deltas s · B A on the base model). The output folder holds the merged weights
     (sharded above ``max_shard_size``), the base model's config (its layer count and vocabulary size updated
-    for slices and ``tokenizer_source``), generation config and tokenizer, the recipe ``merge_config.yaml`` and
-    ``merge_report.json`` (the method, its parameters and models; for R-TSVM also each layer's ranks and outlier
-    weights). It loads with ``from_pretrained``. A ``.safetensors`` output gets the recipe and the report beside
-    it (``<name>.merge_config.yaml``, ``<name>.merge_report.json``).
+    for slices and ``tokenizer_source``), generation config and tokenizer, the recipe ``merge_config.yaml``
+    and ``merge_report.json`` (the method, its parameters and models; for R-TSVM also each layer's ranks and
+    outlier weights). It loads with ``from_pretrained``. A ``.safetensors`` output gets the recipe and the
+    report beside it (``<name>.merge_config.yaml``, ``<name>.merge_report.json``).
 
     Args:
         config: a :class:`MergeConfig`, a path to its YAML file, or a mapping in the YAML layout.
@@ -600,7 +617,7 @@ class TensorGroup:
         key: the parameter's name (the base's, else the first model's).
         base: the base model's tensor, or None without a base.
         tensors: each model's tensor, in the order given (a LoRA adapter's is the base plus its delta; a tied
-            model's LM head is its embedding; vocabulary rows cut or padded per ``vocab_mismatch="truncate"``).
+            model's LM head is its embedding; rows cut or padded with ``vocab_mismatch="truncate"``).
     """
 
     key: str
@@ -618,19 +635,19 @@ def walk_checkpoints(
 ) -> Iterator[TensorGroup]:
     """Walk N checkpoints key by key, holding one key's tensors at a time.
 
-    The same walk :func:`merge_checkpoints` makes, without a method: keys, shapes, tied heads, LoRA targets and
-    vocabulary sizes are checked from the headers before the first tensor is read, then each key's tensors are
-    read (to ``device``) and yielded. Combine them with :func:`~paperpack.r_tsvm.merge_tensors` (or anything
-    else) and write with the core's :class:`~paperpack.core.checkpoints.StateDictWriter`.
+    The same walk :func:`merge_checkpoints` makes, without a method: keys, shapes, tied heads, LoRA targets
+    and vocabulary sizes are checked from the headers before the first tensor is read, then each key's tensors
+    are read (to ``device``) and yielded. Combine them with :func:`~paperpack.r_tsvm.merge_tensors` (or
+    anything else) and write with the core's :class:`~paperpack.core.checkpoints.StateDictWriter`.
 
     Args:
         models: model folders, ``.safetensors`` files or sharded folders, or LoRA adapter folders (these need
             ``base_model``).
         base_model: the base model θ_0, or None.
         device: where tensors are read to.
-        vocab_mismatch: embeddings / LM heads of another vocabulary size: "error", "base" (yield only the base's
-            rows: the models' tensors are the base's) or "truncate" (cut or pad each model's rows to the
-            base's).
+        vocab_mismatch: embeddings / LM heads of another vocabulary size: "error", "base" (yield only the
+            base's rows: the models' tensors are the base's) or "truncate" (cut or pad each model's rows to
+            the base's).
         progress: show a progress bar over keys.
 
     Yields:
@@ -649,7 +666,7 @@ def walk_checkpoints(
         raise ConfigError("`models` must be a non-empty list of checkpoint paths")
     config = MergeConfig(
         "linear",
-        models=[{"model": str(path)} for path in models],  # type: ignore[list-item]
+        models=[ModelSpec(model=str(path)) for path in models],
         base_model=None if base_model is None else str(base_model),
         vocab_mismatch=vocab_mismatch,
     )
@@ -657,8 +674,8 @@ def walk_checkpoints(
     base_index = plan.base
     for job in tqdm(plan.jobs, desc="checkpoints", unit="tensor", disable=not progress):
         if job.key in plan.vocab_keys and vocab_mismatch == "base":
-            kept = plan.base_tensor(job.key) if base_index is not None else plan.reference.load(job.key, None)
-            yield TensorGroup(job.key, kept, [kept] * len(job.sources))
+            kept = plan.reference.load(job.key, None)
+            yield TensorGroup(job.key, kept if base_index is not None else None, [kept] * len(job.sources))
             continue
         base = plan.base_tensor(job.key) if base_index is not None else None
         tensors = [plan.inputs.models[source.model].load(source.key, base) for source in job.sources]

@@ -90,7 +90,7 @@ def _copy(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
 
 
 def _usable(tokenizer: PreTrainedTokenizerBase, rows: int) -> dict[str, int]:
-    """The tokenizer's tokens with an embedding row (ids beyond the embedding are padding of the vocabulary)."""
+    """The tokenizer's tokens that have an embedding row (ids past the embedding are not usable)."""
     return {token: index for token, index in tokenizer.get_vocab().items() if index < rows}
 
 
@@ -214,4 +214,5 @@ def resolve_chat_template(value: str, tokenizers: Sequence[PreTrainedTokenizerBa
         return None
     counts = Counter(templates)
     best = max(counts.values())
-    return next(template for template in templates if counts[template] == best)
+    chosen: str = next(template for template in templates if counts[template] == best)
+    return chosen

@@ -95,12 +95,14 @@ def isotropic(matrix: Tensor, svd: str = "fast") -> Tensor:
         values = torch.linalg.eigvalsh(wide @ wide.mT)
         threshold = POLAR_CONDITION.get(matrix.dtype, POLAR_CONDITION[torch.float32])
         if float(values[0]) >= threshold * float(values[-1]) > 0:
-            return values.sqrt().mean() * polar_factor(matrix, "fast")
+            flat: Tensor = values.sqrt().mean() * polar_factor(matrix, "fast")
+            return flat
     left, singular, right = torch.linalg.svd(matrix, full_matrices=False)
     (rank,) = numerical_rank(singular, matrix.shape)
     if not rank:  # numerically zero: nothing to add
         return torch.zeros_like(matrix)
-    return singular[:rank].mean() * torch.matmul(left[:, :rank], right[:rank])
+    merged: Tensor = singular[:rank].mean() * torch.matmul(left[:, :rank], right[:rank])
+    return merged
 
 
 def iso_cts_spaces(rank: int, num_tasks: int, fraction: float) -> tuple[int, int]:

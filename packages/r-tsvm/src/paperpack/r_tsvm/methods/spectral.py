@@ -78,7 +78,8 @@ def singular_values(deltas: Tensor, mode: str = "fast") -> Tensor:
     """
     check_svd_mode(mode)
     if mode == "exact":
-        return torch.linalg.svdvals(deltas)
+        values: Tensor = torch.linalg.svdvals(deltas)
+        return values
     wide = deltas if deltas.shape[-2] <= deltas.shape[-1] else deltas.mT
     values, _ = _gram_eigh(wide)
     return values.clamp(min=0).sqrt()
@@ -160,9 +161,11 @@ def polar_factor(matrix: Tensor, mode: str = "fast") -> Tensor:
         threshold = POLAR_CONDITION.get(matrix.dtype, POLAR_CONDITION[torch.float32])
         if float(values[0]) >= threshold * float(values[-1]) > 0:
             inverse_root = (vectors * values.rsqrt()) @ vectors.mT
-            return matrix @ inverse_root if tall else inverse_root @ matrix
+            result: Tensor = matrix @ inverse_root if tall else inverse_root @ matrix
+            return result
     left, _, right = torch.linalg.svd(matrix, full_matrices=False)
-    return left @ right
+    polar: Tensor = left @ right
+    return polar
 
 
 def _cosines(deltas: Tensor) -> Tensor:
