@@ -2,6 +2,7 @@
 
 - ``models WORKDIR SPEC_JSON``: write a synthetic Llama base and fine-tunes (base + seeded noise) once.
 - ``parity-models WORKDIR``: the small models of the parity recipes (tokenizers, added tokens, chat templates).
+- ``warm FOLDER...``: read every input file once.
 - ``merge RECIPE OUTPUT``: merge with paperpack-r-tsvm, measured with the core's MemoryMeter.
 - ``compare A B``: the largest |a − b| over all keys (embeddings compared by token when vocabularies differ).
 - ``truncation WORKDIR METHOD_JSON``: per task and matrix, the truncation error of the fast and exact paths.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -116,6 +118,15 @@ def parity_models(workdir: str) -> dict[str, str]:
     return {name: str(root / name) for name in names}
 
 
+def warm(*folders: str) -> None:
+    """Read every input file once, so that no arm pays the first cold read."""
+    for folder in folders:
+        for file in Path(folder).glob("*.safetensors"):
+            with file.open("rb") as handle:
+                while handle.read(1 << 26):
+                    pass
+
+
 def merge(recipe: str, output: str) -> None:
     from paperpack.core.device import MemoryMeter
     from paperpack.r_tsvm import merge_checkpoints
@@ -143,7 +154,10 @@ def compare(a: str, b: str) -> dict[str, object]:
     worst, worst_key, by_token = 0.0, None, False
     for key in sorted(set(left) & set(right)):
         x, y = left[key].double(), right[key].double()
-        if x.shape != y.shape and x.shape[1:] == y.shape[1:]:
+        vocabulary = (
+            re.search(r"(embed_tokens|lm_head)\.weight$", key) and (Path(a) / "tokenizer.json").is_file()
+        )
+        if (x.shape != y.shape or vocabulary) and x.shape[1:] == y.shape[1:]:
             rows_x, rows_y = _rows_by_token(Path(a), x), _rows_by_token(Path(b), y)
             if set(rows_x) != set(rows_y):
                 result["vocab_differs"] = sorted(set(rows_x) ^ set(rows_y))[:5]
@@ -216,6 +230,7 @@ if __name__ == "__main__":
         "models": models,
         "parity-models": parity_models,
         "merge": merge,
+        "warm": warm,
         "compare": compare,
         "chat": chat,
         "truncation": truncation,
