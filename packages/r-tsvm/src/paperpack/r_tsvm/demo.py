@@ -62,7 +62,9 @@ _SCALE = {
     "dare_linear": "scaling",
     "dare_ties": "scaling",
     "breadcrumbs": "scaling",
+    "breadcrumbs_ties": "scaling",
     "della": "scaling",
+    "della_linear": "scaling",
     "consensus": "scaling",
     "tsv_m": "alpha",
     "iso_c": "alpha",
@@ -368,7 +370,12 @@ def _run_seed(ctx: DemoContext, seed: int, budget: _Budget) -> dict[str, Any]:
     rows["data mixture (uniform)"] = (_scores(mixture, test), None)
 
     evaluator = _Evaluator(_copy(model), base, validation, test)
-    methods = [name for name in list_methods() if get_method(name).name == name and name != "slerp"]
+    # Every method that merges three models (not the aliases, nor SLERP, NuSLERP and passthrough).
+    methods = [
+        name
+        for name in list_methods()
+        if get_method(name).name == name and get_method(name).max_models is None
+    ]
     for name in ctx.progress(methods, desc=f"seed {seed}: merges"):
         statistic = get_method(name).statistic
         chosen = fishers if statistic == "fisher" else grams if statistic == "gram" else None
@@ -604,7 +611,7 @@ def run_demo(ctx: DemoContext) -> DemoReport:
         "Experts, base and mixture are trained with TRL's SFTTrainer; the mixture trains as many steps as "
         "the "
         "three experts together.",
-        "slerp is left out: it merges exactly two models.",
+        "slerp and nuslerp are left out: they merge exactly two models (passthrough copies one).",
         "fisher uses the empirical diagonal Fisher of 32 training examples per expert, regmean the Gram "
         "matrices "
         "of 64.",

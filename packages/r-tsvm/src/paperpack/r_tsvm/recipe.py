@@ -295,11 +295,19 @@ class MergeConfig:
                     if isinstance(leaf, bool) or not isinstance(leaf, int | float) or not math.isfinite(leaf):
                         raise ConfigError(f"`weight` in `{where}` must be a finite number, got {leaf!r}")
                 continue
+            # Each value the setting can give is checked here, beside the plain values it will meet (the
+            # recipe's and this scope's), so that constraints between fields (DELLA's density ± epsilon/2) hold.
+            context = {
+                key: item
+                for scope in (self.parameters, params)
+                for key, item in scope.items()
+                if key in method.parameters and (_plain(item) or key in method.list_parameters)
+            }
             if name in method.list_parameters:
-                method.make_config({name: value})
+                method.make_config({**context, name: value})
                 continue
             for leaf in setting_leaves(value):
-                method.make_config({name: leaf})  # each value the setting can give is checked here
+                method.make_config({**context, name: leaf})
 
     def _check_models(self, method: MergeMethod) -> None:
         if not isinstance(self.models, list) or not self.models:
