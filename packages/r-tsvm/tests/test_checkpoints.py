@@ -329,8 +329,32 @@ def test_merging_again_into_the_same_folder_replaces_the_report(tmp_path):
     base = save_state_dict({"w": torch.zeros(4, 4)}, tmp_path / "base")
     models = [save_state_dict({"w": torch.randn(4, 4)}, tmp_path / f"m{i}") for i in range(3)]
     for method in ("r_tsvm", "ties"):
-        out = merge_checkpoints(recipe(method, base, models), tmp_path / "out", progress=False)
+        out = merge_checkpoints(
+            recipe(method, base, models), tmp_path / "out", progress=False, overwrite=True
+        )
         report = json.loads((out / "merge_report.json").read_text())
         assert report["merge_method"] == method
         assert MergeConfig.from_yaml(out / "merge_config.yaml").merge_method == method
     assert report["layers"] == {}
+
+
+def test_an_existing_folder_is_refused_unless_it_is_an_earlier_merge(model_dirs, tmp_path):
+    """Before: merging into a folder deleted the user's *.safetensors there and kept every other file."""
+    from paperpack.core.errors import OutputExistsError
+    from paperpack.core.testing.contracts import snapshot_tree
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "fisher_stats.safetensors").write_bytes(b"user data")
+    (folder / "adapter_config.json").write_text("{}")
+    before = snapshot_tree([folder])
+    data = recipe("task_arithmetic", model_dirs["base"], [model_dirs["expert0"]])
+    with pytest.raises(OutputExistsError, match="not empty and that paperpack did not write"):
+        merge_checkpoints(data, folder, progress=False, overwrite=True)
+    assert snapshot_tree([folder]) == before
+    out = merge_checkpoints(data, tmp_path / "out", progress=False)
+    with pytest.raises(OutputExistsError, match="pass overwrite=True to replace it"):
+        merge_checkpoints(data, out, progress=False)
+    with pytest.raises(OutputExistsError, match="an output of `merge`, not of `r-tsvm merge`"):
+        merge_checkpoints(data, out, progress=False, overwrite=True, command="r-tsvm merge")
+    assert merge_checkpoints(data, out, progress=False, overwrite=True) == out

@@ -321,18 +321,25 @@ def test_chat_template_named_auto_or_given(model_dirs, token_dirs, tmp_path):
 
 
 def test_single_file_output_gets_the_recipe_and_report_beside_it(tmp_path):
-    """Before: merge_report.json was written for folder outputs only."""
+    """Before: merge_report.json was written for folder outputs only; now the report, with the recipe, is beside
+    the file."""
     from paperpack.core.checkpoints import save_state_dict
 
     base = save_state_dict({"w": torch.zeros(6, 6)}, tmp_path / "base.safetensors")
     models = [save_state_dict({"w": torch.randn(6, 6)}, tmp_path / f"m{i}.safetensors") for i in range(3)]
     out = merge_checkpoints(recipe("r_tsvm", base, models), tmp_path / "merged.safetensors", progress=False)
     report = json.loads((tmp_path / "merged.merge_report.json").read_text())
-    assert report["merge_method"] == "r_tsvm" and report["layers"]["w"]["k_cap"] == 2
-    again = merge_checkpoints(
-        MergeConfig.from_yaml(tmp_path / "merged.merge_config.yaml"), tmp_path / "again.safetensors"
-    )
+    assert report["merge_method"] == "r_tsvm"
+    assert report["layers"]["w"]["k_cap"] == 2
+    again = merge_checkpoints(MergeConfig.from_dict(report["recipe"]), tmp_path / "again.safetensors")
     assert_state_dicts_equal(load_state_dict(again), load_state_dict(out))
+    # The file and its report are an earlier output of `merge`: replaced together with overwrite, not without.
+    from paperpack.core.errors import OutputExistsError
+
+    with pytest.raises(OutputExistsError, match="merged.safetensors' already exists"):
+        merge_checkpoints(recipe("ties", base, models), out, progress=False)
+    merge_checkpoints(recipe("ties", base, models), out, progress=False, overwrite=True)
+    assert json.loads((tmp_path / "merged.merge_report.json").read_text())["merge_method"] == "ties"
 
 
 def test_walk_checkpoints_yields_every_models_tensor_per_key(model_dirs):

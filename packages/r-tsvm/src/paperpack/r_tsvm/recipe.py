@@ -486,19 +486,19 @@ class MergeConfig:
 
         Raises:
             CheckpointNotFoundError: when the file does not exist.
-            ConfigError: for invalid YAML or an invalid config.
+            ConfigError: for a folder, invalid YAML (file and line named) or an invalid config.
 
         Example:
             >>> config = MergeConfig.from_yaml("merge.yaml")  # doctest: +SKIP
         """
+        from paperpack.core.yaml_io import load_yaml
+
         file = Path(path)
-        if not file.is_file():
+        if not file.exists():
             raise CheckpointNotFoundError(f"merge config {str(file)!r} does not exist")
-        try:
-            data = yaml.safe_load(file.read_text())
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{file} is not valid YAML: {error}") from None
-        return cls.from_dict(data, root=file.parent)
+        # Numbers such as 5e-1 and 1e300 are numbers (PyYAML alone reads them as strings); a duplicate key is
+        # an error; a YAML error names the file and line.
+        return cls.from_dict(load_yaml(file), root=file.parent)
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe as a mapping in the YAML layout, with every method parameter filled in."""

@@ -5,8 +5,10 @@ vocabulary sizes, LoRA targets, statistics, every tensor's parameters (gradients
 output path. The output is written through the core's :class:`~paperpack.core.checkpoints.StateDictWriter`
 into a hidden staging folder that is renamed into place only when complete, with the base model's config and
 tokenizer, the recipe (``merge_config.yaml``) and ``merge_report.json`` (the method, its parameters, the
-models and, for R-TSVM, each layer's ranks and weights). A single ``.safetensors`` output gets the recipe and
-the report beside it, as ``<name>.merge_config.yaml`` and ``<name>.merge_report.json``.
+models and, for R-TSVM, each layer's ranks and weights). A single ``.safetensors`` output gets its report, the
+recipe inside, beside it as ``<name>.merge_report.json``. Outputs follow the core's output policy
+(:func:`~paperpack.core.files.check_output`): a new path, an empty folder, or an earlier output of the same
+command with ``overwrite``.
 
 :func:`walk_checkpoints` is the same walk without a method: it yields, key by key, the base's and every
 model's tensor (LoRA adapters as their dense weights, tied heads resolved), for code that merges by itself.
@@ -35,7 +37,7 @@ from paperpack.core.checkpoints import (
 )
 from paperpack.core.device import resolve_device
 from paperpack.core.errors import CheckpointError, ConfigError
-from paperpack.core.files import atomic_write_text
+from paperpack.core.files import OUTPUT_KEY, atomic_write_text, check_output
 from paperpack.r_tsvm.lora import LoraAdapter, is_lora_adapter
 from paperpack.r_tsvm.plan import (
     SlicePlan,
@@ -54,7 +56,15 @@ from paperpack.r_tsvm.vocabulary import (
     resolve_chat_template,
 )
 
-__all__ = ["HEAD_KEY", "VOCAB_KEY", "TensorGroup", "merge_checkpoints", "walk_checkpoints"]
+__all__ = [
+    "HEAD_KEY",
+    "VOCAB_KEY",
+    "TensorGroup",
+    "check_merge_output",
+    "merge_checkpoints",
+    "report_path",
+    "walk_checkpoints",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -366,6 +376,38 @@ def _slices(
     return reference, jobs, layers
 
 
+def report_path(output: PathLike) -> Path:
+    """Where the report of a single-file output goes: ``<name>.merge_report.json`` beside it."""
+    return Path(output).with_suffix(".merge_report.json")
+
+
+def check_merge_output(
+    output: PathLike,
+    config: MergeConfig,
+    *,
+    command: str = "merge",
+    overwrite: bool = False,
+    flag: str = "output",
+) -> None:
+    """Check the output (and a single file's report beside it) against the output policy, before any work.
+
+    Raises:
+        OutputExistsError: naming ``flag`` and the fix.
+        CheckpointError: when the output overlaps an input.
+    """
+    single = Path(output).suffix == ".safetensors"
+    check_output(output, command=command, overwrite=overwrite, inputs=config.paths(), flag=flag, file=single)
+    if single:
+        check_output(
+            report_path(output),
+            command=command,
+            overwrite=overwrite,
+            inputs=config.paths(),
+            flag=flag,
+            file=True,
+        )
+
+
 def _open(config: MergeConfig, output: PathLike | None, device: torch.device) -> _Plan:
     """Open every input and work out the merge from the headers: nothing is read or written yet."""
     if output is not None:
@@ -531,6 +573,7 @@ def _write_tokenizer(plan: _Plan, folder: Path) -> None:
 def _summary(plan: _Plan, layers: dict[str, dict[str, Any]]) -> dict[str, Any]:
     config = plan.config
     return {
+        "recipe": config.to_dict(),
         "merge_method": plan.method.name,
         "parameters": {**asdict(config.method_config), **config.parameters},
         "weights": config.weights,
@@ -549,6 +592,8 @@ def merge_checkpoints(
     *,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    overwrite: bool = False,
+    command: str = "merge",
 ) -> Path:
     """Merge checkpoints on disk into a new model folder, streaming one tensor at a time.
 
@@ -556,16 +601,19 @@ def merge_checkpoints(
     folders (merged as dense deltas s · B A on the base model). The output folder holds the merged weights
     (sharded above ``max_shard_size``), the base model's config (its layer count and vocabulary size updated
     for slices and ``tokenizer_source``), generation config and tokenizer, the recipe ``merge_config.yaml``
-    and ``merge_report.json`` (the method, its parameters and models; for R-TSVM also each layer's ranks and
-    outlier weights). It loads with ``from_pretrained``. A ``.safetensors`` output gets the recipe and the
-    report beside it (``<name>.merge_config.yaml``, ``<name>.merge_report.json``).
+    and ``merge_report.json`` (the recipe, the method, its parameters and models; for R-TSVM also each layer's
+    ranks and outlier weights). It loads with ``from_pretrained``. A ``.safetensors`` output gets its report
+    beside it (``<name>.merge_report.json``).
 
     Args:
         config: a :class:`MergeConfig`, a path to its YAML file, or a mapping in the YAML layout.
-        output: the output folder (or ``.safetensors`` file); it must not be, or lie inside, an input.
+        output: the output folder (or ``.safetensors`` file): a new path or an empty folder, or an earlier
+            output of ``command`` with ``overwrite``; it must not be, or lie inside, an input.
         progress: show a progress bar over tensors.
         device: where the arithmetic runs ("cpu", "cuda", "auto"); tensors are read to it one key at a time
             and written back from the CPU.
+        overwrite: replace an earlier output of ``command`` at ``output``.
+        command: the command recorded in the output's marker (``paperpack merge`` passes ``"merge"``).
 
     Returns:
         The output path.
@@ -575,6 +623,7 @@ def merge_checkpoints(
         CheckpointError: for mismatched keys, shapes or vocabularies, unsupported adapters, an output that is
             an input, or a merge with non-finite values. Everything but the last is raised before anything is
             written; a failure while merging removes the partial output.
+        OutputExistsError: for an output in the way (see the output policy).
 
     Example:
         >>> from paperpack.r_tsvm import merge_checkpoints
@@ -585,27 +634,33 @@ def merge_checkpoints(
         config = MergeConfig.from_dict(dict(config))
     elif not isinstance(config, MergeConfig):
         config = MergeConfig.from_yaml(config)
+    check_merge_output(output, config, command=command, overwrite=overwrite)
     plan = _open(config, output, resolve_device(device))
     logger.info("merging with %s into %s", plan.method.name, output)
     layers: dict[str, dict[str, Any]] = {}
     metadata = {"merge_method": plan.method.name}
-    with StateDictWriter(output, max_shard_size=config.max_shard_size, metadata=metadata) as writer:
+    with StateDictWriter(
+        output,
+        max_shard_size=config.max_shard_size,
+        metadata=metadata,
+        command=command,
+        overwrite=overwrite,
+        inputs=config.paths(),
+    ) as writer:
         for job in tqdm(plan.jobs, desc=f"merging ({plan.method.name})", unit="tensor", disable=not progress):
             merged, report = _merge_job(plan, job)
             writer.add(job.key, merged)
             if report:
                 layers[job.key] = report
-        summary = json.dumps(_summary(plan, layers), indent=2)
+        summary = _summary(plan, layers)
         if not writer.single_file:
             copy_model_files(plan.reference.path, writer.staging_dir)
             _patch_model_config(plan, writer.staging_dir)
             _write_tokenizer(plan, writer.staging_dir)
             (writer.staging_dir / "merge_config.yaml").write_text(config.to_yaml())
-            (writer.staging_dir / "merge_report.json").write_text(summary)
-    if writer.single_file:
-        stem = writer.path.with_suffix("")
-        atomic_write_text(f"{stem}.merge_config.yaml", config.to_yaml())
-        atomic_write_text(f"{stem}.merge_report.json", summary)
+            (writer.staging_dir / "merge_report.json").write_text(json.dumps(summary, indent=2))
+    if writer.single_file:  # marked as ours, so that `overwrite` may replace it with the file
+        atomic_write_text(report_path(writer.path), json.dumps({OUTPUT_KEY: command, **summary}, indent=2))
     return writer.path
 
 
