@@ -296,7 +296,7 @@ class MergeConfig:
                         raise ConfigError(f"`weight` in `{where}` must be a finite number, got {leaf!r}")
                 continue
             # Each value the setting can give is checked here, beside the plain values it will meet (the
-            # recipe's and this scope's), so that constraints between fields (DELLA's density ± epsilon/2) hold.
+            # recipe's and this scope's), so that constraints between fields hold (DELLA's density ± ε/2).
             context = {
                 key: item
                 for scope in (self.parameters, params)
