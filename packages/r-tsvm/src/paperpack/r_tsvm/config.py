@@ -7,25 +7,29 @@ flags from these classes instantly.
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from paperpack.core.errors import ConfigError
 from paperpack.core.validation import (
-    check_choice,
+    check_bool,
     check_int,
+    check_literal_fields,
+    check_number,
+    check_patterns,
     check_positive,
     check_probability,
     check_range,
 )
 
 __all__ = [
+    "DTYPES",
     "OUTLIER_ACTIONS",
     "OUTLIER_MODES",
     "RANK_MODES",
     "SIGN_METHODS",
     "SVD_MODES",
+    "VOCAB_POLICIES",
     "BreadcrumbsConfig",
     "BreadcrumbsTiesConfig",
     "ConsensusConfig",
@@ -37,74 +41,42 @@ __all__ = [
     "IsoCConfig",
     "IsoCTSConfig",
     "LinearConfig",
+    "MergeOutputOptions",
     "ModelStockConfig",
     "NuSlerpConfig",
+    "OutlierAction",
+    "OutlierMode",
+    "OutputDtype",
     "PassthroughConfig",
     "RTSVMConfig",
+    "RankMode",
     "RegMeanConfig",
     "SCEConfig",
+    "SVDMode",
+    "SignMethod",
     "SlerpConfig",
     "TSVMConfig",
     "TaskArithmeticConfig",
     "TiesConfig",
-    "check_bool",
-    "check_number",
-    "check_patterns",
+    "VocabPolicy",
 ]
 
-
-def check_number(name: str, value: object) -> None:
-    """Check that a config value is a finite real number (not a bool).
-
-    Raises:
-        ConfigError: naming the field and the value.
-    """
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"`{name}` must be a finite number, got {value!r}")
-
-
-def check_bool(name: str, value: object) -> None:
-    """Check that a config value is a bool.
-
-    Raises:
-        ConfigError: naming the field and the value.
-    """
-    if not isinstance(value, bool):
-        raise ConfigError(f"`{name}` must be true or false, got {value!r}")
-
-
-def check_patterns(name: str, patterns: object) -> None:
-    """Check a list of regular expressions (``exclude_keys``).
-
-    Raises:
-        ConfigError: for a non-list or an invalid pattern.
-    """
-    if isinstance(patterns, str) or not isinstance(patterns, list | tuple):
-        raise ConfigError(f"`{name}` must be a list of regular expressions, got {patterns!r}")
-    for pattern in patterns:
-        if not isinstance(pattern, str):
-            raise ConfigError(f"`{name}` must hold strings, got {pattern!r}")
-        try:
-            re.compile(pattern)
-        except re.error as error:
-            raise ConfigError(f"`{name}` holds an invalid regular expression {pattern!r}: {error}") from None
-
-
 #: How TIES elects a sign per entry: by total mass ("sum", the paper) or by vote count ("count").
-SIGN_METHODS = ("sum", "count")
-
-
-OUTLIER_MODES = ("none", "mad", "sigma")
-
-
-OUTLIER_ACTIONS = ("downweight", "clip", "both")
-
-
-RANK_MODES = ("fixed", "sparsity", "energy")
-
-
+SignMethod = Literal["sum", "count"]
+#: How R-TSVM computes robust z-scores ("none": no outlier handling).
+OutlierMode = Literal["none", "mad", "sigma"]
+#: What R-TSVM does with outliers.
+OutlierAction = Literal["downweight", "clip", "both"]
+#: How R-TSVM picks each layer's rank.
+RankMode = Literal["fixed", "sparsity", "energy"]
 #: How TSV-M, R-TSVM and Iso compute singular triplets and polar factors (see ``methods.spectral``).
-SVD_MODES = ("fast", "exact")
+SVDMode = Literal["fast", "exact"]
+
+SIGN_METHODS: tuple[str, ...] = get_args(SignMethod)
+OUTLIER_MODES: tuple[str, ...] = get_args(OutlierMode)
+OUTLIER_ACTIONS: tuple[str, ...] = get_args(OutlierAction)
+RANK_MODES: tuple[str, ...] = get_args(RankMode)
+SVD_MODES: tuple[str, ...] = get_args(SVDMode)
 
 _SVD_HELP = (
     "'fast' (default, ours: Gram-matrix eigendecompositions, the SVD where those would lose accuracy) or "
@@ -118,7 +90,7 @@ _PARALLEL_HELP = (
 
 
 def _check_spectral(config: TSVMConfig | IsoCConfig | RTSVMConfig) -> None:
-    check_choice("svd", config.svd, SVD_MODES)
+    check_literal_fields(config)
     tolerance = getattr(config, "parallel_tol", None)
     if tolerance is not None:
         check_range("parallel_tol", tolerance, 0.0, 2.0)
@@ -193,7 +165,7 @@ class TiesConfig:
         default=True,
         metadata={"help": "Disjoint mean over agreeing tasks (True, the paper's) or disjoint sum (False)."},
     )
-    majority_sign: str = field(
+    majority_sign: SignMethod = field(
         default="sum",
         metadata={"help": "Sign election γ: 'sum' of masses (the paper's) or 'count' of votes."},
     )
@@ -202,7 +174,7 @@ class TiesConfig:
         check_probability("density", self.density)
         check_number("scaling", self.scaling)
         check_bool("normalize", self.normalize)
-        check_choice("majority_sign", self.majority_sign, SIGN_METHODS)
+        check_literal_fields(self)
 
 
 @dataclass
@@ -251,13 +223,13 @@ class DareTiesConfig(DareConfig):
         majority_sign: "sum" or "count", as in :class:`~paperpack.r_tsvm.TiesConfig`.
     """
 
-    majority_sign: str = field(
+    majority_sign: SignMethod = field(
         default="sum", metadata={"help": "Sign election: 'sum' of masses (TIES's) or 'count' of votes."}
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_choice("majority_sign", self.majority_sign, SIGN_METHODS)
+        check_literal_fields(self)
 
 
 @dataclass
@@ -303,13 +275,13 @@ class BreadcrumbsTiesConfig(BreadcrumbsConfig):
         majority_sign: "sum" or "count", as in :class:`~paperpack.r_tsvm.TiesConfig`.
     """
 
-    majority_sign: str = field(
+    majority_sign: SignMethod = field(
         default="sum", metadata={"help": "Sign election: 'sum' of masses (TIES's) or 'count' of votes."}
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_choice("majority_sign", self.majority_sign, SIGN_METHODS)
+        check_literal_fields(self)
 
 
 @dataclass
@@ -367,11 +339,13 @@ class DellaConfig(DellaLinearConfig):
     normalize: bool = field(
         default=True, metadata={"help": "Disjoint mean (True, the paper's fuse step) or sum."}
     )
-    majority_sign: str = field(default="sum", metadata={"help": "Sign election: 'sum' (TIES's) or 'count'."})
+    majority_sign: SignMethod = field(
+        default="sum", metadata={"help": "Sign election: 'sum' (TIES's) or 'count'."}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_choice("majority_sign", self.majority_sign, SIGN_METHODS)
+        check_literal_fields(self)
 
 
 @dataclass
@@ -423,7 +397,7 @@ class TSVMConfig:
         default_factory=list,
         metadata={"help": "Regexes of parameter names averaged instead of decomposed (none: FusionBench's)."},
     )
-    svd: str = field(default="fast", metadata={"help": _SVD_HELP})
+    svd: SVDMode = field(default="fast", metadata={"help": _SVD_HELP})
     parallel_tol: float = field(default=1e-3, metadata={"help": _PARALLEL_HELP})
 
     def __post_init__(self) -> None:
@@ -450,7 +424,7 @@ class IsoCConfig:
         default_factory=list,
         metadata={"help": "Regexes of parameter names averaged instead (none: FusionBench's)."},
     )
-    svd: str = field(default="fast", metadata={"help": _SVD_HELP})
+    svd: SVDMode = field(default="fast", metadata={"help": _SVD_HELP})
 
     def __post_init__(self) -> None:
         check_number("alpha", self.alpha)
@@ -558,14 +532,14 @@ class RTSVMConfig:
     alpha: float = field(
         default=1.0, metadata={"help": "α: θ = θ_0 + α Δ (1.0: ours, as TSV-M in FusionBench)."}
     )
-    outlier_mode: str = field(
+    outlier_mode: OutlierMode = field(
         default="mad",
         metadata={
             "help": "Robust z-scores: 'mad' (median/MAD), 'sigma' (mean/std) or 'none' (off). Ours: 'mad'."
         },
     )
     kappa: float = field(default=3.0, metadata={"help": "κ: entries with |z| > κ are outliers (ours: 3.0)."})
-    outlier_action: str = field(
+    outlier_action: OutlierAction = field(
         default="downweight",
         metadata={
             "help": "'downweight' (per-task, per-layer ω_t), 'clip' (winsorise) or 'both' (ours: downweight)."
@@ -575,7 +549,7 @@ class RTSVMConfig:
         default=1.0,
         metadata={"help": "γ in ω_t = 1 / (1 + γ o_t / ō); 0 disables downweighting (ours: 1.0)."},
     )
-    rank_mode: str = field(
+    rank_mode: RankMode = field(
         default="sparsity",
         metadata={
             "help": "Per-layer rank: 'fixed' (TSV-M's ⌊r/T⌋), 'sparsity' or 'energy' (ours: sparsity)."
@@ -599,16 +573,13 @@ class RTSVMConfig:
             "['embed_tokens', 'lm_head'] saves the two largest SVDs of an LLM)."
         },
     )
-    svd: str = field(default="fast", metadata={"help": _SVD_HELP})
+    svd: SVDMode = field(default="fast", metadata={"help": _SVD_HELP})
     parallel_tol: float = field(default=1e-3, metadata={"help": _PARALLEL_HELP})
 
     def __post_init__(self) -> None:
         check_number("alpha", self.alpha)
-        check_choice("outlier_mode", self.outlier_mode, OUTLIER_MODES)
         check_positive("kappa", self.kappa)
-        check_choice("outlier_action", self.outlier_action, OUTLIER_ACTIONS)
         check_positive("gamma", self.gamma, allow_zero=True)
-        check_choice("rank_mode", self.rank_mode, RANK_MODES)
         check_range("eps_rel", self.eps_rel, 0.0, 1.0, high_inclusive=False)
         check_range("energy_tau", self.energy_tau, 0.0, 1.0, low_inclusive=False)
         check_int("k_min", self.k_min, minimum=1)
@@ -694,3 +665,59 @@ class PassthroughConfig:
 
     def __post_init__(self) -> None:
         check_number("scale", self.scale)
+
+
+#: Output dtypes by name (None keeps each tensor's dtype in the base model).
+OutputDtype = Literal["float32", "bfloat16", "float16"]
+#: What to do when embeddings / LM heads have different vocabulary sizes (without ``tokenizer_source``).
+VocabPolicy = Literal["error", "base", "truncate"]
+DTYPES: tuple[str, ...] = get_args(OutputDtype)
+VOCAB_POLICIES: tuple[str, ...] = get_args(VocabPolicy)
+
+
+@dataclass(kw_only=True)
+class MergeOutputOptions:
+    """How a merge writes its output: the fields a recipe and ``paperpack r-tsvm merge`` share.
+
+    :class:`~paperpack.r_tsvm.MergeConfig` extends it; the command builds its flags from it (this module
+    imports no torch).
+
+    Args:
+        dtype: the output dtype; None keeps the base model's (the first model's without a base).
+        vocab_mismatch: embeddings / LM heads of another vocabulary size (without ``tokenizer_source``):
+            "error", "base" (keep the base model's tensor) or "truncate" (cut or pad every model's rows to the
+            base's vocabulary, by token id).
+        max_shard_size: the size of output shards.
+        tokenizer_source: None (the base model's tokenizer files are copied), "base", "union" or a model path:
+            the output vocabulary, with embeddings and LM heads aligned by token (as mergekit).
+        chat_template: None (keep the tokenizer's), "auto" (the most common among the inputs), "chatml" or a
+            Jinja template.
+    """
+
+    dtype: OutputDtype | None = field(
+        default=None,
+        metadata={"help": "the output dtype: float32, bfloat16 or float16 (default: the base's)"},
+    )
+    vocab_mismatch: VocabPolicy = field(
+        default="error",
+        metadata={
+            "help": "embeddings / LM heads of another vocabulary size: error, base (keep the base's tensor) "
+            "or truncate (cut or pad every model's rows to the base's vocabulary, by token id)"
+        },
+    )
+    max_shard_size: str = field(
+        default="5GB", metadata={"help": "the size of output shards, e.g. 5GB or 500MB"}
+    )
+    tokenizer_source: str | None = field(
+        default=None,
+        metadata={
+            "help": "the output vocabulary: base, union or a model path, embeddings aligned by token "
+            "(default: the base's tokenizer files are copied)"
+        },
+    )
+    chat_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "auto (the inputs' most common), chatml, or a Jinja template (default: the tokenizer's)"
+        },
+    )

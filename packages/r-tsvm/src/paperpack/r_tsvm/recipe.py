@@ -36,7 +36,8 @@ import yaml
 
 from paperpack.core.checkpoints import PathLike, parse_size
 from paperpack.core.errors import CheckpointNotFoundError, ConfigError
-from paperpack.core.validation import check_choice
+from paperpack.core.validation import check_literal_fields
+from paperpack.r_tsvm.config import DTYPES, VOCAB_POLICIES, MergeOutputOptions, OutputDtype, VocabPolicy
 from paperpack.r_tsvm.registry import MergeMethod, get_method
 from paperpack.r_tsvm.settings import check_setting, setting_leaves
 
@@ -46,16 +47,14 @@ __all__ = [
     "VOCAB_POLICIES",
     "MergeConfig",
     "ModelSpec",
+    "OutputDtype",
     "SliceSource",
     "SliceSpec",
+    "VocabPolicy",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Output dtypes by name (None keeps each tensor's dtype in the base model).
-DTYPES = ("float32", "bfloat16", "float16")
-#: What to do when embeddings / LM heads have different vocabulary sizes (without ``tokenizer_source``).
-VOCAB_POLICIES = ("error", "base", "truncate")
 #: Named chat templates (besides ``auto`` and a Jinja template given in full).
 CHAT_TEMPLATES = ("chatml",)
 #: mergekit spellings accepted in ``parameters``, mapped to ours.
@@ -86,11 +85,11 @@ def _check_parameters(params: Any, where: str, literal: Sequence[str] = ()) -> d
     if params is None:
         return {}
     if not isinstance(params, dict):
-        raise ConfigError(f"`{where}` must be a mapping of parameter names to values, got {params!r}")
+        raise ConfigError(f"{where} must be a mapping of parameter names to values, got {params!r}")
     result = {}
     for given, value in params.items():
         if given in IGNORED:
-            logger.info("ignoring mergekit's `%s` in `%s`: it changes nothing here", given, where)
+            logger.info("ignoring mergekit's `%s` in %s: it changes nothing here", given, where)
             continue
         name = str(ALIASES.get(given, given))
         if name not in literal:
@@ -118,7 +117,7 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
             raise ConfigError(f"`model` must be a path, got {self.model!r}")
-        self.parameters = _check_parameters(self.parameters, f"{self.model}.parameters")
+        self.parameters = _check_parameters(self.parameters, f"the parameters of model {self.model!r}")
         if self.statistics is not None and not isinstance(self.statistics, str):
             raise ConfigError(f"`statistics` of model {self.model!r} must be a path, got {self.statistics!r}")
 
@@ -151,7 +150,7 @@ class SliceSource:
                 f"`layer_range` of {self.model!r} must be [start, end) with 0 <= start < end, got {layers!r}"
             )
         self.layer_range = (int(layers[0]), int(layers[1]))
-        self.parameters = _check_parameters(self.parameters, f"{self.model}.parameters")
+        self.parameters = _check_parameters(self.parameters, f"the parameters of model {self.model!r}")
 
     @property
     def length(self) -> int:
@@ -195,7 +194,7 @@ def _same_path(a: str | None, b: str | None) -> bool:
 
 
 @dataclass
-class MergeConfig:
+class MergeConfig(MergeOutputOptions):
     """A validated merge recipe (see the module docstring for the YAML form).
 
     Give ``models`` (every model merged whole) or ``slices`` (layer ranges, merged or stacked slice by slice).
@@ -229,12 +228,7 @@ class MergeConfig:
     models: list[ModelSpec] | None = None
     base_model: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
-    dtype: str | None = None
-    vocab_mismatch: str = "error"
-    max_shard_size: str = "5GB"
     slices: list[SliceSpec] | None = None
-    tokenizer_source: str | None = None
-    chat_template: str | None = None
     method_config: Any = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -242,7 +236,7 @@ class MergeConfig:
         if (self.models is None) == (self.slices is None):
             raise ConfigError("a merge config needs exactly one of `models` and `slices`")
         literal = method.list_parameters
-        self.parameters = _check_parameters(self.parameters, "parameters", literal)
+        self.parameters = _check_parameters(self.parameters, "the recipe's `parameters`", literal)
         self._check_names(method, self.parameters, "parameters", shared=True)
         self.method_config = method.make_config(
             {
@@ -255,9 +249,7 @@ class MergeConfig:
             self._check_models(method)
         else:
             self._check_slices(method)
-        if self.dtype is not None:
-            check_choice("dtype", self.dtype, DTYPES)
-        check_choice("vocab_mismatch", self.vocab_mismatch, VOCAB_POLICIES)
+        check_literal_fields(self)
         parse_size(self.max_shard_size)
         if self.tokenizer_source not in (None, "base", "union") and not isinstance(
             self.tokenizer_source, str
@@ -342,7 +334,7 @@ class MergeConfig:
             )
         for number, item in enumerate(self.slices):
             item.parameters = _check_parameters(
-                item.parameters, f"slices[{number}].parameters", method.list_parameters
+                item.parameters, f"`slices[{number}].parameters`", method.list_parameters
             )
             self._check_names(method, item.parameters, f"slices[{number}].parameters", shared=True)
             for index, source in enumerate(item.sources):

@@ -38,12 +38,12 @@ def check_setting(name: str, value: Any, where: str) -> None:
     Args:
         name: the parameter's name, for messages.
         value: the setting as read from YAML.
-        where: where it was given (``parameters``, ``models[1].parameters``), for messages.
+        where: where it was given (```parameters```, ``the parameters of model './a'``), for messages.
 
     Raises:
         ConfigError: naming the parameter, where it was given and what is allowed.
     """
-    label = f"`{where}.{name}`"
+    label = f"`{name}` in {where}"
     if _is_scalar(value):
         return
     if isinstance(value, Mapping):

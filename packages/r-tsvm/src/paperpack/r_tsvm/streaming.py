@@ -45,7 +45,7 @@ from paperpack.r_tsvm.plan import (
     sliced_jobs,
     whole_model_jobs,
 )
-from paperpack.r_tsvm.recipe import MergeConfig, ModelSpec, _same_path
+from paperpack.r_tsvm.recipe import MergeConfig, ModelSpec, VocabPolicy, _same_path
 from paperpack.r_tsvm.registry import MergeMethod
 from paperpack.r_tsvm.settings import resolve
 from paperpack.r_tsvm.vocabulary import (
@@ -685,7 +685,7 @@ def walk_checkpoints(
     *,
     base_model: PathLike | None = None,
     device: str | torch.device = "cpu",
-    vocab_mismatch: str = "error",
+    vocab_mismatch: VocabPolicy = "error",
     progress: bool = False,
 ) -> Iterator[TensorGroup]:
     """Walk N checkpoints key by key, holding one key's tensors at a time.
