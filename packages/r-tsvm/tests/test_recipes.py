@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from paperpack.core.checkpoints import LazyStateDict, load_state_dict
+from paperpack.core.checkpoints import load_state_dict
 from paperpack.core.errors import CheckpointError, ConfigError
 from paperpack.core.testing.contracts import assert_no_partial_output, assert_state_dicts_equal
 from paperpack.r_tsvm import (
@@ -17,7 +17,6 @@ from paperpack.r_tsvm import (
     merge_checkpoints,
     merge_state_dicts,
     merge_tensors,
-    walk_checkpoints,
 )
 from paperpack.r_tsvm.settings import evaluate_setting, resolve
 
@@ -340,24 +339,6 @@ def test_single_file_output_gets_the_recipe_and_report_beside_it(tmp_path):
         merge_checkpoints(recipe("ties", base, models), out, progress=False)
     merge_checkpoints(recipe("ties", base, models), out, progress=False, overwrite=True)
     assert json.loads((tmp_path / "merged.merge_report.json").read_text())["merge_method"] == "ties"
-
-
-def test_walk_checkpoints_yields_every_models_tensor_per_key(model_dirs):
-    from paperpack.r_tsvm.lora import lora_delta_state_dict
-
-    paths = [model_dirs["expert0"], model_dirs["lora"]]
-    base = load_state_dict(model_dirs["base"])
-    deltas = lora_delta_state_dict(model_dirs["lora"])
-    expert = load_state_dict(model_dirs["expert0"])
-    keys = []
-    for group in walk_checkpoints(paths, base_model=model_dirs["base"]):
-        keys.append(group.key)
-        torch.testing.assert_close(group.base, base[group.key])
-        torch.testing.assert_close(group.tensors[0], expert[group.key])
-        torch.testing.assert_close(
-            group.tensors[1], base[group.key] + deltas.get(group.key, 0), atol=1e-6, rtol=1e-5
-        )
-    assert keys == list(LazyStateDict(model_dirs["base"]))
 
 
 def write(tmp_path, data):
