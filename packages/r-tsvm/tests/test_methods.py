@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from paperpack.core.errors import ConfigError
+from paperpack.r_tsvm import _reference as ref
 from paperpack.r_tsvm import get_method, list_methods, merge_tensors
 from paperpack.r_tsvm.methods._common import generator_for, numerical_rank
-
-from . import _reference as ref
 
 SHAPES = [(7, 5), (5, 9), (6,)]
 WEIGHTS = [0.7, 1.3, 1.0]
