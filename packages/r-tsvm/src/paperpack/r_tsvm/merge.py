@@ -64,7 +64,7 @@ def merge_tensors(
         ConfigError: for an unknown method or parameter, a bad value, or inputs the method cannot take.
         TypeError: for inputs that are not floating-point tensors.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from paperpack.r_tsvm import merge_tensors
         >>> base = torch.zeros(4)
@@ -157,7 +157,7 @@ def merge_state_dicts(
         ConfigError: for an unknown method or parameter or a bad value (before any tensor is merged).
         CheckpointError: for state dicts whose keys or shapes differ.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from paperpack.r_tsvm import merge_state_dicts
         >>> base = {"w": torch.zeros(2, 2)}

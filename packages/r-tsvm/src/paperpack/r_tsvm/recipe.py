@@ -480,7 +480,7 @@ class MergeConfig(MergeOutputOptions):
             CheckpointNotFoundError: when the file does not exist.
             ConfigError: for a folder, invalid YAML (file and line named) or an invalid config.
 
-        Example:
+        Examples:
             >>> config = MergeConfig.from_yaml("merge.yaml")  # doctest: +SKIP
         """
         from paperpack.core.yaml_io import load_yaml

@@ -233,7 +233,7 @@ def register_method(method: MergeMethod, *, name: str | None = None) -> None:
     Raises:
         ConfigError: for a malformed or taken name.
 
-    Example:
+    Examples:
         >>> from paperpack.r_tsvm import get_method, list_methods
         >>> "ties" in list_methods() and get_method("ties").title
         'TIES'

@@ -625,7 +625,7 @@ def merge_checkpoints(
             written; a failure while merging removes the partial output.
         OutputExistsError: for an output in the way (see the output policy).
 
-    Example:
+    Examples:
         >>> from paperpack.r_tsvm import merge_checkpoints
         >>> merge_checkpoints("merge.yaml", "merged-model")  # doctest: +SKIP
         PosixPath('merged-model')
@@ -712,7 +712,7 @@ def walk_checkpoints(
         ConfigError: for an adapter without a base, or a bad ``vocab_mismatch``.
         CheckpointError: for mismatched keys, shapes or vocabularies (before anything is yielded).
 
-    Example:
+    Examples:
         >>> from paperpack.r_tsvm import merge_tensors, walk_checkpoints
         >>> for group in walk_checkpoints(["expert-a", "expert-b"], base_model="base"):  # doctest: +SKIP
         ...     merged = merge_tensors("ties", group.base, group.tensors, key=group.key, density=0.3)

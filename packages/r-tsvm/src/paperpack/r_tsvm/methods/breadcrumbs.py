@@ -96,7 +96,7 @@ def breadcrumbs_merge(
     Returns:
         θ_0 + λ Σ_t w_t (m_t ⊙ τ_t), in the dtype of ``tensors[0]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> out = breadcrumbs_merge(torch.zeros(10), [torch.arange(10.0)], config=BreadcrumbsConfig(0.5, 0.2))
         >>> out.tolist()

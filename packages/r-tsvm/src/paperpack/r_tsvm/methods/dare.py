@@ -108,7 +108,7 @@ def dare_linear_merge(
     Returns:
         The merged tensor, in the dtype of ``tensors[0]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> out = dare_linear_merge(torch.zeros(1000), [torch.ones(1000)], config=DareConfig(density=0.5))
         >>> sorted(set(out.tolist()))

@@ -75,7 +75,7 @@ def model_stock_merge(
     Returns:
         The merged tensor, in the dtype of ``tensors[0]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> base = torch.zeros(2)
         >>> model_stock_merge(base, [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])]).tolist()

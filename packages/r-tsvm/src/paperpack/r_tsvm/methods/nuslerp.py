@@ -78,7 +78,7 @@ def nuslerp_merge(
     Returns:
         The interpolated tensor, in the dtype of ``tensors[0]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> models = [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])]
         >>> nuslerp_merge(None, models, weights=[1.0, 1.0]).tolist()

@@ -35,7 +35,7 @@ def passthrough_merge(
     Returns:
         The tensor (a copy), scaled, in its dtype.
 
-    Example:
+    Examples:
         >>> import torch
         >>> passthrough_merge(None, [torch.ones(2)], config=PassthroughConfig(scale=0.5)).tolist()
         [0.5, 0.5]

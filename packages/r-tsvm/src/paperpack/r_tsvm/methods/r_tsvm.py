@@ -230,7 +230,7 @@ def r_tsvm_merge(
     Returns:
         θ_0 + α Δ, in the dtype of ``tensors[0]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> g = torch.Generator().manual_seed(0)
         >>> base = torch.zeros(6, 6)

@@ -68,7 +68,7 @@ def sce_merge(
     Returns:
         The merged tensor, in the dtype of ``tensors[0]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> sce_merge(torch.zeros(2), [torch.tensor([1.0, -1.0]), torch.tensor([3.0, 1.0])]).tolist()
         [2.6666667461395264, 1.0]

@@ -69,7 +69,7 @@ def ties_merge(
     Returns:
         θ_0 + λ τ_m, in the dtype of ``tensors[0]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> base = torch.zeros(3)
         >>> models = [torch.tensor([1.0, -2.0, 0.1]), torch.tensor([3.0, 1.0, 0.0])]

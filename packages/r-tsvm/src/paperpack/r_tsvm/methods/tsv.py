@@ -114,7 +114,7 @@ def tsv_m_merge(
     Returns:
         θ_0 + α Δ, in the dtype of ``tensors[0]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> base, delta = torch.zeros(4, 3), torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
         >>> torch.allclose(tsv_m_merge(base, [base + delta]), delta, atol=1e-5)
