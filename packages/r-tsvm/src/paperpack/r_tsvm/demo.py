@@ -126,7 +126,7 @@ def run_demo(ctx: DemoContext) -> DemoReport:
         "sparse in every expert (vocabulary rows no task uses never move).",
     ]
     return DemoReport(
-        title="Merging helpful / honest / harmless experts: 14 methods, R-TSVM and a data mixture",
+        title=f"Merging helpful / honest / harmless experts: {len(merges)} methods, R-TSVM, a data mixture",
         claims=claims,
         tables=tables,
         plots=[_plot(ctx.output_dir / "r_tsvm_accuracy.png", clean_table)],
