@@ -100,7 +100,11 @@ def load_average() -> str:
 
 
 def format_bytes(count: float) -> str:
-    """Bytes in binary units."""
+    """Bytes in binary units, as ``paperpack.core.device.format_bytes`` writes them.
+
+    Not imported from there: that module imports torch, and the parent process stays without it (see the
+    module's docstring).
+    """
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(count) < 1024:
             return f"{count:.1f} {unit}" if unit != "B" else f"{int(count)} B"
