@@ -148,3 +148,22 @@ def test_bad_paths(tiny_lm_dir: Path, text_file: Path, tmp_path: Path) -> None:
         command("pretrain", tiny_lm_dir, latin, root / "new"), r"latin.jsonl:1 is not UTF-8", paths=[root]
     )
     check_cli_fails_cleanly(["meap"], r"usage: paperpack meap", paths=[root])
+
+
+def test_sft_data_with_nothing_to_learn(tiny_lm_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "inputs"
+    no_answer = write_jsonl(root / "chat.jsonl", [{"messages": [{"role": "user", "content": "hello there"}]}])
+    check_cli_fails_cleanly(
+        command("sft", tiny_lm_dir, no_answer, tmp_path / "a"),
+        r"chat.jsonl: record 1 has no assistant turn",
+        paths=[root],
+        output=tmp_path / "a",
+    )
+    long_prompts = write_jsonl(
+        root / "long.jsonl", [{"prompt": "word " * 40, "completion": " done"} for _ in range(4)]
+    )
+    argv = command("sft", tiny_lm_dir, long_prompts, tmp_path / "b")
+    argv[argv.index("--max-length") + 1] = "8"
+    check_cli_fails_cleanly(
+        argv, r"`--max-length` 8 leaves no example of .*long.jsonl", paths=[root], output=tmp_path / "b"
+    )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import Any
 
 from paperpack.core.arguments import add_config_arguments, add_flag, config_overrides
@@ -182,7 +183,6 @@ def _pretrain(args: argparse.Namespace) -> int:
     logger.info("%d records -> %d blocks of up to %d tokens", len(records), len(blocks), args.max_length)
 
     collator = MEAPCollator(tokenizer, config)
-    output.open()
     trainer = Trainer(
         model=model,
         args=arguments,
@@ -190,6 +190,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         data_collator=collator,
         callbacks=[MEAPEpochCallback(collator), ArgumentsAsJson()],
     )
+    output.open()  # the first side effect
     return _train(trainer, output, tokenizer)
 
 
@@ -202,6 +203,13 @@ def _sft_records(path: str) -> tuple[list[dict[str, Any]], bool]:
         if conversational and not isinstance(record.get("messages"), list):
             raise ConfigError(
                 f"{path}: record {number} needs a 'messages' list like record 1; it has {sorted(record)}"
+            )
+        if conversational and not any(
+            isinstance(turn, dict) and turn.get("role") == "assistant" for turn in record["messages"]
+        ):
+            raise ConfigError(
+                f"{path}: record {number} has no assistant turn, so nothing to learn from: the loss falls on "
+                "the assistant turns only"
             )
         if not conversational and not all(
             isinstance(record.get(key), str) for key in ("prompt", "completion")
@@ -233,13 +241,27 @@ def _sft(args: argparse.Namespace) -> int:
     )
     model, tokenizer = _load(args, config)
     collator = MEAPSFTCollator(tokenizer, config)
-    output.open()
-    trainer = SFTTrainer(
-        model=model,
-        args=arguments,
-        train_dataset=Dataset.from_list(records),
-        processing_class=tokenizer,
-        data_collator=collator,
-        callbacks=[MEAPEpochCallback(collator), ArgumentsAsJson()],
-    )
+    folder = Path(args.output)
+    existed = folder.exists()
+    try:
+        trainer = SFTTrainer(
+            model=model,
+            args=arguments,
+            train_dataset=Dataset.from_list(records),
+            processing_class=tokenizer,
+            data_collator=collator,
+            callbacks=[MEAPEpochCallback(collator), ArgumentsAsJson()],
+        )
+        if len(trainer.train_dataset) == 0:
+            raise ConfigError(
+                f"`max_length` {arguments.max_length} leaves no example of {args.data} with a token to "
+                "learn: TRL drops the examples whose completion (or assistant turns) truncation removed; "
+                "raise it"
+            )
+    except BaseException:
+        # Building the trainer creates its output_dir; a refusal leaves the file system as it was.
+        if not existed and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+    output.open()  # the first side effect of ours: the trainer above has tokenized and checked the data
     return _train(trainer, output, tokenizer)
