@@ -252,7 +252,8 @@ def _sft(args: argparse.Namespace) -> int:
             data_collator=collator,
             callbacks=[MEAPEpochCallback(collator), ArgumentsAsJson()],
         )
-        if len(trainer.train_dataset) == 0:
+        train_dataset: Any = trainer.train_dataset  # a datasets.Dataset here: the records are a list
+        if len(train_dataset) == 0:
             raise ConfigError(
                 f"`max_length` {arguments.max_length} leaves no example of {args.data} with a token to "
                 "learn: TRL drops the examples whose completion (or assistant turns) truncation removed; "
