@@ -80,19 +80,15 @@ class PanaceaTrainerMixin(_Base):
         expected = self.panacea_config_class
         if not isinstance(args, expected):
             raise TypeError(f"`args` must be a {expected.__name__}, got {type(args).__name__}")
+        # Fail before the Trainer sets anything up (it creates output_dir); checked again on what it prepared.
         _check_harmful_dataset(harmful_dataset)
-        if isinstance(model, nn.Module):  # fail before the Trainer sets anything up
+        self._harmful_sampler(args, len(harmful_dataset))
+        if isinstance(model, nn.Module):
             select_parameters(model, args.perturb_parameters)
         super().__init__(model=model, args=args, **kwargs)
         select_parameters(self.model, args.perturb_parameters)  # the model as wrapped, e.g. with PEFT
         self.harmful_dataset, self._harmful_collator = self._prepare_harmful_dataset(harmful_dataset)
-        self._harmful_batches = HarmfulBatches(
-            len(self.harmful_dataset),
-            args.harmful_batch_size or args.per_device_train_batch_size,
-            seed=args.data_seed if args.data_seed is not None else args.seed,
-            rank=args.process_index,
-            world_size=args.world_size,
-        )
+        self._harmful_batches = self._harmful_sampler(args, len(self.harmful_dataset))
         self._harmful_grad: dict[str, Tensor] = {}  # h0 of every trainable parameter (ε = c·h0)
         self._epsilon_scale = 0.0  # c = ρ/‖h0‖ over the perturbed parameters
         self._perturbed: list[str] = []
@@ -104,6 +100,16 @@ class PanaceaTrainerMixin(_Base):
         self.add_callback(PanaceaCallback(cast("PanaceaTrainer", self)))
 
     # ----------------------------------------------------------------------------------------- data
+    @staticmethod
+    def _harmful_sampler(args: PanaceaConfig, size: int) -> HarmfulBatches:
+        return HarmfulBatches(
+            size,
+            args.harmful_batch_size or args.per_device_train_batch_size,
+            seed=args.data_seed if args.data_seed is not None else args.seed,
+            rank=args.process_index,
+            world_size=args.world_size,
+        )
+
     def _prepare_harmful_dataset(self, dataset: Any) -> tuple[Any, Any]:
         """The harmful data set and its collator, as ``Trainer`` prepares a training set."""
         import datasets
