@@ -14,13 +14,21 @@ from paperpack.core.hf import tiny_causal_lm, training_args
 from paperpack.panacea import PanaceaConfig, PanaceaTrainer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import HARMFUL_LINES, TASK_LINES, tokenize  # noqa: E402
+from conftest import HARMFUL_LINES, TASK_LINES, tokenize
 
 # Shared with test_distributed.py: per rank, half the batch of the single-process run it is compared with.
 SETTINGS: dict[str, Any] = {
-    "max_steps": 2, "optim": "sgd", "learning_rate": 0.1, "max_grad_norm": 0.0, "harmful_loss_clamp": None,
-    "panacea_lambda": 0.5, "logging_steps": 1, "save_strategy": "no", "seed": 0, "disable_tqdm": True,
-}  # fmt: skip
+    "max_steps": 2,
+    "optim": "sgd",
+    "learning_rate": 0.1,
+    "max_grad_norm": 0.0,
+    "harmful_loss_clamp": None,
+    "panacea_lambda": 0.5,
+    "logging_steps": 1,
+    "save_strategy": "no",
+    "seed": 0,
+    "disable_tqdm": True,
+}
 
 
 class RecordEpsilon(TrainerCallback):
@@ -38,13 +46,18 @@ def run(output: Path, batch_size: int) -> dict[str, Any]:
     args = training_args(output, cls=PanaceaConfig, per_device_train_batch_size=batch_size, **SETTINGS)
     recorder = RecordEpsilon()
     trainer = PanaceaTrainer(
-        model=model, args=args, train_dataset=tokenize(tokenizer, TASK_LINES),
+        model=model,
+        args=args,
+        train_dataset=tokenize(tokenizer, TASK_LINES),
         harmful_dataset=tokenize(tokenizer, HARMFUL_LINES),
-        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False), callbacks=[recorder],
-    )  # fmt: skip
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        callbacks=[recorder],
+    )
     recorder.trainer = trainer
     trainer.train()
-    weights = {k: v.detach().clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()}
+    weights = {
+        k: v.detach().clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()
+    }
     return {"weights": weights, "epsilons": recorder.epsilons, "rank": trainer.accelerator.process_index}
 
 

@@ -31,7 +31,10 @@ def test_select_parameters_by_pattern(fresh_model) -> None:
     model = fresh_model()
     assert list(select_parameters(model)) == [n for n, _ in model.named_parameters()]
     chosen = select_parameters(model, [r"layers\.1\.self_attn\.(q|k)_proj"])
-    assert list(chosen) == ["model.layers.1.self_attn.q_proj.weight", "model.layers.1.self_attn.k_proj.weight"]
+    assert list(chosen) == [
+        "model.layers.1.self_attn.q_proj.weight",
+        "model.layers.1.self_attn.k_proj.weight",
+    ]
     model.model.layers[1].self_attn.q_proj.weight.requires_grad_(False)
     assert list(select_parameters(model, [r"layers\.1\.self_attn\.(q|k)_proj"])) == [
         "model.layers.1.self_attn.k_proj.weight"
@@ -54,7 +57,9 @@ def test_closed_form_has_norm_rho_and_the_gradient_direction() -> None:
 
 def test_global_norm_accumulates_low_precision_in_float32() -> None:
     tensors = [torch.full((4096,), 0.01, dtype=torch.bfloat16)] * 4
-    assert global_norm(tensors) == pytest.approx(math.sqrt(4 * 4096) * float(torch.tensor(0.01, dtype=torch.bfloat16)))
+    assert global_norm(tensors) == pytest.approx(
+        math.sqrt(4 * 4096) * float(torch.tensor(0.01, dtype=torch.bfloat16))
+    )
 
 
 def test_apply_perturbation_adds_and_removes(fresh_model) -> None:
@@ -78,14 +83,22 @@ def _last(eps: dict[str, torch.Tensor], value: object) -> dict[str, object]:
 @pytest.mark.parametrize(
     ("make_bad", "message"),
     [
-        (lambda eps: {**eps, "model.missing.weight": torch.zeros(2)}, "the perturbation names 1 tensor(s) the model"),
-        (lambda eps: _last(eps, torch.zeros(1, 64)), "has shape (1, 64), but the model's parameter has shape (64,)"),
+        (
+            lambda eps: {**eps, "model.missing.weight": torch.zeros(2)},
+            "the perturbation names 1 tensor(s) the model",
+        ),
+        (
+            lambda eps: _last(eps, torch.zeros(1, 64)),
+            "has shape (1, 64), but the model's parameter has shape (64,)",
+        ),
         (lambda eps: _last(eps, torch.full((64,), math.nan)), "must hold finite floating-point values"),
         (lambda eps: _last(eps, "x"), "is a str, not a tensor"),
         (lambda eps: {}, "`perturbation` must be a non-empty mapping"),
     ],
 )
-def test_apply_perturbation_checks_everything_before_changing_anything(make_bad, message: str, fresh_model) -> None:
+def test_apply_perturbation_checks_everything_before_changing_anything(
+    make_bad, message: str, fresh_model
+) -> None:
     model = fresh_model()
     before = trainable_state(model)
     good = random_perturbation(model, 1.0, seed=0, parameters=[r"layers\.0\.mlp\.down_proj", r"layers\.1\."])
@@ -125,12 +138,19 @@ def test_save_and_load_round_trip(tmp_path: Path, fresh_model) -> None:
 
 def test_save_and_load_refuse_bad_input(tmp_path: Path) -> None:
     target = tmp_path / "eps.safetensors"
-    check_fails_cleanly(lambda: save_perturbation({}, target), ConfigError, "non-empty mapping", output=target)
     check_fails_cleanly(
-        lambda: save_perturbation({"w": torch.tensor([math.inf])}, target), ConfigError, "non-finite", output=target
+        lambda: save_perturbation({}, target), ConfigError, "non-empty mapping", output=target
     )
     check_fails_cleanly(
-        lambda: save_perturbation({"w": torch.zeros(2)}, tmp_path / "eps.pt"), ConfigError, "one .safetensors file"
+        lambda: save_perturbation({"w": torch.tensor([math.inf])}, target),
+        ConfigError,
+        "non-finite",
+        output=target,
+    )
+    check_fails_cleanly(
+        lambda: save_perturbation({"w": torch.zeros(2)}, tmp_path / "eps.pt"),
+        ConfigError,
+        "one .safetensors file",
     )
     with pytest.raises(CheckpointNotFoundError):
         load_perturbation(tmp_path / "missing.safetensors")

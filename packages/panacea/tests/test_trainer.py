@@ -29,30 +29,49 @@ class CaptureGradients(TrainerCallback):
         self.epsilons.append(self.trainer.perturbation or {})
 
 
-def _train(model: torch.nn.Module, args: Any, task: Any, harmful: Any, collator: Any,
-           callbacks: list[TrainerCallback] | None = None) -> tuple[PanaceaTrainer, CaptureGradients]:  # fmt: skip
+def _train(
+    model: torch.nn.Module,
+    args: Any,
+    task: Any,
+    harmful: Any,
+    collator: Any,
+    *,
+    callbacks: list[TrainerCallback] | None = None,
+) -> tuple[PanaceaTrainer, CaptureGradients]:
     capture = CaptureGradients()
     trainer = PanaceaTrainer(
-        model=model, args=args, train_dataset=task, harmful_dataset=harmful, data_collator=collator,
+        model=model,
+        args=args,
+        train_dataset=task,
+        harmful_dataset=harmful,
+        data_collator=collator,
         callbacks=[capture, *(callbacks or [])],
-    )  # fmt: skip
+    )
     capture.trainer = trainer
     trainer.train()
     return trainer, capture
 
 
-def _assert_close(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], **tolerance: float) -> None:
+def _assert_close(
+    actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], **tolerance: float
+) -> None:
     assert set(actual) == set(expected)
-    for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], msg=lambda m, n=name: f"{n}: {m}", **tolerance)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(actual[name], tensor, msg=lambda m, n=name: f"{n}: {m}", **tolerance)
 
 
 # One full batch each: 4 task and 4 harmful examples, so the step's batches are known exactly.
-_FULL_BATCH = {"per_device_train_batch_size": 4, "harmful_batch_size": 4, "max_grad_norm": 0.0, "max_steps": 1}
+_FULL_BATCH = {
+    "per_device_train_batch_size": 4,
+    "harmful_batch_size": 4,
+    "max_grad_norm": 0.0,
+    "max_steps": 1,
+}
 
 
-def test_combined_gradient_equals_g_minus_lambda_h1_minus_h0(fresh_model, make_args, task_data, harmful_data,
-                                                             collator) -> None:  # fmt: skip
+def test_combined_gradient_equals_g_minus_lambda_h1_minus_h0(
+    fresh_model, make_args, task_data, harmful_data, collator
+) -> None:
     model = fresh_model()
     expected = reference_step(
         model, collator(task_data[:4]), collator(harmful_data[:4]), rho=1.0, lam=0.5, clamp=None
@@ -78,9 +97,19 @@ def test_gradient_matches_finite_differences(make_args, task_data, harmful_data,
     about 1e-9 here; the trainer's gradient goes through transformers' loss, which casts logits to float32.
     """
     tokenizer = tiny_lm[1]
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=64,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=tokenizer.bos_token_id,
-                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=64,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = GPT2LMHeadModel(config).double()
@@ -94,7 +123,9 @@ def test_gradient_matches_finite_differences(make_args, task_data, harmful_data,
     gradient, epsilon = capture.gradients[0], capture.epsilons[0]
     generator = torch.Generator().manual_seed(0)
     for _ in range(2):
-        direction = {n: torch.randn(w.shape, generator=generator, dtype=torch.float64) for n, w in weights.items()}
+        direction = {
+            n: torch.randn(w.shape, generator=generator, dtype=torch.float64) for n, w in weights.items()
+        }
 
         def value(t: float, d: dict[str, torch.Tensor] = direction) -> float:
             moved = {n: w + t * d[n] for n, w in weights.items()}
@@ -106,7 +137,9 @@ def test_gradient_matches_finite_differences(make_args, task_data, harmful_data,
         assert analytic == pytest.approx(estimate, rel=1e-5)
 
 
-def test_sgd_step_equals_the_reference_step(fresh_model, make_args, task_data, harmful_data, collator) -> None:
+def test_sgd_step_equals_the_reference_step(
+    fresh_model, make_args, task_data, harmful_data, collator
+) -> None:
     """w_1 = w_0 − η·G, then the last step's ε is added (final_perturbation="last_step")."""
     model = fresh_model()
     before = trainable_state(model)
@@ -125,7 +158,9 @@ def test_clamp_drops_h1_when_the_perturbed_harmful_loss_exceeds_it(
     fresh_model, make_args, task_data, harmful_data, collator
 ) -> None:
     model = fresh_model()
-    expected = reference_step(model, collator(task_data[:4]), collator(harmful_data[:4]), rho=1.0, lam=0.5, clamp=1.0)
+    expected = reference_step(
+        model, collator(task_data[:4]), collator(harmful_data[:4]), rho=1.0, lam=0.5, clamp=1.0
+    )
     assert expected.harmful_loss_perturbed > 1.0  # the clamp is active: h1 = 0, G = g + λh0
     _assert_close(expected.gradient, {n: expected.g[n] + 0.5 * expected.h0[n] for n in expected.g})
     args = make_args(harmful_loss_clamp=1.0, final_perturbation="none", **_FULL_BATCH)
@@ -135,12 +170,15 @@ def test_clamp_drops_h1_when_the_perturbed_harmful_loss_exceeds_it(
 
 
 @pytest.mark.parametrize(("lam", "passes"), [(0.5, 3), (0.0, 2)])
-def test_forward_backward_passes_per_step(lam: float, passes: int, fresh_model, make_args, task_data, harmful_data,
-                                          collator) -> None:  # fmt: skip
+def test_forward_backward_passes_per_step(
+    lam: float, passes: int, fresh_model, make_args, task_data, *, harmful_data, collator
+) -> None:
     model = fresh_model()
     counts = {"forward": 0, "backward": 0}
     model.register_forward_hook(lambda *_: counts.__setitem__("forward", counts["forward"] + 1))
-    model.lm_head.register_full_backward_hook(lambda *_: counts.__setitem__("backward", counts["backward"] + 1))
+    model.lm_head.register_full_backward_hook(
+        lambda *_: counts.__setitem__("backward", counts["backward"] + 1)
+    )
     _train(model, make_args(max_steps=3, panacea_lambda=lam), task_data, harmful_data, collator)
     assert counts == {"forward": 3 * passes, "backward": 3 * passes}
 
@@ -150,8 +188,13 @@ def test_epsilon_has_norm_rho_and_touches_only_the_selected_parameters(
 ) -> None:
     model = fresh_model()
     before = trainable_state(model)
-    args = make_args(panacea_rho=0.3, perturb_parameters=[r"\.mlp\.", r"^lm_head"], max_steps=2,
-                     learning_rate=0.0, lr_scheduler_type="constant")  # fmt: skip
+    args = make_args(
+        panacea_rho=0.3,
+        perturb_parameters=[r"\.mlp\.", r"^lm_head"],
+        max_steps=2,
+        learning_rate=0.0,
+        lr_scheduler_type="constant",
+    )
     trainer, capture = _train(model, args, task_data, harmful_data, collator)
     for epsilon in capture.epsilons:
         assert set(epsilon) == {n for n in before if ".mlp." in n or n.startswith("lm_head")}
@@ -168,7 +211,9 @@ def test_epsilon_has_norm_rho_and_touches_only_the_selected_parameters(
 
 
 def test_perturbation_is_a_copy(fresh_model, make_args, task_data, harmful_data, collator) -> None:
-    trainer, _ = _train(fresh_model(), make_args(final_perturbation="none"), task_data, harmful_data, collator)
+    trainer, _ = _train(
+        fresh_model(), make_args(final_perturbation="none"), task_data, harmful_data, collator
+    )
     first = trainer.perturbation
     assert first is not None
     kept = {n: t.clone() for n, t in first.items()}
@@ -183,7 +228,9 @@ def test_perturbation_is_a_copy(fresh_model, make_args, task_data, harmful_data,
 
 
 @pytest.mark.parametrize("rule", ["last_step", "mean", "none"])
-def test_final_perturbation_rules(rule: str, fresh_model, make_args, task_data, harmful_data, collator) -> None:
+def test_final_perturbation_rules(
+    rule: str, fresh_model, make_args, task_data, harmful_data, *, collator
+) -> None:
     model = fresh_model()
     snapshots: list[dict[str, torch.Tensor]] = []
 
@@ -191,8 +238,14 @@ def test_final_perturbation_rules(rule: str, fresh_model, make_args, task_data, 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             snapshots.append(trainable_state(kwargs["model"]))
 
-    trainer, capture = _train(model, make_args(final_perturbation=rule, max_steps=3), task_data, harmful_data,
-                              collator, callbacks=[BeforeEnd()])  # fmt: skip
+    trainer, capture = _train(
+        model,
+        make_args(final_perturbation=rule, max_steps=3),
+        task_data,
+        harmful_data,
+        collator,
+        callbacks=[BeforeEnd()],
+    )
     trained, after = snapshots[-1], trainable_state(model)
     if rule == "none":
         assert trainer.applied_perturbation is None
@@ -216,15 +269,21 @@ def test_training_lowers_the_task_loss_and_logs_the_metrics(
     trainer, _ = _train(fresh_model(), args, task_data, harmful_data, collator)
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logs) == 20
-    expected_keys = {"harmful_loss", "harmful_loss_perturbed", "perturbation_norm", "harmful_grad_norm",
-                     "harmful_loss_clamped"}  # fmt: skip
+    expected_keys = {
+        "harmful_loss",
+        "harmful_loss_perturbed",
+        "perturbation_norm",
+        "harmful_grad_norm",
+        "harmful_loss_clamped",
+    }
     assert all(expected_keys <= set(entry) for entry in logs)
     assert logs[-1]["loss"] < logs[0]["loss"] - 0.5
     assert all(entry["perturbation_norm"] == pytest.approx(1.0, rel=1e-6) for entry in logs)
 
 
-def test_harmful_batches_cycle_through_the_harmful_set(make_args, fresh_model, task_data, harmful_data, collator,
-                                                       tiny_lm) -> None:  # fmt: skip
+def test_harmful_batches_cycle_through_the_harmful_set(
+    make_args, fresh_model, task_data, harmful_data, collator, *, tiny_lm
+) -> None:
     pad = tiny_lm[1].pad_token_id
     seen: list[set[tuple[int, ...]]] = []
     model = fresh_model()

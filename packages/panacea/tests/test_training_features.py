@@ -18,24 +18,35 @@ from .conftest import trainable_state
 from .test_trainer import _assert_close, _train
 
 
-def _trainer(model: torch.nn.Module, args: Any, task: Any, harmful: Any, collator: Any, **kwargs: Any) -> PanaceaTrainer:
-    return PanaceaTrainer(model=model, args=args, train_dataset=task, harmful_dataset=harmful, data_collator=collator,
-                          **kwargs)  # fmt: skip
+def _trainer(
+    model: torch.nn.Module, args: Any, task: Any, harmful: Any, collator: Any, **kwargs: Any
+) -> PanaceaTrainer:
+    return PanaceaTrainer(
+        model=model, args=args, train_dataset=task, harmful_dataset=harmful, data_collator=collator, **kwargs
+    )
 
 
 @pytest.mark.parametrize(("interrupt", "rule"), [(2, "mean"), (4, "last_step")])
-def test_resume_reproduces_the_uninterrupted_run(interrupt: int, rule: str, fresh_model, make_args, task_data,
-                                                 harmful_data, collator) -> None:  # fmt: skip
+def test_resume_reproduces_the_uninterrupted_run(
+    interrupt: int, rule: str, fresh_model, make_args, task_data, *, harmful_data, collator
+) -> None:
     """Interrupted after the checkpoint at step 2 (or at the last step, 4) and resumed: the same final weights
     (ε included), optimizer state and Panacea state as one run of 4 steps."""
-    common = {"max_steps": 4, "per_device_train_batch_size": 2, "final_perturbation": rule,
-              "lr_scheduler_type": "linear", "save_steps": interrupt}  # fmt: skip
+    common = {
+        "max_steps": 4,
+        "per_device_train_batch_size": 2,
+        "final_perturbation": rule,
+        "lr_scheduler_type": "linear",
+        "save_steps": interrupt,
+    }
     full = fresh_model()
     full_trainer = _trainer(full, make_args("full", **common), task_data, harmful_data, collator)
     full_trainer.train()
 
     args = make_args("cut", save_strategy="steps", **common)
-    _trainer(fresh_model(), args, task_data, harmful_data, collator, callbacks=[StopAtStep(interrupt)]).train()
+    _trainer(
+        fresh_model(), args, task_data, harmful_data, collator, callbacks=[StopAtStep(interrupt)]
+    ).train()
     checkpoint = Path(args.output_dir) / f"checkpoint-{interrupt}"
     assert (checkpoint / "paperpack_callbacks" / "panacea.safetensors").is_file()
 
@@ -48,14 +59,26 @@ def test_resume_reproduces_the_uninterrupted_run(interrupt: int, rule: str, fres
     assert_states_equal(trainer.optimizer.state_dict()["state"], full_trainer.optimizer.state_dict()["state"])
 
 
-def test_gradient_accumulation_equals_the_doubled_batch(fresh_model, make_args, task_data, harmful_data,
-                                                        collator) -> None:  # fmt: skip
+def test_gradient_accumulation_equals_the_doubled_batch(
+    fresh_model, make_args, task_data, harmful_data, collator
+) -> None:
     """2 micro-batches of 2 (and 2 harmful micro-batches of 2) give the step of one batch of 4 (and 4)."""
     # SGD: Adam's first steps turn rounding-level differences of near-zero gradients into ±η moves.
-    common = {"max_steps": 3, "max_grad_norm": 0.0, "harmful_loss_clamp": None, "optim": "sgd", "learning_rate": 0.1}
+    common = {
+        "max_steps": 3,
+        "max_grad_norm": 0.0,
+        "harmful_loss_clamp": None,
+        "optim": "sgd",
+        "learning_rate": 0.1,
+    }
     big_model = fresh_model()
-    _, big = _train(big_model, make_args("big", per_device_train_batch_size=4, **common), task_data, harmful_data,
-                    collator)  # fmt: skip
+    _, big = _train(
+        big_model,
+        make_args("big", per_device_train_batch_size=4, **common),
+        task_data,
+        harmful_data,
+        collator,
+    )
     accumulated_model = fresh_model()
     args = make_args("acc", per_device_train_batch_size=2, gradient_accumulation_steps=2, **common)
     _, accumulated = _train(accumulated_model, args, task_data, harmful_data, collator)
@@ -67,12 +90,15 @@ def test_gradient_accumulation_equals_the_doubled_batch(fresh_model, make_args, 
     assert_state_dicts_equal(accumulated_model.state_dict(), big_model.state_dict(), atol=1e-6, rtol=1e-5)
 
 
-def test_peft_lora_perturbs_the_adapter_weights_only(fresh_model, make_args, task_data, harmful_data,
-                                                     collator) -> None:  # fmt: skip
+def test_peft_lora_perturbs_the_adapter_weights_only(
+    fresh_model, make_args, task_data, harmful_data, collator
+) -> None:
     base = fresh_model()
     frozen = {name: p.detach().clone() for name, p in base.named_parameters()}
     model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
-    trainer, capture = _train(model, make_args(max_steps=3, panacea_rho=0.1), task_data, harmful_data, collator)
+    trainer, capture = _train(
+        model, make_args(max_steps=3, panacea_rho=0.1), task_data, harmful_data, collator
+    )
     adapters = {name for name, p in model.named_parameters() if p.requires_grad}
     assert adapters and all("lora_" in name for name in adapters)
     for epsilon in capture.epsilons:
@@ -84,10 +110,16 @@ def test_peft_lora_perturbs_the_adapter_weights_only(fresh_model, make_args, tas
     assert trainer.applied_perturbation is not None and set(trainer.applied_perturbation) == adapters
 
 
-def test_evaluation_during_training_sees_the_unperturbed_weights(fresh_model, make_args, task_data, harmful_data,
-                                                                 collator) -> None:  # fmt: skip
-    args = make_args(max_steps=2, eval_strategy="steps", eval_steps=2, per_device_eval_batch_size=8,
-                     final_perturbation="none")  # fmt: skip
+def test_evaluation_during_training_sees_the_unperturbed_weights(
+    fresh_model, make_args, task_data, harmful_data, collator
+) -> None:
+    args = make_args(
+        max_steps=2,
+        eval_strategy="steps",
+        eval_steps=2,
+        per_device_eval_batch_size=8,
+        final_perturbation="none",
+    )
     model = fresh_model()
     trainer = _trainer(model, args, task_data, harmful_data, collator, eval_dataset=task_data)
     trainer.train()
@@ -97,9 +129,16 @@ def test_evaluation_during_training_sees_the_unperturbed_weights(fresh_model, ma
 
 def test_qwen2_with_tied_embeddings(make_args, task_data, harmful_data, collator, tiny_lm) -> None:
     tokenizer = tiny_lm[1]
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                         pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = Qwen2ForCausalLM(config)

@@ -1,8 +1,8 @@
 """Panacea (arXiv:2501.18100): an optimized post-fine-tuning perturbation against harmful fine-tuning.
 
 While a model is fine-tuned on user data that may hold harmful samples, Panacea learns weights to which the
-perturbation ε = ρ·∇h/‖∇h‖ (the direction that most raises the harmful loss h) can be added, and adds the final ε
-after training: safety comes back, task accuracy stays.
+perturbation ε = ρ·∇h/‖∇h‖ (the direction that most raises the harmful loss h) can be added, and adds
+the final ε after training: safety comes back, task accuracy stays.
 
 The public names are imported on first use, so that ``paperpack panacea --help`` does not load torch.
 """

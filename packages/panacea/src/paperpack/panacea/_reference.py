@@ -1,8 +1,8 @@
 """Slow, literal reference of one Panacea step, for the tests.
 
 Written as the paper's algorithm reads (in the order of the official code: g, then h0, then h1), with every
-gradient from ``torch.autograd.grad`` of a functional call on explicit weight dicts: the model's parameters are
-never modified and nothing is accumulated in ``.grad``.
+gradient from ``torch.autograd.grad`` of a functional call on explicit weight dicts: the model's parameters
+are never modified and nothing is accumulated in ``.grad``.
 
     g  = ∇_w L(w; task batch)
     h0 = ∇_w L(w; harmful batch)
@@ -55,11 +55,14 @@ def _loss(model: nn.Module, weights: Mapping[str, Tensor], batch: Mapping[str, A
     )
 
 
-def _grad(model: nn.Module, weights: dict[str, Tensor], batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+def _grad(
+    model: nn.Module, weights: dict[str, Tensor], batch: Mapping[str, Any]
+) -> tuple[Tensor, dict[str, Tensor]]:
     loss = _loss(model, weights, batch)
     grads = torch.autograd.grad(loss, list(weights.values()), allow_unused=True)
     return loss, {
-        name: torch.zeros_like(w) if g is None else g for (name, w), g in zip(weights.items(), grads, strict=True)
+        name: torch.zeros_like(w) if g is None else g
+        for (name, w), g in zip(weights.items(), grads, strict=True)
     }
 
 
@@ -84,7 +87,11 @@ def reference_step(
         clamp: C, or None for no clamp.
         perturbed: names of the parameters ε perturbs; None: every trainable parameter.
     """
-    weights = {name: p.detach().clone().requires_grad_(True) for name, p in model.named_parameters() if p.requires_grad}
+    weights = {
+        name: p.detach().clone().requires_grad_(True)
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    }
     names = list(weights) if perturbed is None else list(perturbed)
     task_loss, g = _grad(model, weights, task_batch)
     harmful_loss, h0 = _grad(model, weights, harmful_batch)
@@ -96,12 +103,12 @@ def reference_step(
         for name, w in weights.items()
     }
     perturbed_loss = _loss(model, shifted, harmful_batch)
-    if clamp is not None:
-        perturbed_loss_clamped = torch.clamp(perturbed_loss, max=clamp)
-    else:
-        perturbed_loss_clamped = perturbed_loss
+    perturbed_loss_clamped = perturbed_loss if clamp is None else torch.clamp(perturbed_loss, max=clamp)
     grads = torch.autograd.grad(perturbed_loss_clamped, list(shifted.values()), allow_unused=True)
-    h1 = {name: torch.zeros_like(w) if gr is None else gr for (name, w), gr in zip(shifted.items(), grads, strict=True)}
+    h1 = {
+        name: torch.zeros_like(w) if gr is None else gr
+        for (name, w), gr in zip(shifted.items(), grads, strict=True)
+    }
     gradient = {name: g[name] - lam * (h1[name] - h0[name]) for name in weights}
     return ReferenceStep(
         gradient=gradient,
@@ -125,7 +132,7 @@ def objective(
     lam: float,
     clamp: float | None,
 ) -> Tensor:
-    """The minimised objective J(w) = g(w) − λ(min(h(w+ε), C) − h(w)) with ε held fixed (for finite differences)."""
+    """The minimised objective J(w) = g(w) − λ(min(h(w+ε), C) − h(w)), ε held fixed (finite differences)."""
     shifted = {name: w + epsilon[name] if name in epsilon else w for name, w in weights.items()}
     perturbed = _loss(model, shifted, harmful_batch)
     if clamp is not None:

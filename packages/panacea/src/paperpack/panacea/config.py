@@ -1,4 +1,4 @@
-"""``PanaceaConfig``: ``transformers.TrainingArguments`` plus Panacea's settings (arXiv:2501.18100, Alg. 1)."""
+"""``PanaceaConfig``: ``transformers.TrainingArguments`` plus Panacea's settings (arXiv:2501.18100)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ class PanaceaConfig(TrainingArguments):
     """Training arguments for :class:`~paperpack.panacea.PanaceaTrainer`.
 
     Panacea solves the max-max problem ``max_w max_{‖ε‖₂≤ρ} λ·(h(w+ε) − h(w)) − g(w)`` (g: the loss on the
-    user's fine-tuning data, h: the loss on a harmful data set): each step takes the first-order inner solution
-    ε = ρ·∇h(w)/‖∇h(w)‖₂ and descends along g − λ(h1 − h0), where h0 = ∇h(w) and h1 = ∇h(w+ε); after
+    user's fine-tuning data, h: the loss on a harmful data set): each step takes the first-order inner
+    solution ε = ρ·∇h(w)/‖∇h(w)‖₂ and descends along g − λ(h1 − h0), where h0 = ∇h(w) and h1 = ∇h(w+ε); after
     training the final ε is added to the weights. The learning rate η, the optimizer, its schedule and weight
     decay are the ``TrainingArguments`` ones (the paper's GSM8K script: ``learning_rate=2e-5``,
     ``weight_decay=0.1``, ``warmup_ratio=0.1``, ``lr_scheduler_type="constant"``, 20 epochs, batch 10).
@@ -52,7 +52,8 @@ class PanaceaConfig(TrainingArguments):
         default=1e-3,
         metadata={
             "help": "Regularizer intensity λ of λ·(h(w+ε) − h(w)); the gradient is g − λ(h1 − h0). "
-            "0 trains plain SFT while still computing ε. Default 1e-3 (the paper's lamb, tuned for 7B models)."
+            "0 trains plain SFT while still computing ε. Default 1e-3 (the paper's lamb, tuned for 7B "
+            "models)."
         },
     )
     harmful_loss_clamp: float | None = field(
@@ -65,16 +66,16 @@ class PanaceaConfig(TrainingArguments):
     perturb_parameters: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Which trainable parameters ε perturbs: regular expressions matched with re.search against "
-            "parameter names; None perturbs every trainable parameter (the paper)."
+            "help": "Which trainable parameters ε perturbs: regular expressions matched with re.search "
+            "against parameter names; None perturbs every trainable parameter (the paper)."
         },
     )
     final_perturbation: Literal["last_step", "mean", "none"] = field(
         default="last_step",
         metadata={
-            "help": "The ε added to the weights when training ends: last_step, the last step's ε (the paper's "
-            "add_eps); mean, the mean of every step's ε (ours); none, leave the weights as trained (ours; "
-            "trainer.perturbation still holds the last ε)."
+            "help": "The ε added to the weights when training ends: last_step, the last step's ε (the "
+            "paper's add_eps); mean, the mean of every step's ε (ours); none, leave the weights as trained "
+            "(ours; trainer.perturbation still holds the last ε)."
         },
     )
     harmful_batch_size: int | None = field(
@@ -94,14 +95,17 @@ class PanaceaConfig(TrainingArguments):
             check_int("harmful_batch_size", self.harmful_batch_size, minimum=1)
         if self.final_perturbation not in FINAL_PERTURBATIONS:
             allowed = ", ".join(repr(rule) for rule in FINAL_PERTURBATIONS)
-            raise ConfigError(f"`final_perturbation` must be one of {allowed}, got {self.final_perturbation!r}")
+            raise ConfigError(
+                f"`final_perturbation` must be one of {allowed}, got {self.final_perturbation!r}"
+            )
         if self.perturb_parameters is not None:
             self.perturb_parameters = list(check_patterns("perturb_parameters", self.perturb_parameters))
         if self.fsdp or self.deepspeed is not None:
             raise ConfigError(
                 "`fsdp` and `deepspeed` are not supported by Panacea, got "
-                f"fsdp={self.fsdp!r}, deepspeed={self.deepspeed!r}: the perturbation w + ε is applied in place, "
-                "so every rank must hold whole parameters; use DDP (accelerate launch without FSDP / DeepSpeed)"
+                f"fsdp={self.fsdp!r}, deepspeed={self.deepspeed!r}: the perturbation w + ε is applied in "
+                "place, so every rank must hold whole parameters; use DDP (accelerate launch without FSDP / "
+                "DeepSpeed)"
             )
         super().__post_init__()
 
@@ -115,7 +119,9 @@ def check_patterns(name: str, patterns: object) -> tuple[str, ...]:
     if isinstance(patterns, str) or not isinstance(patterns, list | tuple):
         raise ConfigError(f"`{name}` must be a list of regular expressions or None, got {patterns!r}")
     if not patterns:
-        raise ConfigError(f"`{name}` must name at least one pattern (None perturbs every trainable parameter)")
+        raise ConfigError(
+            f"`{name}` must name at least one pattern (None perturbs every trainable parameter)"
+        )
     for pattern in patterns:
         if not isinstance(pattern, str):
             raise ConfigError(f"`{name}` must hold strings, got {pattern!r} ({type(pattern).__name__})")

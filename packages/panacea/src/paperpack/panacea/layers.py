@@ -28,7 +28,8 @@ class LayerCoefficient:
     """One layer's share of a perturbation.
 
     Attributes:
-        layer: ``"layer <i>"`` for decoder layer i, else the module path (``"model.embed_tokens"``, ``"lm_head"``).
+        layer: ``"layer <i>"`` for decoder layer i, else the module path (``"model.embed_tokens"``,
+            ``"lm_head"``).
         index: the decoder layer index, or None for parameters outside the numbered layers.
         perturbation_norm: ‖ε_l‖₂.
         weight_norm: ‖w_l‖₂ of the same parameters.
@@ -52,7 +53,7 @@ def _group(name: str) -> tuple[str, int | None]:
 
 
 def layer_safety_coefficients(perturbation: Mapping[str, Tensor], model: nn.Module) -> list[LayerCoefficient]:
-    """Group ``perturbation`` by layer and report each layer's norms and coefficient.
+    r"""Group ``perturbation`` by layer and report each layer's norms and coefficient.
 
     Args:
         perturbation: name → ε (e.g. ``trainer.perturbation``).
@@ -68,7 +69,7 @@ def layer_safety_coefficients(perturbation: Mapping[str, Tensor], model: nn.Modu
         >>> from paperpack.core.hf import tiny_causal_lm
         >>> from paperpack.panacea import layer_safety_coefficients, random_perturbation
         >>> model, _ = tiny_causal_lm(num_layers=2)
-        >>> eps = random_perturbation(model, 1.0, seed=0, parameters=[r"layers\\.\\d+\\.mlp"])
+        >>> eps = random_perturbation(model, 1.0, seed=0, parameters=[r"layers\.\d+\.mlp"])
         >>> [row.layer for row in layer_safety_coefficients(eps, model)]
         ['layer 0', 'layer 1']
     """

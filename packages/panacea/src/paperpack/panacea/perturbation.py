@@ -37,7 +37,7 @@ FORMAT = "paperpack-panacea-perturbation"
 
 
 def select_parameters(model: nn.Module, patterns: Sequence[str] | None = None) -> dict[str, nn.Parameter]:
-    """The trainable parameters to perturb: all of them, or those whose name matches one of ``patterns``.
+    r"""The trainable parameters to perturb: all of them, or those whose name matches one of ``patterns``.
 
     Args:
         model: the model (a ``PreTrainedModel``, a PEFT model, any module).
@@ -54,7 +54,7 @@ def select_parameters(model: nn.Module, patterns: Sequence[str] | None = None) -
         >>> import torch
         >>> from paperpack.panacea import select_parameters
         >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
-        >>> list(select_parameters(model, [r"^1\\."]))
+        >>> list(select_parameters(model, [r"^1\."]))
         ['1.weight', '1.bias']
     """
     trainable = {name: param for name, param in model.named_parameters() if param.requires_grad}
@@ -74,7 +74,7 @@ def select_parameters(model: nn.Module, patterns: Sequence[str] | None = None) -
 
 
 def global_norm(tensors: Iterable[Tensor]) -> float:
-    """‖(t_1, …, t_k)‖₂: the L2 norm of all entries of all tensors together, accumulated in float32 or wider."""
+    """‖(t_1, …, t_k)‖₂: the L2 norm of all entries of all tensors together, summed in float32 or wider."""
     items = list(tensors)
     if not items:
         return 0.0
@@ -117,8 +117,9 @@ def _check_perturbation(model: nn.Module, perturbation: Mapping[str, Tensor]) ->
     if unknown:
         examples = ", ".join(list(params)[:3])
         raise ConfigError(
-            f"the perturbation names {len(unknown)} tensor(s) the model does not have, e.g. {unknown[0]!r}; the "
-            f"model's parameters are named like {examples} (a perturbation of adapter weights needs the PEFT model)"
+            f"the perturbation names {len(unknown)} tensor(s) the model does not have, e.g. {unknown[0]!r}; "
+            f"the model's parameters are named like {examples} (a perturbation of adapter weights needs the "
+            "PEFT model)"
         )
     for name, tensor in perturbation.items():
         if not isinstance(tensor, Tensor):
@@ -193,9 +194,14 @@ def random_perturbation(
     check_int("seed", seed, minimum=0)
     params = select_parameters(model, parameters)
     generator = torch.Generator().manual_seed(seed)
-    noise = {name: torch.randn(p.shape, generator=generator, dtype=torch.float32) for name, p in params.items()}
+    noise = {
+        name: torch.randn(p.shape, generator=generator, dtype=torch.float32) for name, p in params.items()
+    }
     factor = norm / global_norm(noise.values())
-    return {name: (z * factor).to(device=params[name].device, dtype=params[name].dtype) for name, z in noise.items()}
+    return {
+        name: (z * factor).to(device=params[name].device, dtype=params[name].dtype)
+        for name, z in noise.items()
+    }
 
 
 def save_perturbation(
@@ -209,8 +215,8 @@ def save_perturbation(
     The header's metadata holds ``format`` and ``norm`` (the global L2 norm) besides ``metadata``.
 
     Raises:
-        ConfigError: for an empty perturbation, a non-tensor entry or non-finite values, or a path that does not
-            end in ``.safetensors``.
+        ConfigError: for an empty perturbation, a non-tensor entry or non-finite values, or a path that does
+            not end in ``.safetensors``.
     """
     target = Path(path)
     if target.suffix != ".safetensors":

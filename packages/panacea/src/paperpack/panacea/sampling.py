@@ -41,8 +41,8 @@ class HarmfulBatches:
     Example:
         >>> from paperpack.panacea.sampling import HarmfulBatches
         >>> batches = HarmfulBatches(10, 2, seed=0, world_size=2)
-        >>> first, other_rank = batches.indices(0), HarmfulBatches(10, 2, seed=0, rank=1, world_size=2).indices(0)
-        >>> len(first), set(first).isdisjoint(other_rank)
+        >>> other_rank = HarmfulBatches(10, 2, seed=0, rank=1, world_size=2)
+        >>> len(batches.indices(0)), set(batches.indices(0)).isdisjoint(other_rank.indices(0))
         (2, True)
     """
 

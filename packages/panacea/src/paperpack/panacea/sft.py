@@ -36,15 +36,15 @@ class PanaceaSFTConfig(SFTConfig, PanaceaConfig):
 
 
 class PanaceaSFTTrainer(PanaceaTrainerMixin, SFTTrainer):
-    """Panacea with TRL's ``SFTTrainer``: TRL's data handling, :class:`~paperpack.panacea.PanaceaTrainerMixin`'s step.
+    """Panacea with TRL's ``SFTTrainer``: TRL's data handling, the step of ``PanaceaTrainerMixin``.
 
     ``harmful_dataset`` takes any format ``train_dataset`` takes (plain text, prompt-completion,
     conversational, pre-tokenized) and is prepared the same way (tokenized, truncated to ``max_length``,
     packed if ``packing``). The harmful loss is ``SFTTrainer.compute_loss`` on harmful batches (so the
     completion-only and assistant-only masks apply to it too), but its entropy, token accuracy and token count
     are not mixed into the training metrics, which stay those of the task batches. The harmful passes run
-    inside ``SFTTrainer``'s activation-offloading context, as the task pass does. ``peft_config`` wraps the model
-    before Panacea selects its parameters, so ε falls on the adapter weights.
+    inside ``SFTTrainer``'s activation-offloading context, as the task pass does. ``peft_config`` wraps the
+    model before Panacea selects its parameters, so ε falls on the adapter weights.
 
     Args:
         model: a causal LM, a PEFT model, or a model id or folder that ``SFTTrainer`` loads.
@@ -61,9 +61,9 @@ class PanaceaSFTTrainer(PanaceaTrainerMixin, SFTTrainer):
         >>> model, tokenizer = tiny_causal_lm()
         >>> task = Dataset.from_list([{"prompt": "2 + 3 =", "completion": " 5"}] * 4)
         >>> harmful = Dataset.from_list([{"prompt": "do harm", "completion": " sure"}] * 4)
-        >>> args = PanaceaSFTConfig(tempfile.mkdtemp(), max_steps=2, per_device_train_batch_size=2, max_length=32,
-        ...                         bf16=False, use_cpu=True, report_to="none", save_strategy="no",
-        ...                         disable_tqdm=True)
+        >>> args = PanaceaSFTConfig(tempfile.mkdtemp(), max_steps=2, per_device_train_batch_size=2,
+        ...                         max_length=32, bf16=False, use_cpu=True, report_to="none",
+        ...                         save_strategy="no", disable_tqdm=True)
         >>> trainer = PanaceaSFTTrainer(model=model, args=args, train_dataset=task, harmful_dataset=harmful,
         ...                             processing_class=tokenizer)
         >>> trainer.train().global_step  # the Trainer prints its summary  # doctest: +ELLIPSIS
@@ -84,15 +84,21 @@ class PanaceaSFTTrainer(PanaceaTrainerMixin, SFTTrainer):
         **kwargs: Any,
     ) -> None:
         self._formatting_func = formatting_func
-        super().__init__(model=model, args=args, harmful_dataset=harmful_dataset, formatting_func=formatting_func,
-                         **kwargs)  # fmt: skip
+        super().__init__(
+            model=model, args=args, harmful_dataset=harmful_dataset, formatting_func=formatting_func, **kwargs
+        )
 
     def _prepare_harmful_dataset(self, dataset: Any) -> tuple[Any, Any]:
         """Tokenize the harmful set as ``SFTTrainer`` prepares ``train_dataset``, then drop unused columns."""
-        dataset_kwargs = self.args.dataset_kwargs or {}
+        dataset_kwargs = cast(dict[str, Any], self.args.dataset_kwargs or {})
         if not dataset_kwargs.get("skip_prepare_dataset", False):
             dataset = self._prepare_dataset(
-                dataset, self.processing_class, self.args, self.args.packing, self._formatting_func, "harmful"
+                dataset,
+                cast(Any, self.processing_class),
+                self.args,
+                self.args.packing,
+                self._formatting_func,
+                "harmful",
             )
         return super()._prepare_harmful_dataset(dataset)
 

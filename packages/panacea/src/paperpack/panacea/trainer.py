@@ -30,7 +30,10 @@ logger = logging.getLogger(__name__)
 
 # Type checkers see the mixin as a Trainer, so its methods may use the Trainer's attributes; at run time it is
 # a plain class placed before Trainer (or SFTTrainer) in the bases.
-_Base = Trainer if TYPE_CHECKING else object
+if TYPE_CHECKING:
+    _Base = Trainer
+else:
+    _Base = object
 
 
 def _check_harmful_dataset(dataset: Any) -> None:
@@ -75,7 +78,12 @@ class PanaceaTrainerMixin(_Base):
     """The arguments class the trainer requires."""
 
     def __init__(
-        self, model: Any = None, args: PanaceaConfig | None = None, *, harmful_dataset: Any = None, **kwargs: Any
+        self,
+        model: Any = None,
+        args: PanaceaConfig | None = None,
+        *,
+        harmful_dataset: Any = None,
+        **kwargs: Any,
     ) -> None:
         expected = self.panacea_config_class
         if not isinstance(args, expected):
@@ -134,7 +142,7 @@ class PanaceaTrainerMixin(_Base):
         return contextlib.nullcontext()
 
     def _harmful_loss(self, model: nn.Module, inputs: dict[str, Any], num_items: Any) -> Tensor:
-        """h on one harmful micro-batch, computed as the task loss is (``compute_loss``)."""
+        """H on one harmful micro-batch, computed as the task loss is (``compute_loss``)."""
         return cast(Tensor, self.compute_loss(model, dict(inputs), num_items_in_batch=num_items))
 
     # ----------------------------------------------------------------------------------------- step
@@ -167,8 +175,8 @@ class PanaceaTrainerMixin(_Base):
         count_items = getattr(self, "_get_num_items_in_batch", None)
         num_items = count_items(chunks, args.device) if count_items is not None else None
         lam = args.panacea_lambda
-        # The passes never synchronise gradients: h0 is averaged explicitly below, h1 with the task gradient by
-        # the parent step's backward (or by the last micro-batch's, under gradient accumulation).
+        # The passes never synchronise gradients: h0 is averaged explicitly below, h1 with the task gradient
+        # by the parent step's backward (or by the last micro-batch's, under gradient accumulation).
         with self.accelerator.no_sync(model):
             for _, param in trainable:
                 param.grad = None
@@ -201,12 +209,15 @@ class PanaceaTrainerMixin(_Base):
                         param.grad.add_(h0[name], alpha=lam)
         self._record_step(values, grad_norm, scale, clamped)
 
-    def _harmful_backward(self, model: nn.Module, chunks: Sequence[dict[str, Any]], num_items: Any, *,
-                          weight: float) -> Tensor:  # fmt: skip
-        """Backpropagate ``weight · h`` over the harmful micro-batches; returns h (the mean over the batch)."""
+    def _harmful_backward(
+        self, model: nn.Module, chunks: Sequence[dict[str, Any]], num_items: Any, *, weight: float
+    ) -> Tensor:
+        """Backpropagate ``weight · h`` over the harmful micro-batches; returns h (the batch's mean)."""
         scaled = getattr(self, "loss_is_scaled_for_ga", None)
         if scaled is None:
-            scaled = (self.model_accepts_loss_kwargs and num_items is not None) or self.compute_loss_func is not None
+            scaled = (
+                self.model_accepts_loss_kwargs and num_items is not None
+            ) or self.compute_loss_func is not None
         total = torch.zeros((), device=self.args.device)
         for chunk in chunks:
             with self.compute_loss_context_manager():
@@ -269,7 +280,7 @@ class PanaceaTrainerMixin(_Base):
     # ----------------------------------------------------------------------------------------- ε
     @property
     def perturbation(self) -> dict[str, Tensor] | None:
-        """The current ε (the last step's ρ·h0/‖h0‖) by parameter name: a new tensor per call; None before training."""
+        """The current ε (the last step's ρ·h0/‖h0‖) by parameter name, new tensors; None before training."""
         if not self._perturbed:
             return None
         return {name: self._harmful_grad[name] * self._epsilon_scale for name in self._perturbed}
@@ -286,7 +297,7 @@ class PanaceaTrainerMixin(_Base):
         return self.perturbation
 
     def panacea_state(self) -> dict[str, Any]:
-        """The state that a checkpoint keeps: the last ε and the running sum for ``final_perturbation="mean"``."""
+        """What a checkpoint keeps: the last ε and the running sum for ``final_perturbation="mean"``."""
         epsilon = self.perturbation or {}
         return {
             "epsilon": {name: t.detach().cpu() for name, t in epsilon.items()},
@@ -298,7 +309,9 @@ class PanaceaTrainerMixin(_Base):
         """Restore :meth:`panacea_state` (on every process, when training resumes)."""
         params = dict(self.model.named_parameters())
         epsilon = cast(dict[str, Tensor], state["epsilon"])
-        self._harmful_grad = {name: t.to(params[name].device, params[name].dtype) for name, t in epsilon.items()}
+        self._harmful_grad = {
+            name: t.to(params[name].device, params[name].dtype) for name, t in epsilon.items()
+        }
         self._epsilon_scale = 1.0
         self._perturbed = list(epsilon)
         self._epsilon_sum = {
@@ -340,9 +353,11 @@ class PanaceaCallback(StatefulCallback):
             if trainer.args.final_perturbation != "none":
                 logger.warning("no Panacea step ran, so no perturbation was added to the weights")
             return
-        apply_perturbation(trainer.model, final)
+        apply_perturbation(cast(nn.Module, trainer.model), final)
         trainer.applied_perturbation = final
-        logger.info("added the final Panacea perturbation (‖ε‖ = %.4g) to the weights", global_norm(final.values()))
+        logger.info(
+            "added the final Panacea perturbation (‖ε‖ = %.4g) to the weights", global_norm(final.values())
+        )
 
 
 class PanaceaTrainer(PanaceaTrainerMixin, Trainer):
@@ -352,12 +367,13 @@ class PanaceaTrainer(PanaceaTrainerMixin, Trainer):
     separate ``harmful_dataset`` (harmful prompts with harmful answers, in the same format) gives h. Each
     optimizer step computes ε = ρ·∇h(w)/‖∇h(w)‖₂ and descends along g − λ(∇h(w+ε) − ∇h(w)), so the weights
     learn to let ε raise the harmful loss; when training ends the final ε is added to the weights
-    (``final_perturbation``), and :attr:`perturbation` keeps it for :func:`~paperpack.panacea.save_perturbation`.
+    (``final_perturbation``), and :attr:`perturbation` keeps it for
+    :func:`~paperpack.panacea.save_perturbation`.
 
     Everything else is the ``Trainer``'s: the optimizer and its schedule, gradient clipping (of the combined
     gradient), gradient accumulation (the harmful batch grows with it, so accumulating k micro-batches equals
-    one step on the k-times larger batch), evaluation (of the unperturbed weights), checkpoints (each keeps the
-    last ε; resuming reproduces the uninterrupted run's weights) and accelerate DDP (h0 is averaged across
+    one step on the k-times larger batch), evaluation (of the unperturbed weights), checkpoints (each keeps
+    the last ε; resuming reproduces the uninterrupted run's weights) and accelerate DDP (h0 is averaged across
     processes before ε is formed, so every rank adds the same ε). A PEFT model perturbs its adapter weights
     (the parameters with ``requires_grad``). The harmful batches are a function of the seed and the step, not
     of a data loader's position, so they survive a resume.
@@ -379,7 +395,9 @@ class PanaceaTrainer(PanaceaTrainerMixin, Trainer):
         >>> from paperpack.panacea import PanaceaConfig, PanaceaTrainer
         >>> model, tokenizer = tiny_causal_lm()
         >>> task = [{"input_ids": ids, "labels": ids} for ids in tokenizer(["2 + 3 = 5"] * 4)["input_ids"]]
-        >>> harmful = [{"input_ids": ids, "labels": ids} for ids in tokenizer(["do harm: sure"] * 4)["input_ids"]]
+        >>> def rows(texts):
+        ...     return [{"input_ids": ids, "labels": ids} for ids in tokenizer(texts)["input_ids"]]
+        >>> harmful = rows(["do harm: sure"] * 4)
         >>> args = PanaceaConfig(tempfile.mkdtemp(), max_steps=2, per_device_train_batch_size=2,
         ...                      report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True)
         >>> trainer = PanaceaTrainer(model=model, args=args, train_dataset=task, harmful_dataset=harmful)
@@ -391,8 +409,11 @@ class PanaceaTrainer(PanaceaTrainerMixin, Trainer):
     """
 
     def __init__(
-        self, model: nn.Module | None = None, args: PanaceaConfig | None = None, *, harmful_dataset: Any = None,
+        self,
+        model: nn.Module | None = None,
+        args: PanaceaConfig | None = None,
+        *,
+        harmful_dataset: Any = None,
         **kwargs: Any,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(model=model, args=args, harmful_dataset=harmful_dataset, **kwargs)
-
