@@ -6,7 +6,9 @@ same random token batches; Panacea also draws harmful batches of the same shape.
 subprocess of its own, and the arms alternate round by round, so machine load hits both alike.
 
 - step: the median wall time of a training step (``on_step_begin`` to ``on_step_end``: forward-backward passes,
-  Panacea's bookkeeping and the optimizer step), after ``--warmup`` steps that are not timed.
+  Panacea's bookkeeping and the optimizer step), after ``--warmup`` steps that are not timed; on the CPU also
+  the process's CPU time per step, which other processes on a shared machine disturb far less than wall time
+  (run with ``--threads 1`` so that it counts one core's work).
 - peak: :class:`paperpack.core.device.MemoryMeter` around building the model and the trainer and training
   (peak CUDA memory allocated on a GPU; peak resident set size on the CPU, measured with glibc's
   ``MALLOC_MMAP_THRESHOLD_`` at 64 KiB so freed blocks go back to the system), minus what torch and
@@ -14,9 +16,15 @@ subprocess of its own, and the arms alternate round by round, so machine load hi
 
 ``--lora`` trains LoRA adapters (r=32 on q, k, v, as the paper's scripts) instead of every weight.
 
+Where the memory goes (full fine-tuning with AdamW, W = the trainable weights' bytes, A = the activation peak
+of one forward-backward): SFT peaks at about weights + Adam (3W) + A, its gradients being allocated while the
+activations are freed. Panacea also keeps h0 (W, from which ε is a scalar multiple, kept between steps for the
+last ε) and, during the task pass, the gradient buffers that already hold λ(h0 − h1) (W): about 5W + A. The
+ratio falls as A grows (larger batches, longer sequences), and is near 1 with LoRA, whose W is small.
+
 Usage:
     python packages/panacea/benchmarks/bench_step.py [--device auto] [--rounds 3] [--steps 4] [--batch 8]
-        [--seq 128] [--lora]
+        [--seq 128] [--threads 1] [--lora]
 """
 
 from __future__ import annotations
@@ -82,17 +90,19 @@ def worker(args: argparse.Namespace) -> None:
 
     task, harmful = dataset(), dataset()
     times: list[float] = []
+    cpu_times: list[float] = []
 
     class Clock(TrainerCallback):
         def on_step_begin(self, *_: Any, **__: Any) -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            self.start = time.perf_counter()
+            self.start, self.cpu_start = time.perf_counter(), time.process_time()
 
         def on_step_end(self, *_: Any, **__: Any) -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - self.start)
+            cpu_times.append(time.process_time() - self.cpu_start)
 
     settings = {
         "max_steps": steps,
@@ -149,7 +159,9 @@ def main() -> None:
         return
     import tempfile
 
-    results: dict[str, dict[str, list[Any]]] = {arm: {"step_s": [], "peak": [], "info": []} for arm in ARMS}
+    results: dict[str, dict[str, list[Any]]] = {
+        arm: {"step_s": [], "cpu_s": [], "peak": [], "info": []} for arm in ARMS
+    }
     for number in range(args.rounds):
         for arm in ARMS if number % 2 == 0 else ARMS[::-1]:
             command = [
@@ -177,6 +189,7 @@ def main() -> None:
             output = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
             measured = json.loads(output.strip().splitlines()[-1])
             results[arm]["step_s"].append(measured["step_s"])
+            results[arm]["cpu_s"].append(measured["cpu_s"])
             results[arm]["peak"].append(measured["peak"])
             results[arm]["info"].append(measured)
             print(f"  round {number + 1} {arm}: {json.dumps(measured)}", file=sys.stderr, flush=True)
@@ -188,15 +201,16 @@ def main() -> None:
         f"{info['device']}, {args.rounds} rounds x {args.steps} timed steps; load average at the end "
         f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n"
     )
-    print("| arm | step s (median of rounds) | vs SFT | peak MiB (median) | vs SFT | step s per round |")
-    print("|---|---|---|---|---|---|")
-    base_time = statistics.median(results["sft"]["step_s"])
-    base_peak = statistics.median(results["sft"]["peak"])
+    print("| arm | step s (wall) | vs SFT | step CPU s | vs SFT | peak MiB | vs SFT | wall s per round |")
+    print("|---|---|---|---|---|---|---|---|")
+    base = {key: statistics.median(results["sft"][key]) for key in ("step_s", "cpu_s", "peak")}
     for arm in ARMS:
-        step, peak = statistics.median(results[arm]["step_s"]), statistics.median(results[arm]["peak"])
+        value = {key: statistics.median(results[arm][key]) for key in ("step_s", "cpu_s", "peak")}
         rounds = ", ".join(f"{t:.2f}" for t in results[arm]["step_s"])
         print(
-            f"| {arm} | {step:.3f} | {step / base_time:.2f} | {peak / 2**20:.0f} | {peak / base_peak:.3f} | {rounds} |"
+            f"| {arm} | {value['step_s']:.3f} | {value['step_s'] / base['step_s']:.2f} | {value['cpu_s']:.3f} "
+            f"| {value['cpu_s'] / base['cpu_s']:.2f} | {value['peak'] / 2**20:.0f} | {value['peak'] / base['peak']:.3f} "
+            f"| {rounds} |"
         )
 
 
