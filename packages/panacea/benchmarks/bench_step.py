@@ -136,6 +136,7 @@ def worker(args: argparse.Namespace) -> None:
                 "peak": meter.growth_bytes,
                 "device": str(device),
                 "step_s": statistics.median(times[args.warmup :]),
+                "cpu_s": statistics.median(cpu_times[args.warmup :]),
             }
         )
     )
