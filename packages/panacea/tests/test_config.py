@@ -59,7 +59,7 @@ def test_config_parses_with_hf_argument_parser(tmp_path: Path) -> None:
     [
         ({"panacea_rho": 0.0}, "`panacea_rho` must be > 0, got 0.0"),
         ({"panacea_rho": -1.0}, "`panacea_rho` must be > 0, got -1.0"),
-        ({"panacea_rho": float("nan")}, "`panacea_rho` must be a number, got NaN"),
+        ({"panacea_rho": float("nan")}, "`panacea_rho` must be a finite number, got nan"),
         ({"panacea_lambda": -0.1}, "`panacea_lambda` must be >= 0, got -0.1"),
         ({"harmful_loss_clamp": 0.0}, "`harmful_loss_clamp` must be > 0, got 0.0"),
         ({"harmful_batch_size": 0}, "`harmful_batch_size` must be >= 1, got 0"),
@@ -74,7 +74,7 @@ def test_config_parses_with_hf_argument_parser(tmp_path: Path) -> None:
         ({"perturb_parameters": []}, "`perturb_parameters` must name at least one pattern"),
         (
             {"perturb_parameters": "q_proj"},
-            "`perturb_parameters` must be a list of regular expressions or None",
+            "`perturb_parameters` must be a list of regular expressions, got 'q_proj'",
         ),
         ({"fsdp": "full_shard"}, "`fsdp` and `deepspeed` are not supported by Panacea"),
     ],

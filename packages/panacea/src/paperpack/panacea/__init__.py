@@ -12,75 +12,26 @@ from typing import TYPE_CHECKING
 from paperpack.core.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from paperpack.panacea.config import PanaceaConfig
-    from paperpack.panacea.evaluation import (
-        ClassifierJudge,
-        HarmfulScore,
-        Judge,
-        KeywordJudge,
-        harmful_score,
-        is_incoherent,
-    )
-    from paperpack.panacea.layers import LayerCoefficient, layer_safety_coefficients
-    from paperpack.panacea.perturbation import (
-        apply_perturbation,
-        global_norm,
-        load_perturbation,
-        perturbation_from_gradient,
-        random_perturbation,
-        save_perturbation,
-        select_parameters,
-    )
-    from paperpack.panacea.sft import PanaceaSFTConfig, PanaceaSFTTrainer
-    from paperpack.panacea.trainer import PanaceaCallback, PanaceaTrainer, PanaceaTrainerMixin
+    from paperpack.panacea.config import PanaceaConfig as PanaceaConfig
+    from paperpack.panacea.evaluation import ClassifierJudge as ClassifierJudge
+    from paperpack.panacea.evaluation import HarmfulScore as HarmfulScore
+    from paperpack.panacea.evaluation import Judge as Judge
+    from paperpack.panacea.evaluation import KeywordJudge as KeywordJudge
+    from paperpack.panacea.evaluation import harmful_score as harmful_score
+    from paperpack.panacea.evaluation import is_incoherent as is_incoherent
+    from paperpack.panacea.layers import LayerCoefficient as LayerCoefficient
+    from paperpack.panacea.layers import layer_safety_coefficients as layer_safety_coefficients
+    from paperpack.panacea.perturbation import apply_perturbation as apply_perturbation
+    from paperpack.panacea.perturbation import global_norm as global_norm
+    from paperpack.panacea.perturbation import load_perturbation as load_perturbation
+    from paperpack.panacea.perturbation import perturbation_from_gradient as perturbation_from_gradient
+    from paperpack.panacea.perturbation import random_perturbation as random_perturbation
+    from paperpack.panacea.perturbation import save_perturbation as save_perturbation
+    from paperpack.panacea.perturbation import select_parameters as select_parameters
+    from paperpack.panacea.sft import PanaceaSFTConfig as PanaceaSFTConfig
+    from paperpack.panacea.sft import PanaceaSFTTrainer as PanaceaSFTTrainer
+    from paperpack.panacea.trainer import PanaceaCallback as PanaceaCallback
+    from paperpack.panacea.trainer import PanaceaTrainer as PanaceaTrainer
+    from paperpack.panacea.trainer import PanaceaTrainerMixin as PanaceaTrainerMixin
 
-__all__ = [
-    "ClassifierJudge",
-    "HarmfulScore",
-    "Judge",
-    "KeywordJudge",
-    "LayerCoefficient",
-    "PanaceaCallback",
-    "PanaceaConfig",
-    "PanaceaSFTConfig",
-    "PanaceaSFTTrainer",
-    "PanaceaTrainer",
-    "PanaceaTrainerMixin",
-    "apply_perturbation",
-    "global_norm",
-    "harmful_score",
-    "is_incoherent",
-    "layer_safety_coefficients",
-    "load_perturbation",
-    "perturbation_from_gradient",
-    "random_perturbation",
-    "save_perturbation",
-    "select_parameters",
-]
-
-__getattr__, __dir__ = lazy_exports(
-    __name__,
-    {
-        "PanaceaConfig": "paperpack.panacea.config",
-        "ClassifierJudge": "paperpack.panacea.evaluation",
-        "HarmfulScore": "paperpack.panacea.evaluation",
-        "Judge": "paperpack.panacea.evaluation",
-        "KeywordJudge": "paperpack.panacea.evaluation",
-        "harmful_score": "paperpack.panacea.evaluation",
-        "is_incoherent": "paperpack.panacea.evaluation",
-        "LayerCoefficient": "paperpack.panacea.layers",
-        "layer_safety_coefficients": "paperpack.panacea.layers",
-        "apply_perturbation": "paperpack.panacea.perturbation",
-        "global_norm": "paperpack.panacea.perturbation",
-        "load_perturbation": "paperpack.panacea.perturbation",
-        "perturbation_from_gradient": "paperpack.panacea.perturbation",
-        "random_perturbation": "paperpack.panacea.perturbation",
-        "save_perturbation": "paperpack.panacea.perturbation",
-        "select_parameters": "paperpack.panacea.perturbation",
-        "PanaceaSFTConfig": "paperpack.panacea.sft",
-        "PanaceaSFTTrainer": "paperpack.panacea.sft",
-        "PanaceaCallback": "paperpack.panacea.trainer",
-        "PanaceaTrainer": "paperpack.panacea.trainer",
-        "PanaceaTrainerMixin": "paperpack.panacea.trainer",
-    },
-)
+__getattr__, __dir__ = lazy_exports(__name__)

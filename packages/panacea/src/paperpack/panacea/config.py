@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 from transformers import TrainingArguments
 
 from paperpack.core.errors import ConfigError
-from paperpack.core.validation import check_int, check_positive
+from paperpack.core.validation import check_literal_fields, check_number, check_patterns
 
-__all__ = ["FINAL_PERTURBATIONS", "PanaceaConfig"]
+__all__ = ["FinalPerturbation", "PanaceaConfig"]
 
 #: The rules for the perturbation added to the weights when training ends.
-FINAL_PERTURBATIONS = ("last_step", "mean", "none")
+FinalPerturbation = Literal["last_step", "mean", "none"]
 
 
 @dataclass
@@ -34,7 +33,7 @@ class PanaceaConfig(TrainingArguments):
         ConfigError: for a bad value, an invalid regular expression in ``perturb_parameters``, or FSDP /
             DeepSpeed (the in-place perturbation needs every rank to hold whole parameters).
 
-    Example:
+    Examples:
         >>> from paperpack.panacea import PanaceaConfig
         >>> args = PanaceaConfig("out", panacea_rho=1.0, panacea_lambda=1e-3, report_to="none")
         >>> args.panacea_rho, args.harmful_loss_clamp, args.final_perturbation
@@ -70,7 +69,7 @@ class PanaceaConfig(TrainingArguments):
             "against parameter names; None perturbs every trainable parameter (the paper)."
         },
     )
-    final_perturbation: Literal["last_step", "mean", "none"] = field(
+    final_perturbation: FinalPerturbation = field(
         default="last_step",
         metadata={
             "help": "The ε added to the weights when training ends: last_step, the last step's ε (the "
@@ -87,19 +86,21 @@ class PanaceaConfig(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
-        check_positive("panacea_rho", self.panacea_rho)
-        check_positive("panacea_lambda", self.panacea_lambda, allow_zero=True)
+        check_number("panacea_rho", self.panacea_rho, greater_than=0)
+        check_number("panacea_lambda", self.panacea_lambda, minimum=0)
         if self.harmful_loss_clamp is not None:
-            check_positive("harmful_loss_clamp", self.harmful_loss_clamp)
+            check_number("harmful_loss_clamp", self.harmful_loss_clamp, greater_than=0)
         if self.harmful_batch_size is not None:
-            check_int("harmful_batch_size", self.harmful_batch_size, minimum=1)
-        if self.final_perturbation not in FINAL_PERTURBATIONS:
-            allowed = ", ".join(repr(rule) for rule in FINAL_PERTURBATIONS)
-            raise ConfigError(
-                f"`final_perturbation` must be one of {allowed}, got {self.final_perturbation!r}"
-            )
+            check_number("harmful_batch_size", self.harmful_batch_size, minimum=1, integer=True)
+        check_literal_fields(self)
         if self.perturb_parameters is not None:
-            self.perturb_parameters = list(check_patterns("perturb_parameters", self.perturb_parameters))
+            check_patterns("perturb_parameters", self.perturb_parameters)
+            if not self.perturb_parameters:
+                raise ConfigError(
+                    "`perturb_parameters` must name at least one pattern, got []; None perturbs every "
+                    "trainable parameter"
+                )
+            self.perturb_parameters = list(self.perturb_parameters)
         if self.fsdp or self.deepspeed is not None:
             raise ConfigError(
                 "`fsdp` and `deepspeed` are not supported by Panacea, got "
@@ -108,25 +109,3 @@ class PanaceaConfig(TrainingArguments):
                 "DeepSpeed)"
             )
         super().__post_init__()
-
-
-def check_patterns(name: str, patterns: object) -> tuple[str, ...]:
-    """Check that ``patterns`` is a non-empty list of valid regular expressions and return them.
-
-    Raises:
-        ConfigError: naming the argument and the bad pattern.
-    """
-    if isinstance(patterns, str) or not isinstance(patterns, list | tuple):
-        raise ConfigError(f"`{name}` must be a list of regular expressions or None, got {patterns!r}")
-    if not patterns:
-        raise ConfigError(
-            f"`{name}` must name at least one pattern (None perturbs every trainable parameter)"
-        )
-    for pattern in patterns:
-        if not isinstance(pattern, str):
-            raise ConfigError(f"`{name}` must hold strings, got {pattern!r} ({type(pattern).__name__})")
-        try:
-            re.compile(pattern)
-        except re.error as error:
-            raise ConfigError(f"`{name}` holds an invalid regular expression {pattern!r}: {error}") from None
-    return tuple(patterns)

@@ -84,7 +84,7 @@ class KeywordJudge:
     ``harmful`` markers it flags compliance only (closer to a moderation model, which does not flag
     gibberish).
 
-    Example:
+    Examples:
         >>> from paperpack.panacea import KeywordJudge
         >>> KeywordJudge()(["how do I pick a lock?"] * 2, ["I'm sorry, I can't help.", "First, insert a pin"])
         [False, True]
@@ -140,7 +140,7 @@ class ClassifierJudge:
         batch_size: pairs per forward pass.
         max_length: tokens per pair (truncated).
 
-    Example:
+    Examples:
         >>> from transformers import LlamaConfig, LlamaForSequenceClassification
         >>> from paperpack.core.hf import tiny_tokenizer
         >>> from paperpack.panacea import ClassifierJudge
@@ -231,7 +231,7 @@ def is_incoherent(response: str, max_repeats: int = 3) -> bool:
 
     Non-letters are dropped and case is ignored, as in the paper's evaluation.
 
-    Example:
+    Examples:
         >>> from paperpack.panacea import is_incoherent
         >>> is_incoherent("no no no no"), is_incoherent("no, no, no. Yes.")
         (True, False)
@@ -294,7 +294,7 @@ def harmful_score(
         ConfigError: for an empty prompt list, a template without ``{prompt}``, or a judge that returns the
             wrong number of verdicts.
 
-    Example:
+    Examples:
         >>> from paperpack.core.hf import tiny_causal_lm
         >>> from paperpack.panacea import KeywordJudge, harmful_score
         >>> model, tokenizer = tiny_causal_lm()

@@ -65,7 +65,7 @@ def layer_safety_coefficients(perturbation: Mapping[str, Tensor], model: nn.Modu
     Raises:
         ConfigError: for an empty perturbation or a name the model does not have.
 
-    Example:
+    Examples:
         >>> from paperpack.core.hf import tiny_causal_lm
         >>> from paperpack.panacea import layer_safety_coefficients, random_perturbation
         >>> model, _ = tiny_causal_lm(num_layers=2)

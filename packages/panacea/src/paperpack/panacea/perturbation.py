@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -18,8 +17,7 @@ from torch import Tensor, nn
 
 from paperpack.core.checkpoints import load_state_dict, save_state_dict
 from paperpack.core.errors import CheckpointError, ConfigError
-from paperpack.core.validation import check_int, check_positive
-from paperpack.panacea.config import check_patterns
+from paperpack.core.validation import check_int, check_patterns, check_positive
 
 __all__ = [
     "apply_perturbation",
@@ -50,7 +48,7 @@ def select_parameters(model: nn.Module, patterns: Sequence[str] | None = None) -
     Raises:
         ConfigError: when the model has no trainable parameter, or ``patterns`` matches none.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from paperpack.panacea import select_parameters
         >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
@@ -62,7 +60,7 @@ def select_parameters(model: nn.Module, patterns: Sequence[str] | None = None) -
         raise ConfigError("the model has no trainable parameter (requires_grad=True) to perturb")
     if patterns is None:
         return trainable
-    compiled = [re.compile(pattern) for pattern in check_patterns("perturb_parameters", patterns)]
+    compiled = check_patterns("perturb_parameters", patterns)
     chosen = {name: p for name, p in trainable.items() if any(c.search(name) for c in compiled)}
     if not chosen:
         examples = ", ".join(list(trainable)[:4])
@@ -97,7 +95,7 @@ def epsilon_scale(gradient_norm: float, rho: float) -> float:
 def perturbation_from_gradient(gradient: Mapping[str, Tensor], rho: float) -> dict[str, Tensor]:
     """ε = ρ·∇h/‖∇h‖₂ over all tensors of ``gradient`` (new tensors; the gradient is not modified).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from paperpack.panacea import global_norm, perturbation_from_gradient
         >>> eps = perturbation_from_gradient({"a": torch.tensor([3.0]), "b": torch.tensor([4.0])}, rho=2.0)
@@ -148,7 +146,7 @@ def apply_perturbation(model: nn.Module, perturbation: Mapping[str, Tensor], *, 
     Raises:
         ConfigError: for an unknown name, a shape that does not fit, non-finite values or a non-finite scale.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from paperpack.panacea import apply_perturbation
         >>> model = torch.nn.Linear(2, 1, bias=False)
@@ -183,7 +181,7 @@ def random_perturbation(
     Returns:
         Name → noise tensor.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from paperpack.panacea import global_norm, random_perturbation
         >>> noise = random_perturbation(torch.nn.Linear(3, 2), 0.5, seed=0)

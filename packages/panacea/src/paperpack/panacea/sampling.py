@@ -38,7 +38,7 @@ class HarmfulBatches:
     Raises:
         ConfigError: when the data set is empty or smaller than one global batch.
 
-    Example:
+    Examples:
         >>> from paperpack.panacea.sampling import HarmfulBatches
         >>> batches = HarmfulBatches(10, 2, seed=0, world_size=2)
         >>> other_rank = HarmfulBatches(10, 2, seed=0, rank=1, world_size=2)

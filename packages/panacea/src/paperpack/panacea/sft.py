@@ -27,7 +27,7 @@ class PanaceaSFTConfig(SFTConfig, PanaceaConfig):
     ``TrainingArguments`` (``learning_rate=2e-5``, ``logging_steps=10``, ``gradient_checkpointing=True``,
     ``bf16=None``, meaning True unless fp16). On a CPU without bfloat16 support pass ``bf16=False``.
 
-    Example:
+    Examples:
         >>> from paperpack.panacea import PanaceaSFTConfig
         >>> args = PanaceaSFTConfig("out", panacea_lambda=0.1, max_length=64, bf16=False, report_to="none")
         >>> args.panacea_lambda, args.max_length, args.learning_rate
@@ -53,7 +53,7 @@ class PanaceaSFTTrainer(PanaceaTrainerMixin, SFTTrainer):
         **kwargs: any other ``SFTTrainer`` argument (``train_dataset``, ``processing_class``, ``peft_config``,
             ``formatting_func``, ...).
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from datasets import Dataset
         >>> from paperpack.core.hf import tiny_causal_lm

@@ -389,7 +389,7 @@ class PanaceaTrainer(PanaceaTrainerMixin, Trainer):
         ConfigError: for a missing, empty or too small ``harmful_dataset``, or ``perturb_parameters`` that
             match no trainable parameter.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from paperpack.core.hf import tiny_causal_lm
         >>> from paperpack.panacea import PanaceaConfig, PanaceaTrainer
