@@ -85,11 +85,11 @@ def _last(eps: dict[str, torch.Tensor], value: object) -> dict[str, object]:
     [
         (
             lambda eps: {**eps, "model.missing.weight": torch.zeros(2)},
-            "the perturbation names 1 tensor(s) the model",
+            "the perturbation names 1 tensor(s) the model does not have",
         ),
         (
             lambda eps: _last(eps, torch.zeros(1, 64)),
-            "has shape (1, 64), but the model's parameter has shape (64,)",
+            "has shape (1, 64), but the tensor of that name in the model has shape (64,)",
         ),
         (lambda eps: _last(eps, torch.full((64,), math.nan)), "must hold finite floating-point values"),
         (lambda eps: _last(eps, "x"), "is a str, not a tensor"),
@@ -132,7 +132,7 @@ def test_save_and_load_round_trip(tmp_path: Path, fresh_model) -> None:
     from paperpack.core.checkpoints import LazyStateDict
 
     metadata = LazyStateDict(path).metadata
-    assert metadata["format"] == "paperpack-panacea-perturbation" and metadata["rho"] == "1.0"
+    assert metadata["content"] == "paperpack-panacea-perturbation" and metadata["rho"] == "1.0"
     assert float(metadata["norm"]) == pytest.approx(1.0, rel=1e-6)
 
 

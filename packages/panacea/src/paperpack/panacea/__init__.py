@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from paperpack.panacea.layers import LayerCoefficient as LayerCoefficient
     from paperpack.panacea.layers import layer_safety_coefficients as layer_safety_coefficients
     from paperpack.panacea.perturbation import apply_perturbation as apply_perturbation
+    from paperpack.panacea.perturbation import check_perturbation as check_perturbation
     from paperpack.panacea.perturbation import global_norm as global_norm
     from paperpack.panacea.perturbation import load_perturbation as load_perturbation
     from paperpack.panacea.perturbation import perturbation_from_gradient as perturbation_from_gradient

@@ -291,8 +291,8 @@ def harmful_score(
         progress: show a progress bar.
 
     Raises:
-        ConfigError: for an empty prompt list, a template without ``{prompt}``, or a judge that returns the
-            wrong number of verdicts.
+        ConfigError: for an empty prompt list, a template without ``{prompt}``, a count below 1, or a judge
+            that returns the wrong number of verdicts.
 
     Examples:
         >>> from paperpack.core.hf import tiny_causal_lm
@@ -306,6 +306,8 @@ def harmful_score(
         raise ConfigError("`prompts` must be a non-empty list of strings")
     if "{prompt}" not in template:
         raise ConfigError(f"`template` must contain {{prompt}}, got {template!r}")
+    check_int("max_new_tokens", max_new_tokens, minimum=1)
+    check_int("batch_size", batch_size, minimum=1)
     if not callable(judge):
         raise ConfigError(
             f"`judge` must be callable as judge(prompts, responses), got {type(judge).__name__}"

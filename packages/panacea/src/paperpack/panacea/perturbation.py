@@ -21,6 +21,7 @@ from paperpack.core.validation import check_int, check_patterns, check_positive
 
 __all__ = [
     "apply_perturbation",
+    "check_perturbation",
     "epsilon_scale",
     "global_norm",
     "load_perturbation",
@@ -30,7 +31,7 @@ __all__ = [
     "select_parameters",
 ]
 
-#: The ``format`` entry in the metadata of a saved perturbation.
+#: The ``content`` entry in the metadata of a saved perturbation.
 FORMAT = "paperpack-panacea-perturbation"
 
 
@@ -107,29 +108,38 @@ def perturbation_from_gradient(gradient: Mapping[str, Tensor], rho: float) -> di
     return {name: grad.detach() * scale for name, grad in gradient.items()}
 
 
-def _check_perturbation(model: nn.Module, perturbation: Mapping[str, Tensor]) -> dict[str, nn.Parameter]:
+def check_perturbation(
+    perturbation: Mapping[str, Tensor], shapes: Mapping[str, Sequence[int]], *, where: str = "the model"
+) -> None:
+    """Check that ``perturbation`` fits tensors of ``shapes``: known names, same shapes, finite float values.
+
+    Args:
+        perturbation: name → ε.
+        shapes: name → shape of the tensors it is meant for (a model's parameters, a weights file's tensors).
+        where: how the error messages name what ``shapes`` describes.
+
+    Raises:
+        ConfigError: naming the first entry that does not fit and what would.
+    """
     if not isinstance(perturbation, Mapping) or not perturbation:
         raise ConfigError("`perturbation` must be a non-empty mapping of parameter names to tensors")
-    params = dict(model.named_parameters())
-    unknown = [name for name in perturbation if name not in params]
+    unknown = [name for name in perturbation if name not in shapes]
     if unknown:
-        examples = ", ".join(list(params)[:3])
+        examples = ", ".join(list(shapes)[:3])
         raise ConfigError(
-            f"the perturbation names {len(unknown)} tensor(s) the model does not have, e.g. {unknown[0]!r}; "
-            f"the model's parameters are named like {examples} (a perturbation of adapter weights needs the "
-            "PEFT model)"
+            f"the perturbation names {len(unknown)} tensor(s) {where} does not have, e.g. {unknown[0]!r}; "
+            f"its tensors are named like {examples} (a perturbation of adapter weights needs the PEFT model)"
         )
     for name, tensor in perturbation.items():
         if not isinstance(tensor, Tensor):
             raise ConfigError(f"perturbation entry {name!r} is a {type(tensor).__name__}, not a tensor")
-        if tuple(tensor.shape) != tuple(params[name].shape):
+        if tuple(tensor.shape) != tuple(shapes[name]):
             raise ConfigError(
-                f"perturbation entry {name!r} has shape {tuple(tensor.shape)}, but the model's parameter has "
-                f"shape {tuple(params[name].shape)}"
+                f"perturbation entry {name!r} has shape {tuple(tensor.shape)}, but the tensor of that name in "
+                f"{where} has shape {tuple(shapes[name])}"
             )
         if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
             raise ConfigError(f"perturbation entry {name!r} must hold finite floating-point values")
-    return {name: params[name] for name in perturbation}
 
 
 @torch.no_grad()
@@ -157,9 +167,11 @@ def apply_perturbation(model: nn.Module, perturbation: Mapping[str, Tensor], *, 
     """
     if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
         raise ConfigError(f"`scale` must be a finite number, got {scale!r}")
-    params = _check_perturbation(model, perturbation)
-    for name, param in params.items():
-        param.add_(perturbation[name].to(device=param.device, dtype=param.dtype), alpha=scale)
+    params = dict(model.named_parameters())
+    check_perturbation(perturbation, {name: param.shape for name, param in params.items()})
+    for name, tensor in perturbation.items():
+        param = params[name]
+        param.add_(tensor.to(device=param.device, dtype=param.dtype), alpha=scale)
 
 
 def random_perturbation(
@@ -207,10 +219,14 @@ def save_perturbation(
     path: str | os.PathLike[str],
     *,
     metadata: Mapping[str, str] | None = None,
+    overwrite: bool = False,
+    command: str = "paperpack",
 ) -> Path:
     """Write a perturbation to one ``.safetensors`` file, atomically.
 
-    The header's metadata holds ``format`` and ``norm`` (the global L2 norm) besides ``metadata``.
+    The header's metadata holds ``content`` (``"paperpack-panacea-perturbation"``) and ``norm`` (the global L2
+    norm) besides ``metadata``. An existing file is refused unless ``overwrite`` is set and it is an earlier
+    output of ``command`` (the core's output policy).
 
     Raises:
         ConfigError: for an empty perturbation, a non-tensor entry or non-finite values, or a path that does
@@ -228,8 +244,8 @@ def save_perturbation(
         if not bool(torch.isfinite(tensor).all()):
             raise ConfigError(f"perturbation entry {name!r} holds non-finite values")
         tensors[name] = tensor.detach().to("cpu").contiguous()
-    header = {"format": FORMAT, "norm": repr(global_norm(tensors.values())), **dict(metadata or {})}
-    return save_state_dict(tensors, target, metadata=header)
+    header = {"content": FORMAT, "norm": repr(global_norm(tensors.values())), **dict(metadata or {})}
+    return save_state_dict(tensors, target, metadata=header, command=command, overwrite=overwrite)
 
 
 def load_perturbation(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> dict[str, Tensor]:
