@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,28 @@ from .conftest import HARMFUL_LINES
 SUMS = [(a, b) for a in range(6) for b in range(4)]
 
 
+def test_help_lists_the_subcommands_without_importing_torch() -> None:
+    probe = (
+        "import sys\n"
+        "from paperpack.core.cli import main\n"
+        "assert main(['panacea', '--help']) == 0\n"
+        "assert 'torch' not in sys.modules, 'paperpack panacea --help imported torch'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    for command in ("train", "apply", "evaluate"):
+        assert command in result.stdout
+
+
+def test_train_help_shows_the_panacea_knobs_and_the_shared_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["panacea", "train", "--help"]) == 0
+    text = capsys.readouterr().out
+    for flag in ("--panacea-rho", "--panacea-lambda", "--harmful-loss-clamp", "--perturb-parameters",
+                 "--final-perturbation", "--harmful-batch-size", "--harmful-data", "--model", "--resume",
+                 "--per-device-train-batch-size"):  # fmt: skip
+        assert flag in text, flag
+
+
 def _jsonl(path: Path, records: list[dict[str, str]]) -> Path:
     path.write_text("".join(json.dumps(record) + "\n" for record in records))
     return path
@@ -30,8 +54,12 @@ def _jsonl(path: Path, records: list[dict[str, str]]) -> Path:
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The data files: additions (prompt-completion), harmful pairs, harmful prompts, and bad files."""
     root = tmp_path_factory.mktemp("inputs")
-    _jsonl(root / "task.jsonl", [{"prompt": f"what is {a} + {b}?", "completion": f" {a + b}"} for a, b in SUMS])
-    harmful = [{"prompt": line.split("?")[0] + "?", "completion": line.split("?")[1]} for line in HARMFUL_LINES]
+    _jsonl(
+        root / "task.jsonl", [{"prompt": f"what is {a} + {b}?", "completion": f" {a + b}"} for a, b in SUMS]
+    )
+    harmful = [
+        {"prompt": line.split("?")[0] + "?", "completion": line.split("?")[1]} for line in HARMFUL_LINES
+    ]
     _jsonl(root / "harmful.jsonl", harmful)
     _jsonl(root / "harmful_text.jsonl", [{"text": line} for line in HARMFUL_LINES])
     _jsonl(root / "prompts.jsonl", [{"prompt": record["prompt"]} for record in harmful[:3]])
@@ -113,7 +141,14 @@ def test_train_writes_the_one_layout_and_apply_removes_epsilon(
 
     # `apply --scale -1` takes ε off again, into a folder the next command loads as it is.
     undone = tmp_path / "undone"
-    argv = ["panacea", "apply", "--model", str(output), "--perturbation", str(output / "perturbation.safetensors")]
+    argv = [
+        "panacea",
+        "apply",
+        "--model",
+        str(output),
+        "--perturbation",
+        str(output / "perturbation.safetensors"),
+    ]
     assert main([*argv, "--scale", "-1", "--output", str(undone), "--no-progress"]) == 0
     assert_state_dicts_equal(_weights(undone), trained, atol=1e-6, rtol=0)
     assert (undone / "config.json").is_file() and (undone / "tokenizer.json").is_file()
@@ -135,7 +170,8 @@ def test_resume_through_the_cli_ends_where_the_uninterrupted_run_does(
     assert main(_train(tiny_lm_dir, inputs, cut, "--final-perturbation", "mean", "--resume")) == 0
     assert_state_dicts_equal(_weights(cut), _weights(full))
     assert_state_dicts_equal(
-        load_perturbation(cut / "perturbation.safetensors"), load_perturbation(full / "perturbation.safetensors")
+        load_perturbation(cut / "perturbation.safetensors"),
+        load_perturbation(full / "perturbation.safetensors"),
     )
 
 
@@ -188,14 +224,17 @@ def test_evaluate_with_a_classifier_and_a_perturbation(
         (["--panacea-rho", "0"], r"`--panacea-rho` must be > 0, got 0"),
         (["--panacea_lambda", "-1"], r"`--panacea_lambda` must be >= 0, got -1"),
         (["--harmful-loss-clamp", "0"], r"`--harmful-loss-clamp` must be > 0, got 0"),
-        (["--final-perturbation", "first"], r"--final-perturbation.*'first'.*last_step"),
+        (
+            ["--final-perturbation", "first"],
+            r"`--final-perturbation` must be one of 'last_step', 'mean', 'none', got 'first'",
+        ),
         (["--perturb-parameters", "nothing"], r"`--perturb-parameters` \['nothing'\] match no trainable"),
         (["--perturb-parameters", "q_proj("], r"`--perturb-parameters` holds an invalid regular expression"),
         (["--harmful-data", "empty.jsonl"], r"empty.jsonl holds no records"),
         (["--harmful-data", "three.jsonl"], r"`harmful_dataset` has 3 example\(s\), fewer than one harmful"),
         (["--harmful-data", "mixed.jsonl"], r"`--harmful-data` .*every record must hold"),
         (["--harmful-data", "missing.jsonl"], r"missing.jsonl' does not exist"),
-        (["--fsdp", "full_shard"], r"`--fsdp` and `deepspeed` are not supported by Panacea"),
+        (["--fsdp", "full_shard"], r"`--fsdp` and `--deepspeed` are not supported by Panacea"),
         (["--max-steps", "0"], r"`--max-steps` must be >= 1"),
         (["--resume"], r"`--resume` continues an earlier run of `panacea train`"),
     ],
@@ -247,7 +286,13 @@ def bad_perturbations(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ],
 )
 def test_apply_refuses_a_perturbation_that_does_not_fit(
-    perturbation: str, extra: list[str], message: str, tiny_lm_dir: Path, bad_perturbations: Path, tmp_path: Path
+    perturbation: str,
+    extra: list[str],
+    message: str,
+    *,
+    tiny_lm_dir: Path,
+    bad_perturbations: Path,
+    tmp_path: Path,
 ) -> None:
     argv = [
         "panacea", "apply", "--model", str(tiny_lm_dir), "--perturbation", str(bad_perturbations / perturbation),
@@ -265,18 +310,37 @@ def test_apply_refuses_a_perturbation_that_does_not_fit(
         (["--classifier", "judge", "--refusals", "no"], r"`--classifier` judges by itself; `--refusals`"),
         (["--classifier", "nowhere"], r"`--classifier` must be a local sequence-classification model folder"),
         (["--max-new-tokens", "0"], r"`--max-new-tokens` must be >= 1, got 0"),
-        (["--perturbation", "shape.safetensors"], r"has shape \(3,\), but the tensor of that name in the model"),
+        (
+            ["--perturbation", "shape.safetensors"],
+            r"has shape \(3,\), but the tensor of that name in the model",
+        ),
         (["--template", "chatml"], r"--template.*'chatml'"),
+        (["--classifier", "judge", "--threshold", "1"], r"`--threshold` must be"),
+        (["--batch-size", "0"], r"`--batch-size` must be"),
+        (["--data", "missing.jsonl"], r"missing.jsonl"),
     ],
 )
 def test_evaluate_refuses_bad_input(
-    extra: list[str], message: str, tiny_lm_dir: Path, inputs: Path, bad_perturbations: Path, tmp_path: Path
+    extra: list[str],
+    message: str,
+    *,
+    tiny_lm_dir: Path,
+    inputs: Path,
+    bad_perturbations: Path,
+    tmp_path: Path,
 ) -> None:
     resolved = [
         str(bad_perturbations / value) if value.endswith(".safetensors") else value for value in extra
     ]
     if "--output" in resolved:
         resolved[resolved.index("--output") + 1] = str(tmp_path / "scores.txt")
+    if "--data" in resolved:
+        resolved[resolved.index("--data") + 1] = str(inputs / "missing.jsonl")
+    if "--classifier" in resolved and resolved[resolved.index("--classifier") + 1] == "judge":
+        judge = tmp_path / "judge"  # a folder with a config.json: the flag checks pass until the judge's own
+        judge.mkdir()
+        (judge / "config.json").write_text("{}")
+        resolved[resolved.index("--classifier") + 1] = str(judge)
     argv = [
         "panacea", "evaluate", "--model", str(tiny_lm_dir), "--data", str(inputs / "prompts.jsonl"),
         "--output", str(tmp_path / "scores.json"), "--max-new-tokens", "2", "--device", "cpu", *resolved,

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from paperpack.core.arguments import add_flag
 from paperpack.core.commands import add_shared_arguments, add_training_arguments, check_training_output
 from paperpack.core.errors import ConfigError
+from paperpack.core.subcommands import add_subcommand
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -32,17 +33,45 @@ PERTURBATION_FILE = "perturbation.safetensors"
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Add ``train``, ``apply`` and ``evaluate`` to ``paperpack panacea``."""
-    from paperpack.panacea.config import PanaceaConfig
+    """Add ``train``, ``apply`` and ``evaluate`` to ``paperpack panacea``.
 
+    Each subcommand's flags are added when it is used (``train``'s come from :class:`PanaceaConfig`, whose
+    import costs torch and transformers), so ``paperpack panacea --help`` stays instant.
+    """
     commands = parser.add_subparsers(dest="panacea_command", metavar="COMMAND")
-    train = commands.add_parser(
+    add_subcommand(
+        commands,
         "train",
+        _train_flags,
         help="fine-tune a causal LM with Panacea and add the final perturbation",
         description="Fine-tune with Panacea (three forward-backward passes per step): the final model, with "
         "the last step's ε added, at the top of --output, checkpoint-N folders beside it, and ε itself in "
         f"{PERTURBATION_FILE}. Every TrainingArguments field and the panacea_* fields are flags.",
     )
+    add_subcommand(
+        commands,
+        "apply",
+        _apply_flags,
+        help="add a saved perturbation to a model folder's weights (w + scale·ε)",
+        description="Stream a model folder's safetensors weights to --output with scale·ε added to the "
+        "tensors the perturbation names (checked against the weights' names and shapes first); config and "
+        "tokenizer files are copied.",
+    )
+    add_subcommand(
+        commands,
+        "evaluate",
+        _evaluate_flags,
+        help="the harmful score HS (and HS+) of a model on harmful prompts",
+        description="Answer each prompt greedily and report the percentage of answers the judge flags (HS) "
+        "and the percentage flagged or repeating a word more than three times in a row (HS+). The keyword "
+        "judge flags answers that hold none of --refusals (and, if given, one of --harmful-markers); "
+        "--classifier uses a local sequence-classification model instead.",
+    )
+
+
+def _train_flags(train: argparse.ArgumentParser) -> None:
+    from paperpack.panacea.config import PanaceaConfig
+
     names = add_training_arguments(train, PanaceaConfig)
     add_flag(
         train,
@@ -68,13 +97,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     train.set_defaults(handler=_train, training_fields=names)
 
-    apply = commands.add_parser(
-        "apply",
-        help="add a saved perturbation to a model folder's weights (w + scale·ε)",
-        description="Stream a model folder's safetensors weights to --output with scale·ε added to the "
-        "tensors the perturbation names (checked against the weights' names and shapes first); config and "
-        "tokenizer files are copied.",
-    )
+
+def _apply_flags(apply: argparse.ArgumentParser) -> None:
     add_flag(
         apply, "perturbation", str, help="a perturbation file (.safetensors)", required=True, metavar="FILE"
     )
@@ -84,14 +108,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     apply.set_defaults(handler=_apply)
 
-    evaluate = commands.add_parser(
-        "evaluate",
-        help="the harmful score HS (and HS+) of a model on harmful prompts",
-        description="Answer each prompt greedily and report the percentage of answers the judge flags (HS) "
-        "and the percentage flagged or repeating a word more than three times in a row (HS+). The keyword "
-        "judge flags answers that hold none of --refusals (and, if given, one of --harmful-markers); "
-        "--classifier uses a local sequence-classification model instead.",
-    )
+
+def _evaluate_flags(evaluate: argparse.ArgumentParser) -> None:
     add_flag(
         evaluate,
         "perturbation",
@@ -157,8 +175,8 @@ def _training_records(path: str, flag: str) -> tuple[list[str], list[str]] | lis
     if len(texts) == len(records):
         return texts
     raise ConfigError(
-        f"`{flag}` {path!r}: every record must hold string fields 'prompt' and 'completion', or every record a "
-        "string field 'text'"
+        f"`{flag}` {path!r}: every record must hold string fields 'prompt' and 'completion', or every "
+        "record a string field 'text'"
     )
 
 
@@ -260,7 +278,7 @@ def _apply(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from paperpack.core.data import read_jsonl
     from paperpack.core.files import OUTPUT_KEY, atomic_write_text, check_output
-    from paperpack.core.validation import check_int
+    from paperpack.core.validation import check_int, check_number
 
     output = Path(args.output)
     if output.suffix != ".json":
@@ -274,6 +292,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     check_output(output, command=EVALUATE, overwrite=args.overwrite, inputs=inputs, file=True)
     check_int("max_new_tokens", args.max_new_tokens, minimum=1)
     if args.classifier:
+        check_number("threshold", args.threshold, greater_than=0, less_than=1)
         if args.refusals is not None or args.harmful_markers is not None:
             raise ConfigError(
                 "`classifier` judges by itself; `refusals` and `harmful_markers` belong to the keyword judge"

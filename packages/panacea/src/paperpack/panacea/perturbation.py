@@ -135,8 +135,8 @@ def check_perturbation(
             raise ConfigError(f"perturbation entry {name!r} is a {type(tensor).__name__}, not a tensor")
         if tuple(tensor.shape) != tuple(shapes[name]):
             raise ConfigError(
-                f"perturbation entry {name!r} has shape {tuple(tensor.shape)}, but the tensor of that name in "
-                f"{where} has shape {tuple(shapes[name])}"
+                f"perturbation entry {name!r} has shape {tuple(tensor.shape)}, but the tensor of that name "
+                f"in {where} has shape {tuple(shapes[name])}"
             )
         if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
             raise ConfigError(f"perturbation entry {name!r} must hold finite floating-point values")
