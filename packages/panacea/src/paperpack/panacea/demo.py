@@ -24,9 +24,9 @@ def _mean(rows: list[ArmResult], key: str) -> float:
 
 
 def _spread(rows: list[ArmResult], key: str) -> str:
-    values = [float(getattr(row, key)) for row in rows]
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.1f} ± {std:.1f}"
+    from paperpack.core.stats import mean_std
+
+    return mean_std([float(getattr(row, key)) for row in rows]).format(1)
 
 
 def _table(result: ExperimentResult) -> DemoTable:
@@ -146,64 +146,52 @@ def _claims(result: ExperimentResult) -> list[Claim]:
 
 
 def _plots(result: ExperimentResult, folder: Path) -> list[Path]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from paperpack.core.plotting import bar_plot, figure_file, style_axes
+    from paperpack.core.stats import mean_std
 
-    from paperpack.core.files import atomic_path
-
-    paths = []
-    figure = Figure(figsize=(6.4, 4.4), layout="constrained")
-    axes = figure.add_subplot()
-    groups: dict[str, list[tuple[float, float, float, float, str]]] = {}
+    tradeoff = folder / "panacea_tradeoff.png"
+    groups: dict[str, dict[str, list[ArmResult]]] = {}
     for arm, rows in result.by_arm().items():
-        point = (
-            _mean(rows, "accuracy"),
-            _mean(rows, "harmful_score"),
-            statistics.pstdev([r.accuracy for r in rows]),
-            statistics.pstdev([r.harmful_score for r in rows]),
-            arm,
+        groups.setdefault(rows[0].kind, {})[arm] = rows
+    styles = {"aligned": "s", "sft": "o", "noise": "v", "gradient": "D", "panacea_trained": "P"}
+    with figure_file(tradeoff, size=(6.4, 4.4)) as (axes,):
+        for kind, arms in groups.items():
+            accuracy = [mean_std([r.accuracy for r in rows]) for rows in arms.values()]
+            harm = [mean_std([r.harmful_score for r in rows]) for rows in arms.values()]
+            axes.errorbar(
+                [m.mean for m in accuracy],
+                [m.mean for m in harm],
+                xerr=[m.std for m in accuracy],
+                yerr=[m.std for m in harm],
+                fmt=styles.get(kind, "*") + ("--" if kind == "noise" else ""),
+                markersize=9 if kind == "panacea" else 6,
+                capsize=2,
+                label=kind,
+            )
+            for label, x, y in zip(arms, accuracy, harm, strict=True):
+                axes.annotate(label, (x.mean, y.mean), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        style_axes(
+            axes,
+            xlabel="addition accuracy % (higher is better)",
+            ylabel="harmful score % (lower is better)",
+            title="Harmful score against task accuracy (mean ± std over seeds)",
         )
-        groups.setdefault(rows[0].kind, []).append(point)
-    styles = {"aligned": "s", "sft": "o", "noise": "v", "gradient": "D", "panacea": "*"}
-    for kind, points in groups.items():
-        xs, ys, dx, dy, labels = zip(*points, strict=True)
-        axes.errorbar(
-            xs,
-            ys,
-            xerr=dx,
-            yerr=dy,
-            fmt=styles[kind] + ("--" if kind == "noise" else ""),
-            markersize=9 if kind == "panacea" else 6,
-            capsize=2,
-            label=kind,
-        )
-        for x, y, label in zip(xs, ys, labels, strict=True):
-            axes.annotate(label, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    axes.set_xlabel("addition accuracy % (higher is better)")
-    axes.set_ylabel("harmful score % (lower is better)")
-    axes.set_title("Harmful score against task accuracy (mean ± std over seeds)")
-    axes.legend(fontsize=7)
-    FigureCanvasAgg(figure)
-    with atomic_path(folder / "panacea_tradeoff.png") as path:
-        figure.savefig(path, dpi=120)
-    paths.append(folder / "panacea_tradeoff.png")
+    paths = [tradeoff]
     if result.layers:
-        figure = Figure(figsize=(6.4, 3.6), layout="constrained")
-        axes = figure.add_subplot()
         layers = [row.layer for row in next(iter(result.layers.values()))]
-        means = [
-            statistics.fmean(rows[i].coefficient for rows in result.layers.values())
-            for i in range(len(layers))
-        ]
-        axes.bar(range(len(layers)), means)
-        axes.set_xticks(range(len(layers)), layers, rotation=30, ha="right", fontsize=7)
-        axes.set_ylabel("‖ε_l‖ / ‖w_l‖")
+        coefficients = {
+            layer: mean_std([rows[i].coefficient for rows in result.layers.values()])
+            for i, layer in enumerate(layers)
+        }
         rho, lam = result.settings.panacea[0]
-        axes.set_title(f"Per-layer coefficient of Panacea's final ε (ρ={rho:g}, λ={lam:g}), mean over seeds")
-        FigureCanvasAgg(figure)
-        with atomic_path(folder / "panacea_layers.png") as path:
-            figure.savefig(path, dpi=120)
-        paths.append(folder / "panacea_layers.png")
+        paths.append(
+            bar_plot(
+                folder / "panacea_layers.png",
+                coefficients,
+                xlabel="‖ε_l‖ / ‖w_l‖ (mean ± std over seeds)",
+                title=f"Per-layer coefficient of Panacea's final ε (ρ={rho:g}, λ={lam:g})",
+            )
+        )
     return paths
 
 

@@ -39,8 +39,9 @@ from itertools import product
 from typing import Any, cast
 
 import torch
-from transformers import DataCollatorForSeq2Seq, LlamaForCausalLM, PreTrainedTokenizerBase, Trainer
+from transformers import LlamaForCausalLM, PreTrainedTokenizerBase, Trainer
 
+from paperpack.core.data import CausalLMCollator, tokenize_prompt_completions
 from paperpack.core.hf import default_corpus, sample_completions, tiny_causal_lm, training_args
 from paperpack.panacea.config import PanaceaConfig
 from paperpack.panacea.evaluation import KeywordJudge, harmful_score
@@ -241,19 +242,8 @@ def _examples(
     tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]]
 ) -> list[dict[str, list[int]]]:
     """Prompt and answer tokens; the loss falls on the answer and the end-of-sequence token only."""
-    rows = []
-    for prompt, answer in pairs:
-        prompt_ids = tokenizer(TEMPLATE.format(prompt=prompt))["input_ids"]
-        answer_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        ids = prompt_ids + answer_ids
-        rows.append(
-            {
-                "input_ids": ids,
-                "attention_mask": [1] * len(ids),
-                "labels": [-100] * len(prompt_ids) + answer_ids,
-            }
-        )
-    return rows
+    prompts = [TEMPLATE.format(prompt=prompt) for prompt, _ in pairs]
+    return tokenize_prompt_completions(tokenizer, prompts, [" " + answer for _, answer in pairs])
 
 
 def _accuracy(
@@ -278,7 +268,7 @@ class _Run:
         self.data = _make_data(seed, settings)
         model, tokenizer = tiny_causal_lm(num_layers=settings.num_layers, seed=seed, corpus=_corpus())
         self.tokenizer = tokenizer
-        self.collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+        self.collator = CausalLMCollator(tokenizer)
         self.finetune = _examples(tokenizer, self.data.finetune)
         self.harmful = _examples(tokenizer, self.data.harmful)
         alignment = _examples(tokenizer, self.data.alignment)
