@@ -11,7 +11,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from paperpack.core.testing.contracts import assert_state_dicts_equal, assert_states_equal
-from paperpack.core.testing.resume import StopAtStep
+from paperpack.core.testing.resume import StopAtStep, check_trainer_resume
 from paperpack.panacea import PanaceaTrainer, global_norm
 
 from .conftest import trainable_state
@@ -26,37 +26,51 @@ def _trainer(
     )
 
 
-@pytest.mark.parametrize(("interrupt", "rule"), [(2, "mean"), (4, "last_step")])
 def test_resume_reproduces_the_uninterrupted_run(
-    interrupt: int, rule: str, fresh_model, make_args, task_data, *, harmful_data, collator
+    fresh_model, make_args, task_data, tmp_path: Path, *, harmful_data, collator
 ) -> None:
-    """Interrupted after the checkpoint at step 2 (or at the last step, 4) and resumed: the same final weights
-    (ε included), optimizer state and Panacea state as one run of 4 steps."""
+    """Interrupted after the checkpoint at step 2 and resumed: the same weights, optimizer, scheduler and
+    Panacea state (its callback: the last ε and the running sum of ``"mean"``) as one run of 4 steps."""
+
+    def make(settings: dict[str, Any], callbacks: list[Any]) -> PanaceaTrainer:
+        args = make_args(  # an absolute output_dir replaces make_args' folder
+            settings.pop("output_dir"),
+            per_device_train_batch_size=2,
+            final_perturbation="mean",
+            lr_scheduler_type="linear",
+            **settings,
+        )
+        return _trainer(fresh_model(), args, task_data, harmful_data, collator, callbacks=callbacks)
+
+    check = check_trainer_resume(make, tmp_path / "runs", max_steps=4, interrupt_at=2)
+    assert (check.checkpoint / "paperpack_callbacks" / "panacea.safetensors").is_file()
+    assert check.resumed.applied_perturbation is not None
+
+
+def test_resume_from_the_last_checkpoint_adds_the_same_final_epsilon(
+    fresh_model, make_args, task_data, *, harmful_data, collator
+) -> None:
+    """Interrupted right after the last step's checkpoint (before the final ε is added; a case
+    check_trainer_resume does not cover) and resumed: no step is left, and the final ε lands as in one run."""
     common = {
         "max_steps": 4,
         "per_device_train_batch_size": 2,
-        "final_perturbation": rule,
         "lr_scheduler_type": "linear",
-        "save_steps": interrupt,
+        "save_steps": 4,
     }
     full = fresh_model()
     full_trainer = _trainer(full, make_args("full", **common), task_data, harmful_data, collator)
     full_trainer.train()
 
     args = make_args("cut", save_strategy="steps", **common)
-    _trainer(
-        fresh_model(), args, task_data, harmful_data, collator, callbacks=[StopAtStep(interrupt)]
-    ).train()
-    checkpoint = Path(args.output_dir) / f"checkpoint-{interrupt}"
-    assert (checkpoint / "paperpack_callbacks" / "panacea.safetensors").is_file()
-
+    _trainer(fresh_model(), args, task_data, harmful_data, collator, callbacks=[StopAtStep(4)]).train()
+    checkpoint = Path(args.output_dir) / "checkpoint-4"
     resumed = fresh_model()
     trainer = _trainer(resumed, args, task_data, harmful_data, collator)
     trainer.train(resume_from_checkpoint=str(checkpoint))
     assert trainer.state.global_step == 4
     assert_state_dicts_equal(resumed.state_dict(), full.state_dict())
     assert_states_equal(trainer.panacea_state(), full_trainer.panacea_state())
-    assert_states_equal(trainer.optimizer.state_dict()["state"], full_trainer.optimizer.state_dict()["state"])
 
 
 def test_gradient_accumulation_equals_the_doubled_batch(
