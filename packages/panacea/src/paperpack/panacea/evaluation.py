@@ -169,7 +169,7 @@ class ClassifierJudge:
         check_int("max_length", max_length, minimum=1)
         if "{response}" not in template:
             raise ConfigError(f"`template` must contain {{response}}, got {template!r}")
-        num_labels = int(model.config.num_labels)
+        num_labels = int(model.config.num_labels or 0)
         self.multi_label = model.config.problem_type == "multi_label_classification"
         if harmful_labels is None:
             harmful_labels = self._default_labels(model, num_labels)

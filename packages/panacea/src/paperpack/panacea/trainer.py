@@ -94,7 +94,7 @@ class PanaceaTrainerMixin(_Base):
         if isinstance(model, nn.Module):
             select_parameters(model, args.perturb_parameters)
         super().__init__(model=model, args=args, **kwargs)
-        select_parameters(self.model, args.perturb_parameters)  # the model as wrapped, e.g. with PEFT
+        select_parameters(self._module, args.perturb_parameters)  # the model as wrapped, e.g. with PEFT
         self.harmful_dataset, self._harmful_collator = self._prepare_harmful_dataset(harmful_dataset)
         self._harmful_batches = self._harmful_sampler(args, len(self.harmful_dataset))
         self._harmful_grad: dict[str, Tensor] = {}  # h0 of every trainable parameter (ε = c·h0)
@@ -161,16 +161,24 @@ class PanaceaTrainerMixin(_Base):
         if self._harmful_step != self.state.global_step:
             self._harmful_step = self.state.global_step
             model.train()
-            if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
-                self.optimizer.train()
+            train = getattr(self.optimizer, "train", None)  # schedule-free optimizers switch modes
+            if callable(train):
+                train()
             with self._harmful_context():
                 self._harmful_passes(model)
-        return cast(Tensor, super().training_step(model, inputs, num_items_in_batch))
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    @property
+    def _module(self) -> nn.Module:
+        """The model the Trainer trains (as wrapped, e.g. with PEFT; the Trainer always holds one)."""
+        if self.model is None:
+            raise RuntimeError("the trainer holds no model")
+        return self.model
 
     def _harmful_passes(self, model: nn.Module) -> None:
         args = self.args
-        trainable = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
-        perturbed = list(select_parameters(self.model, args.perturb_parameters))
+        trainable = [(name, p) for name, p in self._module.named_parameters() if p.requires_grad]
+        perturbed = list(select_parameters(self._module, args.perturb_parameters))
         chunks = self._harmful_chunks()
         count_items = getattr(self, "_get_num_items_in_batch", None)
         num_items = count_items(chunks, args.device) if count_items is not None else None
@@ -187,7 +195,8 @@ class PanaceaTrainerMixin(_Base):
             self._epsilon_scale, self._perturbed = scale, perturbed
             losses = [loss_w]
             if lam > 0:
-                params = [p for name, p in trainable if name in set(perturbed)]
+                selected = set(perturbed)
+                params: list[Tensor] = [p for name, p in trainable if name in selected]
                 eps_directions = [h0[name] for name in perturbed]
                 with torch.no_grad():
                     torch._foreach_add_(params, eps_directions, alpha=scale)  # w + ε
@@ -307,7 +316,7 @@ class PanaceaTrainerMixin(_Base):
 
     def load_panacea_state(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`panacea_state` (on every process, when training resumes)."""
-        params = dict(self.model.named_parameters())
+        params = dict(self._module.named_parameters())
         epsilon = cast(dict[str, Tensor], state["epsilon"])
         self._harmful_grad = {
             name: t.to(params[name].device, params[name].dtype) for name, t in epsilon.items()
