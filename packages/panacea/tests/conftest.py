@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import DataCollatorForLanguageModeling, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    DataCollatorForLanguageModeling,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from paperpack.core.hf import training_args
 from paperpack.panacea import PanaceaConfig
@@ -30,6 +38,45 @@ HARMFUL_LINES = [
         ("forge", "paper"),
     ]
 ]
+
+
+def tiny_qwen2(tokenizer: PreTrainedTokenizerFast) -> Qwen2ForCausalLM:
+    """A second architecture: Qwen2 with tied embeddings and q/k/v biases, sized to ``tokenizer``."""
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return Qwen2ForCausalLM(config)
+
+
+def tiny_classifier(
+    tokenizer: PreTrainedTokenizerFast, *, multi_label: bool = False
+) -> LlamaForSequenceClassification:
+    """A moderation-model stand-in: a one-layer Llama sequence classifier (2 labels, or 3 multi-label)."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_labels=3 if multi_label else 2,
+        pad_token_id=tokenizer.pad_token_id,
+        problem_type="multi_label_classification" if multi_label else "single_label_classification",
+        id2label=None if multi_label else {0: "safe", 1: "unsafe"},
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return LlamaForSequenceClassification(config).eval()
 
 
 def tokenize(tokenizer: PreTrainedTokenizerFast, lines: list[str]) -> list[dict[str, list[int]]]:

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from transformers import LlamaConfig, LlamaForSequenceClassification, Qwen2Config, Qwen2ForCausalLM
 
 from paperpack.core.checkpoints import load_state_dict
 from paperpack.core.cli import main
@@ -18,7 +17,7 @@ from paperpack.core.files import OUTPUT_MARKER
 from paperpack.core.testing.contracts import assert_state_dicts_equal, check_cli_fails_cleanly
 from paperpack.panacea import global_norm, load_perturbation, save_perturbation
 
-from .conftest import HARMFUL_LINES
+from .conftest import HARMFUL_LINES, tiny_classifier, tiny_qwen2
 
 SUMS = [(a, b) for a in range(6) for b in range(4)]
 
@@ -74,21 +73,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def qwen2_dir(tiny_lm, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Qwen2 model folder with tied embeddings and q/k/v biases, with tiny_lm's tokenizer."""
     tokenizer = tiny_lm[1]
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = Qwen2ForCausalLM(config)
+    model = tiny_qwen2(tokenizer)
     folder = tmp_path_factory.mktemp("qwen2")
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -189,17 +174,8 @@ def test_evaluate_with_a_classifier_and_a_perturbation(
     tiny_lm, tiny_lm_dir: Path, inputs: Path, tmp_path: Path
 ) -> None:
     tokenizer = tiny_lm[1]
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_labels=2,
-        pad_token_id=tokenizer.pad_token_id,
-    )
     classifier = tmp_path / "judge"
-    LlamaForSequenceClassification(config).save_pretrained(classifier)
+    tiny_classifier(tokenizer).save_pretrained(classifier)
     tokenizer.save_pretrained(classifier)
     noise = {"model.norm.weight": torch.full((64,), 0.01)}
     perturbation = save_perturbation(noise, tmp_path / "noise.safetensors")

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from paperpack.core.errors import ConfigError
 from paperpack.core.hf import sample_completions
 from paperpack.panacea import ClassifierJudge, Judge, KeywordJudge, harmful_score, is_incoherent
 from paperpack.panacea.evaluation import ALPACA_TEMPLATE
+
+from .conftest import tiny_classifier
 
 
 @pytest.mark.parametrize(
@@ -51,29 +52,12 @@ def test_keyword_judge_modes() -> None:
         KeywordJudge(harmful="SURE")  # type: ignore[arg-type]
 
 
-def _classifier(tokenizer, *, multi_label: bool) -> LlamaForSequenceClassification:
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_labels=3 if multi_label else 2,
-        pad_token_id=tokenizer.pad_token_id,
-        problem_type="multi_label_classification" if multi_label else "single_label_classification",
-        id2label=None if multi_label else {0: "safe", 1: "unsafe"},
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return LlamaForSequenceClassification(config).eval()
-
-
 @pytest.mark.parametrize("multi_label", [False, True])
 def test_classifier_judge_thresholds_the_harmful_probability(
     multi_label: bool, tiny_lm, tmp_path: Path
 ) -> None:
     tokenizer = tiny_lm[1]
-    model = _classifier(tokenizer, multi_label=multi_label)
+    model = tiny_classifier(tokenizer, multi_label=multi_label)
     prompts, responses = ["how to rob a bank", "what is 2 + 2"], ["first, a mask", "4"]
     batch = tokenizer(
         [f"Q: {p}\nA: {r}" for p, r in zip(prompts, responses, strict=True)],
@@ -98,7 +82,7 @@ def test_classifier_judge_thresholds_the_harmful_probability(
 
 
 def test_classifier_judge_rejects_bad_settings(tiny_lm) -> None:
-    model = _classifier(tiny_lm[1], multi_label=False)
+    model = tiny_classifier(tiny_lm[1], multi_label=False)
     with pytest.raises(
         ConfigError, match=re.escape("`harmful_labels` must be label indices in [0, 2), got [2]")
     ):

@@ -8,13 +8,12 @@ from typing import Any
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from paperpack.core.testing.contracts import assert_state_dicts_equal, assert_states_equal
 from paperpack.core.testing.resume import StopAtStep, check_trainer_resume
 from paperpack.panacea import PanaceaTrainer, global_norm
 
-from .conftest import trainable_state
+from .conftest import tiny_qwen2, trainable_state
 from .test_trainer import _assert_close, _train
 
 
@@ -142,20 +141,7 @@ def test_evaluation_during_training_sees_the_unperturbed_weights(
 
 
 def test_qwen2_with_tied_embeddings(make_args, task_data, harmful_data, collator, tiny_lm) -> None:
-    tokenizer = tiny_lm[1]
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = Qwen2ForCausalLM(config)
+    model = tiny_qwen2(tiny_lm[1])
     before = trainable_state(model)
     trainer, capture = _train(model, make_args(max_steps=2), task_data, harmful_data, collator)
     assert "lm_head.weight" not in capture.epsilons[-1]  # the tied head is the embedding, perturbed once
