@@ -36,10 +36,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import product
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import torch
-from transformers import LlamaForCausalLM, PreTrainedTokenizerBase, Trainer
+from transformers import LlamaForCausalLM, PreTrainedTokenizerBase, PrinterCallback, Trainer
 
 from paperpack.core.data import CausalLMCollator, tokenize_prompt_completions
 from paperpack.core.hf import default_corpus, sample_completions, tiny_causal_lm, training_args
@@ -260,6 +260,15 @@ def _accuracy(
     return 100.0 * correct / len(sums)
 
 
+TrainerT = TypeVar("TrainerT", bound=Trainer)
+
+
+def _quiet(trainer: TrainerT) -> TrainerT:
+    """Without the callback that prints the run's summary: the demo prints its own tables."""
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
 class _Run:
     """One seed's setup: the aligned model, the data and the shared training settings."""
 
@@ -280,7 +289,7 @@ class _Run:
             lr_scheduler_type="cosine",
             warmup_steps=20,
         )
-        Trainer(model=model, args=args, train_dataset=alignment, data_collator=self.collator).train()
+        _quiet(Trainer(model=model, args=args, train_dataset=alignment, data_collator=self.collator)).train()
         self.aligned = model
 
     def _args(self, name: str, cls: type[Any] | None = None, **overrides: Any) -> Any:
@@ -332,11 +341,13 @@ class _Run:
     def sft(self) -> tuple[LlamaForCausalLM, float]:
         model = copy.deepcopy(self.aligned)
         start = time.perf_counter()
-        Trainer(
-            model=model,
-            args=self._args("sft", **self._finetune_settings()),
-            train_dataset=self.finetune,
-            data_collator=self.collator,
+        _quiet(
+            Trainer(
+                model=model,
+                args=self._args("sft", **self._finetune_settings()),
+                train_dataset=self.finetune,
+                data_collator=self.collator,
+            )
         ).train()
         return model, time.perf_counter() - start
 
@@ -358,7 +369,7 @@ class _Run:
             harmful_dataset=self.harmful,
             data_collator=self.collator,
         )
-        trainer.train()
+        _quiet(trainer).train()
         return trainer, time.perf_counter() - start
 
     def harmful_gradient_direction(self, model: LlamaForCausalLM, rho: float) -> dict[str, torch.Tensor]:
