@@ -171,7 +171,7 @@ def main() -> None:
                 "--worker",
                 arm,
                 "--output",
-                tempfile.mkdtemp(),
+                "{output}",
                 "--device",
                 args.device,
                 "--steps",
@@ -187,7 +187,9 @@ def main() -> None:
                 *(["--lora"] if args.lora else []),
             ]
             env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "HF_HUB_OFFLINE": "1"}
-            output = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
+            with tempfile.TemporaryDirectory(prefix="panacea-bench-") as folder:  # the Trainer's output_dir
+                command[command.index("{output}")] = folder
+                output = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
             measured = json.loads(output.strip().splitlines()[-1])
             results[arm]["step_s"].append(measured["step_s"])
             results[arm]["cpu_s"].append(measured["cpu_s"])
