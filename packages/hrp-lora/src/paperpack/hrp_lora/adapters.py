@@ -30,6 +30,7 @@ __all__ = [
     "preheat_lora_config",
     "read_factors",
     "set_preheat_scaling",
+    "unwrap_empty_layers",
     "write_factors",
 ]
 
@@ -144,6 +145,21 @@ def set_preheat_scaling(model: nn.Module, target: str, config: HRPConfig) -> Non
         )
         layer.scaling[PREHEAT_ADAPTER] = scaling
         layer.lora_alpha[PREHEAT_ADAPTER] = scaling * denominator
+
+
+def unwrap_empty_layers(model: nn.Module) -> None:
+    """Put the base layer back in place of every LoRA layer that holds no adapter any more.
+
+    PEFT's ``delete_adapter`` keeps the emptied wrappers; removing a just-added adapter this way restores the
+    module tree it had before.
+    """
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, LoraLayer):
+            continue
+        if any(len(getattr(module, attribute)) for attribute in module.adapter_layer_names):
+            continue
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, module.get_base_layer())
 
 
 def describe_targets(model: nn.Module, limit: int = 12) -> str:

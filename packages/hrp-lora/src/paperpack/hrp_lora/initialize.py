@@ -16,7 +16,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer, check_target_module_exists
 from torch import Tensor, nn
 
 from paperpack.core.errors import ConfigError
-from paperpack.hrp_lora.adapters import PREHEAT_ADAPTER, describe_targets
+from paperpack.hrp_lora.adapters import PREHEAT_ADAPTER, describe_targets, unwrap_empty_layers
 from paperpack.hrp_lora.config import HRPConfig
 from paperpack.hrp_lora.preheat import check_preheat_rank, preheat_and_initialize, seeded
 
@@ -211,5 +211,6 @@ def hrp_initialize(
         else:
             peft_model.set_adapter(active)
             peft_model.delete_adapter(adapter_name)
+            unwrap_empty_layers(peft_model)
         raise
     return peft_model
