@@ -48,8 +48,8 @@ def factored_svd(
     """Thin SVD of the product D = s·B·A: ``U`` (m×k), ``S`` (k), ``Vh`` (k×n), k = min(m, n, R).
 
     ``"exact"`` never forms the m×n matrix: with reduced QR factorizations B = Q_B·R_B and Aᵀ = Q_A·R_A,
-    D = Q_B·(s·R_B·R_Aᵀ)·Q_Aᵀ, so the SVD U_c·S·V_cᵀ of the small core s·R_B·R_Aᵀ gives U = Q_B·U_c and
-    Vh = V_cᵀ·Q_Aᵀ, in O((m + n)·R²) time. ``"full"`` is ``torch.linalg.svd`` of the dense D and ``"lowrank"``
+    D = Q_B·(s·R_B·R_Aᵀ)·Q_Aᵀ, so the SVD U_c·S·V_cᵀ of the small core s·R_B·R_Aᵀ (taken in float64) gives
+    U = Q_B·U_c and Vh = V_cᵀ·Q_Aᵀ, in O((m + n)·R²) time. ``"full"`` is ``torch.linalg.svd`` of the dense D and ``"lowrank"``
     ``torch.svd_lowrank`` of it (q = k, two power iterations); both exist for comparison.
 
     Args:
@@ -85,8 +85,10 @@ def factored_svd(
     if method == "exact":
         Q_B, R_B = torch.linalg.qr(B)
         Q_A, R_A = torch.linalg.qr(A.mT)
-        U_c, S, V_ch = torch.linalg.svd(s * (R_B @ R_A.mT), full_matrices=False)
-        U, Vh = Q_B @ U_c, V_ch @ Q_A.mT
+        # The core is R×R: its SVD in float64 costs nothing and keeps the small singular values accurate.
+        core = torch.float32 if B.device.type == "mps" else torch.float64
+        U_c, S, V_ch = torch.linalg.svd(s.to(core) * (R_B.to(core) @ R_A.to(core).mT), full_matrices=False)
+        U, S, Vh = Q_B @ U_c.to(dtype), S.to(dtype), V_ch.to(dtype) @ Q_A.mT
     elif method == "full":
         U, S, Vh = torch.linalg.svd(s * (B @ A), full_matrices=False)
     else:
