@@ -65,7 +65,9 @@ def relative(S: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--m", type=int, default=4096)
     parser.add_argument("--n", type=int, default=4096)
     parser.add_argument("--rank", type=int, default=64)
@@ -78,7 +80,11 @@ def main() -> None:
     print(f"m={args.m} n={args.n} R={args.rank} r={r} threads={args.threads} load average {os.getloadavg()}")
     for spectrum in ("gaussian", "decaying"):
         B, A = factors(args.m, args.n, args.rank, spectrum)
-        arms = {"exact": lambda: factored_svd(B, A), "dense": lambda: dense(B, A), "lowrank": lambda: lowrank(B, A)}
+        arms = {
+            "exact": lambda B=B, A=A: factored_svd(B, A),
+            "dense": lambda B=B, A=A: dense(B, A),
+            "lowrank": lambda B=B, A=A: lowrank(B, A),
+        }
         times: dict[str, list[float]] = {name: [] for name in arms}
         results = {name: arm() for name, arm in arms.items()}  # warm-up: kernels, thread pools
         for _ in range(args.rounds):
@@ -92,9 +98,11 @@ def main() -> None:
         U_e, S_e, Vh_e = results["exact"]
         U_d, S_d, Vh_d = results["dense"]
         print(f"\n[{spectrum}] σ_1/σ_R = {float(truth[1][0] / truth[1][-1]):.3g}")
-        print(f"{'arm':8} {'median s':>9} {'vs exact':>9}  {'σ rel. err vs fp64':>19} {'V angle vs fp64':>16}")
+        print(
+            f"{'arm':8} {'median s':>9} {'vs exact':>9}  {'σ rel. err vs fp64':>19} {'V angle vs fp64':>16}"
+        )
         for name in arms:
-            U, S, Vh = results[name]
+            _, S, Vh = results[name]
             print(
                 f"{name:8} {median[name]:9.4f} {median[name] / median['exact']:8.1f}x  {relative(S, truth[1]):19.2e} "
                 f"{max_angle(Vh[:r], truth[2][:r]):16.2e}"

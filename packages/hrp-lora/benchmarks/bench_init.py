@@ -84,7 +84,12 @@ def child(arm: str, steps: int, batch: int, seq: int, threads: int) -> dict[str,
                 optimizer.zero_grad(set_to_none=True)
         else:
             optimizer_name = "sgd" if arm == "hrp_sgd" else "adamw"
-            hrp = HRPConfig(preheat_rank=PREHEAT_RANK, preheat_steps=steps, preheat_lr=lr, preheat_optimizer=optimizer_name)
+            hrp = HRPConfig(
+                preheat_rank=PREHEAT_RANK,
+                preheat_steps=steps,
+                preheat_lr=lr,
+                preheat_optimizer=optimizer_name,
+            )
             hrp_initialize(model, LoraConfig(r=RANK, target_modules="all-linear"), batches, hrp)
         seconds = time.perf_counter() - started
     return {
@@ -96,7 +101,9 @@ def child(arm: str, steps: int, batch: int, seq: int, threads: int) -> dict[str,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--seq", type=int, default=128)
@@ -108,8 +115,22 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.steps, args.batch, args.seq, args.threads)))
         return
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
-    common = ["--steps", str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq), "--threads", str(args.threads)]
+    env = {
+        **os.environ,
+        "MALLOC_MMAP_THRESHOLD_": "65536",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": str(args.threads),
+    }
+    common = [
+        "--steps",
+        str(args.steps),
+        "--batch",
+        str(args.batch),
+        "--seq",
+        str(args.seq),
+        "--threads",
+        str(args.threads),
+    ]
     print(
         f"SmolLM2-135M shape, float32, r={RANK}, R={PREHEAT_RANK}, all-linear, {args.steps} steps of "
         f"{args.batch}x{args.seq} tokens, {args.threads} threads; load average before {os.getloadavg()}"
@@ -118,20 +139,31 @@ def main() -> None:
     for round_index in range(args.rounds):
         for arm in args.arms:
             output = subprocess.run(
-                [sys.executable, __file__, "--child", arm, *common], capture_output=True, text=True, env=env, check=True
+                [sys.executable, __file__, "--child", arm, *common],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=True,
             ).stdout
             results[arm].append(json.loads(output.strip().splitlines()[-1]))
             print(f"round {round_index + 1} {arm}: {results[arm][-1]}", flush=True)
-    median = {arm: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for arm, runs in results.items()}
+    median = {
+        arm: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+        for arm, runs in results.items()
+    }
     base = median.get("lora")
-    print(f"\n{'arm':8} {'time s':>8} {'extract s':>10} {'peak MiB':>9} {'growth MiB':>11} {'time/lora':>10} {'peak/lora':>10} {'growth/lora':>12}")
+    print(
+        f"\n{'arm':8} {'time s':>8} {'extract s':>10} {'peak MiB':>9} {'growth MiB':>11} {'time/lora':>10} {'peak/lora':>10} {'growth/lora':>12}"
+    )
     for arm, values in median.items():
         ratios = (
             f"{values['seconds'] / base['seconds']:10.2f} {values['peak'] / base['peak']:10.3f} {values['growth'] / base['growth']:12.2f}"
             if base
             else ""
         )
-        print(f"{arm:8} {values['seconds']:8.1f} {values['extraction']:10.3f} {values['peak']:9.0f} {values['growth']:11.0f} {ratios}")
+        print(
+            f"{arm:8} {values['seconds']:8.1f} {values['extraction']:10.3f} {values['peak']:9.0f} {values['growth']:11.0f} {ratios}"
+        )
     print(f"load average after {os.getloadavg()}")
 
 

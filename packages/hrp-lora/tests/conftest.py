@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -18,9 +19,13 @@ def lm_batches(tokenizer: PreTrainedTokenizerFast, count: int, size: int = 4, se
     lines = default_corpus(num_lines=count * size, seed=seed)
     batches = []
     for start in range(0, count * size, size):
-        encoded = tokenizer(lines[start : start + size], return_tensors="pt", padding=True, truncation=True, max_length=20)
+        encoded = tokenizer(
+            lines[start : start + size], return_tensors="pt", padding=True, truncation=True, max_length=20
+        )
         labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
-        batches.append({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], "labels": labels})
+        batches.append(
+            {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], "labels": labels}
+        )
     return batches
 
 
@@ -51,7 +56,9 @@ def _randomize_adapter(model: torch.nn.Module, adapter: str, seed: int = 0) -> N
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if f".{adapter}." in f"{name}." and "lora_" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype) * 0.1)
+                parameter.copy_(
+                    torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype) * 0.1
+                )
 
 
 @pytest.fixture(scope="session")
@@ -64,5 +71,3 @@ def randomize_adapter() -> Callable[..., None]:
 def make_batches() -> Callable[..., list[LMBatch]]:
     """``make_batches(tokenizer, count, size=4, seed=1)``: see :func:`lm_batches`."""
     return lm_batches
-
-

@@ -60,7 +60,9 @@ def main() -> None:
     encoded = tokenizer(default_corpus(32, seed=3), truncation=True, max_length=24)
     trainer = Trainer(
         model=get_peft_model(lm, LoraConfig(r=2, target_modules=["q_proj", "v_proj"])),
-        args=training_args(output / "run", max_steps=2, per_device_train_batch_size=2, save_strategy="no", disable_tqdm=True),
+        args=training_args(
+            output / "run", max_steps=2, per_device_train_batch_size=2, save_strategy="no", disable_tqdm=True
+        ),
         train_dataset=Dataset.from_dict({"input_ids": encoded["input_ids"]}),
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
     )

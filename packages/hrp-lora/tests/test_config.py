@@ -23,9 +23,25 @@ def test_defaults() -> None:
 
 def test_parses_with_hf_argument_parser() -> None:
     (config,) = HfArgumentParser(HRPConfig).parse_args_into_dataclasses(
-        ["--preheat_rank", "64", "--preheat_steps", "5", "--init", "carry_over", "--svd", "lowrank", "--preheat_alpha", "16"]
+        [
+            "--preheat_rank",
+            "64",
+            "--preheat_steps",
+            "5",
+            "--init",
+            "carry_over",
+            "--svd",
+            "lowrank",
+            "--preheat_alpha",
+            "16",
+        ]
     )
-    assert (config.preheat_rank, config.preheat_steps, config.init, config.svd) == (64, 5, "carry_over", "lowrank")
+    assert (config.preheat_rank, config.preheat_steps, config.init, config.svd) == (
+        64,
+        5,
+        "carry_over",
+        "lowrank",
+    )
     assert config.preheat_alpha == 16.0
     with pytest.raises(SystemExit):
         HfArgumentParser(HRPConfig).parse_args_into_dataclasses(["--scale", "huge"])

@@ -34,7 +34,11 @@ def test_ranks_end_identical_and_average_their_gradients(tmp_path: Path) -> None
     # single process preheating on the full batches (a rank that ignored the other's shard would differ).
     script = _script_module()
     single = hrp_initialize(
-        script.regression_model(), script.REGRESSION, script.regression_batches(), script.REGRESSION_HRP, loss_fn=script.mse
+        script.regression_model(),
+        script.REGRESSION,
+        script.regression_batches(),
+        script.REGRESSION_HRP,
+        loss_fn=script.mse,
     )
     distributed = load_state_dict(tmp_path / "regression-rank0.safetensors")
     for name, tensor in script.adapter_state(single).items():

@@ -56,7 +56,9 @@ def _assert_matches_reference(model: PeftModel, config: HRPConfig, atol: float =
         ("carry_over", "match_default", "full"),
     ],
 )
-def test_vectorized_init_matches_the_literal_reference(init, scale, svd, fresh_model, randomize_adapter) -> None:
+def test_vectorized_init_matches_the_literal_reference(
+    init, scale, svd, fresh_model, randomize_adapter
+) -> None:
     # In float64 the two agree to round-off: the same algorithm, not merely close ones.
     config = HRPConfig(preheat_rank=16, init=init, scale=scale, svd=svd)
     model = _two_adapters(fresh_model().double(), TARGET, config, randomize_adapter)
@@ -66,7 +68,9 @@ def test_vectorized_init_matches_the_literal_reference(init, scale, svd, fresh_m
 def test_gpt2_conv1d_layers_match_the_reference(tiny_gpt2, randomize_adapter) -> None:
     target = LoraConfig(r=4, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True)
     config = HRPConfig(init="carry_over")
-    _assert_matches_reference(_two_adapters(copy.deepcopy(tiny_gpt2), target, config, randomize_adapter), config)
+    _assert_matches_reference(
+        _two_adapters(copy.deepcopy(tiny_gpt2), target, config, randomize_adapter), config
+    )
 
 
 class _Mixed(nn.Module):
@@ -96,18 +100,22 @@ def test_directions_match_the_dense_float64_svd(fresh_model, randomize_adapter) 
         torch.testing.assert_close(U.double(), U_ref, rtol=1e-3, atol=1e-4)
 
 
-def test_preheat_ranks_follow_rank_pattern_and_scalings_are_recomputed(fresh_model, randomize_adapter) -> None:
+def test_preheat_ranks_follow_rank_pattern_and_scalings_are_recomputed(
+    fresh_model, randomize_adapter
+) -> None:
     model = _two_adapters(fresh_model(), TARGET, HRPConfig(), randomize_adapter)
     for name, layer in lora_layers(model, "default").items():
         r, R = layer.r["default"], layer.r[PREHEAT_ADAPTER]
-        assert R == 8 * r, name
+        assert 8 * r == R, name
         assert layer.scaling[PREHEAT_ADAPTER] == layer.scaling["default"]
     expected_alpha = {"v_proj": 3}
     for name, layer in lora_layers(model, "default").items():
         alpha = expected_alpha.get(name.rsplit(".", 1)[-1], 8)
         assert layer.scaling["default"] == pytest.approx(alpha / layer.r["default"] ** 0.5), name
 
-    fixed = _two_adapters(fresh_model(), TARGET, HRPConfig(preheat_rank=16, preheat_alpha=32), randomize_adapter)
+    fixed = _two_adapters(
+        fresh_model(), TARGET, HRPConfig(preheat_rank=16, preheat_alpha=32), randomize_adapter
+    )
     for layer in lora_layers(fixed, PREHEAT_ADAPTER).values():
         assert layer.r[PREHEAT_ADAPTER] == 16
         assert layer.scaling[PREHEAT_ADAPTER] == pytest.approx(32 / 16**0.5)  # rsLoRA: α/√R
@@ -132,5 +140,7 @@ def test_rank_above_the_available_directions_is_refused(randomize_adapter) -> No
     model = get_peft_model(nn.Sequential(nn.Linear(3, 16)), LoraConfig(r=4, target_modules=["0"]))
     model.add_adapter(PREHEAT_ADAPTER, LoraConfig(r=8, target_modules=["0"]))
     randomize_adapter(model, PREHEAT_ADAPTER)
-    with pytest.raises(ConfigError, match=r"rank r=4 but its preheated update has only 3 singular directions"):
+    with pytest.raises(
+        ConfigError, match=r"rank r=4 but its preheated update has only 3 singular directions"
+    ):
         initialize_from_adapter(model, PREHEAT_ADAPTER, "default", HRPConfig())

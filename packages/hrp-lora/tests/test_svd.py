@@ -69,7 +69,7 @@ def test_float32_and_bfloat16_inputs_are_computed_in_float32() -> None:
 
 def test_principal_angles_of_float32_exact_and_dense_are_tiny() -> None:
     B, A = _factors(512, 384, 32, seed=5)
-    U, S, Vh = factored_svd(B.float(), A.float(), 1.0)
+    _, S, Vh = factored_svd(B.float(), A.float(), 1.0)
     _, S_dense, Vh_dense = torch.linalg.svd(B @ A, full_matrices=False)
     torch.testing.assert_close(S.double(), S_dense[:32], rtol=1e-4, atol=0)
     assert float(_principal_angles(Vh[:8], Vh_dense[:8]).max()) < 1e-4
@@ -113,7 +113,9 @@ def test_carry_over_is_the_eckart_young_truncation_split_evenly() -> None:
 def test_batched_initial_factors() -> None:
     B, A = _factors(10, 12, 4, 3)
     U, S, Vh = factored_svd(B, A, 1.0)
-    A_r, B_r = initial_factors(U, S, Vh, 2, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64), init="carry_over")
+    A_r, B_r = initial_factors(
+        U, S, Vh, 2, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64), init="carry_over"
+    )
     for i, s in enumerate([1.0, 2.0, 3.0]):
         a, b = initial_factors(U[i], S[i], Vh[i], 2, s, init="carry_over")
         torch.testing.assert_close((A_r[i], B_r[i]), (a, b))

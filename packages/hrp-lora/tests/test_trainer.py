@@ -41,7 +41,9 @@ def lm_dataset(tiny_lm) -> Dataset:
 @pytest.fixture(scope="module")
 def prompt_completion() -> Dataset:
     lines = default_corpus(num_lines=32, seed=2)
-    return Dataset.from_list([{"prompt": line[: len(line) // 2], "completion": line[len(line) // 2 :]} for line in lines])
+    return Dataset.from_list(
+        [{"prompt": line[: len(line) // 2], "completion": line[len(line) // 2 :]} for line in lines]
+    )
 
 
 class _Recorder:
@@ -67,7 +69,9 @@ def _lora_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
 
 
-def test_trainer_preheats_on_its_batches_with_accumulation_then_trains(fresh_model, tiny_lm, lm_dataset, tmp_path: Path) -> None:
+def test_trainer_preheats_on_its_batches_with_accumulation_then_trains(
+    fresh_model, tiny_lm, lm_dataset, tmp_path: Path
+) -> None:
     base = fresh_model()
     probe = torch.tensor([lm_dataset[0]["input_ids"]])
     expected = _logits(copy.deepcopy(base), probe)
@@ -95,7 +99,9 @@ def test_trainer_preheats_on_its_batches_with_accumulation_then_trains(fresh_mod
     assert changed == set(before), sorted(set(before) - changed)
 
 
-def test_sft_trainer_preheats_on_completion_only_batches(fresh_model, tiny_lm, prompt_completion, tmp_path: Path) -> None:
+def test_sft_trainer_preheats_on_completion_only_batches(
+    fresh_model, tiny_lm, prompt_completion, tmp_path: Path
+) -> None:
     model = fresh_model()
     trainer = SFTTrainer(
         model=model,
@@ -124,7 +130,9 @@ def test_resumed_run_equals_the_uninterrupted_one(fresh_model, tiny_lm, lm_datas
     config = HRPConfig(preheat_steps=2, preheat_lr=1e-3)
 
     def run(folder: str, stop: int | None = None, resume: str | None = None) -> torch.nn.Module:
-        args = training_args(tmp_path / folder, **{**ARGS, "max_steps": 4, "save_strategy": "steps", "save_steps": 2})
+        args = training_args(
+            tmp_path / folder, **{**ARGS, "max_steps": 4, "save_strategy": "steps", "save_steps": 2}
+        )
         trainer = Trainer(
             model=get_peft_model(fresh_model(), copy.deepcopy(LORA)),
             args=args,
@@ -144,8 +152,16 @@ def test_resumed_run_equals_the_uninterrupted_one(fresh_model, tiny_lm, lm_datas
 
 def test_bad_trainers_are_refused(fresh_model, tiny_lm, lm_dataset, tmp_path: Path) -> None:
     collator = DataCollatorForLanguageModeling(tiny_lm[1], mlm=False)
-    plain = Trainer(model=fresh_model(), args=training_args(tmp_path / "a", **ARGS), train_dataset=lm_dataset, data_collator=collator)
-    with pytest.raises(ConfigError, match="`trainer.model` must be a peft.PeftModel holding the LoRA to initialize, got LlamaForCausalLM"):
+    plain = Trainer(
+        model=fresh_model(),
+        args=training_args(tmp_path / "a", **ARGS),
+        train_dataset=lm_dataset,
+        data_collator=collator,
+    )
+    with pytest.raises(
+        ConfigError,
+        match="`trainer.model` must be a peft.PeftModel holding the LoRA to initialize, got LlamaForCausalLM",
+    ):
         hrp_initialize_trainer(plain, HRPConfig())
     with pytest.raises(ConfigError, match="`trainer` must be a transformers.Trainer"):
         hrp_initialize_trainer(object(), HRPConfig())  # type: ignore[arg-type]

@@ -29,7 +29,7 @@ def _sign_convention(U: Tensor, Vh: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def reference_layer_init(
-    B_pre: Tensor, A_pre_paper: Tensor, s_pre: float, r: int, s_r: float, init: str, scale: str
+    B_pre: Tensor, A_pre_paper: Tensor, s_pre: float, r: int, s_r: float, *, init: str, scale: str
 ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
     """One layer: the paper's update ΔW = s·B·Aᵀ, its SVD, and the rank-r factors in PEFT's layout.
 
@@ -81,7 +81,9 @@ def reference_directions(model: nn.Module, adapter: str) -> dict[str, tuple[Tens
     for name, layer in model.named_modules():
         if isinstance(layer, LoraLayer) and (adapter in layer.lora_A or adapter in layer.lora_embedding_A):
             B, A = _matrices(layer, adapter)
-            _, _, svd = reference_layer_init(B, A.T, float(layer.scaling[adapter]), 1, 1.0, "direction", "unit")
+            _, _, svd = reference_layer_init(
+                B, A.T, float(layer.scaling[adapter]), 1, 1.0, init="direction", scale="unit"
+            )
             result[name] = svd
     return result
 
@@ -95,7 +97,13 @@ def reference_initialize(
         if isinstance(layer, LoraLayer) and (target in layer.lora_A or target in layer.lora_embedding_A):
             B, A = _matrices(layer, source)
             A_r, B_r, _ = reference_layer_init(
-                B, A.T, float(layer.scaling[source]), int(layer.r[target]), float(layer.scaling[target]), init, scale
+                B,
+                A.T,
+                float(layer.scaling[source]),
+                int(layer.r[target]),
+                float(layer.scaling[target]),
+                init=init,
+                scale=scale,
             )
             result[name] = (A_r, B_r)
     return result

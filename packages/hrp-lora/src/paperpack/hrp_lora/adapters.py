@@ -98,8 +98,9 @@ def write_factors(layer: LoraLayer, adapter_name: str, A: Tensor, B: Tensor) -> 
     B_param, A_param = _factor_modules(layer, adapter_name, type(layer).__name__)
     A_param.copy_(A.reshape(A_param.shape).to(A_param.dtype))
     B_param.copy_(B.reshape(B_param.shape).to(B_param.dtype))
-    if adapter_name in layer.lora_B and getattr(layer.lora_B[adapter_name], "bias", None) is not None:
-        layer.lora_B[adapter_name].bias.zero_()
+    bias = getattr(layer.lora_B[adapter_name], "bias", None) if adapter_name in layer.lora_B else None
+    if isinstance(bias, Tensor):
+        bias.zero_()
 
 
 def adapter_parameters(model: nn.Module, adapter_name: str) -> Iterator[tuple[str, nn.Parameter]]:
@@ -119,9 +120,11 @@ def preheat_lora_config(lora_config: LoraConfig, config: HRPConfig) -> LoraConfi
     """
     preheat = copy.deepcopy(lora_config)
     preheat.r = config.preheat_rank_for(lora_config.r)
-    preheat.rank_pattern = {key: config.preheat_rank_for(r) for key, r in lora_config.rank_pattern.items()}
+    patterns = lora_config.rank_pattern or {}
+    preheat.rank_pattern = {key: config.preheat_rank_for(r) for key, r in patterns.items()}
     preheat.alpha_pattern = {}
-    preheat.lora_alpha = config.preheat_alpha if config.preheat_alpha is not None else lora_config.lora_alpha
+    if config.preheat_alpha is not None:  # else the scaling is copied per layer (set_preheat_scaling)
+        preheat.lora_alpha = config.preheat_alpha  # type: ignore[assignment]  # PEFT types it int
     preheat.init_lora_weights = True
     preheat.bias = "none"
     preheat.inference_mode = False

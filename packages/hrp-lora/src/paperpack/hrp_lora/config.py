@@ -73,8 +73,8 @@ class HRPConfig:
     preheat_alpha: float | None = field(
         default=None,
         metadata={
-            "help": "lora_alpha of the preheat adapter: its scaling is preheat_alpha/R (preheat_alpha/√R with "
-            "use_rslora). None: each preheat layer gets the target adapter's scaling s = α/r, so the "
+            "help": "lora_alpha of the preheat adapter: its scaling is preheat_alpha/R (preheat_alpha/√R "
+            "with use_rslora). None: each preheat layer gets the target adapter's scaling s = α/r, so the "
             "preheat moves ΔW at the rate the main run would. Default ours."
         },
     )

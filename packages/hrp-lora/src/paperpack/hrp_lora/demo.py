@@ -1,4 +1,4 @@
-"""``paperpack demo --only hrp-lora``: tables, loss curves and claims from :mod:`paperpack.hrp_lora.experiment`."""
+"""``paperpack demo --only hrp-lora``: tables, curves and claims from :mod:`paperpack.hrp_lora.experiment`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from paperpack.core.demo import Claim, DemoContext, DemoReport, DemoTable
 from paperpack.core.files import atomic_path
 from paperpack.hrp_lora.experiment import (
     ArmResult,
+    DigitsResults,
     DigitsSetup,
     RegressionResults,
     RegressionSetup,
@@ -21,13 +22,27 @@ from paperpack.hrp_lora.experiment import (
 
 __all__ = ["run_demo"]
 
+NOTES = [
+    "HRP spends the first batches of the same budget on the preheat (A: 10 of 300, B: 20 of 200); its curves "
+    "show the rank-R preheat model there, then restart from the base (B = 0).",
+    "PiSSA and OLoRA move the base to a residual of W0's own top directions, which are unrelated to the task "
+    "M: a negative control here, as the paper note expects.",
+    "Every setting (dimensions, spectrum 0.8^i, Adam, learning rates, preheat lr = main lr, steps) is ours.",
+]
+
 
 def _cell(values: Sequence[float], digits: int = 4) -> str:
     mean, std = ArmResult("", final=list(values)).mean_std()
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def _plot(path: Path, arms: Sequence[ArmResult], *, ylabel: str, title: str, every: int = 1, log: bool = False) -> Path:
+def _mean(values: Sequence[float]) -> float:
+    return float(np.mean(values))
+
+
+def _plot(
+    path: Path, arms: Sequence[ArmResult], ylabel: str, title: str, *, every: int = 1, log: bool = False
+) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -46,19 +61,71 @@ def _plot(path: Path, arms: Sequence[ArmResult], *, ylabel: str, title: str, eve
     return path
 
 
-def _regression(ctx: DemoContext, results: RegressionResults, early: int) -> tuple[list[DemoTable], list[Path]]:
+def _regression(
+    ctx: DemoContext, results: RegressionResults, early: int
+) -> tuple[list[DemoTable], list[Path]]:
     tables, plots = [], []
-    n = len(results.seeds)
+    columns = ["arm", f"excess at step {early}", f"excess at step {results.setup.steps}", "top-r overlap"]
     for regime, arms in results.arms.items():
-        rows = [[name, _cell(arm.at(early)), _cell(arm.final), _cell(arm.overlap, 3)] for name, arm in arms.items()]
-        tables.append(DemoTable(
-            title=f"A. low-rank regression, {regime} LoRA (excess over the Eckart-Young optimum / ‖M‖², {n} seeds, mean ± std)",
-            columns=["arm", f"excess at step {early}", f"excess at step {results.setup.steps}", "top-r subspace overlap"],
-            rows=rows,
-        ))  # fmt: skip
-        shown = [arm for name, arm in arms.items() if name in {"default", "PiSSA", "oracle"} or name.startswith("HRP")]
-        plots.append(_plot(ctx.output_dir / f"regression_{regime}.png", shown, ylabel="excess / ‖M‖²", title=f"{regime} LoRA, r={results.setup.rank}", log=True))
+        title = f"A. regression, {regime} LoRA: excess over Eckart-Young / ‖M‖² ({len(results.seeds)} seeds)"
+        rows = [
+            [name, _cell(arm.at(early)), _cell(arm.final), _cell(arm.overlap, 3)]
+            for name, arm in arms.items()
+        ]
+        tables.append(DemoTable(title=title, columns=columns, rows=rows))
+        shown = [arm for name, arm in arms.items() if name != "OLoRA"]
+        title = f"{regime} LoRA, r={results.setup.rank}"
+        plots.append(
+            _plot(ctx.output_dir / f"regression_{regime}.png", shown, "excess / ‖M‖²", title, log=True)
+        )
     return tables, plots
+
+
+def _digits(ctx: DemoContext, results: DigitsResults) -> tuple[DemoTable, Path]:
+    every, steps = results.setup.eval_every, results.setup.steps
+    title = (
+        f"B. digits with rotated inputs: test accuracy ({len(results.seeds)} seeds; the pretrained MLP "
+        f"scores {_cell(results.pretrained_accuracy, 3)} on the digits, {_cell(results.shifted_accuracy, 3)} "
+        "rotated)"
+    )
+    rows = [
+        [arm.name, _cell(arm.at(5), 3), _cell(arm.at(10), 3), _cell(arm.final, 3)]
+        for arm in results.arms.values()
+    ]
+    table = DemoTable(
+        title=title, columns=["arm", f"step {5 * every}", f"step {10 * every}", f"step {steps}"], rows=rows
+    )
+    plot = _plot(
+        ctx.output_dir / "digits.png", list(results.arms.values()), "test accuracy", "digits", every=every
+    )
+    return table, plot
+
+
+def _claims(regression: RegressionResults, digits: DigitsResults, early: int) -> list[Claim]:
+    classic, asym = regression.arms["classic"], regression.arms["asymmetric"]
+    ranks = regression.setup.preheat_ranks
+    top, low = f"HRP R={max(ranks)}", f"HRP R={min(ranks)}"
+    metric = f"excess / ‖M‖², mean of {len(regression.seeds)} seeds"
+
+    def lower(claim: str, arms: dict[str, ArmResult], base: str, at: int | None, method: str = top) -> Claim:
+        mine, theirs = (_mean(arms[n].at(at) if at else arms[n].final) for n in (method, base))
+        return Claim(claim, method, base, metric, mine, theirs, mine < theirs)
+
+    hrp = f"HRP R={digits.setup.preheat_rank}"
+    mine, theirs = _mean(digits.arms[hrp].final), _mean(digits.arms["default LoRA"].final)
+    steps = regression.setup.steps
+    return [
+        lower(f"HRP's excess < default's early (step {early}), classic LoRA", classic, "default", early),
+        Claim(f"HRP's excess <= default's at step {steps}, classic LoRA", top, "default", metric,
+              _mean(classic[top].final), _mean(classic["default"].final), None, "both converge: reported"),
+        lower("HRP's excess < default's, asymmetric LoRA (A frozen)", asym, "default", None),
+        Claim("HRP approaches the oracle, asymmetric LoRA", top, "oracle", metric,
+              _mean(asym[top].final), _mean(asym["oracle"].final), None),
+        lower("the gain grows with the preheat rank R, asymmetric LoRA", asym, low, None),
+        Claim("HRP's accuracy >= default LoRA's after the same budget (digits)", hrp, "default LoRA",
+              f"test accuracy at step {digits.setup.steps}, mean of {len(digits.seeds)} seeds",
+              mine, theirs, mine >= theirs),
+    ]  # fmt: skip
 
 
 def run_demo(ctx: DemoContext) -> DemoReport:
@@ -66,44 +133,19 @@ def run_demo(ctx: DemoContext) -> DemoReport:
     seeds = [ctx.seed + i for i in range(3 if ctx.quick else 10)]
     setup = RegressionSetup()
     early = setup.steps // 6
-    regression = run_regression(setup, seeds, progress=lambda s: ctx.progress(s, desc="regression seeds", total=len(s)))
+    regression = run_regression(
+        setup, seeds, progress=lambda s: ctx.progress(s, desc="regression", total=len(s))
+    )
     tables, plots = _regression(ctx, regression, early)
-    digits_setup = DigitsSetup()
-    digits_seeds = seeds[: 2 if ctx.quick else 5]
-    digits = run_digits(digits_setup, digits_seeds, progress=lambda s: ctx.progress(s, desc="digits seeds", total=len(s)))
-    every = digits_setup.eval_every
-    tables.append(DemoTable(
-        title=f"B. digits, rotated inputs: test accuracy ({len(digits_seeds)} seeds; pretrained on the original "
-        f"digits {_cell(digits.pretrained_accuracy, 3)}, on the rotated ones before fine-tuning {_cell(digits.shifted_accuracy, 3)})",
-        columns=["arm", f"step {5 * every}", f"step {10 * every}", f"step {digits_setup.steps}"],
-        rows=[[arm.name, _cell(arm.at(5), 3), _cell(arm.at(10), 3), _cell(arm.final, 3)] for arm in digits.arms.values()],
-    ))  # fmt: skip
-    plots.append(_plot(ctx.output_dir / "digits.png", list(digits.arms.values()), ylabel="test accuracy", title="digits, rotated inputs", every=every))
-    classic, asym = regression.arms["classic"], regression.arms["asymmetric"]
-    top, low = f"HRP R={max(setup.preheat_ranks)}", f"HRP R={min(setup.preheat_ranks)}"
-    mean = lambda values: float(np.mean(values))  # noqa: E731
-    metric = f"excess / ‖M‖², mean of {len(seeds)} seeds"
-    hrp_digits = f"HRP R={digits_setup.preheat_rank}"
-    claims = [
-        Claim(f"HRP's excess < default's early (step {early}), classic LoRA", top, "default", metric,
-              mean(classic[top].at(early)), mean(classic["default"].at(early)), mean(classic[top].at(early)) < mean(classic["default"].at(early))),
-        Claim(f"HRP's excess <= default's at the end (step {setup.steps}), classic LoRA", top, "default", metric,
-              mean(classic[top].final), mean(classic["default"].final), None, "both converge near the optimum: reported"),
-        Claim("HRP's excess < default's, asymmetric LoRA (A frozen)", top, "default", metric,
-              mean(asym[top].final), mean(asym["default"].final), mean(asym[top].final) < mean(asym["default"].final)),
-        Claim("HRP approaches the oracle, asymmetric LoRA", top, "oracle", metric, mean(asym[top].final), mean(asym["oracle"].final), None),
-        Claim("gain grows with the preheat rank R, asymmetric LoRA", top, low, metric,
-              mean(asym[top].final), mean(asym[low].final), mean(asym[top].final) < mean(asym[low].final)),
-        Claim("HRP's accuracy >= default LoRA's after the same budget (digits)", hrp_digits, "default LoRA",
-              f"test accuracy at step {digits_setup.steps}, mean of {len(digits_seeds)} seeds",
-              mean(digits.arms[hrp_digits].final), mean(digits.arms["default LoRA"].final),
-              mean(digits.arms[hrp_digits].final) >= mean(digits.arms["default LoRA"].final)),
-    ]  # fmt: skip
-    notes = [
-        f"HRP spends the first {setup.preheat_steps} (A) / {digits_setup.preheat_steps} (B) of the same batches on the preheat; "
-        "its curves show the rank-R preheat model there, then restart from the base (B = 0).",
-        "PiSSA and OLoRA move the base to a residual of W0's own top directions, which are unrelated to the task M: "
-        "a negative control here, as the paper note expects.",
-        "All settings (dimensions, spectrum 0.8^i, Adam lr 1e-2, preheat lr = main lr, steps) are ours.",
-    ]
-    return DemoReport(title="HRP: LoRA initialized from a high-rank preheat", claims=claims, tables=tables, plots=plots, notes=notes)
+    digit_seeds = seeds[: 2 if ctx.quick else 5]
+    digits = run_digits(
+        DigitsSetup(), digit_seeds, progress=lambda s: ctx.progress(s, desc="digits", total=len(s))
+    )
+    table, plot = _digits(ctx, digits)
+    return DemoReport(
+        title="HRP: LoRA initialized from a high-rank preheat",
+        claims=_claims(regression, digits, early),
+        tables=[*tables, table],
+        plots=[*plots, plot],
+        notes=NOTES,
+    )

@@ -31,7 +31,7 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 
 
 def average_gradients(parameters: Sequence[Tensor]) -> None:
-    """Average the gradients of ``parameters`` across ranks in one flat all-reduce (missing ones count as 0)."""
+    """Average the gradients of ``parameters`` across ranks in one flat all-reduce (a missing one is 0)."""
     size = world_size()
     if size == 1 or not parameters:
         return

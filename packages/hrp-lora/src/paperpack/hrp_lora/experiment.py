@@ -32,7 +32,8 @@ from torch.nn import functional
 
 from paperpack.core.errors import ConfigError
 from paperpack.core.validation import check_int
-from paperpack.hrp_lora.config import HRPConfig
+from paperpack.hrp_lora.adapters import PREHEAT_ADAPTER, lora_layers
+from paperpack.hrp_lora.config import HRPConfig, Init
 from paperpack.hrp_lora.initialize import hrp_initialize
 from paperpack.hrp_lora.svd import DEFAULT_ROW_NORM
 
@@ -94,7 +95,7 @@ class ArmResult:
 
 @dataclass
 class RegressionResults:
-    """Experiment A: ``arms[regime][arm]``; ``optimum`` is ‖M − M_r‖²/‖M‖² (the relative Eckart-Young floor)."""
+    """Experiment A: ``arms[regime][arm]``; ``optimum`` = ‖M − M_r‖²/‖M‖², the relative Eckart-Young floor."""
 
     setup: RegressionSetup
     seeds: list[int]
@@ -119,7 +120,7 @@ def _mse(model: nn.Module, batch: Batch) -> Tensor:
 
 def _factors(model: PeftModel) -> tuple[Tensor, Tensor, Tensor, float]:
     """(W, A, B, s) of the adapted layer as PEFT initialized it (PiSSA and OLoRA change W to a residual)."""
-    layer = model.base_model.model.lin
+    layer: Any = next(iter(lora_layers(model, "default").values()))  # PEFT's layers are untyped
     return (
         layer.get_base_layer().weight.detach().clone(),
         layer.lora_A["default"].weight.detach().clone(),
@@ -133,6 +134,15 @@ def _overlap(delta: Tensor, V_r: Tensor) -> float:
     rank = V_r.shape[0]
     _, _, Vh = torch.linalg.svd(delta, full_matrices=False)
     return float(torch.linalg.matrix_norm(V_r @ Vh[:rank].T) ** 2 / rank)
+
+
+def curve_recorder(curve: list[float], metric: Callable[[Tensor], float]) -> Callable[[Tensor], None]:
+    """A callback appending ``metric(weight)`` to ``curve``."""
+
+    def record(weight: Tensor) -> None:
+        curve.append(metric(weight))
+
+    return record
 
 
 def _train_factors(
@@ -173,7 +183,9 @@ def _regression_seed(setup: RegressionSetup, seed: int, results: dict[str, dict[
     batches: list[Batch] = []
     for _ in range(setup.steps):
         x = torch.randn(setup.batch_size, d, generator=generator)
-        batches.append((x, x @ target.T + setup.noise * torch.randn(setup.batch_size, d, generator=generator)))
+        batches.append(
+            (x, x @ target.T + setup.noise * torch.randn(setup.batch_size, d, generator=generator))
+        )
     norm = float((sigma**2).sum())
     optimum = float((sigma[r:] ** 2).sum()) / norm
     V_r = V[:, :r].T
@@ -190,24 +202,34 @@ def _regression_seed(setup: RegressionSetup, seed: int, results: dict[str, dict[
         starts["default"] = (_factors(get_peft_model(_Linear(W0), lora())), [])
         starts["PiSSA"] = (_factors(get_peft_model(_Linear(W0), lora(init_lora_weights="pissa"))), [])
         starts["OLoRA"] = (_factors(get_peft_model(_Linear(W0), lora(init_lora_weights="olora"))), [])
-        _, A, B, s = starts["default"][0]
+        _, _, B, s = starts["default"][0]
         starts["oracle"] = ((W0, DEFAULT_ROW_NORM * V_r, torch.zeros_like(B), s), [])
         for R in setup.preheat_ranks:
             preheat_curve: list[float] = []
 
             def preheat_loss(model: nn.Module, batch: Batch, curve: list[float] = preheat_curve) -> Tensor:
-                layer = model.base_model.model.lin  # type: ignore[union-attr]
-                curve.append(excess((W0 + layer.get_delta_weight(model.active_adapter)).detach()))  # type: ignore[union-attr]
+                layer: Any = next(iter(lora_layers(model, PREHEAT_ADAPTER).values()))
+                curve.append(excess((W0 + layer.get_delta_weight(PREHEAT_ADAPTER)).detach()))
                 return _mse(model, batch)
 
-            config = HRPConfig(preheat_rank=R, preheat_steps=setup.preheat_steps, preheat_lr=setup.lr, seed=seed)
-            model = hrp_initialize(_Linear(W0), lora(), batches[: setup.preheat_steps], config, loss_fn=preheat_loss)
+            config = HRPConfig(
+                preheat_rank=R, preheat_steps=setup.preheat_steps, preheat_lr=setup.lr, seed=seed
+            )
+            model = hrp_initialize(
+                _Linear(W0), lora(), batches[: setup.preheat_steps], config, loss_fn=preheat_loss
+            )
             starts[f"HRP R={R}"] = (_factors(model), preheat_curve)
     for regime in REGIMES:
         for name, (start, preheat) in starts.items():
             curve = list(preheat)
             main = batches[len(preheat) :]
-            final = _train_factors(start, main, setup.lr, lambda w: curve.append(excess(w)), asymmetric=regime == "asymmetric")
+            final = _train_factors(
+                start,
+                main,
+                setup.lr,
+                curve_recorder(curve, excess),
+                asymmetric=regime == "asymmetric",
+            )
             arm = results[regime].setdefault(name, ArmResult(name))
             arm.final.append(curve[-1])
             arm.overlap.append(_overlap(final - W0, V_r))
@@ -265,7 +287,11 @@ class DigitsResults:
 class _MLP(nn.Module):
     def __init__(self, hidden: int) -> None:
         super().__init__()
-        self.fc1, self.fc2, self.head = nn.Linear(64, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, 10)
+        self.fc1, self.fc2, self.head = (
+            nn.Linear(64, hidden),
+            nn.Linear(hidden, hidden),
+            nn.Linear(hidden, 10),
+        )
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> dict[str, Tensor]:
         logits = self.head(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
@@ -294,7 +320,9 @@ def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
         return float((model(x)["logits"].argmax(-1) == y).float().mean())
 
 
-def _minibatches(x: Tensor, y: Tensor, count: int, size: int, generator: torch.Generator) -> list[dict[str, Tensor]]:
+def _minibatches(
+    x: Tensor, y: Tensor, count: int, size: int, generator: torch.Generator
+) -> list[dict[str, Tensor]]:
     return [
         {"x": x[index], "labels": y[index]}
         for index in (torch.randint(0, len(x), (size,), generator=generator) for _ in range(count))
@@ -335,11 +363,21 @@ def _digits_seed(setup: DigitsSetup, seed: int, results: DigitsResults) -> None:
         arm.curves.append(curve)
 
     def lora(**overrides: Any) -> LoraConfig:
-        return LoraConfig(r=setup.rank, lora_alpha=setup.rank, target_modules=["fc1", "fc2"], modules_to_save=["head"], **overrides)
+        return LoraConfig(
+            r=setup.rank,
+            lora_alpha=setup.rank,
+            target_modules=["fc1", "fc2"],
+            modules_to_save=["head"],
+            **overrides,
+        )
 
-    def hrp_arm(init: str) -> None:
+    def hrp_arm(init: Init) -> None:
         config = HRPConfig(
-            preheat_rank=setup.preheat_rank, preheat_steps=setup.preheat_steps, preheat_lr=setup.lr, init=init, seed=seed
+            preheat_rank=setup.preheat_rank,
+            preheat_steps=setup.preheat_steps,
+            preheat_lr=setup.lr,
+            init=init,
+            seed=seed,
         )
         curve: list[float] = []
         taken = [0]
@@ -350,7 +388,9 @@ def _digits_seed(setup: DigitsSetup, seed: int, results: DigitsResults) -> None:
             taken[0] += 1
             return loss(model, batch)
 
-        model = hrp_initialize(copy.deepcopy(pretrained), lora(), batches[: setup.preheat_steps], config, loss_fn=preheat_loss)
+        model = hrp_initialize(
+            copy.deepcopy(pretrained), lora(), batches[: setup.preheat_steps], config, loss_fn=preheat_loss
+        )
         if setup.preheat_steps % setup.eval_every == 0:  # the rank-r init replaces the preheat model here
             curve.append(_accuracy(model, shifted_test, y_test))
         suffix = "" if init == "direction" else " carry-over"
@@ -360,9 +400,11 @@ def _digits_seed(setup: DigitsSetup, seed: int, results: DigitsResults) -> None:
         torch.manual_seed(seed)
         train("full fine-tuning", copy.deepcopy(pretrained), batches, [])
         train("default LoRA", get_peft_model(copy.deepcopy(pretrained), lora()), batches, [])
-        train("PiSSA", get_peft_model(copy.deepcopy(pretrained), lora(init_lora_weights="pissa")), batches, [])
-        for init in ("direction", "carry_over"):
-            hrp_arm(init)
+        train(
+            "PiSSA", get_peft_model(copy.deepcopy(pretrained), lora(init_lora_weights="pissa")), batches, []
+        )
+        hrp_arm("direction")
+        hrp_arm("carry_over")
 
 
 def run_digits(
@@ -374,7 +416,9 @@ def run_digits(
     """
     if not seeds:
         raise ConfigError("`seeds` must name at least one seed")
-    results = DigitsResults(setup=setup, seeds=list(seeds), pretrained_accuracy=[], shifted_accuracy=[], arms={})
+    results = DigitsResults(
+        setup=setup, seeds=list(seeds), pretrained_accuracy=[], shifted_accuracy=[], arms={}
+    )
     for seed in progress(seeds):
         _digits_seed(setup, seed, results)
     return results

@@ -31,8 +31,8 @@ def preheat_directions(
         svd: ``"exact"``, ``"full"`` (dense ``torch.linalg.svd``) or ``"lowrank"`` (dense ``svd_lowrank``).
 
     Returns:
-        Module name -> ``(U, S, Vh)``: U m×k, S k (descending), Vh k×n with k = min(m, n, R), in float32 (float64
-        for float64 adapters), on the layer's device, signs canonical (see :func:`factored_svd`).
+        Module name -> ``(U, S, Vh)``: U m×k, S k (descending), Vh k×n with k = min(m, n, R), in float32
+        (float64 for float64 adapters), on the layer's device, signs canonical (see :func:`factored_svd`).
 
     Raises:
         ConfigError: when the model holds no LoRA layer of ``adapter_name`` or ``svd`` is unknown.
@@ -41,7 +41,8 @@ def preheat_directions(
         >>> import torch
         >>> from peft import LoraConfig, get_peft_model
         >>> from paperpack.hrp_lora import preheat_directions
-        >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(32, 16)), LoraConfig(r=4, target_modules=["0"]))
+        >>> net = torch.nn.Sequential(torch.nn.Linear(32, 16))
+        >>> model = get_peft_model(net, LoraConfig(r=4, target_modules=["0"]))
         >>> U, S, Vh = preheat_directions(model, "default")["base_model.model.0"]
         >>> U.shape, S.shape, Vh.shape
         (torch.Size([16, 4]), torch.Size([4]), torch.Size([4, 32]))

@@ -99,9 +99,7 @@ def _holds_adapter(model: nn.Module, adapter_name: str) -> bool:
     )
 
 
-def _check_arguments(
-    model: Any, lora_config: Any, config: Any, loss_fn: Any, adapter_name: Any
-) -> None:
+def _check_arguments(model: Any, lora_config: Any, config: Any, loss_fn: Any, adapter_name: Any) -> None:
     if not isinstance(model, nn.Module):
         raise ConfigError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(lora_config, LoraConfig):
@@ -109,7 +107,9 @@ def _check_arguments(
     if not isinstance(config, HRPConfig):
         raise ConfigError(f"`config` must be an HRPConfig, got {type(config).__name__}")
     if loss_fn is not None and not callable(loss_fn):
-        raise ConfigError(f"`loss_fn` must be callable as loss_fn(model, batch), got {type(loss_fn).__name__}")
+        raise ConfigError(
+            f"`loss_fn` must be callable as loss_fn(model, batch), got {type(loss_fn).__name__}"
+        )
     if not isinstance(adapter_name, str) or not adapter_name or adapter_name == PREHEAT_ADAPTER:
         raise ConfigError(
             f"`adapter_name` must be a non-empty string other than {PREHEAT_ADAPTER!r}, got {adapter_name!r}"
@@ -121,7 +121,7 @@ def _check_arguments(
         )
     if lora_config.layer_replication:
         raise ConfigError("`lora_config.layer_replication` is not supported: it changes the base model")
-    check_preheat_rank([lora_config.r, *lora_config.rank_pattern.values()], config)
+    check_preheat_rank([lora_config.r, *(lora_config.rank_pattern or {}).values()], config)
     if _holds_adapter(model, adapter_name):
         raise ConfigError(
             f"the model already holds an adapter named {adapter_name!r}; pass another adapter_name, or "
@@ -162,7 +162,8 @@ def hrp_initialize(
         model: a ``torch.nn.Module`` or transformers model not yet wrapped, or a ``PeftModel`` that lacks
             ``adapter_name`` (the adapter is added beside the others).
         lora_config: the LoRA to train afterwards: target modules, ``modules_to_save``, ``rank_pattern``,
-            ``alpha_pattern``, ``use_rslora``, ``use_dora``, ... all apply; ``init_lora_weights`` must stay True.
+            ``alpha_pattern``, ``use_rslora``, ``use_dora``, ... all apply; ``init_lora_weights`` must stay
+            True.
         batches: an iterable of batches, one per preheat step, cycled if shorter than the preheat. Under
             accelerate DDP pass each rank its own shard: gradients are averaged across ranks.
         config: the preheat and init settings.
@@ -176,8 +177,9 @@ def hrp_initialize(
 
     Raises:
         ConfigError: for bad arguments (checked before the model is touched: rank above the preheat rank,
-            target modules that match nothing, an adapter of that name already there, empty batches), and for a
-            non-scalar or non-finite loss during the preheat, after which the model is restored as it was.
+            target modules that match nothing, an adapter of that name already there, empty batches), and
+            for a non-scalar or non-finite loss during the preheat, after which the model is restored as it
+            was.
 
     Example:
         >>> import torch

@@ -1,4 +1,4 @@
-"""Phase 1 of HRP and the whole sequence on a PEFT model: preheat a temporary rank-R adapter, initialize, clean up.
+"""Phase 1 of HRP and the whole sequence on a PEFT model: preheat a rank-R adapter, initialize, clean up.
 
 The sequence is shared by :func:`~paperpack.hrp_lora.hrp_initialize` (batches and a loss function) and
 :func:`~paperpack.hrp_lora.hrp_initialize_trainer` (a Trainer's own batches and loss): both hand over a
@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from peft import PeftModel
+from peft import LoraConfig, PeftModel
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -39,7 +39,7 @@ StepFn = Callable[[nn.Module], Tensor]
 
 @contextlib.contextmanager
 def seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Run the block from torch's generator seeded with ``seed``; the caller's random state is restored after."""
+    """Run the block with torch's generator seeded by ``seed``; the caller's random state is restored."""
     devices = []
     if device.type == "cuda":
         devices = [device.index if device.index is not None else torch.cuda.current_device()]
@@ -57,8 +57,8 @@ def check_preheat_rank(ranks: Sequence[int], config: HRPConfig) -> None:
     largest = max(ranks)
     if config.preheat_rank is not None and config.preheat_rank < largest:
         raise ConfigError(
-            f"`preheat_rank` ({config.preheat_rank}) must be >= the adapter's rank r ({largest}, rank_pattern "
-            "included): HRP preheats at a higher rank than it trains"
+            f"`preheat_rank` ({config.preheat_rank}) must be >= the adapter's rank r ({largest}, "
+            "rank_pattern included): HRP preheats at a higher rank than it trains"
         )
 
 
@@ -84,8 +84,8 @@ def run_preheat(
         value = float(step(model))
         if any_rank(not math.isfinite(value), device):
             raise ConfigError(
-                f"the preheat loss is not finite ({value} on this rank) at step {index + 1} of {steps}; lower "
-                f"preheat_lr ({config.preheat_lr}) or check the batches and loss_fn"
+                f"the preheat loss is not finite ({value} on this rank) at step {index + 1} of {steps}; "
+                f"lower preheat_lr ({config.preheat_lr}) or check the batches and loss_fn"
             )
         average_gradients(parameters)
         optimizer.step()
@@ -111,14 +111,19 @@ def preheat_and_initialize(
         The preheat losses, one per step.
     """
     if PREHEAT_ADAPTER in model.peft_config:
-        raise ConfigError(f"the model already holds an adapter named {PREHEAT_ADAPTER!r}, HRP's temporary one")
+        raise ConfigError(
+            f"the model already holds an adapter named {PREHEAT_ADAPTER!r}, HRP's temporary one"
+        )
     targets = lora_layers(model, adapter_name)
     check_preheat_rank([int(layer.r[adapter_name]) for layer in targets.values()], config)
     trainable = {name: parameter.requires_grad for name, parameter in model.named_parameters()}
     active, was_training = model.active_adapter, model.training
     device = next(model.parameters()).device
     with seeded(config.seed, device):
-        model.add_adapter(PREHEAT_ADAPTER, preheat_lora_config(model.peft_config[adapter_name], config))
+        target_config = model.peft_config[adapter_name]
+        if not isinstance(target_config, LoraConfig):
+            raise ConfigError(f"adapter {adapter_name!r} is a {type(target_config).__name__}, not a LoRA")
+        model.add_adapter(PREHEAT_ADAPTER, preheat_lora_config(target_config, config))
         try:
             set_preheat_scaling(model, adapter_name, config)
             model.set_adapter(PREHEAT_ADAPTER)

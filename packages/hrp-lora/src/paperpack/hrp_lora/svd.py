@@ -48,9 +48,10 @@ def factored_svd(
     """Thin SVD of the product D = s·B·A: ``U`` (m×k), ``S`` (k), ``Vh`` (k×n), k = min(m, n, R).
 
     ``"exact"`` never forms the m×n matrix: with reduced QR factorizations B = Q_B·R_B and Aᵀ = Q_A·R_A,
-    D = Q_B·(s·R_B·R_Aᵀ)·Q_Aᵀ, so the SVD U_c·S·V_cᵀ of the small core s·R_B·R_Aᵀ (taken in float64) gives
-    U = Q_B·U_c and Vh = V_cᵀ·Q_Aᵀ, in O((m + n)·R²) time. ``"full"`` is ``torch.linalg.svd`` of the dense D and ``"lowrank"``
-    ``torch.svd_lowrank`` of it (q = k, two power iterations); both exist for comparison.
+    D = Q_B·(s·R_B·R_Aᵀ)·Q_Aᵀ, so the SVD U_c·S·V_cᵀ of the small core s·R_B·R_Aᵀ (taken in float64)
+    gives U = Q_B·U_c and Vh = V_cᵀ·Q_Aᵀ, in O((m + n)·R²) time. ``"full"`` is ``torch.linalg.svd`` of the
+    dense D and ``"lowrank"`` ``torch.svd_lowrank`` of it (q = k, two power iterations); both exist for
+    comparison.
 
     Args:
         B: m×R, or a batch (..., m, R).
@@ -116,7 +117,9 @@ def initial_factors(
       approximation of the preheated update (Eckart-Young).
 
     Args:
-        U, S, Vh: the SVD (batched or not), as :func:`factored_svd` returns it.
+        U: left singular vectors, m×k (or batched), as :func:`factored_svd` returns them.
+        S: singular values, k, descending.
+        Vh: right singular vectors, k×n.
         rank: r, at most the number of singular triplets.
         scaling: s of the rank-r adapter (α/r, or α/√r with rsLoRA), a number or one per matrix.
         init: ``"direction"`` or ``"carry_over"``.

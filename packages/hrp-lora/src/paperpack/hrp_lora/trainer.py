@@ -29,7 +29,9 @@ _LOGGED_STATE = ("_metrics", "_total_train_tokens")
 
 def _check_trainer(trainer: Any, adapter_name: str | None) -> tuple[PeftModel, str]:
     if not isinstance(trainer, Trainer):
-        raise ConfigError(f"`trainer` must be a transformers.Trainer (or a TRL trainer), got {type(trainer).__name__}")
+        raise ConfigError(
+            f"`trainer` must be a transformers.Trainer (or a TRL trainer), got {type(trainer).__name__}"
+        )
     model = trainer.model
     if not isinstance(model, PeftModel):
         raise ConfigError(
@@ -38,10 +40,14 @@ def _check_trainer(trainer: Any, adapter_name: str | None) -> tuple[PeftModel, s
             "get_peft_model(model, lora_config)"
         )
     if trainer.optimizer is not None or trainer.state.global_step > 0:
-        raise ConfigError("call hrp_initialize_trainer before trainer.train(): the trainer has started already")
+        raise ConfigError(
+            "call hrp_initialize_trainer before trainer.train(): the trainer has started already"
+        )
     name = adapter_name if adapter_name is not None else model.active_adapter
     if name not in model.peft_config:
-        raise ConfigError(f"the trainer's model has no adapter {name!r}; it has {', '.join(model.peft_config)}")
+        raise ConfigError(
+            f"the trainer's model has no adapter {name!r}; it has {', '.join(model.peft_config)}"
+        )
     return model, name
 
 
