@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,3 +73,34 @@ def randomize_adapter() -> Callable[..., None]:
 def make_batches() -> Callable[..., list[LMBatch]]:
     """``make_batches(tokenizer, count, size=4, seed=1)``: see :func:`lm_batches`."""
     return lm_batches
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tiny_lm, tiny_lm_dir, tiny_gpt2, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Model folders of three families on the tiny tokenizer: Llama (untied), Qwen2 (tied), GPT-2 (tied, Conv1D)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = tiny_lm[1]
+    torch.manual_seed(0)
+    qwen = Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=128,
+        )
+    )  # fmt: skip
+    folders = {"llama": tiny_lm_dir}
+    for name, model in (("qwen2", qwen), ("gpt2", tiny_gpt2)):
+        folder = tmp_path_factory.mktemp(name)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        folders[name] = folder
+    return folders
+
+
+@pytest.fixture(scope="session")
+def texts_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    path.write_text(
+        "".join(json.dumps({"text": line}) + "\n" for line in default_corpus(num_lines=12, seed=4))
+    )
+    return path

@@ -15,29 +15,11 @@ from typing import TYPE_CHECKING
 from paperpack.core.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from paperpack.hrp_lora.config import HRPConfig
-    from paperpack.hrp_lora.extraction import preheat_directions
-    from paperpack.hrp_lora.initialize import hrp_initialize
-    from paperpack.hrp_lora.svd import factored_svd, initial_factors
-    from paperpack.hrp_lora.trainer import hrp_initialize_trainer
+    from paperpack.hrp_lora.config import HRPConfig as HRPConfig
+    from paperpack.hrp_lora.extraction import preheat_directions as preheat_directions
+    from paperpack.hrp_lora.initialize import hrp_initialize as hrp_initialize
+    from paperpack.hrp_lora.svd import factored_svd as factored_svd
+    from paperpack.hrp_lora.svd import initial_factors as initial_factors
+    from paperpack.hrp_lora.trainer import hrp_initialize_trainer as hrp_initialize_trainer
 
-__all__ = [
-    "HRPConfig",
-    "factored_svd",
-    "hrp_initialize",
-    "hrp_initialize_trainer",
-    "initial_factors",
-    "preheat_directions",
-]
-
-__getattr__, __dir__ = lazy_exports(
-    __name__,
-    {
-        "HRPConfig": "paperpack.hrp_lora.config",
-        "factored_svd": "paperpack.hrp_lora.svd",
-        "hrp_initialize": "paperpack.hrp_lora.initialize",
-        "hrp_initialize_trainer": "paperpack.hrp_lora.trainer",
-        "initial_factors": "paperpack.hrp_lora.svd",
-        "preheat_directions": "paperpack.hrp_lora.extraction",
-    },
-)
+__getattr__, __dir__ = lazy_exports(__name__)

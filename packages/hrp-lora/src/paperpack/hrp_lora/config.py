@@ -12,24 +12,18 @@ Notation: the paper writes W = W0 + B·Aᵀ with A ∈ R^{n×r}; PEFT keeps ``lo
 
 from __future__ import annotations
 
-import typing
 from dataclasses import dataclass, field
 from typing import Literal
 
 from paperpack.core.errors import ConfigError
-from paperpack.core.validation import check_choice, check_int, check_positive
+from paperpack.core.validation import check_literal_fields, check_number
 
-__all__ = ["INITS", "OPTIMIZERS", "SCALES", "SVDS", "HRPConfig"]
+__all__ = ["SVD", "HRPConfig", "Init", "Optimizer", "Scale"]
 
 Init = Literal["direction", "carry_over"]
 Scale = Literal["match_default", "unit", "sqrt_sv"]
 SVD = Literal["exact", "full", "lowrank"]
 Optimizer = Literal["adamw", "sgd"]
-
-INITS: tuple[str, ...] = typing.get_args(Init)
-SCALES: tuple[str, ...] = typing.get_args(Scale)
-SVDS: tuple[str, ...] = typing.get_args(SVD)
-OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
 
 
 @dataclass
@@ -121,20 +115,13 @@ class HRPConfig:
 
     def __post_init__(self) -> None:
         if self.preheat_rank is not None:
-            check_int("preheat_rank", self.preheat_rank, minimum=1)
-        check_int("preheat_steps", self.preheat_steps, minimum=1)
-        check_positive("preheat_lr", self.preheat_lr)
-        if self.preheat_lr == float("inf"):
-            raise ConfigError("`preheat_lr` must be finite, got inf")
+            check_number("preheat_rank", self.preheat_rank, minimum=1, integer=True)
+        check_number("preheat_steps", self.preheat_steps, minimum=1, integer=True)
+        check_number("preheat_lr", self.preheat_lr, greater_than=0)
         if self.preheat_alpha is not None:
-            check_positive("preheat_alpha", self.preheat_alpha)
-            if self.preheat_alpha == float("inf"):
-                raise ConfigError("`preheat_alpha` must be finite, got inf")
-        check_choice("preheat_optimizer", self.preheat_optimizer, OPTIMIZERS)
-        check_choice("init", self.init, INITS)
-        check_choice("scale", self.scale, SCALES)
-        check_choice("svd", self.svd, SVDS)
-        check_int("seed", self.seed, minimum=0)
+            check_number("preheat_alpha", self.preheat_alpha, greater_than=0)
+        check_literal_fields(self)
+        check_number("seed", self.seed, minimum=0, integer=True)
         if self.init == "carry_over" and self.scale != "match_default":
             raise ConfigError(
                 f"`scale` applies to init='direction' only; init='carry_over' always splits √S between A and "

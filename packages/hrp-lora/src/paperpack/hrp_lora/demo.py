@@ -5,17 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from paperpack.core.demo import Claim, DemoContext, DemoReport, DemoTable
-from paperpack.core.files import atomic_path
+from paperpack.core.plotting import line_plot
+from paperpack.core.stats import mean_std
 from paperpack.hrp_lora.experiment import (
     ArmResult,
     DigitsResults,
     DigitsSetup,
     RegressionResults,
     RegressionSetup,
-    curve_band,
     run_digits,
     run_regression,
 )
@@ -32,33 +30,20 @@ NOTES = [
 
 
 def _cell(values: Sequence[float], digits: int = 4) -> str:
-    mean, std = ArmResult("", final=list(values)).mean_std()
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return mean_std(values).format(digits)
 
 
 def _mean(values: Sequence[float]) -> float:
-    return float(np.mean(values))
+    return mean_std(values).mean
 
 
 def _plot(
     path: Path, arms: Sequence[ArmResult], ylabel: str, title: str, *, every: int = 1, log: bool = False
 ) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6.4, 4.0), layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    for arm in arms:
-        mean, std = curve_band(arm.curves)
-        steps = np.arange(1, len(mean) + 1) * every
-        axes.plot(steps, mean, label=arm.name)
-        axes.fill_between(steps, mean - std, mean + std, alpha=0.2)
-    axes.set(xlabel="step (preheat included)", ylabel=ylabel, title=title, yscale="log" if log else "linear")
-    axes.legend(fontsize="small")
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=110)
-    return path
+    steps = [every * (i + 1) for i in range(len(arms[0].curves[0]))]
+    series = {arm.name: arm.curves for arm in arms}
+    xlabel = "step (preheat included)"
+    return line_plot(path, series, x=steps, xlabel=xlabel, ylabel=ylabel, title=title, log_y=log)
 
 
 def _regression(
@@ -76,7 +61,13 @@ def _regression(
         shown = [arm for name, arm in arms.items() if name != "OLoRA"]
         title = f"{regime} LoRA, r={results.setup.rank}"
         plots.append(
-            _plot(ctx.output_dir / f"regression_{regime}.png", shown, "excess / ‖M‖²", title, log=True)
+            _plot(
+                ctx.output_dir / f"regression_{regime}.png",
+                shown,
+                "excess / ‖M‖² (mean ± std over seeds)",
+                title,
+                log=True,
+            )
         )
     return tables, plots
 
@@ -96,7 +87,11 @@ def _digits(ctx: DemoContext, results: DigitsResults) -> tuple[DemoTable, Path]:
         title=title, columns=["arm", f"step {5 * every}", f"step {10 * every}", f"step {steps}"], rows=rows
     )
     plot = _plot(
-        ctx.output_dir / "digits.png", list(results.arms.values()), "test accuracy", "digits", every=every
+        ctx.output_dir / "digits.png",
+        list(results.arms.values()),
+        "test accuracy (mean ± std over seeds)",
+        "digits",
+        every=every,
     )
     return table, plot
 
@@ -130,14 +125,14 @@ def _claims(regression: RegressionResults, digits: DigitsResults, early: int) ->
 
 def run_demo(ctx: DemoContext) -> DemoReport:
     """Run experiments A and B and check the paper's directions."""
-    seeds = [ctx.seed + i for i in range(3 if ctx.quick else 10)]
+    seeds = ctx.seeds(quick=3, full=10)
     setup = RegressionSetup()
     early = setup.steps // 6
     regression = run_regression(
         setup, seeds, progress=lambda s: ctx.progress(s, desc="regression", total=len(s))
     )
     tables, plots = _regression(ctx, regression, early)
-    digit_seeds = seeds[: 2 if ctx.quick else 5]
+    digit_seeds = ctx.seeds(quick=2, full=5)
     digits = run_digits(
         DigitsSetup(), digit_seeds, progress=lambda s: ctx.progress(s, desc="digits", total=len(s))
     )

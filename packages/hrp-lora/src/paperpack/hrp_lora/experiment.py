@@ -23,9 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
-from numpy.typing import NDArray
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import Tensor, nn
 from torch.nn import functional
@@ -82,11 +80,6 @@ class ArmResult:
     final: list[float] = field(default_factory=list)
     overlap: list[float] = field(default_factory=list)
     curves: list[list[float]] = field(default_factory=list)
-
-    def mean_std(self, values: Sequence[float] | None = None) -> tuple[float, float]:
-        """Mean and sample standard deviation of ``values`` (default: ``final``) over seeds."""
-        data = np.asarray(self.final if values is None else values, dtype=np.float64)
-        return float(data.mean()), float(data.std(ddof=1)) if data.size > 1 else 0.0
 
     def at(self, step: int) -> list[float]:
         """The curve's value after ``step`` steps (1-based), one per seed."""
@@ -422,9 +415,3 @@ def run_digits(
     for seed in progress(seeds):
         _digits_seed(setup, seed, results)
     return results
-
-
-def curve_band(curves: Sequence[Sequence[float]]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Mean and standard deviation over seeds, per step."""
-    data = np.asarray(curves, dtype=np.float64)
-    return data.mean(axis=0), data.std(axis=0, ddof=1) if data.shape[0] > 1 else np.zeros(data.shape[1])

@@ -10,15 +10,16 @@ import torch
 from torch import Tensor, nn
 
 from paperpack.core.errors import ConfigError
+from paperpack.core.validation import check_literal
 from paperpack.hrp_lora.adapters import check_supported, lora_layers, read_factors, write_factors
-from paperpack.hrp_lora.config import SVDS, HRPConfig
+from paperpack.hrp_lora.config import SVD, HRPConfig
 from paperpack.hrp_lora.svd import factored_svd, initial_factors
 
 __all__ = ["initialize_from_adapter", "preheat_directions"]
 
 
 def preheat_directions(
-    model: nn.Module, adapter_name: str, *, svd: str = "exact"
+    model: nn.Module, adapter_name: str, *, svd: SVD = "exact"
 ) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
     """The SVD of the update ΔW = s·B·A of every LoRA layer of ``adapter_name`` (phase 2 of HRP).
 
@@ -47,8 +48,7 @@ def preheat_directions(
         >>> U.shape, S.shape, Vh.shape
         (torch.Size([16, 4]), torch.Size([4]), torch.Size([4, 32]))
     """
-    if svd not in SVDS:
-        raise ConfigError(f"`svd` must be one of {', '.join(map(repr, SVDS))}, got {svd!r}")
+    check_literal("svd", svd, SVD)
     layers = lora_layers(model, adapter_name)
     if not layers:
         raise ConfigError(f"the model holds no LoRA layer of adapter {adapter_name!r}")

@@ -17,6 +17,7 @@ from peft import LoraConfig, PeftModel
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from paperpack.core.distributed import is_distributed
 from paperpack.core.errors import ConfigError
 from paperpack.hrp_lora.adapters import (
     PREHEAT_ADAPTER,
@@ -26,7 +27,7 @@ from paperpack.hrp_lora.adapters import (
     set_preheat_scaling,
 )
 from paperpack.hrp_lora.config import HRPConfig
-from paperpack.hrp_lora.distributed import any_rank, average_gradients, broadcast_tensors, world_size
+from paperpack.hrp_lora.distributed import any_rank, average_gradients, broadcast_tensors
 from paperpack.hrp_lora.extraction import initialize_from_adapter
 
 __all__ = ["StepFn", "check_preheat_rank", "preheat_and_initialize", "run_preheat", "seeded"]
@@ -140,6 +141,6 @@ def preheat_and_initialize(
             for name, parameter in model.named_parameters():
                 parameter.requires_grad_(trainable[name])
             model.train(was_training)
-    if world_size() > 1:
+    if is_distributed():
         broadcast_tensors([parameter for _, parameter in adapter_parameters(model, adapter_name)])
     return losses

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from paperpack.core.errors import ConfigError
-from paperpack.hrp_lora.config import INITS, SCALES, SVDS
+from paperpack.core.validation import check_literal
+from paperpack.hrp_lora.config import SVD, Init, Scale
 
 __all__ = ["DEFAULT_ROW_NORM", "factored_svd", "initial_factors"]
 
@@ -43,7 +44,7 @@ def _as_scaling(scaling: float | Tensor, like: Tensor) -> Tensor:
 
 
 def factored_svd(
-    B: Tensor, A: Tensor, scaling: float | Tensor = 1.0, *, method: str = "exact"
+    B: Tensor, A: Tensor, scaling: float | Tensor = 1.0, *, method: SVD = "exact"
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Thin SVD of the product D = s·B·A: ``U`` (m×k), ``S`` (k), ``Vh`` (k×n), k = min(m, n, R).
 
@@ -72,8 +73,7 @@ def factored_svd(
         >>> torch.allclose(U @ torch.diag(S) @ Vh, 0.5 * B @ A)
         True
     """
-    if method not in SVDS:
-        raise ConfigError(f"`method` must be one of {', '.join(map(repr, SVDS))}, got {method!r}")
+    check_literal("method", method, SVD)
     if B.ndim < 2 or A.ndim < 2 or B.shape[-1] != A.shape[-2] or B.shape[:-2] != A.shape[:-2]:
         raise ConfigError(
             f"`B` (m×R) and `A` (R×n) must share R and their batch shape, got {tuple(B.shape)} and "
@@ -105,8 +105,8 @@ def initial_factors(
     rank: int,
     scaling: float | Tensor,
     *,
-    init: str = "direction",
-    scale: str = "match_default",
+    init: Init = "direction",
+    scale: Scale = "match_default",
 ) -> tuple[Tensor, Tensor]:
     """The rank-r factors ``(A, B)`` (r×n and m×r) initialized from the SVD of a preheated update.
 
@@ -128,10 +128,8 @@ def initial_factors(
     Returns:
         ``(A, B)`` in the dtype of ``Vh``.
     """
-    if init not in INITS:
-        raise ConfigError(f"`init` must be one of {', '.join(map(repr, INITS))}, got {init!r}")
-    if scale not in SCALES:
-        raise ConfigError(f"`scale` must be one of {', '.join(map(repr, SCALES))}, got {scale!r}")
+    check_literal("init", init, Init)
+    check_literal("scale", scale, Scale)
     if not 1 <= rank <= S.shape[-1]:
         raise ConfigError(f"`rank` must be in [1, {S.shape[-1]}] (the singular triplets given), got {rank}")
     s = torch.as_tensor(scaling, dtype=S.dtype, device=S.device).expand(S.shape[:-1]).unsqueeze(-1)
