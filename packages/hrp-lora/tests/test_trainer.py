@@ -8,15 +8,14 @@ from typing import Any
 
 import pytest
 import torch
-from datasets import Dataset
 from peft import LoraConfig, get_peft_model
-from transformers import DataCollatorForLanguageModeling, Trainer
+from transformers import Trainer
 from trl import SFTConfig, SFTTrainer
 
 from paperpack.core.errors import ConfigError
-from paperpack.core.hf import default_corpus, training_args
-from paperpack.core.testing.contracts import assert_state_dicts_equal
-from paperpack.core.testing.resume import StopAtStep
+from paperpack.core.hf import training_args
+from paperpack.core.testing.contracts import assert_parameters_changed, snapshot_parameters
+from paperpack.core.testing.resume import check_trainer_resume
 from paperpack.hrp_lora import HRPConfig, hrp_initialize_trainer
 from paperpack.hrp_lora.adapters import lora_layers
 
@@ -30,20 +29,6 @@ ARGS: dict[str, Any] = {
     "seed": 0,
     "disable_tqdm": True,
 }
-
-
-@pytest.fixture(scope="module")
-def lm_dataset(tiny_lm) -> Dataset:
-    encoded = tiny_lm[1](default_corpus(num_lines=32, seed=1), truncation=True, max_length=24)
-    return Dataset.from_dict({"input_ids": encoded["input_ids"]})
-
-
-@pytest.fixture(scope="module")
-def prompt_completion() -> Dataset:
-    lines = default_corpus(num_lines=32, seed=2)
-    return Dataset.from_list(
-        [{"prompt": line[: len(line) // 2], "completion": line[len(line) // 2 :]} for line in lines]
-    )
 
 
 class _Recorder:
@@ -65,21 +50,17 @@ def _logits(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
         return model(input_ids=input_ids).logits
 
 
-def _lora_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
-
-
 def test_trainer_preheats_on_its_batches_with_accumulation_then_trains(
-    fresh_model, tiny_lm, lm_dataset, tmp_path: Path
+    fresh_model, tiny_collator, tiny_lm_dataset, tmp_path: Path
 ) -> None:
     base = fresh_model()
-    probe = torch.tensor([lm_dataset[0]["input_ids"]])
+    probe = torch.tensor([tiny_lm_dataset[0]["input_ids"]])
     expected = _logits(copy.deepcopy(base), probe)
     trainer = Trainer(
         model=get_peft_model(base, copy.deepcopy(LORA)),
         args=training_args(tmp_path, gradient_accumulation_steps=2, **ARGS),
-        train_dataset=lm_dataset,
-        data_collator=DataCollatorForLanguageModeling(tiny_lm[1], mlm=False),
+        train_dataset=tiny_lm_dataset,
+        data_collator=tiny_collator,
     )
     recorder = _Recorder(trainer)
     model = hrp_initialize_trainer(trainer, HRPConfig(preheat_steps=3, preheat_lr=1e-3))
@@ -89,24 +70,23 @@ def test_trainer_preheats_on_its_batches_with_accumulation_then_trains(
         assert inputs["input_ids"].shape[0] == 4 and set(inputs) >= {"input_ids", "labels", "attention_mask"}
         assert torch.equal(inputs["labels"] == -100, inputs["attention_mask"] == 0)
     assert torch.equal(_logits(model, probe), expected)
-    before = _lora_state(model)
+    before = snapshot_parameters(model)
     recorder.inputs.clear()
     trainer.train()
     assert len(recorder.inputs) == 6 and trainer.state.global_step == 3
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 3
-    changed = {n for n, p in model.named_parameters() if "lora_" in n and not torch.equal(p, before[n])}
-    assert changed == set(before), sorted(set(before) - changed)
+    assert_parameters_changed(before, model)  # every LoRA factor trained, nothing frozen moved
 
 
 def test_sft_trainer_preheats_on_completion_only_batches(
-    fresh_model, tiny_lm, prompt_completion, tmp_path: Path
+    fresh_model, tiny_lm, tiny_prompt_completion_dataset, tmp_path: Path
 ) -> None:
     model = fresh_model()
     trainer = SFTTrainer(
         model=model,
         args=training_args(tmp_path, cls=SFTConfig, max_length=32, **ARGS),
-        train_dataset=prompt_completion,
+        train_dataset=tiny_prompt_completion_dataset,
         processing_class=tiny_lm[1],
         peft_config=copy.deepcopy(LORA),
     )
@@ -125,37 +105,31 @@ def test_sft_trainer_preheats_on_completion_only_batches(
     assert any(layer.lora_B["default"].weight.any() for layer in lora_layers(peft_model, "default").values())
 
 
-def test_resumed_run_equals_the_uninterrupted_one(fresh_model, tiny_lm, lm_dataset, tmp_path: Path) -> None:
-    collator = DataCollatorForLanguageModeling(tiny_lm[1], mlm=False)
-    config = HRPConfig(preheat_steps=2, preheat_lr=1e-3)
+def test_resumed_run_equals_the_uninterrupted_one(
+    fresh_model, tiny_collator, tiny_lm_dataset, tmp_path: Path
+) -> None:
+    """The script calls hrp_initialize_trainer before train() on every start; the checkpoint then wins."""
 
-    def run(folder: str, stop: int | None = None, resume: str | None = None) -> torch.nn.Module:
-        args = training_args(
-            tmp_path / folder, **{**ARGS, "max_steps": 4, "save_strategy": "steps", "save_steps": 2}
-        )
+    def make_trainer(settings: dict[str, Any], callbacks: list[Any]) -> Trainer:
         trainer = Trainer(
             model=get_peft_model(fresh_model(), copy.deepcopy(LORA)),
-            args=args,
-            train_dataset=lm_dataset,
-            data_collator=collator,
-            callbacks=[StopAtStep(stop)] if stop else [],
+            args=training_args(**{**ARGS, **settings}),
+            train_dataset=tiny_lm_dataset,
+            data_collator=tiny_collator,
+            callbacks=callbacks,
         )
-        hrp_initialize_trainer(trainer, config)
-        trainer.train(resume_from_checkpoint=resume)
-        return trainer.model
+        hrp_initialize_trainer(trainer, HRPConfig(preheat_steps=2, preheat_lr=1e-3))
+        return trainer
 
-    full = run("full")
-    run("cut", stop=2)
-    resumed = run("cut", resume=str(tmp_path / "cut" / "checkpoint-2"))
-    assert_state_dicts_equal(_lora_state(resumed), _lora_state(full))
+    check_trainer_resume(make_trainer, tmp_path, max_steps=4, interrupt_at=2)
 
 
-def test_bad_trainers_are_refused(fresh_model, tiny_lm, lm_dataset, tmp_path: Path) -> None:
-    collator = DataCollatorForLanguageModeling(tiny_lm[1], mlm=False)
+def test_bad_trainers_are_refused(fresh_model, tiny_collator, tiny_lm_dataset, tmp_path: Path) -> None:
+    collator = tiny_collator
     plain = Trainer(
         model=fresh_model(),
         args=training_args(tmp_path / "a", **ARGS),
-        train_dataset=lm_dataset,
+        train_dataset=tiny_lm_dataset,
         data_collator=collator,
     )
     with pytest.raises(
@@ -168,7 +142,7 @@ def test_bad_trainers_are_refused(fresh_model, tiny_lm, lm_dataset, tmp_path: Pa
     trainer = Trainer(
         model=get_peft_model(fresh_model(), copy.deepcopy(LORA)),
         args=training_args(tmp_path / "b", **{**ARGS, "max_steps": 1}),
-        train_dataset=lm_dataset,
+        train_dataset=tiny_lm_dataset,
         data_collator=collator,
     )
     with pytest.raises(ConfigError, match="has no adapter 'other'; it has default"):

@@ -40,8 +40,8 @@ class LoraSettings:
     target_modules: list[str] = field(
         default_factory=lambda: ["all-linear"],
         metadata={
-            "help": "Module names (or suffixes) to adapt, e.g. q_proj v_proj; 'all-linear' adapts every linear "
-            "layer but the output head (ours)."
+            "help": "Module names (or suffixes) to adapt, e.g. q_proj v_proj; 'all-linear' adapts every "
+            "linear layer but the output head (ours)."
         },
     )
     lora_dropout: float = field(
