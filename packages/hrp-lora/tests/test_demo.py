@@ -41,3 +41,4 @@ def test_demo_report(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         "regression_classic.png",
     ]
     assert report.claim("the gain grows with the preheat rank R").held is not None
+    assert report.claim("HRP approaches the oracle").note.startswith("HRP closes")

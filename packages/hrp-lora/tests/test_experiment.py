@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from paperpack.core.errors import ConfigError
-from paperpack.hrp_lora.experiment import DigitsSetup, RegressionSetup, run_digits, run_regression
+from paperpack.hrp_lora.experiment import DigitsSetup, RegressionSetup, run_regression
 
 
 def test_regression_counts_the_preheat_in_the_budget_and_hrp_beats_default_with_a_frozen_a() -> None:

@@ -142,7 +142,7 @@ def _init(args: argparse.Namespace) -> int:
     def loss_fn(module: Any, batch: dict[str, Any]) -> Any:
         device = next(module.parameters()).device
         loss = module(**{key: value.to(device) for key, value in batch.items()}).loss
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         return loss
 
     peft_model = hrp_initialize(
