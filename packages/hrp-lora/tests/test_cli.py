@@ -102,6 +102,8 @@ def test_bad_files_fail_cleanly(model_dirs, texts_file, tmp_path) -> None:
     bad_json.write_text('{"text": "fine"}\n{"text": \n')
     no_text = tmp_path / "no_text.jsonl"
     no_text.write_text('{"prompt": "a"}\n')
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "notes.txt").write_text("mine")
     cases = [
@@ -109,6 +111,7 @@ def test_bad_files_fail_cleanly(model_dirs, texts_file, tmp_path) -> None:
         (_argv(model, tmp_path / "missing.jsonl", tmp_path / "out"), "does not exist"),
         (_argv(model, bad_json, tmp_path / "out"), r"bad.jsonl:2 is not valid JSON"),
         (_argv(model, no_text, tmp_path / "out"), r"no_text.jsonl:1 needs a string field 'text'"),
+        (_argv(model, empty, tmp_path / "out"), "holds no records"),
         (_argv(model, texts_file, model / "adapter"), "overlap|input"),
         (_argv(model, texts_file, tmp_path / "used"), "--output"),
         (["hrp-lora", "init", "--data", str(texts_file), "--output", str(tmp_path / "out")], "--model"),

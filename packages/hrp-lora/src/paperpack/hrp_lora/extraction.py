@@ -38,7 +38,7 @@ def preheat_directions(
     Raises:
         ConfigError: when the model holds no LoRA layer of ``adapter_name`` or ``svd`` is unknown.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from peft import LoraConfig, get_peft_model
         >>> from paperpack.hrp_lora import preheat_directions

@@ -181,7 +181,7 @@ def hrp_initialize(
             for a non-scalar or non-finite loss during the preheat, after which the model is restored as it
             was.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from peft import LoraConfig
         >>> from paperpack.hrp_lora import HRPConfig, hrp_initialize

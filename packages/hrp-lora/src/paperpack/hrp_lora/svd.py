@@ -63,7 +63,7 @@ def factored_svd(
     Returns:
         ``(U, S, Vh)`` in float32 (float64 if an input is), singular values descending, signs canonical.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from paperpack.hrp_lora import factored_svd
         >>> B, A = torch.randn(300, 8, dtype=torch.float64), torch.randn(8, 200, dtype=torch.float64)

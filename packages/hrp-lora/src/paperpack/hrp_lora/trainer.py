@@ -78,9 +78,9 @@ def hrp_initialize_trainer(
         ConfigError: when the trainer holds no PEFT model or has started training, and for a non-finite
             preheat loss (the adapter is then left as it was).
 
-    Example:
-        See the package README: build the trainer, call ``hrp_initialize_trainer(trainer, HRPConfig())``,
-        then ``trainer.train()``.
+    Note:
+        See the package README for a complete example: build the trainer, call
+        ``hrp_initialize_trainer(trainer, HRPConfig())``, then ``trainer.train()``.
     """
     if not isinstance(config, HRPConfig):
         raise ConfigError(f"`config` must be an HRPConfig, got {type(config).__name__}")
