@@ -164,7 +164,7 @@ def _init(args: argparse.Namespace) -> int:
         "preheat_losses": losses,
     }
     with atomic_folder(args.output, command=COMMAND, overwrite=args.overwrite, inputs=inputs) as folder:
-        peft_model.save_pretrained(folder)
+        peft_model.save_pretrained(str(folder))
         (folder / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     print(
         f"wrote {args.output}: a rank-{lora.r} LoRA initialized by HRP (preheat rank "
