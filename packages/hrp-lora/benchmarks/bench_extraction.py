@@ -17,7 +17,7 @@ number ~1e6 at R = 64).
 
 Usage:
     python packages/hrp-lora/benchmarks/bench_extraction.py [--m 4096] [--n 4096] [--rank 64] [--top 8]
-        [--rounds 3] [--threads 2]
+        [--rounds 3] [--threads 2] [--spectra gaussian decaying]
 """
 
 from __future__ import annotations
@@ -74,11 +74,14 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=8, help="r: the subspace compared")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--spectra", nargs="+", default=["gaussian", "decaying"], choices=["gaussian", "decaying"]
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     r = args.top
     print(f"m={args.m} n={args.n} R={args.rank} r={r} threads={args.threads} load average {os.getloadavg()}")
-    for spectrum in ("gaussian", "decaying"):
+    for spectrum in args.spectra:
         B, A = factors(args.m, args.n, args.rank, spectrum)
         arms = {
             "exact": lambda B=B, A=A: factored_svd(B, A),
