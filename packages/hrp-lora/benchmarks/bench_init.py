@@ -12,7 +12,8 @@ Arms, each in a subprocess of its own (interleaved over ``--rounds`` rounds; med
 - ``hrp_sgd``: the same with ``preheat_optimizer="sgd"`` (no optimizer moments during the preheat).
 - ``lora_R``: ``--steps`` AdamW steps of a plain rank-64 LoRA: what the preheat is, without the extraction.
 
-Time covers creating the adapter(s) and every step. Memory: the core's ``MemoryMeter`` (peak resident set
+Time (wall clock, and the process's CPU time, which a loaded machine disturbs less) covers creating the
+adapter(s) and every step. Memory: the core's ``MemoryMeter`` (peak resident set
 size on the CPU) over the same span, after the model is built and a no-grad warm-up forward pass ran; the
 subprocess sets glibc's ``MALLOC_MMAP_THRESHOLD_`` to 64 KiB so that the resident set follows the live tensors.
 ``peak`` is the process's peak (model, libraries and all); ``growth`` is the peak above the memory in use when
@@ -73,7 +74,7 @@ def child(arm: str, steps: int, batch: int, seq: int, threads: int) -> dict[str,
 
     preheat_module.initialize_from_adapter = timed  # type: ignore[assignment]
     with MemoryMeter("cpu") as meter:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         if arm in ("lora", "lora_R"):
             rank = RANK if arm == "lora" else PREHEAT_RANK
             peft_model = get_peft_model(model, LoraConfig(r=rank, target_modules="all-linear"))
@@ -91,9 +92,10 @@ def child(arm: str, steps: int, batch: int, seq: int, threads: int) -> dict[str,
                 preheat_optimizer=optimizer_name,
             )
             hrp_initialize(model, LoraConfig(r=RANK, target_modules="all-linear"), batches, hrp)
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     return {
         "seconds": seconds,
+        "cpu": cpu,
         "extraction": sum(extraction),
         "peak": meter.peak_bytes / 2**20,
         "growth": meter.growth_bytes / 2**20,
@@ -153,16 +155,16 @@ def main() -> None:
     }
     base = median.get("lora")
     print(
-        f"\n{'arm':8} {'time s':>8} {'extract s':>10} {'peak MiB':>9} {'growth MiB':>11} {'time/lora':>10} {'peak/lora':>10} {'growth/lora':>12}"
+        f"\n{'arm':8} {'time s':>8} {'cpu s':>8} {'extract s':>10} {'peak MiB':>9} {'growth MiB':>11} {'time/lora':>10} {'cpu/lora':>9} {'peak/lora':>10} {'growth/lora':>12}"
     )
     for arm, values in median.items():
         ratios = (
-            f"{values['seconds'] / base['seconds']:10.2f} {values['peak'] / base['peak']:10.3f} {values['growth'] / base['growth']:12.2f}"
+            f"{values['seconds'] / base['seconds']:10.2f} {values['cpu'] / base['cpu']:9.2f} {values['peak'] / base['peak']:10.3f} {values['growth'] / base['growth']:12.2f}"
             if base
             else ""
         )
         print(
-            f"{arm:8} {values['seconds']:8.1f} {values['extraction']:10.3f} {values['peak']:9.0f} {values['growth']:11.0f} {ratios}"
+            f"{arm:8} {values['seconds']:8.1f} {values['cpu']:8.1f} {values['extraction']:10.3f} {values['peak']:9.0f} {values['growth']:11.0f} {ratios}"
         )
     print(f"load average after {os.getloadavg()}")
 
