@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from paperpack.r_tsvm.recipe import MergeConfig, ModelSpec
     from paperpack.r_tsvm.registry import MergeMethod, get_method, list_methods, register_method
     from paperpack.r_tsvm.statistics import compute_fisher, compute_gram
-    from paperpack.r_tsvm.streaming import merge_checkpoints
+    from paperpack.r_tsvm.streaming import TensorGroup, merge_checkpoints, walk_checkpoints
 
 __all__ = [
     "BreadcrumbsConfig",
@@ -67,6 +67,7 @@ __all__ = [
     "SlerpConfig",
     "TSVMConfig",
     "TaskArithmeticConfig",
+    "TensorGroup",
     "TiesConfig",
     "breadcrumbs_merge",
     "compute_fisher",
@@ -95,6 +96,7 @@ __all__ = [
     "ties_merge",
     "train_on_mixture",
     "tsv_m_merge",
+    "walk_checkpoints",
 ]
 
 __getattr__, __dir__ = lazy_exports(
@@ -145,6 +147,8 @@ __getattr__, __dir__ = lazy_exports(
         "register_method": "paperpack.r_tsvm.registry",
         "compute_fisher": "paperpack.r_tsvm.statistics",
         "compute_gram": "paperpack.r_tsvm.statistics",
+        "TensorGroup": "paperpack.r_tsvm.streaming",
         "merge_checkpoints": "paperpack.r_tsvm.streaming",
+        "walk_checkpoints": "paperpack.r_tsvm.streaming",
     },
 )

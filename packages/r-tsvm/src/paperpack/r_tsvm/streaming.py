@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +32,10 @@ from paperpack.core.checkpoints import (
 from paperpack.core.device import resolve_device
 from paperpack.core.errors import CheckpointError, ConfigError
 from paperpack.r_tsvm.lora import LoraAdapter, is_lora_adapter
-from paperpack.r_tsvm.recipe import MergeConfig
+from paperpack.r_tsvm.recipe import MergeConfig, ModelSpec
 from paperpack.r_tsvm.registry import MergeMethod, get_method
 
-__all__ = ["HEAD_KEY", "VOCAB_KEY", "merge_checkpoints"]
+__all__ = ["HEAD_KEY", "VOCAB_KEY", "TensorGroup", "merge_checkpoints", "walk_checkpoints"]
 
 logger = logging.getLogger(__name__)
 
@@ -195,9 +195,10 @@ def _check_statistics(plan: _Plan) -> None:
                 )
 
 
-def _plan(config: MergeConfig, output: PathLike, device: torch.device) -> _Plan:
+def _plan(config: MergeConfig, output: PathLike | None, device: torch.device) -> _Plan:
     method = get_method(config.merge_method)
-    check_output_path(output, config.paths())
+    if output is not None:
+        check_output_path(output, config.paths())
     base = LazyStateDict(config.base_model, device=device) if config.base_model else None
     models = _open_models(config, device)
     if base is not None:
@@ -321,3 +322,78 @@ def merge_checkpoints(
             }
             (writer.staging_dir / "merge_report.json").write_text(json.dumps(summary, indent=2))
     return writer.path
+
+
+@dataclass
+class TensorGroup:
+    """One key of N checkpoints, as :func:`walk_checkpoints` yields it.
+
+    Attributes:
+        key: the parameter's name (the base's, else the first model's).
+        base: the base model's tensor, or None without a base.
+        tensors: each model's tensor, in the order given (a LoRA adapter's is the base plus its delta; a tied
+            model's LM head is its embedding; rows cut or padded with ``vocab_mismatch="truncate"``).
+    """
+
+    key: str
+    base: Tensor | None
+    tensors: list[Tensor]
+
+
+def walk_checkpoints(
+    models: Sequence[PathLike],
+    *,
+    base_model: PathLike | None = None,
+    device: str | torch.device = "cpu",
+    vocab_mismatch: str = "error",
+    progress: bool = False,
+) -> Iterator[TensorGroup]:
+    """Walk N checkpoints key by key, holding one key's tensors at a time.
+
+    The same walk :func:`merge_checkpoints` makes, without a method: keys, shapes, tied heads, LoRA targets
+    and vocabulary sizes are checked from the headers before the first tensor is read, then each key's tensors
+    are read (to ``device``) and yielded. Combine them with :func:`~paperpack.r_tsvm.merge_tensors` (or
+    anything else) and write with the core's :class:`~paperpack.core.checkpoints.StateDictWriter`.
+
+    Args:
+        models: model folders, ``.safetensors`` files or sharded folders, or LoRA adapter folders (these need
+            ``base_model``).
+        base_model: the base model θ_0, or None.
+        device: where tensors are read to.
+        vocab_mismatch: embeddings / LM heads of another vocabulary size: "error", "base" (yield only the
+            base's rows: the models' tensors are the base's) or "truncate" (cut or pad each model's rows to
+            the base's).
+        progress: show a progress bar over keys.
+
+    Yields:
+        :class:`TensorGroup` per key of the base (else the first model), in file order.
+
+    Raises:
+        ConfigError: for an adapter without a base, or a bad ``vocab_mismatch``.
+        CheckpointError: for mismatched keys, shapes or vocabularies (before anything is yielded).
+
+    Examples:
+        >>> from paperpack.r_tsvm import merge_tensors, walk_checkpoints
+        >>> for group in walk_checkpoints(["expert-a", "expert-b"], base_model="base"):  # doctest: +SKIP
+        ...     merged = merge_tensors("ties", group.base, group.tensors, key=group.key, density=0.3)
+    """
+    if not isinstance(models, Sequence) or isinstance(models, str | bytes) or not models:
+        raise ConfigError("`models` must be a non-empty list of checkpoint paths")
+    config = MergeConfig(
+        "linear",
+        models=[ModelSpec(model=str(path)) for path in models],
+        base_model=None if base_model is None else str(base_model),
+        vocab_mismatch=vocab_mismatch,
+    )
+    plan = _plan(config, None, resolve_device(device))
+    for key in tqdm(list(plan.reference), desc="checkpoints", unit="tensor", disable=not progress):
+        if key in plan.vocab_keys and vocab_mismatch == "base":
+            kept = plan.reference[key]
+            yield TensorGroup(key, kept if plan.base is not None else None, [kept] * len(plan.models))
+            continue
+        base = plan.base[key] if plan.base is not None else None
+        tensors = [model.load(key, base) for model in plan.models]
+        if key in plan.vocab_keys and vocab_mismatch == "truncate":
+            filler = base if base is not None else plan.reference[key]
+            tensors = [_fit_rows(t, filler.shape[0], filler) for t in tensors]
+        yield TensorGroup(key, base, tensors)
