@@ -120,7 +120,10 @@ def _weighted(weights: list[float]) -> Callable[[str, list[Tensor]], Tensor]:
 
 def _open(checkpoints: Sequence[PathLike], output: PathLike, overwrite: bool) -> list[LazyStateDict]:
     """Check the output first (nothing is read or written when it is taken), then open the checkpoints."""
-    check_output(output, command=AVERAGE_COMMAND, overwrite=overwrite, inputs=checkpoints, flag="output")
+    file = Path(output).suffix == ".safetensors"
+    check_output(
+        output, command=AVERAGE_COMMAND, overwrite=overwrite, inputs=checkpoints, flag="output", file=file
+    )
     states = [LazyStateDict(path) for path in checkpoints]
     check_compatible(states)
     return states

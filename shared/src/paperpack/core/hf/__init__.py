@@ -7,7 +7,12 @@ from paperpack.core.hf.callbacks import (
     read_callback_state,
     write_callback_state,
 )
-from paperpack.core.hf.generation import Completion, sample_completions
+from paperpack.core.hf.generation import (
+    Completion,
+    context_length,
+    encode_prompts,
+    sample_completions,
+)
 from paperpack.core.hf.tiny import (
     CHAT_TEMPLATE,
     SPECIAL_TOKENS,
@@ -36,7 +41,9 @@ __all__ = [
     "StatefulCallback",
     "check_training_args",
     "command_training_args",
+    "context_length",
     "default_corpus",
+    "encode_prompts",
     "load_model_and_tokenizer",
     "machine_defaults",
     "read_callback_state",
