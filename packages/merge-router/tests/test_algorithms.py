@@ -59,7 +59,9 @@ def test_layer_conflicts_match_the_reference(measure, unit, trim):
 def test_agreeing_block_conflicts_less_than_the_independent_one():
     base, experts = random_states()
     for measure in ("sign", "cosine", "l2_var"):
-        d = layer_conflicts(base, {f"t{i}": e for i, e in enumerate(experts)}, MediatorConfig(conflict=measure))
+        d = layer_conflicts(
+            base, {f"t{i}": e for i, e in enumerate(experts)}, MediatorConfig(conflict=measure)
+        )
         assert d["model.layers.0"] < d["model.layers.1"], measure
 
 
@@ -97,7 +99,8 @@ def test_units_match_the_reference(key, unit):
 
 
 @pytest.mark.parametrize(
-    ("mode", "threshold"), [("zscore", 1.0), ("zscore", 0.0), ("topk", 0.25), ("topk", 0.6), ("absolute", 0.4)]
+    ("mode", "threshold"),
+    [("zscore", 1.0), ("zscore", 0.0), ("topk", 0.25), ("topk", 0.6), ("absolute", 0.4)],
 )
 def test_select_routed_matches_the_reference(mode, threshold):
     g = torch.Generator().manual_seed(3)
@@ -122,7 +125,9 @@ def test_sparse_expert_keeps_exactly_the_requested_density(density, dtype):
     assert len(indices) == len(expected) == max(1, -(-round(density * 407, 6) // 1))
     assert indices.dtype == torch.int32 and values.dtype == dtype
     assert indices.tolist() == sorted(expected)
-    torch.testing.assert_close(values.float(), torch.tensor([expected[i] for i in sorted(expected)]).to(dtype).float())
+    torch.testing.assert_close(
+        values.float(), torch.tensor([expected[i] for i in sorted(expected)]).to(dtype).float()
+    )
 
 
 def test_add_sparse_applies_the_weighted_sum():
@@ -135,7 +140,8 @@ def test_add_sparse_applies_the_weighted_sum():
 
 
 @pytest.mark.parametrize(
-    ("temperature", "confidence", "top_k"), [(1.0, 0.9, 2), (2.0, 0.5, 3), (0.5, 1.0, 2), (1.0, 0.0, 2), (1.0, 0.9, 1)]
+    ("temperature", "confidence", "top_k"),
+    [(1.0, 0.9, 2), (2.0, 0.5, 3), (0.5, 1.0, 2), (1.0, 0.0, 2), (1.0, 0.9, 1)],
 )
 def test_decide_matches_the_reference(temperature, confidence, top_k):
     g = torch.Generator().manual_seed(4)

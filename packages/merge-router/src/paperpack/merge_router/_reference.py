@@ -57,7 +57,9 @@ def reference_conflicts(
     for key, theta0 in base.items():
         if not theta0.is_floating_point():
             continue
-        vectors = [[a - b for a, b in zip(_flat(expert[key]), _flat(theta0), strict=True)] for expert in experts]
+        vectors = [
+            [a - b for a, b in zip(_flat(expert[key]), _flat(theta0), strict=True)] for expert in experts
+        ]
         if measure == "sign":
             vectors = [_trimmed(tau, trim_density) for tau in vectors]
         rows = taus.setdefault(reference_unit(key, unit), [[] for _ in experts])
@@ -79,7 +81,9 @@ def reference_conflicts(
                     norm_i = math.sqrt(sum(x * x for x in rows[i]))
                     norm_j = math.sqrt(sum(x * x for x in rows[j]))
                     if norm_i > 0 and norm_j > 0:
-                        cosines.append(sum(x * y for x, y in zip(rows[i], rows[j], strict=True)) / norm_i / norm_j)
+                        cosines.append(
+                            sum(x * y for x, y in zip(rows[i], rows[j], strict=True)) / norm_i / norm_j
+                        )
             result[name] = 1 - sum(cosines) / len(cosines) if cosines else 0.0
         else:
             mean = [sum(column) / len(rows) for column in zip(*rows, strict=True)]

@@ -127,7 +127,9 @@ class MediatorReport:
 
 def _check_prompts(task_prompts: object, tasks: Sequence[str]) -> dict[str, list[str]]:
     if not isinstance(task_prompts, Mapping):
-        raise ConfigError(f"`task_prompts` must map each task name to a list of prompts, got {task_prompts!r}")
+        raise ConfigError(
+            f"`task_prompts` must map each task name to a list of prompts, got {task_prompts!r}"
+        )
     missing = [task for task in tasks if task not in task_prompts]
     if missing:
         raise ConfigError(
@@ -136,7 +138,9 @@ def _check_prompts(task_prompts: object, tasks: Sequence[str]) -> dict[str, list
         )
     extra = [task for task in task_prompts if task not in tasks]
     if extra:
-        raise ConfigError(f"`task_prompts` names task {extra[0]!r}, which is not an expert ({', '.join(tasks)})")
+        raise ConfigError(
+            f"`task_prompts` names task {extra[0]!r}, which is not an expert ({', '.join(tasks)})"
+        )
     prompts = {}
     for task in tasks:
         texts = task_prompts[task]
@@ -214,7 +218,9 @@ def prompt_features(
             if embedding is None:
                 raise ConfigError("layer-0 router features need the input embedding")
             rows.append(
-                embedding_features(embedding, batch["input_ids"], batch["attention_mask"], config.router_features)
+                embedding_features(
+                    embedding, batch["input_ids"], batch["attention_mask"], config.router_features
+                )
             )
         else:
             if model is None:
@@ -400,4 +406,3 @@ def compile_mediator(
         sparse_bytes=_folder_bytes(target / EXPERTS_FOLDER, "experts-*.safetensors"),
         router_bytes=_folder_bytes(target / EXPERTS_FOLDER, ROUTER_FILE),
     )
-

@@ -105,7 +105,7 @@ class MediatorConfig:
     )
     dense_params: dict[str, Any] = field(
         default_factory=dict,
-        metadata={"help": "the dense method's parameters, e.g. {\"density\": 0.2} for ties."},
+        metadata={"help": 'the dense method\'s parameters, e.g. {"density": 0.2} for ties.'},
     )
     sparse_density: float = field(
         default=0.1,
@@ -170,7 +170,9 @@ class MediatorConfig:
         if self.threshold_mode == "topk" and self.threshold is not None:
             check_number("threshold", self.threshold, greater_than=0, maximum=1)
         if self.threshold_mode == "absolute" and self.threshold is None:
-            raise ConfigError("`threshold_mode` absolute needs `threshold`, the d_l above which a unit is routed")
+            raise ConfigError(
+                "`threshold_mode` absolute needs `threshold`, the d_l above which a unit is routed"
+            )
         check_bool("route_embeddings", self.route_embeddings)
         if not isinstance(self.dense_params, dict):
             raise ConfigError(

@@ -46,7 +46,9 @@ def check_task_names(experts: object, *, what: str = "experts") -> list[str]:
         raise ConfigError(f"`{what}` must map task names to models, got {type(experts).__name__}")
     names = list(experts)
     if len(names) < 2:
-        raise ConfigError(f"`{what}` must hold at least two tasks (Mediator routes between them), got {names}")
+        raise ConfigError(
+            f"`{what}` must hold at least two tasks (Mediator routes between them), got {names}"
+        )
     for name in names:
         if not isinstance(name, str) or not _TASK_NAME.match(name):
             raise ConfigError(
@@ -59,11 +61,15 @@ def check_task_names(experts: object, *, what: str = "experts") -> list[str]:
 def _check_state_dicts(base: Mapping[str, Tensor], experts: Mapping[str, Mapping[str, Tensor]]) -> None:
     for name, state in experts.items():
         if not isinstance(state, Mapping):
-            raise ConfigError(f"expert {name!r} must be a model folder or a state dict, got {type(state).__name__}")
+            raise ConfigError(
+                f"expert {name!r} must be a model folder or a state dict, got {type(state).__name__}"
+            )
         missing = [key for key in base if key not in state]
         extra = [key for key in state if key not in base]
         if missing or extra:
-            key, where = (missing[0], "is in `base` but not in") if missing else (extra[0], "is not in `base` but in")
+            key, where = (
+                (missing[0], "is in `base` but not in") if missing else (extra[0], "is not in `base` but in")
+            )
             raise CheckpointError(
                 f"mismatched architectures: {key!r} {where} expert {name!r} ({len(missing) + len(extra)} such "
                 "key(s))"

@@ -84,7 +84,9 @@ class MediatorModel(nn.Module):
         parameters = dict(model.named_parameters())
         missing = [key for key in self.routed_keys if key not in parameters]
         if missing:
-            raise CheckpointError(f"the dense model has no parameter {missing[0]!r}, which the sparse experts route")
+            raise CheckpointError(
+                f"the dense model has no parameter {missing[0]!r}, which the sparse experts route"
+            )
         self._parameters_by_key = {key: parameters[key] for key in self.routed_keys}
         self._dense = {key: parameter.detach().clone() for key, parameter in self._parameters_by_key.items()}
         self._experts = {
@@ -133,7 +135,9 @@ class MediatorModel(nn.Module):
         router_info = description["router"]
         router = Router(router_info["in_features"], len(description["tasks"]), router_info["hidden_size"])
         router.load_state_dict(load_state_dict(path / EXPERTS_FOLDER / ROUTER_FILE))
-        experts = {task: _read_expert(path, task, description["routed_keys"]) for task in description["tasks"]}
+        experts = {
+            task: _read_expert(path, task, description["routed_keys"]) for task in description["tasks"]
+        }
         return cls(model, tokenizer, router.to(run_device).eval(), experts, config, description)
 
     def save_pretrained(self, folder: PathLike, *, overwrite: bool = False) -> Path:
@@ -158,7 +162,9 @@ class MediatorModel(nn.Module):
                 tensors: dict[str, Tensor] = {}
                 for key, (indices, values) in self._experts[task].items():
                     numel = self._parameters_by_key[key].numel()
-                    tensors[key + INDEX_SUFFIX] = indices.to(torch.int32 if numel < 2**31 else torch.int64).cpu()
+                    tensors[key + INDEX_SUFFIX] = indices.to(
+                        torch.int32 if numel < 2**31 else torch.int64
+                    ).cpu()
                     tensors[key + VALUE_SUFFIX] = values.cpu().contiguous()
                 save_file(tensors, staging / expert_file(task), metadata={"format": "pt"})
             save_router(self.router, staging / EXPERTS_FOLDER / ROUTER_FILE)
@@ -229,7 +235,9 @@ class MediatorModel(nn.Module):
         self._check_tasks([name for name in tasks if name is not None])
         unforced = [row for row, name in enumerate(tasks) if name is None]
         routed = (
-            self.route_inputs(input_ids[unforced], None if attention_mask is None else attention_mask[unforced])
+            self.route_inputs(
+                input_ids[unforced], None if attention_mask is None else attention_mask[unforced]
+            )
             if unforced
             else []
         )
@@ -345,7 +353,9 @@ class MediatorModel(nn.Module):
         if len(groups) > 1:
             used = [name for name in _SINGLE_GROUP_OPTIONS if generate_kwargs.get(name)]
             if used:
-                raise ConfigError(f"`{used[0]}` needs one routing choice per batch; this batch has {len(groups)}")
+                raise ConfigError(
+                    f"`{used[0]}` needs one routing choice per batch; this batch has {len(groups)}"
+                )
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **generate_kwargs}
         batch = input_ids.shape[0]
         outputs: list[tuple[list[int], Tensor]] = []

@@ -55,7 +55,9 @@ class Routing:
     @property
     def key(self) -> tuple[tuple[str, float], ...]:
         """What identifies the routed weights: (task, weight) pairs, weights rounded to 6 decimals."""
-        return tuple((name, round(weight, 6)) for name, weight in zip(self.experts, self.weights, strict=True))
+        return tuple(
+            (name, round(weight, 6)) for name, weight in zip(self.experts, self.weights, strict=True)
+        )
 
     @classmethod
     def forced(cls, task: str) -> Routing:
@@ -99,7 +101,9 @@ def pool(hidden: Tensor, attention_mask: Tensor, how: RouterFeatures) -> Tensor:
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
-def embedding_features(embedding: Tensor, input_ids: Tensor, attention_mask: Tensor, how: RouterFeatures) -> Tensor:
+def embedding_features(
+    embedding: Tensor, input_ids: Tensor, attention_mask: Tensor, how: RouterFeatures
+) -> Tensor:
     """Layer-0 features: the rows E[x_t] of the input embedding matrix, pooled."""
     return pool(embedding[input_ids.to(embedding.device)], attention_mask, how)
 
