@@ -58,7 +58,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     compile_.add_argument("recipe", metavar="RECIPE.yaml", help="base_model, experts, prompts, mediator")
     add_shared_arguments(compile_, "output", "overwrite", "device", "progress", required=("output",))
-    add_flag(compile_, "max_shard_size", str, default="5GB", metavar="SIZE", help="bytes per dense-model shard")
+    add_flag(
+        compile_, "max_shard_size", str, default="5GB", metavar="SIZE", help="bytes per dense-model shard"
+    )
     names = add_config_arguments(compile_, MediatorConfig, title="mediator (over the recipe's `mediator:`)")
     compile_.set_defaults(handler=_compile, config_fields=names)
 
@@ -94,7 +96,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "chosen sparse experts; prints the routing and the completion of each prompt.",
     )
     add_flag(generate, "prompt", list[str], required=True, metavar="TEXT", help="one or more prompts")
-    add_flag(generate, "task", str, metavar="NAME", help="use this task's expert for every prompt (no routing)")
+    add_flag(
+        generate, "task", str, metavar="NAME", help="use this task's expert for every prompt (no routing)"
+    )
     add_flag(generate, "max_new_tokens", int, default=32, metavar="N", help="tokens to generate per prompt")
     add_shared_arguments(
         generate,
@@ -176,7 +180,9 @@ def _config(fields: dict[str, Any], source: str) -> Any:
     known = {f.name for f in dataclasses.fields(MediatorConfig)}
     unknown = [name for name in fields if name not in known]
     if unknown:
-        raise ConfigError(f"unknown MediatorConfig field {unknown[0]!r} in {source}; allowed: {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"unknown MediatorConfig field {unknown[0]!r} in {source}; allowed: {', '.join(sorted(known))}"
+        )
     return MediatorConfig(**fields)
 
 
@@ -238,7 +244,9 @@ def _conflicts(args: argparse.Namespace) -> int:
     if args.output is not None:
         if Path(args.output).suffix.lower() != ".png":
             raise ConfigError(f"`output` must be a .png file, got {args.output!r}")
-        check_output(args.output, command="merge-router conflicts", inputs=[args.base, *experts.values()], file=True)
+        check_output(
+            args.output, command="merge-router conflicts", inputs=[args.base, *experts.values()], file=True
+        )
     conflicts = layer_conflicts(args.base, experts, config, device=args.device, progress=args.progress)
     _print_conflicts(conflicts, set())
     if args.output is not None:
@@ -281,7 +289,9 @@ def _generate(args: argparse.Namespace) -> int:
     output = mediator.generate(**batch, routing=routings, max_new_tokens=args.max_new_tokens, do_sample=False)
     start = batch["input_ids"].shape[1]
     for text, routing, ids in zip(args.prompt, routings, output, strict=True):
-        mix = ", ".join(f"{name} {weight:.2f}" for name, weight in zip(routing.experts, routing.weights, strict=True))
+        mix = ", ".join(
+            f"{name} {weight:.2f}" for name, weight in zip(routing.experts, routing.weights, strict=True)
+        )
         print(f"[{mix}; confidence {routing.confidence:.3f}] {text!r}")
         print(f"  -> {tokenizer.decode(ids[start:], skip_special_tokens=True)!r}")
     return 0
