@@ -136,7 +136,7 @@ def reference_decide(
 def reference_average(states: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
     """Plain averaging, mean_i θ_i, of every floating-point tensor."""
     return {
-        key: sum((state[key].double() for state in states), torch.zeros(())) / len(states)  # type: ignore[misc]
+        key: sum((state[key].double() for state in states), torch.zeros(())) / len(states)
         for key in states[0]
         if states[0][key].is_floating_point()
     }

@@ -182,7 +182,7 @@ def _skeleton(base: PathLike) -> _Skeleton:
 
     config = AutoConfig.from_pretrained(base)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
     state = model.state_dict(keep_vars=True)
     inputs = model.get_input_embeddings().weight
     outputs = model.get_output_embeddings()
@@ -241,12 +241,12 @@ def prompt_features(
 def _dense_model(skeleton: _Skeleton, dense: dict[str, Tensor], device: torch.device) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_config(skeleton.config)
+    model: torch.nn.Module = AutoModelForCausalLM.from_config(skeleton.config)  # type: ignore[no-untyped-call]
     missing, unexpected = model.load_state_dict(dense, strict=False)
     tied = skeleton.vocabulary_keys
     if unexpected or any(key not in tied for key in missing):
         raise CheckpointError(f"the dense model's tensors do not fit its config: missing {missing[:3]}")
-    model.tie_weights()
+    model.tie_weights()  # type: ignore[operator]
     return model.to(device).eval()
 
 

@@ -116,7 +116,7 @@ def run_demo(ctx: DemoContext) -> DemoReport:
     config = ExperimentConfig(
         seeds=ctx.seeds(quick=1, full=3),
         pretrain_steps=ctx.pick(quick=60, full=150),
-        finetune_steps=ctx.pick(quick=100, full=300),
+        finetune_steps=ctx.pick(quick=150, full=300),
         train_examples=ctx.pick(quick=300, full=2000),
         test_examples=ctx.pick(quick=50, full=100),
     )
@@ -143,7 +143,8 @@ def run_demo(ctx: DemoContext) -> DemoReport:
         tables=_tables(result),
         plots=[plot, bars],
         notes=[
-            "Tasks: sort 5 digits, reverse them, count a digit, sum mod 10; each with its own prompt words. "
+            "Tasks on five random digits: the first, the last, the count of a given digit, the first plus one mod 10; "
+            "each with its own prompt words. "
             "The base is trained on their mixture, each expert on its task alone (AdamW 3e-3, batch 32).",
             "Accuracy is exact match of the answer under teacher forcing, on held-out examples.",
             "Storage counts every file of the Mediator folder (dense model, sparse experts, router, "

@@ -1,7 +1,8 @@
 """The small experiment behind the demo: four experts of one tiny Llama, merged six ways, and Mediator.
 
-Four synthetic tasks, each with its own prompt format (its own marker words), answered by a short digit
-sequence: sort, reverse, the count of a digit, and a sum mod 10. A tiny Llama (4 decoder layers) is trained
+Four synthetic tasks on five random digits, each with its own prompt format (its own marker words), answered
+by one digit: the first digit, the last digit, the count of a given digit, and the first digit plus one mod 10
+(which conflicts with "first" on the same input position). A tiny Llama (4 decoder layers) is trained
 briefly on a mixture of all four (the shared base), then fine-tuned on each task alone (the four experts).
 Every arm is scored by exact match of the answer under teacher forcing (every answer token is the argmax),
 on held-out examples of each task:
@@ -41,7 +42,7 @@ __all__ = [
     "run_experiment",
 ]
 
-TASK_NAMES = ("sort", "reverse", "count", "modsum")
+TASK_NAMES = ("first", "last", "count", "successor")
 #: The r-tsvm merges compared with Mediator: arm name -> (method, parameters).
 BASELINE_MERGES: dict[str, tuple[str, dict[str, Any]]] = {
     "plain averaging": ("linear", {}),
@@ -67,21 +68,15 @@ def make_examples(task: str, count: int, seed: int) -> list[tuple[str, str]]:
     for _ in range(count):
         digits = [rng.randrange(10) for _ in range(5)]
         text = " ".join(map(str, digits))
-        if task == "sort":
-            examples.append(
-                (f"please sort these digits : {text} =", " " + " ".join(map(str, sorted(digits))))
-            )
-        elif task == "reverse":
-            examples.append(
-                (f"read backwards the list [ {text} ] ->", " " + " ".join(map(str, digits[::-1])))
-            )
+        if task == "first":
+            examples.append((f"what is the first digit of : {text} ?", f" {digits[0]}"))
+        elif task == "last":
+            examples.append((f"tell me the final digit in [ {text} ] ->", f" {digits[-1]}"))
         elif task == "count":
             target = rng.choice(digits)
-            examples.append(
-                (f"how many times does {target} occur in ( {text} ) ?", f" {digits.count(target)}")
-            )
-        elif task == "modsum":
-            examples.append((f"add mod ten : {' + '.join(map(str, digits))} equals", f" {sum(digits) % 10}"))
+            examples.append((f"how many times does {target} occur in ( {text} ) ?", f" {digits.count(target)}"))
+        elif task == "successor":
+            examples.append((f"add one mod ten to the leading digit : {text} =", f" {(digits[0] + 1) % 10}"))
         else:
             raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASK_NAMES)}")
     return examples
@@ -216,7 +211,8 @@ def _mediator_arm(
     mediator = MediatorModel.from_pretrained(folder, device="cpu")
 
     def mediator_logits(batch: dict[str, Tensor], prompts: list[str]) -> Tensor:
-        return mediator(**batch, routing=mediator.route(prompts))
+        logits: Tensor = mediator(**batch, routing=mediator.route(prompts))
+        return logits
 
     hits = [
         routing.experts[0] == task
@@ -282,7 +278,7 @@ def run_experiment(
             base_state = base.state_dict()
             states = [experts[task].state_dict() for task in TASK_NAMES]
             for arm, (method, params) in BASELINE_MERGES.items():
-                merged = copy.deepcopy(base)
+                merged: Any = copy.deepcopy(base)
                 merged.load_state_dict(merge_state_dicts(method, base_state, states, **params))
                 arms.append(ArmResult(arm, seed, scores(_model_logits(merged.eval())), model_bytes))
 

@@ -74,7 +74,7 @@ class MediatorModel(nn.Module):
         description: Mapping[str, Any],
     ) -> None:
         super().__init__()
-        self.model = model
+        self.model: Any = model
         self.router = router
         self.tokenizer = tokenizer
         self.config = config
@@ -129,7 +129,8 @@ class MediatorModel(nn.Module):
         config = MediatorConfig(**description["config"])
         run_device = resolve_device("auto" if device is None else device)
         torch_dtype: Any = "auto" if dtype is None else resolve_dtype(dtype, run_device)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(run_device).eval()
+        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        model = model.to(run_device).eval()
         tokenizer = AutoTokenizer.from_pretrained(path)
         ensure_pad_token(tokenizer)
         router_info = description["router"]
@@ -176,7 +177,8 @@ class MediatorModel(nn.Module):
     @property
     def device(self) -> torch.device:
         """The device of the dense model."""
-        return next(self.model.parameters()).device
+        device: torch.device = next(self.model.parameters()).device
+        return device
 
     @torch.no_grad()
     def route(self, texts: Sequence[str]) -> list[Routing]:

@@ -145,7 +145,7 @@ def decide(logits: Tensor, tasks: Sequence[str], config: MediatorConfig) -> list
 def _split(labels: Tensor, holdout: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """Stratified split: per task, ``round(holdout · count)`` prompts held out (at least one kept for training)."""
     train, held = [], []
-    for task in labels.unique():
+    for task in sorted(set(labels.tolist())):
         rows = (labels == task).nonzero().flatten()
         rows = rows[torch.randperm(len(rows), generator=generator)]
         count = min(round(holdout * len(rows)), len(rows) - 1)
