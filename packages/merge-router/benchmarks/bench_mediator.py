@@ -72,7 +72,9 @@ def arm(name: str, work: Path, output: Path) -> dict[str, float]:
             from paperpack.r_tsvm import MergeConfig, ModelSpec, merge_checkpoints
 
             recipe = MergeConfig(
-                merge_method="ties", base_model=str(work / "base"), models=[ModelSpec(model=str(work / t)) for t in TASKS]
+                merge_method="ties",
+                base_model=str(work / "base"),
+                models=[ModelSpec(model=str(work / t)) for t in TASKS],
             )
             merge_checkpoints(recipe, output, progress=False)
         seconds = time.perf_counter() - start
@@ -102,7 +104,9 @@ def throughput(work: Path, rounds: int) -> tuple[float, float]:
             start = time.perf_counter()
             with torch.no_grad():
                 if name == "mediator":
-                    mediator.generate(**batch, task="first", max_new_tokens=new, min_new_tokens=new, do_sample=False)
+                    mediator.generate(
+                        **batch, task="first", max_new_tokens=new, min_new_tokens=new, do_sample=False
+                    )
                 else:
                     dense.generate(**batch, max_new_tokens=new, min_new_tokens=new, do_sample=False)
             rates[name].append(4 * new / (time.perf_counter() - start))
@@ -139,17 +143,23 @@ def main() -> None:
         sparse = folder_bytes(work / "mediator-0" / "mediator", "experts-*")
         description = json.loads((work / "mediator-0" / "mediator_config.json").read_text())
         print(f"routed units: {description['routed_units']}")
-        print(f"storage: one model {one} B; Mediator folder {mediator} B = {mediator / one:.3f} x one model "
-              f"(sparse experts {sparse} B); four full models = 4.000 x; plain averaging = 1.000 x")
+        print(
+            f"storage: one model {one} B; Mediator folder {mediator} B = {mediator / one:.3f} x one model "
+            f"(sparse experts {sparse} B); four full models = 4.000 x; plain averaging = 1.000 x"
+        )
         for key in ("seconds", "peak_bytes"):
             med = statistics.median(r[key] for r in results["mediator"])
             ties = statistics.median(r[key] for r in results["ties"])
-            print(f"compile {key}: Mediator {med:.3g}, TIES {ties:.3g}, ratio {med / ties:.3f} "
-                  f"(medians of {args.rounds}; rounds: {[round(r[key], 3) for r in results['mediator']]} vs "
-                  f"{[round(r[key], 3) for r in results['ties']]})")
+            print(
+                f"compile {key}: Mediator {med:.3g}, TIES {ties:.3g}, ratio {med / ties:.3f} "
+                f"(medians of {args.rounds}; rounds: {[round(r[key], 3) for r in results['mediator']]} vs "
+                f"{[round(r[key], 3) for r in results['ties']]})"
+            )
         routed, dense = throughput(work, args.rounds)
-        print(f"generate (batch 4, one routing choice, 16 new tokens): Mediator {routed:.1f} tok/s, dense model "
-              f"{dense:.1f} tok/s, ratio {routed / dense:.3f}")
+        print(
+            f"generate (batch 4, one routing choice, 16 new tokens): Mediator {routed:.1f} tok/s, dense model "
+            f"{dense:.1f} tok/s, ratio {routed / dense:.3f}"
+        )
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -32,7 +32,7 @@ def random_states(count=3, seed=0):
     base = {key: torch.randn(shape, generator=g) for key, shape in shapes.items()}
     base["model.position_ids"] = torch.arange(4)  # an integer buffer: skipped
     experts = []
-    for index in range(count):
+    for _ in range(count):
         expert = {key: value.clone() for key, value in base.items()}
         for key, shape in shapes.items():
             shift = 0.1 * torch.randn(shape, generator=g)

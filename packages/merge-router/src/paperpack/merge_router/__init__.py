@@ -1,8 +1,8 @@
-"""paperpack-merge-router: Mediator, average-or-route merging with uncertainty-based routing (arXiv:2502.04411).
+"""paperpack-merge-router: Mediator, average-or-route merging with uncertainty routing (arXiv:2502.04411).
 
 Measure the parameter conflict d_l of each layer between experts fine-tuned from one base; average the layers
-with little conflict; keep the others as one dense expert plus one sparse expert per task, and route each input
-sequence to its task's sparse expert (or a confidence-weighted mix of the top experts when the router is
+with little conflict; keep the others as one dense expert plus one sparse expert per task, and route each
+input sequence to its task's sparse expert (or a confidence-weighted mix of the top experts when the router is
 unsure). Merges come from paperpack-r-tsvm.
 
 The public names are imported on first use, so that ``paperpack merge-router --help`` does not pay for torch.

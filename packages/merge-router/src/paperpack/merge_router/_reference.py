@@ -1,4 +1,4 @@
-"""Slow, literal references of Mediator's pieces, for the tests: plain Python over flat lists, one formula each.
+"""Slow, literal references of Mediator's pieces, for the tests: plain Python over flat lists.
 
 Each function follows the formula in the docs of the fast module it checks, coordinate by coordinate, with no
 vectorisation and no shared helpers, so that a mistake in the fast code is not repeated here.
@@ -23,7 +23,7 @@ __all__ = [
 
 
 def reference_unit(key: str, unit: str) -> str:
-    """The unit of a key: up to its first all-digit component (decoder_block), else without its last component."""
+    """A key's unit: up to its first all-digit component (decoder_block), else without its last component."""
     parts = key.split(".")
     if unit == "decoder_block":
         for position, part in enumerate(parts):

@@ -117,17 +117,40 @@ def _fields(cls: type[Any]) -> list[Any]:
     return list(dataclasses.fields(cls))
 
 
+def _read_prompts(value: object, root: Path, name: str) -> dict[str, list[str]]:
+    """The recipe's ``prompts``: per task a list, or a .jsonl file (under ``root``) with a "text" field."""
+    from paperpack.core.data import read_jsonl
+
+    if not isinstance(value, dict):
+        raise ConfigError(f"`prompts` in {name} must map task names to prompts, got {value!r}")
+    prompts: dict[str, list[str]] = {}
+    for task, texts in value.items():
+        if isinstance(texts, str):
+            file = root / texts
+            if not file.is_file():
+                raise ConfigError(f"`prompts` of task {task!r} in {name}: {os.fspath(file)!r} is not a file")
+            prompts[task] = [record["text"] for record in read_jsonl(file, required=("text",))]
+        elif isinstance(texts, list):
+            prompts[task] = texts
+        else:
+            raise ConfigError(
+                f"`prompts` of task {task!r} in {name} must be a list of prompts or a .jsonl file, "
+                f"got {texts!r}"
+            )
+    return prompts
+
+
 def read_recipe(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a ``compile`` recipe: paths resolved against its folder, prompt files read, every key checked.
 
     Returns:
-        ``{"base_model": Path, "experts": {task: Path}, "prompts": {task: [str]}, "mediator": {field: value}}``.
+        ``{"base_model": Path, "experts": {task: Path}, "prompts": {task: [str]},
+        "mediator": {field: value}}``.
 
     Raises:
         ConfigError: naming the recipe's bad key or value.
         FileNotFoundError: when the recipe or a prompt file does not exist.
     """
-    from paperpack.core.data import read_jsonl
     from paperpack.core.yaml_io import load_yaml
 
     recipe = load_yaml(path)
@@ -146,21 +169,7 @@ def read_recipe(path: str | os.PathLike[str]) -> dict[str, Any]:
     experts = recipe["experts"]
     if not isinstance(experts, dict) or not all(isinstance(v, str) for v in experts.values()):
         raise ConfigError(f"`experts` in {name} must map task names to folders, got {experts!r}")
-    prompts: dict[str, list[str]] = {}
-    if not isinstance(recipe["prompts"], dict):
-        raise ConfigError(f"`prompts` in {name} must map task names to prompts, got {recipe['prompts']!r}")
-    for task, value in recipe["prompts"].items():
-        if isinstance(value, str):
-            file = root / value
-            if not file.is_file():
-                raise ConfigError(f"`prompts` of task {task!r} in {name}: {os.fspath(file)!r} is not a file")
-            prompts[task] = [record["text"] for record in read_jsonl(file, required=("text",))]
-        elif isinstance(value, list):
-            prompts[task] = value
-        else:
-            raise ConfigError(
-                f"`prompts` of task {task!r} in {name} must be a list of prompts or a .jsonl file, got {value!r}"
-            )
+    prompts = _read_prompts(recipe["prompts"], root, name)
     mediator = recipe.get("mediator") or {}
     if not isinstance(mediator, dict):
         raise ConfigError(f"`mediator` in {name} must map MediatorConfig fields to values, got {mediator!r}")
@@ -208,7 +217,8 @@ def _compile(args: argparse.Namespace) -> int:
     accuracy = "n/a" if report.router_accuracy is None else f"{report.router_accuracy:.3f}"
     print(
         f"wrote {report.output}: {len(report.routed_units)} of {len(report.conflicts)} units routed "
-        f"({report.routed_fraction:.1%} of the parameters), {len(report.tasks)} tasks, router held-out accuracy "
+        f"({report.routed_fraction:.1%} of the parameters), {len(report.tasks)} tasks, router held-out "
+        "accuracy "
         f"{accuracy}, {report.storage_bytes} bytes"
     )
     _print_conflicts(report.conflicts, set(report.routed_units))

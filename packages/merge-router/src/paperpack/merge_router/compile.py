@@ -3,8 +3,8 @@
 Two streaming passes over the checkpoints (memory: one tensor per expert at a time, plus what the merge method
 needs for that tensor), then the router:
 
-1. d_l for every unit (:func:`~paperpack.merge_router.layer_conflicts`); the units past the threshold are routed
-   (:func:`~paperpack.merge_router.select_routed`); the input embeddings and the LM head only with
+1. d_l for every unit (:func:`~paperpack.merge_router.layer_conflicts`); the units past the threshold are
+   routed (:func:`~paperpack.merge_router.select_routed`); the input embeddings and the LM head only with
    ``route_embeddings``.
 2. Per tensor: in an averaged unit θ* = mean_i θ_i (r-tsvm's ``linear``); in a routed unit the dense expert
    D = ``dense_method``(θ_0, θ_1..θ_n) and, per task, S_i = TopK(θ_i − D, δ). D (or θ*) goes to the dense
@@ -16,7 +16,7 @@ The output folder, written atomically (nothing is left on failure)::
     mediator/                         # --output
     ├── config.json, model.safetensors (or shards + index), tokenizer files, generation_config.json
     │                                 # the dense model: AutoModelForCausalLM.from_pretrained loads it alone
-    ├── mediator_config.json          # tasks, routed units and keys, d_l per unit, the config, the router's sizes
+    ├── mediator_config.json          # tasks, routed units and keys, d_l per unit, config, router sizes
     └── mediator/
         ├── experts-<task>.safetensors   # per routed tensor: "<key>.idx" (int32) and "<key>.val"
         └── router.safetensors
@@ -30,7 +30,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +117,6 @@ class MediatorReport:
     dense_bytes: int = 0
     sparse_bytes: int = 0
     router_bytes: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def routed_fraction(self) -> float:
@@ -254,6 +253,51 @@ def _folder_bytes(folder: Path, pattern: str) -> int:
     return sum(path.stat().st_size for path in folder.glob(pattern) if path.is_file())
 
 
+def _router(
+    prompts: Mapping[str, Sequence[str]],
+    tasks: Sequence[str],
+    tokenizer: Any,
+    *,
+    config: MediatorConfig,
+    embedding: Tensor | None,
+    dense: tuple[_Skeleton, dict[str, Tensor]],
+    device: torch.device,
+) -> tuple[Router, float | None]:
+    """Train the router on every task's prompts.
+
+    The features come from the dense embedding, or past layer 0 from the dense model built from ``dense``.
+    """
+    model = _dense_model(*dense, device) if config.router_layer > 0 else None
+    labels = torch.tensor([index for index, task in enumerate(tasks) for _ in prompts[task]])
+    texts = [text for task in tasks for text in prompts[task]]
+    features = prompt_features(texts, tokenizer, config, embedding=embedding, model=model)
+    return train_router(features.to(device), labels.to(device), len(tasks), config)
+
+
+def _check_inputs(
+    base: PathLike,
+    experts: Mapping[str, PathLike],
+    task_prompts: Mapping[str, Sequence[str]],
+    config: MediatorConfig,
+) -> tuple[list[str], dict[str, list[str]], list[str], _Skeleton]:
+    """Check everything compile_mediator reads before it writes: (tasks, prompts, input paths, skeleton)."""
+    from paperpack.r_tsvm import get_method
+
+    if not isinstance(config, MediatorConfig):
+        raise TypeError(f"`config` must be a MediatorConfig, got {type(config).__name__}")
+    tasks = check_task_names(experts)
+    prompts = _check_prompts(task_prompts, tasks)
+    _check_paths(base, experts)
+    get_method(config.dense_method).check_inputs(has_base=True, count=len(tasks), has_statistics=False)
+    skeleton = _skeleton(base)
+    if config.router_layer > skeleton.num_layers:
+        raise ConfigError(
+            f"`router_layer` must be at most the model's {skeleton.num_layers} decoder layers, got "
+            f"{config.router_layer}"
+        )
+    return tasks, prompts, [os.fspath(base), *(os.fspath(path) for path in experts.values())], skeleton
+
+
 def compile_mediator(
     base: PathLike,
     experts: Mapping[str, PathLike],
@@ -266,7 +310,7 @@ def compile_mediator(
     progress: bool = False,
     max_shard_size: int | str = "5GB",
 ) -> MediatorReport:
-    """Compile experts fine-tuned from one base into a Mediator folder (see the module docstring for the layout).
+    """Compile experts fine-tuned from one base into a Mediator folder (the layout: the module docstring).
 
     Args:
         base: θ_0, a transformers model folder (its config and tokenizer go to the dense model).
@@ -298,23 +342,11 @@ def compile_mediator(
     """
     from paperpack.r_tsvm import get_method
 
-    if not isinstance(config, MediatorConfig):
-        raise TypeError(f"`config` must be a MediatorConfig, got {type(config).__name__}")
-    tasks = check_task_names(experts)
-    prompts = _check_prompts(task_prompts, tasks)
-    _check_paths(base, experts)
-    inputs = [os.fspath(base), *(os.fspath(path) for path in experts.values())]
+    tasks, prompts, inputs, skeleton = _check_inputs(base, experts, task_prompts, config)
     target = check_output(output, command=COMPILE_COMMAND, overwrite=overwrite, inputs=inputs, flag="output")
     method = get_method(config.dense_method)
-    method.check_inputs(has_base=True, count=len(tasks), has_statistics=False)
     method_config = config.dense_method_config()
     averaging = get_method("linear")
-    skeleton = _skeleton(base)
-    if config.router_layer > skeleton.num_layers:
-        raise ConfigError(
-            f"`router_layer` must be at most the model's {skeleton.num_layers} decoder layers, got "
-            f"{config.router_layer}"
-        )
     tokenizer = _load_tokenizer(base)
     run_device = resolve_device(device)
 
@@ -328,7 +360,6 @@ def compile_mediator(
     routed_parameters = total_parameters = 0
     embedding: Tensor | None = None
     dense_state: dict[str, Tensor] = {}
-    accuracy: float | None = None
     with ExitStack() as stack:
         writer = stack.enter_context(
             StateDictWriter(
@@ -356,10 +387,7 @@ def compile_mediator(
             total_parameters += theta0.numel()
             if unit_of(key, config.unit) in routed_units:
                 dense = method(theta0, group.tensors, config=method_config, key=key).to(theta0.dtype)
-                for task, tensor in zip(tasks, group.tensors, strict=True):
-                    indices, values = extract_sparse(tensor, dense, config.sparse_density)
-                    sparse[task].add(key + INDEX_SUFFIX, indices.cpu())
-                    sparse[task].add(key + VALUE_SUFFIX, values.cpu())
+                _write_sparse(key, dense, dict(zip(tasks, group.tensors, strict=True)), sparse, config)
                 routed_keys.append(key)
                 routed_parameters += theta0.numel()
             else:
@@ -371,12 +399,15 @@ def compile_mediator(
             if config.router_layer > 0:
                 dense_state[key] = dense
         copy_model_files(base, staging)
-        labels = torch.tensor([index for index, task in enumerate(tasks) for _ in prompts[task]])
-        texts = [text for task in tasks for text in prompts[task]]
-        model = _dense_model(skeleton, dense_state, run_device) if config.router_layer > 0 else None
-        features = prompt_features(texts, tokenizer, config, embedding=embedding, model=model)
-        del model, dense_state
-        router, accuracy = train_router(features.to(run_device), labels.to(run_device), len(tasks), config)
+        router, accuracy = _router(
+            prompts,
+            tasks,
+            tokenizer,
+            config=config,
+            embedding=embedding,
+            dense=(skeleton, dense_state),
+            device=run_device,
+        )
         save_router(router, staging / EXPERTS_FOLDER / ROUTER_FILE)
         description = {
             "format_version": FORMAT_VERSION,
@@ -401,8 +432,25 @@ def compile_mediator(
         routed_parameters=routed_parameters,
         total_parameters=total_parameters,
         router_accuracy=accuracy,
-        storage_bytes=_folder_bytes(target, "**/*"),
-        dense_bytes=_folder_bytes(target, "*.safetensors"),
-        sparse_bytes=_folder_bytes(target / EXPERTS_FOLDER, "experts-*.safetensors"),
-        router_bytes=_folder_bytes(target / EXPERTS_FOLDER, ROUTER_FILE),
+        **_storage(target),
     )
+
+
+def _write_sparse(
+    key: str, dense: Tensor, tensors: Mapping[str, Tensor], writers: Mapping[str, Any], config: MediatorConfig
+) -> None:
+    """S_i = TopK(θ_i − D, δ) of one routed tensor, added to each task's sparse expert file."""
+    for task, tensor in tensors.items():
+        indices, values = extract_sparse(tensor, dense, config.sparse_density)
+        writers[task].add(key + INDEX_SUFFIX, indices.cpu())
+        writers[task].add(key + VALUE_SUFFIX, values.cpu())
+
+
+def _storage(folder: Path) -> dict[str, int]:
+    """The report's byte counts of a compiled folder."""
+    return {
+        "storage_bytes": _folder_bytes(folder, "**/*"),
+        "dense_bytes": _folder_bytes(folder, "*.safetensors"),
+        "sparse_bytes": _folder_bytes(folder / EXPERTS_FOLDER, "experts-*.safetensors"),
+        "router_bytes": _folder_bytes(folder / EXPERTS_FOLDER, ROUTER_FILE),
+    }

@@ -63,7 +63,8 @@ class MediatorConfig:
     trim_density: float = field(
         default=0.2,
         metadata={
-            "help": "sign conflict only: the fraction of each task vector's largest-magnitude entries that vote "
+            "help": "sign conflict only: the fraction of each task vector's largest-magnitude entries that "
+            "vote "
             "(per tensor; the paper's 'parameter denoising'). Default ours (TIES's top-20%%)."
         },
     )
@@ -78,13 +79,15 @@ class MediatorConfig:
         default="zscore",
         metadata={
             "help": "which units are routed: zscore (d_l > mean + threshold x std over the routable units), "
-            "topk (the `threshold` fraction with the highest d_l) or absolute (d_l > threshold). Default ours."
+            "topk (the `threshold` fraction with the highest d_l) or absolute (d_l > threshold). "
+            "Default ours."
         },
     )
     threshold: float | None = field(
         default=None,
         metadata={
-            "help": "the threshold's value: z for zscore (default 1.0), the routed fraction in (0, 1] for topk "
+            "help": "the threshold's value: z for zscore (default 1.0), the routed fraction in (0, 1] for "
+            "topk "
             "(default 0.25), the d_l cut for absolute (required). Defaults ours; the paper gives none."
         },
     )
@@ -176,7 +179,8 @@ class MediatorConfig:
         check_bool("route_embeddings", self.route_embeddings)
         if not isinstance(self.dense_params, dict):
             raise ConfigError(
-                f"`dense_params` must be a mapping of the dense method's parameters, got {self.dense_params!r}"
+                "`dense_params` must be a mapping of the dense method's parameters, got "
+                f"{self.dense_params!r}"
             )
         self.dense_method_config()
         check_number("sparse_density", self.sparse_density, greater_than=0, maximum=1)

@@ -8,7 +8,8 @@ weighs its tensors by their size):
   entries (per tensor, TIES's trim: the paper's "parameter denoising"); among the coordinates where at least
   one trimmed τ_i is nonzero, d_l is the fraction where both a positive and a negative one occur:
 
-  \[ d_l = \frac{\#\{c : \exists i, j,\ \hat\tau_{i,c} > 0 > \hat\tau_{j,c}\}}{\#\{c : \exists i,\ \hat\tau_{i,c} \ne 0\}} \]
+  \[ d_l = \frac{\#\{c : \exists i, j,\ \hat\tau_{i,c} > 0 > \hat\tau_{j,c}\}}
+  {\#\{c : \exists i,\ \hat\tau_{i,c} \ne 0\}} \]
 
 - ``cosine``: one minus the mean pairwise cosine similarity of the experts' task vectors over the unit,
   \( d_l = 1 - \frac{2}{n(n-1)} \sum_{i<j} \cos(\tau_i, \tau_j) \) (pairs with a zero vector are left out).
@@ -43,7 +44,7 @@ __all__ = [
 
 
 def kept_count(numel: int, density: float) -> int:
-    """k = ⌈δ·N⌉ entries of N kept at density δ (at least one; δ·N rounded to 6 decimals first).
+    """K = ⌈δ·N⌉ entries of N kept at density δ (at least one; δ·N rounded to 6 decimals first).
 
     Examples:
         >>> kept_count(1000, 0.1), kept_count(7, 0.5), kept_count(3, 1e-6)
@@ -53,7 +54,7 @@ def kept_count(numel: int, density: float) -> int:
 
 
 def top_magnitude_indices(values: Tensor, density: float) -> Tensor:
-    """The flat indices of the ``kept_count(numel, density)`` largest-magnitude entries, in ascending order."""
+    """The flat indices of the ``kept_count(numel, density)`` largest-magnitude entries, ascending."""
     flat = values.reshape(-1)
     k = kept_count(flat.numel(), density)
     if k == flat.numel():
@@ -209,8 +210,8 @@ def select_routed(
 
     - ``zscore``: d_l > μ + z·σ, with μ and σ the mean and population standard deviation over the routable
       units (none is routed when σ = 0);
-    - ``topk``: the ⌈f·U⌉ routable units with the largest d_l (f = ``threshold``, U their count; ties go to the
-      earlier unit);
+    - ``topk``: the ⌈f·U⌉ routable units with the largest d_l (f = ``threshold``, U their count; ties go to
+      the earlier unit);
     - ``absolute``: d_l > ``threshold``.
 
     Examples:

@@ -1,4 +1,4 @@
-"""``paperpack demo --only merge-router``: four experts of a tiny Llama, six merges and Mediator, side by side.
+"""``paperpack demo --only merge-router``: four experts of a tiny Llama, merges and Mediator, side by side.
 
 The experiment is :func:`paperpack.merge_router.experiment.run_experiment`; this module turns its results
 into tables, the conflict-per-layer plot and the paper's directions as claims.
@@ -143,7 +143,8 @@ def run_demo(ctx: DemoContext) -> DemoReport:
         tables=_tables(result),
         plots=[plot, bars],
         notes=[
-            "Tasks on five random digits: the first, the last, the count of a given digit, the first plus one mod 10; "
+            "Tasks on five random digits: the first, the last, the count of a given digit, the first plus "
+            "one mod 10; "
             "each with its own prompt words. "
             "The base is trained on their mixture, each expert on its task alone (AdamW 3e-3, batch 32).",
             "Accuracy is exact match of the answer under teacher forcing, on held-out examples.",

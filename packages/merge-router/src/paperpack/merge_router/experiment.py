@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import random
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -74,7 +75,9 @@ def make_examples(task: str, count: int, seed: int) -> list[tuple[str, str]]:
             examples.append((f"tell me the final digit in [ {text} ] ->", f" {digits[-1]}"))
         elif task == "count":
             target = rng.choice(digits)
-            examples.append((f"how many times does {target} occur in ( {text} ) ?", f" {digits.count(target)}"))
+            examples.append(
+                (f"how many times does {target} occur in ( {text} ) ?", f" {digits.count(target)}")
+            )
         elif task == "successor":
             examples.append((f"add one mod ten to the leading digit : {text} =", f" {(digits[0] + 1) % 10}"))
         else:
@@ -129,7 +132,7 @@ class ArmResult:
 
 @dataclass
 class ExperimentResult:
-    """Every arm of every seed, the conflict per unit of each seed, the routed units per (Mediator arm, seed)."""
+    """Every arm of every seed, d_l per unit of each seed, the routed units per (Mediator arm, seed)."""
 
     arms: list[ArmResult]
     conflicts: dict[int, dict[str, float]]
@@ -149,6 +152,7 @@ def _train(
     model: Any,
     tokenizer: Any,
     examples: Sequence[tuple[str, str]],
+    *,
     steps: int,
     config: ExperimentConfig,
     seed: int,
@@ -191,6 +195,15 @@ def _score(
     return float(correct.float().mean())
 
 
+def _scores(
+    logits_of: Callable[[dict[str, Tensor], list[str]], Tensor],
+    *,
+    tokenizer: Any,
+    test: Mapping[str, Sequence[tuple[str, str]]],
+) -> dict[str, float]:
+    return {task: _score(logits_of, tokenizer, test[task]) for task in TASK_NAMES}
+
+
 def _model_logits(model: Any) -> Callable[[dict[str, Tensor], list[str]], Tensor]:
     def logits_of(batch: dict[str, Tensor], prompts: list[str]) -> Tensor:
         return model(**batch).logits  # type: ignore[no-any-return]
@@ -202,6 +215,7 @@ def _mediator_arm(
     arm: str,
     seed: int,
     folder: Path,
+    *,
     storage: int,
     test: Mapping[str, Sequence[tuple[str, str]]],
     scores: Callable[[Callable[[dict[str, Tensor], list[str]], Tensor]], dict[str, float]],
@@ -255,19 +269,25 @@ def run_experiment(
             train = {task: make_examples(task, config.train_examples, seed) for task in TASK_NAMES}
             test = {task: make_examples(task, config.test_examples, 10_000 + seed) for task in TASK_NAMES}
             mixture = [example for task in TASK_NAMES for example in train[task]]
-            _train(base, tokenizer, mixture, config.pretrain_steps, config, seed)
+            _train(base, tokenizer, mixture, steps=config.pretrain_steps, config=config, seed=seed)
             base.save_pretrained(root / "base")
             tokenizer.save_pretrained(root / "base")
             model_bytes = _folder_bytes(root / "base", "*.safetensors")
             experts = {}
             for index, task in enumerate(TASK_NAMES):
                 expert = copy.deepcopy(base)
-                _train(expert, tokenizer, train[task], config.finetune_steps, config, seed * 100 + index + 1)
+                _train(
+                    expert,
+                    tokenizer,
+                    train[task],
+                    steps=config.finetune_steps,
+                    config=config,
+                    seed=seed * 100 + index + 1,
+                )
                 expert.save_pretrained(root / task)
                 experts[task] = expert
 
-            def scores(logits_of: Callable[[dict[str, Tensor], list[str]], Tensor]) -> dict[str, float]:
-                return {task: _score(logits_of, tokenizer, test[task]) for task in TASK_NAMES}
+            scores = functools.partial(_scores, tokenizer=tokenizer, test=test)
 
             expert_scores = {task: scores(_model_logits(model)) for task, model in experts.items()}
             for task in TASK_NAMES:
@@ -294,7 +314,9 @@ def run_experiment(
                 )
                 conflicts[seed] = report.conflicts
                 routed[(arm, seed)] = report.routed_units
-                arms.append(_mediator_arm(arm, seed, folder, report.storage_bytes, test, scores))
+                arms.append(
+                    _mediator_arm(arm, seed, folder, storage=report.storage_bytes, test=test, scores=scores)
+                )
             shutil.rmtree(root)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)

@@ -52,7 +52,8 @@ def check_task_names(experts: object, *, what: str = "experts") -> list[str]:
     for name in names:
         if not isinstance(name, str) or not _TASK_NAME.match(name):
             raise ConfigError(
-                f"task name {name!r} in `{what}` is not allowed: use 1 to 64 letters, digits, '_', '-' or '.', "
+                f"task name {name!r} in `{what}` is not allowed: use 1 to 64 letters, digits, '_', '-' "
+                "or '.', "
                 "starting with a letter or digit"
             )
     return names
@@ -71,13 +72,15 @@ def _check_state_dicts(base: Mapping[str, Tensor], experts: Mapping[str, Mapping
                 (missing[0], "is in `base` but not in") if missing else (extra[0], "is not in `base` but in")
             )
             raise CheckpointError(
-                f"mismatched architectures: {key!r} {where} expert {name!r} ({len(missing) + len(extra)} such "
+                f"mismatched architectures: {key!r} {where} expert {name!r} "
+                f"({len(missing) + len(extra)} such "
                 "key(s))"
             )
         for key, tensor in base.items():
             if tuple(state[key].shape) != tuple(tensor.shape):
                 raise CheckpointError(
-                    f"mismatched architectures: {key!r} has shape {list(state[key].shape)} in expert {name!r} "
+                    f"mismatched architectures: {key!r} has shape {list(state[key].shape)} in expert "
+                    f"{name!r} "
                     f"but {list(tensor.shape)} in `base`"
                 )
 
@@ -89,7 +92,7 @@ def walk_experts(
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> Iterator[TensorGroup]:
-    """Walk the base and the experts key by key: one :class:`~paperpack.r_tsvm.TensorGroup` per key of the base.
+    """Walk the base and the experts key by key: one :class:`~paperpack.r_tsvm.TensorGroup` per base key.
 
     Everything is checked before the first group is yielded.
 

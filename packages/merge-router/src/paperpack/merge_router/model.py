@@ -68,6 +68,7 @@ class MediatorModel(nn.Module):
         self,
         model: nn.Module,
         tokenizer: Any,
+        *,
         router: Router,
         experts: Mapping[str, Mapping[str, tuple[Tensor, Tensor]]],
         config: MediatorConfig,
@@ -109,7 +110,7 @@ class MediatorModel(nn.Module):
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
     ) -> MediatorModel:
-        """Load a folder written by :func:`~paperpack.merge_router.compile_mediator` or :meth:`save_pretrained`.
+        """Load a folder written by :func:`~paperpack.merge_router.compile_mediator` or ``save_pretrained``.
 
         Args:
             folder: the compiled folder.
@@ -139,7 +140,14 @@ class MediatorModel(nn.Module):
         experts = {
             task: _read_expert(path, task, description["routed_keys"]) for task in description["tasks"]
         }
-        return cls(model, tokenizer, router.to(run_device).eval(), experts, config, description)
+        return cls(
+            model,
+            tokenizer,
+            router=router.to(run_device).eval(),
+            experts=experts,
+            config=config,
+            description=description,
+        )
 
     def save_pretrained(self, folder: PathLike, *, overwrite: bool = False) -> Path:
         """Write the Mediator to ``folder`` (the layout of a compiled folder), atomically.
@@ -255,7 +263,7 @@ class MediatorModel(nn.Module):
 
     @torch.no_grad()
     def use(self, choice: Routing | tuple[tuple[str, float], ...]) -> None:
-        """Set the routed tensors to D + Σ_i w_i S_i for ``choice`` (a Routing, or () for the dense model alone)."""
+        """Set the routed tensors to D + Σ_i w_i S_i for ``choice`` (a Routing, or () for the dense model)."""
         key = choice.key if isinstance(choice, Routing) else tuple(choice)
         if key == self._active:
             return

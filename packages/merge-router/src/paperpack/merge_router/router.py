@@ -91,7 +91,7 @@ class Router(nn.Module):
 
 
 def pool(hidden: Tensor, attention_mask: Tensor, how: RouterFeatures) -> Tensor:
-    """Pool (batch, tokens, d) hidden states to (batch, d) over the real tokens: their mean, or the last one."""
+    """Pool (batch, tokens, d) hidden states to (batch, d) over the real tokens: their mean, or the last."""
     mask = attention_mask.to(hidden.device, torch.float32)
     hidden = hidden.float()
     if how == "mean":
@@ -123,7 +123,8 @@ def decide(logits: Tensor, tasks: Sequence[str], config: MediatorConfig) -> list
     Examples:
         >>> import torch
         >>> from paperpack.merge_router import MediatorConfig
-        >>> decide(torch.tensor([[4.0, 0.0, 0.0], [1.0, 1.0, 0.0]]), ["a", "b", "c"], MediatorConfig())[1].experts
+        >>> logits = torch.tensor([[4.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
+        >>> decide(logits, ["a", "b", "c"], MediatorConfig())[1].experts
         ('a', 'b')
     """
     probabilities = torch.softmax(logits.double() / config.temperature, dim=-1)
@@ -143,7 +144,7 @@ def decide(logits: Tensor, tasks: Sequence[str], config: MediatorConfig) -> list
 
 
 def _split(labels: Tensor, holdout: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Stratified split: per task, ``round(holdout · count)`` prompts held out (at least one kept for training)."""
+    """Stratified split: per task, ``round(holdout · count)`` prompts held out (one at least kept)."""
     train, held = [], []
     for task in sorted(set(labels.tolist())):
         rows = (labels == task).nonzero().flatten()
@@ -157,7 +158,7 @@ def _split(labels: Tensor, holdout: float, generator: torch.Generator) -> tuple[
 def train_router(
     features: Tensor, labels: Tensor, num_tasks: int, config: MediatorConfig
 ) -> tuple[Router, float | None]:
-    """Train the router on (features, task index) pairs; returns it and its held-out accuracy (None: no hold-out).
+    """Train the router on (features, task index) pairs; returns it and its held-out accuracy (or None).
 
     Deterministic for a given ``config.seed``; the global random state is left untouched.
     """
