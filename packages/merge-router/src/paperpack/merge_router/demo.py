@@ -15,6 +15,11 @@ if TYPE_CHECKING:
 __all__ = ["run_demo"]
 
 MEDIATOR = "Mediator (top half of blocks, δ = 0.1)"
+#: The experiment's sizes per demo scale (the seeds: 1 quick, 3 full).
+SCALES: dict[str, dict[str, int]] = {
+    "quick": {"pretrain_steps": 60, "finetune_steps": 150, "train_examples": 300, "test_examples": 50},
+    "full": {"pretrain_steps": 150, "finetune_steps": 300, "train_examples": 2000, "test_examples": 100},
+}
 ORACLE = "oracle ensemble (4 experts)"
 
 
@@ -113,13 +118,7 @@ def run_demo(ctx: DemoContext) -> DemoReport:
     from paperpack.core.stats import mean_std
     from paperpack.merge_router.experiment import ExperimentConfig, run_experiment
 
-    config = ExperimentConfig(
-        seeds=ctx.seeds(quick=1, full=3),
-        pretrain_steps=ctx.pick(quick=60, full=150),
-        finetune_steps=ctx.pick(quick=150, full=300),
-        train_examples=ctx.pick(quick=300, full=2000),
-        test_examples=ctx.pick(quick=50, full=100),
-    )
+    config = ExperimentConfig(seeds=ctx.seeds(quick=1, full=3), **SCALES[ctx.scale])
     result = run_experiment(
         config, ctx.output_dir / "models", progress=lambda seeds: ctx.progress(seeds, desc="seeds")
     )
