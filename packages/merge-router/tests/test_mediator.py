@@ -219,3 +219,27 @@ def test_bad_input_fails_cleanly_and_writes_nothing(llama_dirs, gpt2_dirs, promp
         MediatorConfig(dense_method="no_such_merge")
     with pytest.raises(ConfigError, match="at least two"):
         compile_mediator(llama_dirs["base"], {"sort": llama_dirs["sort"]}, prompts, MediatorConfig(), output)
+
+
+def test_a_peft_lora_adapter_is_an_expert(llama_dirs, tiny_lm, prompts, tmp_path):
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = tiny_lm
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(copy.deepcopy(model), config)
+    peft_model.save_pretrained(tmp_path / "lora")
+    merged = peft_model.merge_and_unload()
+    merged.save_pretrained(tmp_path / "lora-merged")
+    experts = {"sort": llama_dirs["sort"], "lora": tmp_path / "lora"}
+    task_prompts = {"sort": prompts["sort"], "lora": prompts["count"]}
+    everything = MediatorConfig(
+        threshold_mode="topk", threshold=1.0, route_embeddings=True, sparse_density=1.0, router_steps=20
+    )
+    report = compile_mediator(llama_dirs["base"], experts, task_prompts, everything, tmp_path / "out")
+    mediator = MediatorModel.from_pretrained(report.output, device="cpu")
+    batch = mediator.tokenizer(["how many 4 in 4 4"], return_tensors="pt")
+    expected = logits_of(tmp_path / "lora-merged", batch)
+    torch.testing.assert_close(mediator(**batch, task="lora"), expected, atol=2e-5, rtol=1e-4)

@@ -236,10 +236,6 @@ def _mediator_arm(
     return ArmResult(arm, seed, scores(mediator_logits), storage, routing_accuracy=sum(hits) / len(hits))
 
 
-def _folder_bytes(folder: Path, pattern: str = "**/*") -> int:
-    return sum(path.stat().st_size for path in folder.glob(pattern) if path.is_file())
-
-
 def run_experiment(
     config: ExperimentConfig, work_dir: Path, *, progress: Callable[[Any], Any] | None = None
 ) -> ExperimentResult:
@@ -272,7 +268,7 @@ def run_experiment(
             _train(base, tokenizer, mixture, steps=config.pretrain_steps, config=config, seed=seed)
             base.save_pretrained(root / "base")
             tokenizer.save_pretrained(root / "base")
-            model_bytes = _folder_bytes(root / "base", "*.safetensors")
+            model_bytes = sum(path.stat().st_size for path in (root / "base").glob("*.safetensors"))
             experts = {}
             for index, task in enumerate(TASK_NAMES):
                 expert = copy.deepcopy(base)
