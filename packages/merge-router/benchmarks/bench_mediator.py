@@ -57,20 +57,24 @@ def build(work: Path) -> None:
 
 
 def arm(name: str, work: Path, output: Path) -> dict[str, float]:
-    """One arm in this (fresh) process: wall time and peak memory growth."""
+    """One arm in this (fresh) process: wall time and peak memory growth.
+
+    Both arms import the same modules (torch, transformers' auto classes, r-tsvm, merge-router) before the
+    meter starts, so that the peak compares the work, not the imports.
+    """
+    import transformers.models.auto.modeling_auto  # noqa: F401
+
     from paperpack.core.device import MemoryMeter
+    from paperpack.merge_router import MediatorConfig, compile_mediator
+    from paperpack.r_tsvm import MergeConfig, ModelSpec, merge_checkpoints
 
     with MemoryMeter("cpu") as meter:
         start = time.perf_counter()
         if name == "mediator":
-            from paperpack.merge_router import MediatorConfig, compile_mediator
-
             prompts = {task: [f"{task} prompt {i}" for i in range(16)] for task in TASKS}
             config = MediatorConfig(threshold_mode="topk", threshold=0.25, router_steps=100)
             compile_mediator(work / "base", {t: work / t for t in TASKS}, prompts, config, output)
         else:
-            from paperpack.r_tsvm import MergeConfig, ModelSpec, merge_checkpoints
-
             recipe = MergeConfig(
                 merge_method="ties",
                 base_model=str(work / "base"),
