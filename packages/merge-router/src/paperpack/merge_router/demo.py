@@ -118,7 +118,14 @@ def run_demo(ctx: DemoContext) -> DemoReport:
     from paperpack.core.stats import mean_std
     from paperpack.merge_router.experiment import ExperimentConfig, run_experiment
 
-    config = ExperimentConfig(seeds=ctx.seeds(quick=1, full=3), **SCALES[ctx.scale])
+    sizes = SCALES[ctx.scale]
+    config = ExperimentConfig(
+        seeds=ctx.seeds(quick=1, full=3),
+        pretrain_steps=sizes["pretrain_steps"],
+        finetune_steps=sizes["finetune_steps"],
+        train_examples=sizes["train_examples"],
+        test_examples=sizes["test_examples"],
+    )
     result = run_experiment(
         config, ctx.output_dir / "models", progress=lambda seeds: ctx.progress(seeds, desc="seeds")
     )
