@@ -181,7 +181,7 @@ def _skeleton(base: PathLike) -> _Skeleton:
 
     config = AutoConfig.from_pretrained(base)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
+        model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call,unused-ignore]
     state = model.state_dict(keep_vars=True)
     inputs = model.get_input_embeddings().weight
     outputs = model.get_output_embeddings()
@@ -240,7 +240,7 @@ def prompt_features(
 def _dense_model(skeleton: _Skeleton, dense: dict[str, Tensor], device: torch.device) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
-    model: torch.nn.Module = AutoModelForCausalLM.from_config(skeleton.config)  # type: ignore[no-untyped-call]
+    model: torch.nn.Module = AutoModelForCausalLM.from_config(skeleton.config)  # type: ignore[no-untyped-call,unused-ignore]
     missing, unexpected = model.load_state_dict(dense, strict=False)
     tied = skeleton.vocabulary_keys
     if unexpected or any(key not in tied for key in missing):

@@ -179,7 +179,7 @@ def train_router(
     for _ in range(config.router_steps):
         optimizer.zero_grad(set_to_none=True)
         loss = nn.functional.cross_entropy(router(train_x), train_y.to(features.device))
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()  # type: ignore[no-untyped-call,unused-ignore]
         optimizer.step()
     router.eval()
     if len(held_rows) == 0:
