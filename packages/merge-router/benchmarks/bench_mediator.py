@@ -56,7 +56,7 @@ def build(work: Path) -> None:
         model.save_pretrained(work / task)
 
 
-def arm(name: str, work: Path, output: Path) -> dict[str, float]:
+def arm(name: str, work: Path, output: Path, threshold: float) -> dict[str, float]:
     """One arm in this (fresh) process: wall time and peak memory growth.
 
     Both arms import the same modules (torch, transformers' auto classes, r-tsvm, merge-router) before the
@@ -72,7 +72,7 @@ def arm(name: str, work: Path, output: Path) -> dict[str, float]:
         start = time.perf_counter()
         if name == "mediator":
             prompts = {task: [f"{task} prompt {i}" for i in range(16)] for task in TASKS}
-            config = MediatorConfig(threshold_mode="topk", threshold=0.25, router_steps=100)
+            config = MediatorConfig(threshold_mode="topk", threshold=threshold, router_steps=100)
             compile_mediator(work / "base", {t: work / t for t in TASKS}, prompts, config, output)
         else:
             recipe = MergeConfig(
@@ -121,11 +121,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--threshold", type=float, default=0.25, help="the routed fraction of units (topk)")
     parser.add_argument("--arm", choices=["mediator", "ties"], help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.arm:
-        print(json.dumps(arm(args.arm, args.work, args.output)))
+        print(json.dumps(arm(args.arm, args.work, args.output, args.threshold)))
         return
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-mediator-"))
     try:
@@ -135,7 +136,18 @@ def main() -> None:
             for name in ("mediator", "ties"):
                 output = work / f"{name}-{round_}"
                 done = subprocess.run(
-                    [sys.executable, __file__, "--arm", name, "--work", str(work), "--output", str(output)],
+                    [
+                        sys.executable,
+                        __file__,
+                        "--arm",
+                        name,
+                        "--work",
+                        str(work),
+                        "--output",
+                        str(output),
+                        "--threshold",
+                        str(args.threshold),
+                    ],
                     check=True,
                     capture_output=True,
                     text=True,
