@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import shutil
 import sys
 import tomllib
@@ -44,6 +45,20 @@ def _members() -> dict[str, Path]:
 
 def _project(folder: Path) -> dict:
     return tomllib.loads((folder / "pyproject.toml").read_text())["project"]
+
+
+def _workspace_dependencies(folder: Path) -> list[str]:
+    """The distributions of the workspace members a member depends on, directly or through another member."""
+    members = {_project(member)["name"]: member for member in _members().values()}
+    found: list[str] = []
+    pending = [folder]
+    while pending:
+        for requirement in _project(pending.pop()).get("dependencies", []):
+            name = re.match(r"[A-Za-z0-9_.-]+", requirement).group(0)
+            if name in members and name not in found:
+                found.append(name)
+                pending.append(members[name])
+    return found
 
 
 def _module(folder: Path) -> str:
@@ -230,18 +245,20 @@ def build(session: nox.Session, package: str) -> None:
         str(wheels),
         external=True,
     )
-    core_wheels = ROOT / "dist" / "paperpack-core"
-    if package != "core":
-        shutil.rmtree(core_wheels, ignore_errors=True)
+    # The workspace packages it depends on (the core, and e.g. paperpack-r-tsvm for merge-router) are not on
+    # PyPI yet: build their wheels beside it.
+    siblings = _workspace_dependencies(folder)
+    for name in siblings:
+        shutil.rmtree(ROOT / "dist" / name, ignore_errors=True)
         session.run(
             "uv",
             "build",
             "--package",
-            "paperpack-core",
+            name,
             "--no-sources",
             "--wheel",
             "--out-dir",
-            str(core_wheels),
+            str(ROOT / "dist" / name),
             external=True,
         )
     (wheel,) = wheels.glob("*.whl")
@@ -258,9 +275,10 @@ def build(session: nox.Session, package: str) -> None:
     )
     python = str(venv / "bin" / "python")
     # The wheels are rebuilt with an unchanged version: refresh them so uv's cache cannot serve an older build.
-    refresh = ["--refresh-package", "paperpack-core", "--refresh-package", distribution]
+    refresh = [flag for name in (*siblings, distribution) for flag in ("--refresh-package", name)]
+    links = [flag for name in siblings for flag in ("--find-links", str(ROOT / "dist" / name))]
     install = ["uv", "pip", "install", "--quiet", "--python", python, *refresh]
-    session.run(*install, "--find-links", str(core_wheels), str(wheel), external=True)
+    session.run(*install, *links, str(wheel), external=True)
     module = _module(folder)
     smoke = (
         f"import importlib.resources, paperpack, {module}; "
