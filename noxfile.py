@@ -316,7 +316,9 @@ def lowest(session: nox.Session, package: str) -> None:
     )
     python = str(venv / "bin" / "python")
     install = ["uv", "pip", "install", "--quiet", "--python", python, "--resolution", "lowest-direct"]
-    editable = {str(MEMBERS["core"]), str(MEMBERS[package])}
+    by_name = {_project(member)["name"]: member for member in MEMBERS.values()}
+    siblings = [by_name[name] for name in _workspace_dependencies(MEMBERS[package])]
+    editable = {str(MEMBERS["core"]), str(MEMBERS[package]), *map(str, siblings)}
     session.run(
         *install, *[arg for path in sorted(editable) for arg in ("-e", path)], "pytest>=8.3", external=True
     )
