@@ -76,7 +76,7 @@ def test_compile_then_generate(family, prompts, tmp_path, capsys, request):
 def test_conflicts_prints_a_table_and_writes_a_plot(llama_dirs, tmp_path, capsys):
     experts = [f"{task}={llama_dirs[task]}" for task in TASKS]
     plot = tmp_path / "conflicts.png"
-    argv = ["merge-router", "conflicts", "--base", str(llama_dirs["base"]), "--experts", *experts]
+    argv = ["merge-router", "conflicts", "--base-model", str(llama_dirs["base"]), "--experts", *experts]
     assert main([*argv, "--output", str(plot), "--conflict", "cosine", "--no-progress"]) == 0
     rows = capsys.readouterr().out.splitlines()
     assert any(row.startswith("model.layers.1 ") for row in rows)

@@ -3,7 +3,7 @@ r"""``paperpack merge-router``: compile a Mediator, measure conflict per layer, 
 Examples::
 
     paperpack merge-router compile mediator.yaml --output mediator
-    paperpack merge-router conflicts --base base --experts sort=experts/sort reverse=experts/reverse \
+    paperpack merge-router conflicts --base-model base --experts sort=experts/sort reverse=experts/reverse \
         --output conflicts.png
     paperpack merge-router generate --model mediator --prompt "sort the digits 3 1 2" --max-new-tokens 8
 
@@ -70,7 +70,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         description="Measure d_l for every unit (decoder block or module) between experts fine-tuned from "
         "one base; print a table and, with --output, write a bar plot (PNG).",
     )
-    add_flag(conflicts, "base", str, required=True, metavar="DIR", help="the base model folder θ_0")
+    add_flag(conflicts, "base_model", str, required=True, metavar="DIR", help="the base model folder θ_0")
     add_flag(
         conflicts,
         "experts",
@@ -255,9 +255,12 @@ def _conflicts(args: argparse.Namespace) -> int:
         if Path(args.output).suffix.lower() != ".png":
             raise ConfigError(f"`output` must be a .png file, got {args.output!r}")
         check_output(
-            args.output, command="merge-router conflicts", inputs=[args.base, *experts.values()], file=True
+            args.output,
+            command="merge-router conflicts",
+            inputs=[args.base_model, *experts.values()],
+            file=True,
         )
-    conflicts = layer_conflicts(args.base, experts, config, device=args.device, progress=args.progress)
+    conflicts = layer_conflicts(args.base_model, experts, config, device=args.device, progress=args.progress)
     _print_conflicts(conflicts, set())
     if args.output is not None:
         from paperpack.core.plotting import bar_plot
