@@ -101,6 +101,15 @@ def test_both_spellings_a_config_file_and_another_architecture(
         (["--num-train-epochs", "0", "--max-steps", "-1"], r"`--num-train-epochs` must be > 0, got 0"),
         (["--learning-rate", "nan"], r"`--learning-rate` must be a finite number, got 'nan'"),
         (["--adam-beta1", "1.5"], r"`--adam-beta1` must be in \[0, 1\), got 1.5"),
+        (
+            ["--learning-rate", "1e38"],
+            r"`--learning-rate` must be <= 3.40282e\+37, got 1e\+38: the first Adam update is scaled by "
+            r"η/\(1 − β1\) \(β1: `--adam-beta1`, 0.9\), which must be at most float32's largest number",
+        ),
+        (
+            ["--learning-rate", "1e39", "--zo-method", "mezo_sgd"],
+            r"`--learning-rate` must be <= 3.40282e\+38, got 1e\+39: every update is scaled by η",
+        ),
         (["--zo-rank", "0"], r"`--zo-rank` must be >= 1, got 0"),
         (["--zo_eps", "0"], r"`--zo_eps` must be > 0, got 0"),
         (["--zo-method", "mezo_lion"], r"`--zo-method` must be one of 'mezo_sgd', .*, got 'mezo_lion'"),
@@ -116,6 +125,20 @@ def test_bad_input_leaves_the_file_system_as_it_was(
     root = data_file.parent.parent
     argv = finetune(tiny_lm_dir, data_file, root / "run", *extra)
     check_cli_fails_cleanly(argv, message, paths=[root, tiny_lm_dir], output=root / "run")
+
+
+@pytest.mark.slow
+def test_a_run_whose_weights_overflow_leaves_no_file(tiny_lm_dir: Path, data_file: Path) -> None:
+    # Not knowable from the config: LOZO's step η·κ·U_t Vᵀ overflows float32 for this κ. The run ends with
+    # the core's non-finite error, not a traceback, and leaves nothing behind.
+    root = data_file.parent.parent
+    argv = finetune(tiny_lm_dir, data_file, root / "run", "--zo-method", "lozo", "--learning-rate", "1e38")
+    check_cli_fails_cleanly(
+        argv,
+        r"the trained weights are not finite: .* entries that are inf or nan; lower `--learning-rate`",
+        paths=[root, tiny_lm_dir],
+        output=root / "run",
+    )
 
 
 @pytest.mark.slow

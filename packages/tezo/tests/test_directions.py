@@ -346,12 +346,37 @@ def test_gradient_accumulation_sums_kappa() -> None:
         ({"lozo_interval": 0}, "`lozo_interval` must be >= 1"),
         ({"cache_factors": "yes"}, "`cache_factors` must be true or false, got 'yes' (str)"),
         ({"seed": -1}, "`seed` must be >= 0"),
+        # The update scale η (η/(1 − β1) for Adam's first update) must be a float32 number.
+        (
+            {"method": "mezo_adam", "lr": 1e38},
+            "`lr` must be <= 3.40282e+37, got 1e+38: the first Adam update",
+        ),
+        ({"lr": 1e33, "betas": (0.999999, 0.999)}, "`lr` must be <= 3.40282e+32, got 1e+33"),
+        (
+            {"method": "tezo_sgd", "lr": 1e39},
+            "`lr` must be <= 3.40282e+38, got 1e+39: every update is scaled",
+        ),
+        ({"params": [{"params": [torch.nn.Parameter(torch.zeros(2, 2))], "lr": 1e38}]}, "`lr` must be <="),
     ],
 )
 def test_bad_arguments_raise_config_error(kwargs: dict[str, object], message: str) -> None:
-    W = torch.nn.Parameter(torch.zeros(3, 3))
+    kwargs = {"params": [torch.nn.Parameter(torch.zeros(3, 3))], **kwargs}
     with pytest.raises(ConfigError, match=__import__("re").escape(message)):
-        ZOOptimizer([W], **kwargs)  # type: ignore[arg-type]
+        ZOOptimizer(**kwargs)  # type: ignore[arg-type]
+
+
+def test_lozo_step_beyond_float32_gives_infinite_weights_not_a_crash() -> None:
+    # η·κ is LOZO's matrix-product factor; beyond float32's range the step overflows to inf instead of
+    # raising, so that callers report non-finite weights (the CLI: "the trained weights are not finite").
+    W = torch.nn.Parameter(torch.ones(4, 3))
+    opt = ZOOptimizer([W], method="lozo", lr=3e38, eps=1e-3, rank=2, seed=0)
+
+    def loss() -> torch.Tensor:
+        return (W**2).sum()
+
+    opt.step(loss)
+    assert opt.last_kappa is not None and abs(3e38 * opt.last_kappa) > torch.finfo(torch.float32).max
+    assert not torch.isfinite(W).all()
 
 
 def test_bad_params_and_closures() -> None:

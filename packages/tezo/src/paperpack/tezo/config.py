@@ -13,7 +13,7 @@ from transformers.trainer_utils import SchedulerType
 from paperpack.core.errors import ConfigError
 from paperpack.core.validation import check_bool, check_int, check_literal_fields, check_number
 from paperpack.tezo.choices import Estimate, Method, OneDimMode
-from paperpack.tezo.optim import ZOOptimizer
+from paperpack.tezo.optim import ZOOptimizer, check_update_scale
 
 __all__ = ["ZOConfig"]
 
@@ -40,10 +40,11 @@ class ZOConfig(TrainingArguments):
     CLI's) and ``max_grad_norm=0.0`` (there are no gradients to clip).
 
     Raises:
-        ConfigError: for a bad value, for ``activation_checkpointing`` or its alias ``gradient_checkpointing``
-            (there is no backward pass to save memory for), for ``fp16`` (its gradient scaler needs gradients;
-            use ``bf16`` or float32), and for FSDP or DeepSpeed (the in-place perturbation needs every rank to
-            hold the whole parameters).
+        ConfigError: for a bad value (a ``learning_rate`` whose update scale is not a float32 number
+            included: see :func:`~paperpack.tezo.optim.check_update_scale`), for ``activation_checkpointing``
+            or its alias ``gradient_checkpointing`` (there is no backward pass to save memory for), for
+            ``fp16`` (its gradient scaler needs gradients; use ``bf16`` or float32), and for FSDP or
+            DeepSpeed (the in-place perturbation needs every rank to hold the whole parameters).
 
     Examples:
         >>> from paperpack.tezo import ZOConfig
@@ -127,6 +128,15 @@ class ZOConfig(TrainingArguments):
         check_bool("zo_cache_factors", self.zo_cache_factors)
         check_bool("zo_scale_by_rank", self.zo_scale_by_rank)
         check_int("zo_lozo_interval", self.zo_lozo_interval, minimum=1)
+        check_number("learning_rate", self.learning_rate, minimum=0)
+        check_number("adam_beta1", self.adam_beta1, minimum=0, less_than=1)
+        check_update_scale(
+            self.zo_method,
+            self.learning_rate,
+            self.adam_beta1,
+            lr_name="learning_rate",
+            beta1_name="adam_beta1",
+        )
         if self.zo_seed is not None:
             check_int("zo_seed", self.zo_seed, minimum=0)
         for name in (

@@ -518,4 +518,11 @@ class LazyLowRankDirection(_MatrixDirection):
         """Weight decay, then W ← W − η·κ·U_t Vᵀ."""
         self._decay_(param, hp)
         U, V = self.factors(param, state, step)
-        self._matrix(param).addmm_(U, V.T, alpha=-hp.lr * kappa * self.scale)
+        alpha = -hp.lr * kappa * self.scale
+        W = self._matrix(param)
+        if abs(alpha) <= torch.finfo(work_dtype(param.dtype)).max:
+            W.addmm_(U, V.T, alpha=alpha)
+        else:
+            # addmm_ cannot take a factor beyond the working dtype's range: the step overflows, and the
+            # weights it reaches are written as they are (infinite), for the caller's finiteness checks.
+            W.add_((U @ V.T).to(work_dtype(param.dtype)).mul_(alpha))

@@ -32,7 +32,7 @@ from paperpack.tezo.directions import (
 )
 from paperpack.tezo.perturbation import Patch, perturb_, restore_
 
-__all__ = ["ZOOptimizer", "decays", "unwrap_optimizer", "zo_state_bytes"]
+__all__ = ["ZOOptimizer", "check_update_scale", "decays", "unwrap_optimizer", "zo_state_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,51 @@ _GLOBAL_KEYS = (
     "lozo_interval",
 )
 _GROUP_KEYS = ("lr", "weight_decay", "betas", "adam_eps")
+# The largest number the updates can be formed in: they are computed in float32 or wider (float32 for
+# float32, bfloat16 and float16 weights).
+_FLOAT32_MAX = torch.finfo(torch.float32).max
 
 Closure = Callable[[], Tensor | float]
+
+
+def check_update_scale(
+    method: str, lr: float, beta1: float, *, lr_name: str = "lr", beta1_name: str = "betas[0]"
+) -> None:
+    """Refuse a learning rate whose largest update scale is not a float32 number.
+
+    Every rule multiplies its step by a scale the update is formed with, in float32 (or wider): η for the SGD
+    and momentum rules, and η/(1 − β1^k) for the Adam rules (η·m̂ with m̂ = m/(1 − β1^k)), which is largest
+    at the first update, η/(1 − β1). Beyond float32's largest number, 3.4e38, the update cannot be computed
+    (and would make every weight it touches infinite), so the value is refused before training starts.
+
+    Args:
+        method: the zeroth-order method (one of :data:`~paperpack.tezo.choices.METHODS`).
+        lr: η, already checked to be a finite number >= 0.
+        beta1: β1, already checked to lie in [0, 1).
+        lr_name: how the message names η (``learning_rate`` in :class:`~paperpack.tezo.ZOConfig`).
+        beta1_name: how the message names β1.
+
+    Raises:
+        ConfigError: naming η, the largest value allowed and why.
+
+    Examples:
+        >>> from paperpack.tezo.optim import check_update_scale
+        >>> check_update_scale("tezo_adam", 1e38, 0.9)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        paperpack.core.errors.ConfigError: `lr` must be <= 3.40282e+37, got 1e+38: the first Adam update...
+    """
+    adam = method_parts(method)[1] == "adam"
+    largest = _FLOAT32_MAX * (1.0 - beta1) if adam else _FLOAT32_MAX
+    try:
+        check_number(lr_name, lr, maximum=largest)
+    except ConfigError as error:
+        scale = f"η/(1 − β1) (β1: `{beta1_name}`, {beta1!r})" if adam else "η"
+        update = "the first Adam update" if adam else "every update"
+        raise ConfigError(
+            f"{error}: {update} is scaled by {scale}, which must be at most float32's largest number "
+            f"({_FLOAT32_MAX:.5g}), the precision updates are formed in"
+        ) from None
 
 
 def decays(param: Tensor) -> bool:
@@ -140,7 +183,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         check_int("lozo_interval", lozo_interval, minimum=1)
         check_bool("cache_factors", cache_factors)
         check_bool("scale_by_rank", scale_by_rank)
-        _check_group_values(lr, weight_decay, betas, adam_eps)
+        _check_group_values(method, lr, weight_decay, betas, adam_eps)
         defaults: dict[str, Any] = {
             "lr": lr,
             "weight_decay": weight_decay,
@@ -207,7 +250,9 @@ class ZOOptimizer(torch.optim.Optimizer):
                 )
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        _check_group_values(group["lr"], group["weight_decay"], group["betas"], group["adam_eps"])
+        _check_group_values(
+            self.defaults["method"], group["lr"], group["weight_decay"], group["betas"], group["adam_eps"]
+        )
         for param in group["params"]:
             if not param.is_contiguous():
                 raise ConfigError(
@@ -466,7 +511,7 @@ def _check_param_state(saved_id: int, loaded: dict[str, Tensor], current: dict[s
             )
 
 
-def _check_group_values(lr: Any, weight_decay: Any, betas: Any, adam_eps: Any) -> None:
+def _check_group_values(method: str, lr: Any, weight_decay: Any, betas: Any, adam_eps: Any) -> None:
     check_number("lr", lr, minimum=0)
     check_number("weight_decay", weight_decay, minimum=0)
     if not isinstance(betas, tuple | list) or len(betas) != 2:
@@ -474,6 +519,7 @@ def _check_group_values(lr: Any, weight_decay: Any, betas: Any, adam_eps: Any) -
     check_number("betas[0]", betas[0], minimum=0, less_than=1)
     check_number("betas[1]", betas[1], minimum=0, less_than=1)
     check_number("adam_eps", adam_eps, greater_than=0)
+    check_update_scale(method, lr, betas[0])
 
 
 def _scalar(value: Tensor | float) -> Tensor:
