@@ -39,6 +39,9 @@ def main(out: Path) -> None:
         result["mismatch"] = str(error)
     barrier()
     (out / f"rank{me}.json").write_text(json.dumps(result))
+    # Left to interpreter shutdown, gloo's threads can abort a rank ("terminate called without an active
+    # exception", seen once under load).
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
