@@ -6,6 +6,8 @@ import torch
 from paperpack.core.errors import CheckpointError, CheckpointNotFoundError, ConfigError
 from paperpack.core.hf import (
     SPECIAL_TOKENS,
+    context_length,
+    encode_prompts,
     load_model_and_tokenizer,
     machine_defaults,
     sample_completions,
@@ -139,3 +141,32 @@ def test_left_padded_batches_match_unbatched_greedy(tiny_lm):
         sample_completions(model, tokenizer, [p], do_sample=False, max_new_tokens=6)[0] for p in prompts
     ]
     assert [s[0].token_ids for s in batched] == [s[0].token_ids for s in single]
+
+
+def test_encode_prompts_gives_the_ids_sample_completions_generates_from(tiny_lm):
+    model, tokenizer = tiny_lm
+    for chat in (False, True):
+        (ids,) = encode_prompts(tokenizer, ["the red apple"], chat=chat)
+        (greedy,) = sample_completions(
+            model, tokenizer, ["the red apple"], do_sample=False, max_new_tokens=5, chat=chat
+        )
+        # Greedy decoding from the joined ids reproduces the completion: the prompt ids are the ones generated from.
+        full = torch.tensor([ids + greedy[0].token_ids])
+        with torch.no_grad():
+            logits = model(full).logits[0, len(ids) - 1 : -1]
+        assert logits.argmax(-1).tolist() == greedy[0].token_ids
+    assert encode_prompts(tokenizer, ["one"], chat=True)[0][0] == tokenizer.bos_token_id
+    with pytest.raises(ConfigError, match="single string"):
+        encode_prompts(tokenizer, "the")
+
+
+def test_context_length_and_prompts_that_would_overrun_it(tiny_lm):
+    from transformers import GPT2Config
+
+    model, tokenizer = tiny_lm
+    assert context_length(model) == 2048
+    assert context_length(model.config) == 2048
+    assert context_length(GPT2Config(n_positions=64)) == 64
+    assert context_length(object()) is None
+    with pytest.raises(ConfigError, match=r"prompt 1 has \d+ tokens; with max_new_tokens=2047"):
+        sample_completions(model, tokenizer, ["a", "the red apple"], max_new_tokens=2047, batch_size=2)

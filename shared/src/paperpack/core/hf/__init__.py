@@ -6,7 +6,12 @@ from paperpack.core.hf.callbacks import (
     read_callback_state,
     write_callback_state,
 )
-from paperpack.core.hf.generation import Completion, sample_completions
+from paperpack.core.hf.generation import (
+    Completion,
+    context_length,
+    encode_prompts,
+    sample_completions,
+)
 from paperpack.core.hf.tiny import (
     CHAT_TEMPLATE,
     SPECIAL_TOKENS,
@@ -22,7 +27,9 @@ __all__ = [
     "STATE_FOLDER",
     "Completion",
     "StatefulCallback",
+    "context_length",
     "default_corpus",
+    "encode_prompts",
     "load_model_and_tokenizer",
     "machine_defaults",
     "read_callback_state",

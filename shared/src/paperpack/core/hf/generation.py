@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -13,7 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from paperpack.core.errors import ConfigError
 from paperpack.core.validation import check_int, check_positive, check_range
 
-__all__ = ["Completion", "sample_completions"]
+__all__ = ["Completion", "context_length", "encode_prompts", "sample_completions"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,10 @@ def sample_completions(
         chat: wrap each prompt as a user turn with the tokenizer's chat template.
         progress: show a tqdm bar over batches.
 
+    Raises:
+        ConfigError: for a bad argument, a tokenizer without a pad token, or a prompt that with
+            ``max_new_tokens`` would run past the model's context (:func:`context_length`).
+
     Returns:
         One list of ``num_samples`` :class:`Completion` per prompt, in prompt order.
 
@@ -89,16 +93,8 @@ def sample_completions(
         raise ConfigError(
             "the tokenizer has no pad token; set `tokenizer.pad_token` before batched generation"
         )
-    if isinstance(prompts, str):
-        raise ConfigError("`prompts` must be a sequence of strings, got a single string; wrap it in a list")
-    texts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
-        )
-        if chat
-        else p
-        for p in prompts
-    ]
+    texts = _prompt_texts(tokenizer, prompts, chat)
+    limit = context_length(model)
     eos = tokenizer.eos_token_id
     generate = cast(Callable[..., torch.Tensor], model.generate)
     results: list[list[Completion]] = []
@@ -113,6 +109,8 @@ def sample_completions(
                 padding=True,
                 add_special_tokens=not chat,
             ).to(model.device)
+            if limit is not None:
+                _check_context(batch["attention_mask"], start, max_new_tokens, limit)
             with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
                 torch.manual_seed(seed + number)
                 with torch.no_grad():
@@ -142,3 +140,73 @@ def _completion(ids: list[int], eos: int | None, tokenizer: PreTrainedTokenizerB
         ids = ids[: ids.index(eos) + 1]
     text = str(tokenizer.decode(ids, skip_special_tokens=True))
     return Completion(text=text, token_ids=ids, finished=finished)
+
+
+def _prompt_texts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], chat: bool) -> list[str]:
+    if isinstance(prompts, str):
+        raise ConfigError("`prompts` must be a sequence of strings, got a single string; wrap it in a list")
+    if not chat:
+        return list(prompts)
+    return [
+        str(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+            )
+        )
+        for p in prompts
+    ]
+
+
+def encode_prompts(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], *, chat: bool = False
+) -> list[list[int]]:
+    """The token ids :func:`sample_completions` gives the model for each prompt, without padding.
+
+    A caller that trains on sampled completions joins these ids with :attr:`Completion.token_ids` to get the
+    exact sequence the model produced.
+
+    Example:
+        >>> from paperpack.core.hf import encode_prompts, tiny_tokenizer
+        >>> ids = encode_prompts(tiny_tokenizer(), ["the", "a red"])
+        >>> len(ids), ids[0][0] == ids[1][0]  # each starts with the BOS token
+        (2, True)
+    """
+    texts = _prompt_texts(tokenizer, prompts, chat)
+    encoded = tokenizer(texts, add_special_tokens=not chat)["input_ids"]
+    return [list(ids) for ids in encoded]
+
+
+_CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def context_length(model: PreTrainedModel | Any) -> int | None:
+    """The longest sequence (prompt and completion) a model's positions allow, from its config.
+
+    Reads ``max_position_embeddings`` (Llama, Qwen2, Mistral, ...), ``n_positions`` (GPT-2) or the like from
+    ``model.config`` (or from ``model`` itself when it is a config); None when the config names no limit.
+
+    Example:
+        >>> from paperpack.core.hf import context_length, tiny_causal_lm
+        >>> context_length(tiny_causal_lm()[0])
+        2048
+    """
+    config = getattr(model, "config", model)
+    text_config = getattr(config, "get_text_config", None)
+    if callable(text_config):
+        config = text_config()
+    for name in _CONTEXT_FIELDS:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def _check_context(attention_mask: torch.Tensor, start: int, max_new_tokens: int, limit: int) -> None:
+    lengths = attention_mask.sum(dim=1).tolist()
+    longest = max(range(len(lengths)), key=lengths.__getitem__)
+    if lengths[longest] + max_new_tokens > limit:
+        raise ConfigError(
+            f"prompt {start + longest} has {lengths[longest]} tokens; with max_new_tokens={max_new_tokens} a "
+            f"sample could reach {lengths[longest] + max_new_tokens} tokens, beyond the model's context of "
+            f"{limit}; lower max_new_tokens or shorten the prompt"
+        )
