@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from paperpack.o1_pruner.grpo import length_harmonizing_reward_func
     from paperpack.o1_pruner.loss import o1_pruner_loss
     from paperpack.o1_pruner.metrics import aes
-    from paperpack.o1_pruner.presample import presample
+    from paperpack.o1_pruner.presampling import presample
     from paperpack.o1_pruner.reward import harmonized_weights, length_harmonizing_reward
     from paperpack.o1_pruner.trainer import O1PrunerTrainer
 
@@ -54,6 +54,6 @@ __getattr__, __dir__ = lazy_exports(
         "length_harmonizing_reward_func": "paperpack.o1_pruner.grpo",
         "math_verify_grader": "paperpack.o1_pruner.graders",
         "o1_pruner_loss": "paperpack.o1_pruner.loss",
-        "presample": "paperpack.o1_pruner.presample",
+        "presample": "paperpack.o1_pruner.presampling",
     },
 )
