@@ -18,7 +18,7 @@ from conftest import ARGS, weighted_samples  # noqa: E402
 out = Path(sys.argv[1])
 model, tokenizer = tiny_causal_lm()
 args = training_args(out / "run", cls=O1PrunerConfig, **{**ARGS, "per_device_train_batch_size": 2,
-                                                          "gradient_accumulation_steps": 2, "train_sampling_strategy": "sequential"})  # fmt: skip
+                                                          "gradient_accumulation_steps": 2, "train_sampling_strategy": "sequential", "optim": "sgd", "learning_rate": 0.1})  # fmt: skip
 trainer = O1PrunerTrainer(model=model, args=args, ref_model=copy.deepcopy(model),
                           train_dataset=weighted_samples(tokenizer), processing_class=tokenizer)  # fmt: skip
 trainer.train()
