@@ -15,6 +15,7 @@ from paperpack.core.errors import ConfigError
 from paperpack.o1_pruner.graders import Grader
 from paperpack.o1_pruner.problems import grade
 from paperpack.o1_pruner.reward import _check_lam
+from paperpack.o1_pruner.reward import length_harmonizing_reward as harmonizing_reward
 
 __all__ = ["length_harmonizing_reward_func"]
 
@@ -72,7 +73,7 @@ def length_harmonizing_reward_func(
         for index, (completion, ids) in enumerate(zip(completions, completion_ids, strict=True)):
             text = completion if isinstance(completion, str) else completion[-1]["content"]
             right = grade(grader, text, columns["answer"][index], index, 0)
-            (reward,) = length_harmonizing_reward(
+            (reward,) = harmonizing_reward(
                 [max(len(ids), 1)],
                 [right],
                 float(columns["ref_length"][index]),
