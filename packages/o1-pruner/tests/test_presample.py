@@ -115,7 +115,7 @@ def test_bad_input_fails_before_sampling(tiny_lm, make_args, tmp_path: Path) -> 
     check_fails_cleanly(run(grader="last_number"), ConfigError, "`grader` must be a callable", output=out)
     short, _ = tiny_causal_lm(max_position_embeddings=10)
     check_fails_cleanly(run(on=short), ConfigError,
-                        r"problem \d has a prompt of \d+ tokens; with presample_max_new_tokens=6 a sample could reach "
+                        r"problem \d has a prompt of \d+ tokens; with `presample_max_new_tokens`=6 a sample could reach "
                         r"\d+ tokens, beyond the model's context of 10", output=out)  # fmt: skip
     check_fails_cleanly(run(grader=lambda c, a: "yes"), ConfigError, r"the grader must return a bool, got 'yes'")
     other = tmp_path / "other"

@@ -63,9 +63,9 @@ def check_context(model: Any, prompt_ids: list[list[int]], max_new_tokens: int, 
     if len(prompt_ids[longest]) + max_new_tokens > limit:
         raise ConfigError(
             f"problem {longest} has a prompt of {len(prompt_ids[longest])} tokens; with "
-            f"{flag}={max_new_tokens} a sample could reach "
+            f"`{flag}`={max_new_tokens} a sample could reach "
             f"{len(prompt_ids[longest]) + max_new_tokens} tokens, beyond the model's context of {limit}; "
-            f"lower {flag}"
+            f"lower `{flag}`"
         )
 
 
