@@ -40,12 +40,16 @@ def presample_throughput(rounds: int, problems: int, k: int, new_tokens: int) ->
     timings: dict[str, list[float]] = {"batched": [], "one_at_a_time": []}
     for _ in range(rounds):
         start = time.perf_counter()
-        sample_completions(model, tokenizer, prompts, num_samples=k, max_new_tokens=new_tokens, batch_size=problems)
+        sample_completions(
+            model, tokenizer, prompts, num_samples=k, max_new_tokens=new_tokens, batch_size=problems
+        )
         timings["batched"].append(time.perf_counter() - start)
         start = time.perf_counter()
         for prompt in prompts:
             for j in range(k):
-                sample_completions(model, tokenizer, [prompt], num_samples=1, max_new_tokens=new_tokens, seed=j)
+                sample_completions(
+                    model, tokenizer, [prompt], num_samples=1, max_new_tokens=new_tokens, seed=j
+                )
         timings["one_at_a_time"].append(time.perf_counter() - start)
     samples = problems * k
     return {name: samples / statistics.median(values) for name, values in timings.items()}
@@ -54,9 +58,16 @@ def presample_throughput(rounds: int, problems: int, k: int, new_tokens: int) ->
 def llama_50m() -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
-                         num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=1024,
-                         tie_word_embeddings=False)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=512,
+        intermediate_size=1408,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+    )
     with torch.random.fork_rng():
         torch.manual_seed(0)
         return LlamaForCausalLM(config)
@@ -66,11 +77,13 @@ def batches(count: int, batch: int, prompt: int, completion: int) -> list[dict[s
     g = torch.Generator().manual_seed(0)
     records = []
     for _ in range(count * batch):
-        records.append({
-            "prompt_ids": torch.randint(3, 32000, (prompt,), generator=g).tolist(),
-            "completion_ids": torch.randint(3, 32000, (completion,), generator=g).tolist(),
-            "weight": float(torch.randn((), generator=g)),
-        })  # fmt: skip
+        records.append(
+            {
+                "prompt_ids": torch.randint(3, 32000, (prompt,), generator=g).tolist(),
+                "completion_ids": torch.randint(3, 32000, (completion,), generator=g).tolist(),
+                "weight": float(torch.randn((), generator=g)),
+            }
+        )
     return records
 
 
@@ -95,16 +108,29 @@ def make_trainer(arm: str, records: list[dict[str, Any]], batch: int, steps: int
     model = llama_50m()
     ref = copy.deepcopy(model) if arm == "o1_second_model" else None
     if arm.startswith("lora") or arm == "o1_lora_base":
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj",
-                                                                                       "o_proj"]))  # fmt: skip
-    settings = {"per_device_train_batch_size": batch, "max_steps": steps, "learning_rate": 1e-5, "save_strategy": "no",
-                "logging_strategy": "no", "disable_tqdm": True, "remove_unused_columns": False,
-                "train_sampling_strategy": "sequential", "report_to": "none"}  # fmt: skip
+        model = get_peft_model(
+            model, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+        )
+    settings = {
+        "per_device_train_batch_size": batch,
+        "max_steps": steps,
+        "learning_rate": 1e-5,
+        "save_strategy": "no",
+        "logging_strategy": "no",
+        "disable_tqdm": True,
+        "remove_unused_columns": False,
+        "train_sampling_strategy": "sequential",
+        "report_to": "none",
+    }
     if arm.startswith("o1"):
         args = training_args(folder, cls=O1PrunerConfig, **settings)
         return O1PrunerTrainer(model=model, args=args, ref_model=ref, train_dataset=records)
-    return Trainer(model=model, args=training_args(folder, **settings), train_dataset=records,
-                   data_collator=_SFTCollator())  # fmt: skip
+    return Trainer(
+        model=model,
+        args=training_args(folder, **settings),
+        train_dataset=records,
+        data_collator=_SFTCollator(),
+    )
 
 
 def step_times(arm: str, records: list[dict[str, Any]], batch: int, steps: int, warmup: int) -> list[float]:
@@ -152,10 +178,14 @@ def main() -> None:
     problems, k = (8, 4) if args.quick else (16, 8)
     throughput = presample_throughput(args.rounds, problems, k, new_tokens=32)
     ratio = throughput["batched"] / throughput["one_at_a_time"]
-    print(f"\n1. presampling, tiny_causal_lm, {problems} problems x K={k}, 32 new tokens each, median of "
-          f"{args.rounds} rounds")
-    print(f"   batched: {throughput['batched']:.1f} samples/s; one at a time: {throughput['one_at_a_time']:.1f} "
-          f"samples/s; ratio {ratio:.2f}x (target >= 4x: {'met' if ratio >= 4 else 'NOT met'})")
+    print(
+        f"\n1. presampling, tiny_causal_lm, {problems} problems x K={k}, 32 new tokens each, median of "
+        f"{args.rounds} rounds"
+    )
+    print(
+        f"   batched: {throughput['batched']:.1f} samples/s; one at a time: {throughput['one_at_a_time']:.1f} "
+        f"samples/s; ratio {ratio:.2f}x (target >= 4x: {'met' if ratio >= 4 else 'NOT met'})"
+    )
 
     params = sum(p.numel() for p in llama_50m().parameters())
     records = batches(steps, batch, prompt, completion)
@@ -164,27 +194,39 @@ def main() -> None:
         for arm in ARMS:
             timings[arm] += step_times(arm, records, batch, steps, warmup)
     median = {arm: statistics.median(values) for arm, values in timings.items()}
-    print(f"\n2. step time, Llama {params / 1e6:.1f}M parameters from a config, batch {batch} x ({prompt} prompt + "
-          f"{completion} completion) tokens, median of {len(timings['sft'])} steps per arm ({args.rounds} rounds)")
+    print(
+        f"\n2. step time, Llama {params / 1e6:.1f}M parameters from a config, batch {batch} x ({prompt} prompt + "
+        f"{completion} completion) tokens, median of {len(timings['sft'])} steps per arm ({args.rounds} rounds)"
+    )
     for arm, base in (("o1_second_model", "sft"), ("o1_lora_base", "lora_sft")):
         r = median[arm] / median[base]
-        print(f"   {arm}: {median[arm]:.3f} s vs {base} {median[base]:.3f} s: {r:.2f}x "
-              f"(target <= 1.6x: {'met' if r <= 1.6 else 'NOT met'})")
+        print(
+            f"   {arm}: {median[arm]:.3f} s vs {base} {median[base]:.3f} s: {r:.2f}x "
+            f"(target <= 1.6x: {'met' if r <= 1.6 else 'NOT met'})"
+        )
     r = median["o1_lora_base"] / median["sft"]
     print(f"   o1_lora_base vs full sft: {r:.2f}x")
 
-    print("\n3. peak memory (MemoryMeter, resident set on the CPU; a fresh process per arm, rounds interleaved)")
+    print(
+        "\n3. peak memory (MemoryMeter, resident set on the CPU; a fresh process per arm, rounds interleaved)"
+    )
     memory: dict[str, list[dict[str, float]]] = {"lora_sft": [], "o1_lora_base": []}
     for _ in range(args.rounds):
-        for arm in memory:
-            out = subprocess.run([sys.executable, __file__, "--memory-arm", arm, *(["--quick"] if args.quick else [])],
-                                 capture_output=True, text=True, check=True)  # fmt: skip
-            memory[arm].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        for arm, runs in memory.items():
+            out = subprocess.run(
+                [sys.executable, __file__, "--memory-arm", arm, *(["--quick"] if args.quick else [])],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     for key in ("peak_mib", "growth_mib"):
-        values = {arm: statistics.median(m[key] for m in runs) for arm, runs in memory.items()}
+        values = {arm: statistics.median([m[key] for m in runs]) for arm, runs in memory.items()}
         r = values["o1_lora_base"] / values["lora_sft"]
-        print(f"   {key}: o1_lora_base {values['o1_lora_base']:.0f} MiB vs lora_sft {values['lora_sft']:.0f} MiB: "
-              f"{r:.2f}x (target <= 1.1x: {'met' if r <= 1.1 else 'NOT met'})")
+        print(
+            f"   {key}: o1_lora_base {values['o1_lora_base']:.0f} MiB vs lora_sft {values['lora_sft']:.0f} MiB: "
+            f"{r:.2f}x (target <= 1.1x: {'met' if r <= 1.1 else 'NOT met'})"
+        )
     print(f"\nload average at end: {os.getloadavg()}")
 
 

@@ -15,7 +15,9 @@ from paperpack.core.hf import training_args
 from paperpack.o1_pruner import O1PrunerConfig
 
 
-def weighted_samples(tokenizer: PreTrainedTokenizerFast, count: int = 16, seed: int = 0) -> list[dict[str, Any]]:
+def weighted_samples(
+    tokenizer: PreTrainedTokenizerFast, count: int = 16, seed: int = 0
+) -> list[dict[str, Any]]:
     """Prompt and completion ids of varied lengths with weights of both signs (what presample returns)."""
     rng = random.Random(seed)
     words = "the model and the data of a red river in the north".split()

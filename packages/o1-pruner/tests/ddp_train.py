@@ -13,14 +13,29 @@ from paperpack.core.hf import tiny_causal_lm, training_args
 from paperpack.o1_pruner import O1PrunerConfig, O1PrunerTrainer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import ARGS, weighted_samples  # noqa: E402
+from conftest import ARGS, weighted_samples
 
 out = Path(sys.argv[1])
 model, tokenizer = tiny_causal_lm()
-args = training_args(out / "run", cls=O1PrunerConfig, **{**ARGS, "per_device_train_batch_size": 2,
-                                                          "gradient_accumulation_steps": 2, "train_sampling_strategy": "sequential", "optim": "sgd", "learning_rate": 0.1})  # fmt: skip
-trainer = O1PrunerTrainer(model=model, args=args, ref_model=copy.deepcopy(model),
-                          train_dataset=weighted_samples(tokenizer), processing_class=tokenizer)  # fmt: skip
+args = training_args(
+    out / "run",
+    cls=O1PrunerConfig,
+    **{
+        **ARGS,
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 2,
+        "train_sampling_strategy": "sequential",
+        "optim": "sgd",
+        "learning_rate": 0.1,
+    },
+)
+trainer = O1PrunerTrainer(
+    model=model,
+    args=args,
+    ref_model=copy.deepcopy(model),
+    train_dataset=weighted_samples(tokenizer),
+    processing_class=tokenizer,
+)
 trainer.train()
 if trainer.accelerator.is_main_process:
     out.mkdir(parents=True, exist_ok=True)

@@ -24,8 +24,14 @@ def test_reward_on_hand_cases() -> None:
     )
     assert values == pytest.approx([4 / 2 - 1 + 2 * 0.5, 4 / 8 - 1 - 2 * 0.25])
     clipped = length_harmonizing_reward_func(last_number_grader, lam=2.0, clip=(-1.0, 1.5))
-    assert clipped(prompts=["p"], completions=[[{"role": "assistant", "content": "2"}]], completion_ids=[[5]],
-                   answer=["2"], ref_length=[4.0], ref_accuracy=[0.5]) == [1.5]  # fmt: skip
+    assert clipped(
+        prompts=["p"],
+        completions=[[{"role": "assistant", "content": "2"}]],
+        completion_ids=[[5]],
+        answer=["2"],
+        ref_length=[4.0],
+        ref_accuracy=[0.5],
+    ) == [1.5]
     assert reward.__name__ == "length_harmonizing_reward"
     with pytest.raises(ConfigError, match="needs the data set columns ref_length, ref_accuracy"):
         reward(prompts=["p"], completions=["2"], completion_ids=[[5]], answer=["2"])
@@ -40,14 +46,31 @@ def test_short_grpo_run_uses_the_reward(tiny_lm, tmp_path) -> None:
     model = copy.deepcopy(model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     dataset = Dataset.from_list(
-        [{"prompt": f"Q: what is {i} + 1? A:", "answer": str(i + 1), "ref_length": 10.0, "ref_accuracy": 0.25}
-         for i in range(8)]
-    )  # fmt: skip
+        [
+            {
+                "prompt": f"Q: what is {i} + 1? A:",
+                "answer": str(i + 1),
+                "ref_length": 10.0,
+                "ref_accuracy": 0.25,
+            }
+            for i in range(8)
+        ]
+    )
     args = GRPOConfig(
-        output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4,
-        num_generations=4, max_completion_length=10, learning_rate=1e-3, logging_steps=1, save_strategy="no",
-        disable_tqdm=True, bf16=False, use_cpu=True, report_to="none", seed=0,
-    )  # fmt: skip
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=10,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        bf16=False,
+        use_cpu=True,
+        report_to="none",
+        seed=0,
+    )
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=[length_harmonizing_reward_func(last_number_grader, lam=2.0)],

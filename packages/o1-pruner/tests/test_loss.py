@@ -33,10 +33,14 @@ def test_gradient_is_zero_where_the_clip_engages(eps: float) -> None:
     # w > 0 and r > 1 + ε, w < 0 and r < 1 − ε: clipped, flat; the other two are pushed back (not clipped).
     assert policy.grad[0] == 0 and policy.grad[1] == 0
     torch.testing.assert_close(policy.grad[2:], -weights[2:] * ratio[2:])
-    torch.testing.assert_close(losses[:2], -weights[:2] * torch.tensor([1 + eps, 1 - eps], dtype=torch.float64))
+    torch.testing.assert_close(
+        losses[:2], -weights[:2] * torch.tensor([1 + eps, 1 - eps], dtype=torch.float64)
+    )
     # Just inside the interval the gradient is the unclipped one.
     inside = torch.tensor([0.9 * eps], dtype=torch.float64, requires_grad=True)
-    o1_pruner_loss(inside, torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64), cliprange=eps).backward()
+    o1_pruner_loss(
+        inside, torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64), cliprange=eps
+    ).backward()
     assert inside.grad[0] == pytest.approx(-torch.exp(torch.tensor(0.9 * eps)).item())
 
 
@@ -54,13 +58,19 @@ def _random_batch(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, 
 def test_sequence_and_token_levels_match_the_literal_reference(seed: int) -> None:
     policy, ref, weights, mask = _random_batch(seed)
     per_sample = [(policy[i][mask[i] > 0], ref[i][mask[i] > 0]) for i in range(5)]
-    slow_seq = reference_loss([p for p, _ in per_sample], [r for _, r in per_sample], weights.tolist(), 0.2, "sequence_mean")
+    slow_seq = reference_loss(
+        [p for p, _ in per_sample], [r for _, r in per_sample], weights.tolist(), 0.2, "sequence_mean"
+    )
     fast_seq = o1_pruner_loss(sequence_mean(policy, mask), sequence_mean(ref, mask), weights, cliprange=0.2)
     torch.testing.assert_close(fast_seq, slow_seq)
-    slow_tok = reference_loss([p for p, _ in per_sample], [r for _, r in per_sample], weights.tolist(), 0.2, "token")
+    slow_tok = reference_loss(
+        [p for p, _ in per_sample], [r for _, r in per_sample], weights.tolist(), 0.2, "token"
+    )
     fast_tok = o1_pruner_loss(policy, ref, weights, cliprange=0.2, mask=mask)
     torch.testing.assert_close(fast_tok, slow_tok)
-    assert o1_pruner_loss(policy, ref, weights, mask=mask, reduction="sum") == pytest.approx(5 * float(fast_tok))
+    assert o1_pruner_loss(policy, ref, weights, mask=mask, reduction="sum") == pytest.approx(
+        5 * float(fast_tok)
+    )
 
 
 def test_token_log_probs_equal_log_softmax_and_mask_the_prompt() -> None:

@@ -38,8 +38,9 @@ def test_presample_builds_the_weighted_training_set(tiny_lm, make_args, tmp_path
         assert record["ref_length"] == pytest.approx(statistics.fmean(lengths))
         assert record["ref_accuracy"] == pytest.approx(sum(correct) / 4)
         assert record["length"] == len(record["completion_ids"])
-        (expected,) = length_harmonizing_reward([record["length"]], [record["correct"]], record["ref_length"],
-                                                record["ref_accuracy"], lam=2.0)  # fmt: skip
+        (expected,) = length_harmonizing_reward(
+            [record["length"]], [record["correct"]], record["ref_length"], record["ref_accuracy"], lam=2.0
+        )
         assert record["reward"] == pytest.approx(expected)
         assert record["correct"] == parity_grader(record["completion"], record["answer"])
         assert record["prompt_ids"] == line["prompt_ids"] == tokenizer(record["prompt"])["input_ids"]
@@ -55,10 +56,14 @@ def test_presample_builds_the_weighted_training_set(tiny_lm, make_args, tmp_path
     assert saved == data.to_list()
 
 
-def test_interrupted_presampling_resumes_without_sampling_again(tiny_lm, make_args, tmp_path: Path, monkeypatch) -> None:
+def test_interrupted_presampling_resumes_without_sampling_again(
+    tiny_lm, make_args, tmp_path: Path, monkeypatch
+) -> None:
     model, tokenizer = tiny_lm
     args = make_args(num_presamples=3, presample_batch_size=2)
-    full = presample(model, tokenizer, PROBLEMS, parity_grader, args, output=tmp_path / "full", progress=False)
+    full = presample(
+        model, tokenizer, PROBLEMS, parity_grader, args, output=tmp_path / "full", progress=False
+    )
 
     def failing_grader(completion: str, answer: str) -> bool:
         if answer == PROBLEMS[4]["answer"]:
@@ -66,7 +71,9 @@ def test_interrupted_presampling_resumes_without_sampling_again(tiny_lm, make_ar
         return parity_grader(completion, answer)
 
     out = tmp_path / "cut"
-    with pytest.raises(ConfigError, match=r"the grader raised on problem 4 \(answer '10'\), sample 0: RuntimeError"):
+    with pytest.raises(
+        ConfigError, match=r"the grader raised on problem 4 \(answer '10'\), sample 0: RuntimeError"
+    ):
         presample(model, tokenizer, PROBLEMS, failing_grader, args, output=out, progress=False)
     assert len((out / "samples.jsonl").read_text().splitlines()) == 4  # batches 0-1 and 2-3 were kept
     assert not (out / "train.jsonl").exists()
@@ -93,8 +100,15 @@ def test_interrupted_presampling_resumes_without_sampling_again(tiny_lm, make_ar
     assert sampled == [] and again.to_list() == full.to_list()
     # Other settings or problems are refused, naming what changed.
     with pytest.raises(ConfigError, match="num_presamples 3 -> 4"):
-        presample(model, tokenizer, PROBLEMS, parity_grader, make_args(num_presamples=4, presample_batch_size=2),
-                  output=out, progress=False)  # fmt: skip
+        presample(
+            model,
+            tokenizer,
+            PROBLEMS,
+            parity_grader,
+            make_args(num_presamples=4, presample_batch_size=2),
+            output=out,
+            progress=False,
+        )
     with pytest.raises(ConfigError, match="problems_sha256"):
         presample(model, tokenizer, PROBLEMS[:6], parity_grader, args, output=out, progress=False)
 
@@ -107,17 +121,27 @@ def test_bad_input_fails_before_sampling(tiny_lm, make_args, tmp_path: Path) -> 
     def run(problems=PROBLEMS, grader=parity_grader, config=args, target=out, on=model):
         return lambda: presample(on, tokenizer, problems, grader, config, output=target, progress=False)
 
-    check_fails_cleanly(run(problems=[*PROBLEMS[:2], {"prompt": "2 + 2"}]), ConfigError,
-                        r"problem 2 needs a non-empty string 'answer' \(got None\); its fields: \['prompt'\]",
-                        output=out)  # fmt: skip
-    check_fails_cleanly(run(problems=[{"prompt": "", "answer": "1"}]), ConfigError, "non-empty string 'prompt'",
-                        output=out)  # fmt: skip
+    check_fails_cleanly(
+        run(problems=[*PROBLEMS[:2], {"prompt": "2 + 2"}]),
+        ConfigError,
+        r"problem 2 needs a non-empty string 'answer' \(got None\); its fields: \['prompt'\]",
+        output=out,
+    )
+    check_fails_cleanly(
+        run(problems=[{"prompt": "", "answer": "1"}]), ConfigError, "non-empty string 'prompt'", output=out
+    )
     check_fails_cleanly(run(grader="last_number"), ConfigError, "`grader` must be a callable", output=out)
     short, _ = tiny_causal_lm(max_position_embeddings=10)
-    check_fails_cleanly(run(on=short), ConfigError,
-                        r"problem \d has a prompt of \d+ tokens; with `presample_max_new_tokens`=6 a sample could reach "
-                        r"\d+ tokens, beyond the model's context of 10", output=out)  # fmt: skip
-    check_fails_cleanly(run(grader=lambda c, a: "yes"), ConfigError, r"the grader must return a bool, got 'yes'")
+    check_fails_cleanly(
+        run(on=short),
+        ConfigError,
+        r"problem \d has a prompt of \d+ tokens; with `presample_max_new_tokens`=6 a sample could reach "
+        r"\d+ tokens, beyond the model's context of 10",
+        output=out,
+    )
+    check_fails_cleanly(
+        run(grader=lambda c, a: "yes"), ConfigError, r"the grader must return a bool, got 'yes'"
+    )
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")

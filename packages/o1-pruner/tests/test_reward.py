@@ -42,7 +42,13 @@ def test_reward_matches_the_literal_reference() -> None:
 
 
 def test_weights_clip_bounds_and_zscore() -> None:
-    assert harmonized_weights([-9.0, -2.0, 0.5, 4.0, 7.0], clip=(-2, 4), normalize="none") == [-2, -2, 0.5, 4, 4]
+    assert harmonized_weights([-9.0, -2.0, 0.5, 4.0, 7.0], clip=(-2, 4), normalize="none") == [
+        -2,
+        -2,
+        0.5,
+        4,
+        4,
+    ]
     rng = random.Random(1)
     rewards = [rng.uniform(-6, 9) for _ in range(101)]
     weights = harmonized_weights(rewards, clip=(-2.0, 4.0))
@@ -69,7 +75,16 @@ def test_aes_on_the_paper_table_cells() -> None:
         assert round(table, 2) == pytest.approx(reported, abs=0.011)
         formula = aes(acc, length, acc_base, length_base)
         for sign_agnostic, value in ((True, table), (False, formula)):
-            literal = reference_aes(acc, length, acc_base, length_base, 1.0, 3.0, 5.0, sign_agnostic)
+            literal = reference_aes(
+                acc,
+                length,
+                acc_base,
+                length_base,
+                alpha=1.0,
+                beta=3.0,
+                gamma=5.0,
+                sign_agnostic=sign_agnostic,
+            )
             assert value == pytest.approx(literal, rel=1e-12)
         if acc >= acc_base:
             assert formula == table

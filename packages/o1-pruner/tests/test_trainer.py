@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -23,14 +22,17 @@ def _losses(trainer: O1PrunerTrainer) -> list[float]:
     return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
 
-def test_first_loss_is_minus_mean_weight_and_the_model_moves(fresh_model, make_args, samples, tiny_lm) -> None:
+def test_first_loss_is_minus_mean_weight_and_the_model_moves(
+    fresh_model, make_args, samples, tiny_lm
+) -> None:
     model = fresh_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     reference = fresh_model()
     ref_before = {k: v.clone() for k, v in reference.state_dict().items()}
     args = make_args(max_steps=4, per_device_train_batch_size=16)  # one batch = the whole data set
-    trainer = O1PrunerTrainer(model=model, args=args, ref_model=reference, train_dataset=samples,
-                              processing_class=tiny_lm[1])  # fmt: skip
+    trainer = O1PrunerTrainer(
+        model=model, args=args, ref_model=reference, train_dataset=samples, processing_class=tiny_lm[1]
+    )
     trainer.train()
     mean_weight = sum(s["weight"] for s in samples) / len(samples)
     losses = _losses(trainer)
@@ -44,30 +46,50 @@ def test_first_loss_is_minus_mean_weight_and_the_model_moves(fresh_model, make_a
     assert all(not p.requires_grad for p in reference.parameters())
 
 
-def test_without_ref_model_the_reference_is_a_frozen_copy_of_the_initial_model(fresh_model, make_args, samples, tiny_lm) -> None:
+def test_without_ref_model_the_reference_is_a_frozen_copy_of_the_initial_model(
+    fresh_model, make_args, samples, tiny_lm
+) -> None:
     initial = fresh_model()
-    trainer = O1PrunerTrainer(model=fresh_model(), args=make_args(), train_dataset=samples, processing_class=tiny_lm[1])
+    trainer = O1PrunerTrainer(
+        model=fresh_model(), args=make_args(), train_dataset=samples, processing_class=tiny_lm[1]
+    )
     trainer.train()
     assert_state_dicts_equal(trainer.ref_model.state_dict(), initial.state_dict())
-    explicit = O1PrunerTrainer(model=fresh_model(), args=make_args("two"), ref_model=fresh_model(),
-                               train_dataset=samples, processing_class=tiny_lm[1])  # fmt: skip
+    explicit = O1PrunerTrainer(
+        model=fresh_model(),
+        args=make_args("two"),
+        ref_model=fresh_model(),
+        train_dataset=samples,
+        processing_class=tiny_lm[1],
+    )
     explicit.train()
     assert_state_dicts_equal(explicit.model.state_dict(), trainer.model.state_dict())
 
 
 @pytest.mark.parametrize("ratio_level", ["sequence_mean", "token"])
-def test_gradient_accumulation_equals_the_larger_batch(ratio_level, fresh_model, make_args, samples, tiny_lm) -> None:
+def test_gradient_accumulation_equals_the_larger_batch(
+    ratio_level, fresh_model, make_args, samples, tiny_lm
+) -> None:
     # 12 samples: one step of 12, or 3 micro-batches of 4; then 2 micro-batches of 5 and 1 of 2 (uneven).
     # SGD, so that the update is the gradient itself (Adam's g/√v would magnify float32 rounding of tiny g).
     data = samples[:12]
     results = []
     for subdir, batch, accumulation in (("big", 12, 1), ("acc", 4, 3), ("uneven", 5, 3)):
         model = fresh_model()
-        args = make_args(subdir, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
-                         max_steps=2, ratio_level=ratio_level, dataloader_drop_last=False,
-                         lr_scheduler_type="constant", optim="sgd", learning_rate=0.1)  # fmt: skip
-        O1PrunerTrainer(model=model, args=args, ref_model=fresh_model(), train_dataset=data,
-                        processing_class=tiny_lm[1]).train()  # fmt: skip
+        args = make_args(
+            subdir,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accumulation,
+            max_steps=2,
+            ratio_level=ratio_level,
+            dataloader_drop_last=False,
+            lr_scheduler_type="constant",
+            optim="sgd",
+            learning_rate=0.1,
+        )
+        O1PrunerTrainer(
+            model=model, args=args, ref_model=fresh_model(), train_dataset=data, processing_class=tiny_lm[1]
+        ).train()
         results.append(model.state_dict())
     assert_state_dicts_equal(results[1], results[0], atol=1e-6, rtol=0)
     assert_state_dicts_equal(results[2], results[0], atol=1e-6, rtol=0)
@@ -77,14 +99,25 @@ def test_gradient_accumulation_equals_the_larger_batch(ratio_level, fresh_model,
 
 def test_resume_equals_the_uninterrupted_run(fresh_model, make_args, samples, tiny_lm) -> None:
     common = {"max_steps": 6, "lr_scheduler_type": "linear", "per_device_train_batch_size": 4}
-    full = O1PrunerTrainer(model=fresh_model(), args=make_args("full", **common), train_dataset=samples,
-                           processing_class=tiny_lm[1])  # fmt: skip
+    full = O1PrunerTrainer(
+        model=fresh_model(),
+        args=make_args("full", **common),
+        train_dataset=samples,
+        processing_class=tiny_lm[1],
+    )
     full.train()
     cut_args = make_args("cut", save_strategy="steps", save_steps=3, **common)
-    O1PrunerTrainer(model=fresh_model(), args=cut_args, train_dataset=samples, processing_class=tiny_lm[1],
-                    callbacks=[StopAtStep(3)]).train()  # fmt: skip
+    O1PrunerTrainer(
+        model=fresh_model(),
+        args=cut_args,
+        train_dataset=samples,
+        processing_class=tiny_lm[1],
+        callbacks=[StopAtStep(3)],
+    ).train()
     checkpoint = Path(cut_args.output_dir) / "checkpoint-3"
-    resumed = O1PrunerTrainer(model=fresh_model(), args=cut_args, train_dataset=samples, processing_class=tiny_lm[1])
+    resumed = O1PrunerTrainer(
+        model=fresh_model(), args=cut_args, train_dataset=samples, processing_class=tiny_lm[1]
+    )
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert_state_dicts_equal(resumed.model.state_dict(), full.model.state_dict())
     # The reference stays the initial model (the copy is taken before the checkpoint is loaded).
@@ -97,7 +130,9 @@ def test_resume_equals_the_uninterrupted_run(fresh_model, make_args, samples, ti
     assert _losses(resumed)[-3:] == pytest.approx(_losses(full)[-3:], abs=0)
 
 
-def test_peft_reference_is_the_base_with_the_adapter_disabled(fresh_model, make_args, samples, tiny_lm) -> None:
+def test_peft_reference_is_the_base_with_the_adapter_disabled(
+    fresh_model, make_args, samples, tiny_lm
+) -> None:
     lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, init_lora_weights=False)
     base = fresh_model()
     base_before = {k: v.clone() for k, v in base.state_dict().items()}
@@ -105,7 +140,9 @@ def test_peft_reference_is_the_base_with_the_adapter_disabled(fresh_model, make_
         torch.manual_seed(0)
         model = get_peft_model(base, lora)
     adapter_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    trainer = O1PrunerTrainer(model=model, args=make_args(), train_dataset=samples, processing_class=tiny_lm[1])
+    trainer = O1PrunerTrainer(
+        model=model, args=make_args(), train_dataset=samples, processing_class=tiny_lm[1]
+    )
     assert trainer.ref_model is None  # no second copy
     trainer.train()
     assert any(not torch.equal(p, adapter_before[n]) for n, p in model.named_parameters() if p.requires_grad)
@@ -116,8 +153,13 @@ def test_peft_reference_is_the_base_with_the_adapter_disabled(fresh_model, make_
     with torch.random.fork_rng():
         torch.manual_seed(0)
         twin = get_peft_model(fresh_model(), lora)
-    O1PrunerTrainer(model=twin, args=make_args("twin"), ref_model=fresh_model(), train_dataset=samples,
-                    processing_class=tiny_lm[1]).train()  # fmt: skip
+    O1PrunerTrainer(
+        model=twin,
+        args=make_args("twin"),
+        ref_model=fresh_model(),
+        train_dataset=samples,
+        processing_class=tiny_lm[1],
+    ).train()
     adapters = {n: p for n, p in model.named_parameters() if p.requires_grad}
     for name, param in twin.named_parameters():
         if param.requires_grad:
@@ -125,9 +167,12 @@ def test_peft_reference_is_the_base_with_the_adapter_disabled(fresh_model, make_
 
 
 def test_text_records_are_tokenized(fresh_model, make_args, tiny_lm) -> None:
-    records = [{"prompt": "the model", "completion": " and the data", "weight": w} for w in (1.0, -1.0, 0.5, 0.2)]
-    trainer = O1PrunerTrainer(model=fresh_model(), args=make_args(max_steps=1), train_dataset=records,
-                              processing_class=tiny_lm[1])  # fmt: skip
+    records = [
+        {"prompt": "the model", "completion": " and the data", "weight": w} for w in (1.0, -1.0, 0.5, 0.2)
+    ]
+    trainer = O1PrunerTrainer(
+        model=fresh_model(), args=make_args(max_steps=1), train_dataset=records, processing_class=tiny_lm[1]
+    )
     first = trainer.train_dataset[0]
     assert first["completion_ids"][-1] == tiny_lm[1].eos_token_id
     assert first["prompt_ids"] == tiny_lm[1]("the model")["input_ids"]
@@ -139,14 +184,20 @@ def test_bad_input(fresh_model, make_args, samples, tiny_lm) -> None:
     with pytest.raises(TypeError, match="O1PrunerConfig"):
         O1PrunerTrainer(model=model, args=make_args().to_dict(), train_dataset=samples)
     with pytest.raises(ConfigError, match="needs a 'weight' column"):
-        O1PrunerTrainer(model=model, args=make_args(), train_dataset=[{"prompt_ids": [1], "completion_ids": [2]}])
+        O1PrunerTrainer(
+            model=model, args=make_args(), train_dataset=[{"prompt_ids": [1], "completion_ids": [2]}]
+        )
     with pytest.raises(ConfigError, match="non-finite weight"):
         O1PrunerTrainer(model=model, args=make_args(), train_dataset=[{**samples[0], "weight": float("nan")}])
     long = {"prompt_ids": [1] * 2000, "completion_ids": [5] * 60, "weight": 1.0}
     with pytest.raises(ConfigError, match=r"sample 1 has 2060 tokens .* beyond the model's context of 2048"):
-        O1PrunerTrainer(model=model, args=make_args(), train_dataset=[samples[0], long], processing_class=tokenizer)
+        O1PrunerTrainer(
+            model=model, args=make_args(), train_dataset=[samples[0], long], processing_class=tokenizer
+        )
     with pytest.raises(ConfigError, match="pass the tokenizer"):
-        O1PrunerTrainer(model=model, args=make_args(), train_dataset=[{"prompt": "a", "completion": "b", "weight": 1.0}])
+        O1PrunerTrainer(
+            model=model, args=make_args(), train_dataset=[{"prompt": "a", "completion": "b", "weight": 1.0}]
+        )
 
 
 @pytest.mark.parametrize(
@@ -168,18 +219,51 @@ def test_config_refuses_bad_values(overrides, match, make_args) -> None:
 
 def test_config_parses_with_hf_argument_parser(tmp_path: Path) -> None:
     (args,) = HfArgumentParser(O1PrunerConfig).parse_args_into_dataclasses(
-        ["--output_dir", str(tmp_path), "--num_presamples", "8", "--lam", "5", "--weight_clip", "-1", "3",
-         "--ratio_level", "token", "--use_cpu", "true", "--report_to", "none"]
-    )  # fmt: skip
-    assert (args.num_presamples, args.lam, args.weight_clip, args.ratio_level) == (8, 5.0, [-1.0, 3.0], "token")
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--num_presamples",
+            "8",
+            "--lam",
+            "5",
+            "--weight_clip",
+            "-1",
+            "3",
+            "--ratio_level",
+            "token",
+            "--use_cpu",
+            "true",
+            "--report_to",
+            "none",
+        ]
+    )
+    assert (args.num_presamples, args.lam, args.weight_clip, args.ratio_level) == (
+        8,
+        5.0,
+        [-1.0, 3.0],
+        "token",
+    )
     assert args.remove_unused_columns is False
 
 
-def test_ddp_equals_one_process_on_the_whole_batch(tmp_path: Path, fresh_model, make_args, samples, tiny_lm) -> None:
+def test_ddp_equals_one_process_on_the_whole_batch(
+    tmp_path: Path, fresh_model, make_args, samples, tiny_lm
+) -> None:
     """Two ranks with 2 samples each (and accumulation) train exactly as one process with 8 per step."""
     single = fresh_model()
-    O1PrunerTrainer(model=single, args=make_args("single", per_device_train_batch_size=4, gradient_accumulation_steps=2, train_sampling_strategy="sequential", optim="sgd", learning_rate=0.1),
-                    train_dataset=samples, processing_class=tiny_lm[1]).train()  # fmt: skip
+    O1PrunerTrainer(
+        model=single,
+        args=make_args(
+            "single",
+            per_device_train_batch_size=4,
+            gradient_accumulation_steps=2,
+            train_sampling_strategy="sequential",
+            optim="sgd",
+            learning_rate=0.1,
+        ),
+        train_dataset=samples,
+        processing_class=tiny_lm[1],
+    ).train()
     out = tmp_path / "ddp"
     run_distributed(HERE / "ddp_train.py", str(out))
     ddp = torch.load(out / "weights.pt")

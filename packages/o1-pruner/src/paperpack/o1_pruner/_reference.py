@@ -14,9 +14,10 @@ from torch import Tensor
 __all__ = ["reference_aes", "reference_loss", "reference_reward", "reference_weights"]
 
 
-def reference_reward(length: int, correct: bool, sample_lengths: list[int], sample_correct: list[bool],
-                     lam: float) -> float:  # fmt: skip
-    """w = (L_ref − L(y)) / L(y) + λ (A(y) − A_ref), as the official dataset construction writes it."""
+def reference_reward(
+    length: int, correct: bool, sample_lengths: list[int], sample_correct: list[bool], lam: float
+) -> float:
+    """W = (L_ref − L(y)) / L(y) + λ (A(y) − A_ref), as the official dataset construction writes it."""
     ref_length = sum(sample_lengths) / len(sample_lengths)
     ref_accuracy = sum(1 for c in sample_correct if c) / len(sample_correct)
     return (ref_length - length) / length + lam * ((1.0 if correct else 0.0) - ref_accuracy)
@@ -27,10 +28,8 @@ def reference_weights(rewards: list[float], low: float, high: float, zscore: boo
     clipped = []
     for reward in rewards:
         value = reward
-        if value <= low:
-            value = low
-        if value > high:
-            value = high
+        value = max(low, value)
+        value = min(value, high)
         clipped.append(value)
     if not zscore:
         return clipped
@@ -42,9 +41,14 @@ def reference_weights(rewards: list[float], low: float, high: float, zscore: boo
     return [(value - mean) / std for value in clipped]
 
 
-def reference_loss(policy_token_logps: list[Tensor], ref_token_logps: list[Tensor], weights: list[float],
-                   cliprange: float, level: str) -> Tensor:  # fmt: skip
-    """The batch mean of max(−w·r, −w·clip(r)), one sample at a time (each a 1-D tensor of its token logps)."""
+def reference_loss(
+    policy_token_logps: list[Tensor],
+    ref_token_logps: list[Tensor],
+    weights: list[float],
+    cliprange: float,
+    level: str,
+) -> Tensor:
+    """The batch mean of max(−w·r, −w·clip(r)), one sample at a time (1-D tensors of token logps)."""
     total = torch.zeros((), dtype=torch.float64)
     for policy, ref, weight in zip(policy_token_logps, ref_token_logps, weights, strict=True):
         if level == "sequence_mean":
@@ -63,8 +67,8 @@ def reference_loss(policy_token_logps: list[Tensor], ref_token_logps: list[Tenso
     return total / len(weights)
 
 
-def reference_aes(acc: float, length: float, acc_base: float, length_base: float, alpha: float, beta: float,
-                  gamma: float, sign_agnostic: bool) -> float:  # fmt: skip
+def reference_aes(acc: float, length: float, acc_base: float, length_base: float, *, alpha: float,
+                  beta: float, gamma: float, sign_agnostic: bool) -> float:  # fmt: skip
     """AES as the paper's text writes it, or with β for drops too (its table)."""
     delta_length = (length_base - length) / length_base
     delta_acc = (acc - acc_base) / acc_base

@@ -28,10 +28,18 @@ __all__ = ["configure_parser"]
 GRADER_NAMES = ("last_number", "boxed", "math_verify")
 # O1PrunerConfig's own fields: every subcommand that uses the settings gets these flags.
 _PRESAMPLE_FIELDS = (
-    "num_presamples", "samples_per_problem", "lam", "weight_clip", "normalize_weights",
-    "presample_temperature", "presample_top_p", "presample_max_new_tokens", "presample_batch_size",
-    "chat_template", "seed",
-)  # fmt: skip
+    "num_presamples",
+    "samples_per_problem",
+    "lam",
+    "weight_clip",
+    "normalize_weights",
+    "presample_temperature",
+    "presample_top_p",
+    "presample_max_new_tokens",
+    "presample_batch_size",
+    "chat_template",
+    "seed",
+)
 # TrainingArguments fields typed as strings or enums that the generated flags do not cover.
 _STRING_FIELDS = ("lr_scheduler_type", "optim", "save_strategy", "logging_strategy", "eval_strategy")
 _SUMMARY = "o1_pruner_train.json"
@@ -50,13 +58,16 @@ def _common(sub: argparse.ArgumentParser, *, data_help: str) -> None:
     sub.add_argument("--data", required=True, metavar="FILE", help=data_help)
     sub.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
     sub.add_argument("--dtype", default="auto", help="float32, bf16, fp16 or auto (default: %(default)s)")
-    sub.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                     help="show progress bars (default: on)")  # fmt: skip
+    sub.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="show progress bars (default: on)",
+    )
 
 
 def _presample_parser(commands: Any) -> None:
     from paperpack.core.arguments import add_config_arguments
-
     from paperpack.o1_pruner.config import O1PrunerConfig
 
     sub = commands.add_parser(
@@ -66,7 +77,9 @@ def _presample_parser(commands: Any) -> None:
         "Data: JSON Lines with 'prompt' and 'answer'. Rerun the same command to resume an interrupted run.",
     )
     _common(sub, data_help="problems: JSON Lines with 'prompt' and 'answer' strings")
-    sub.add_argument("--output", required=True, metavar="DIR", help="new folder (or an earlier presample run)")
+    sub.add_argument(
+        "--output", required=True, metavar="DIR", help="new folder (or an earlier presample run)"
+    )
     sub.add_argument("--grader", default="last_number", choices=GRADER_NAMES, help="default: %(default)s")
     excluded = [f.name for f in dataclasses.fields(O1PrunerConfig) if f.name not in _PRESAMPLE_FIELDS]
     fields = add_config_arguments(sub, O1PrunerConfig, exclude=excluded)
@@ -75,7 +88,6 @@ def _presample_parser(commands: Any) -> None:
 
 def _train_parser(commands: Any) -> None:
     from paperpack.core.arguments import add_config_arguments
-
     from paperpack.o1_pruner.config import O1PrunerConfig
 
     sub = commands.add_parser(
@@ -85,20 +97,38 @@ def _train_parser(commands: Any) -> None:
         "itself, or --ref-model). Accepts every TrainingArguments field as a flag.",
     )
     _common(sub, data_help="a presample folder, or its train.jsonl (prompt_ids, completion_ids, weight)")
-    sub.add_argument("--output", required=True, metavar="DIR", help="new folder for the model and checkpoints")
+    sub.add_argument(
+        "--output", required=True, metavar="DIR", help="new folder for the model and checkpoints"
+    )
     sub.add_argument("--overwrite", action="store_true", help="write into an earlier output of this command")
     sub.add_argument("--ref-model", default=None, metavar="DIR", help="the reference (default: --model)")
-    sub.add_argument("--lora-r", type=int, default=None, metavar="R",
-                     help="train a LoRA adapter of rank R; the reference is the base with the adapter disabled")  # fmt: skip
-    sub.add_argument("--lora-target-modules", nargs="+", default=None, metavar="NAME",
-                     help="modules the adapter wraps (default: PEFT's choice for the architecture)")  # fmt: skip
-    sub.add_argument("--resume", default=None, metavar="last|DIR", help="continue from a checkpoint of --output")
+    sub.add_argument(
+        "--lora-r",
+        type=int,
+        default=None,
+        metavar="R",
+        help="train a LoRA adapter of rank R; the reference is the base, adapter disabled",
+    )
+    sub.add_argument(
+        "--lora-target-modules",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="modules the adapter wraps (default: PEFT's choice)",
+    )
+    sub.add_argument(
+        "--resume", default=None, metavar="last|DIR", help="continue from a checkpoint of --output"
+    )
     skipped = {"output_dir", *_STRING_FIELDS}
     hints = _supported_fields(O1PrunerConfig)
-    excluded = [f.name for f in dataclasses.fields(O1PrunerConfig) if f.name in skipped or f.name not in hints]
+    excluded = [
+        f.name for f in dataclasses.fields(O1PrunerConfig) if f.name in skipped or f.name not in hints
+    ]
     fields = add_config_arguments(sub, O1PrunerConfig, exclude=excluded)
     for name in _STRING_FIELDS:
-        sub.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=f"TrainingArguments.{name}")
+        sub.add_argument(
+            "--" + name.replace("_", "-"), dest=name, default=None, help=f"TrainingArguments.{name}"
+        )
     sub.set_defaults(handler=_train, config_fields=[*fields, *_STRING_FIELDS])
 
 
@@ -113,10 +143,18 @@ def _evaluate_parser(commands: Any) -> None:
     sub.add_argument("--grader", default="last_number", choices=GRADER_NAMES, help="default: %(default)s")
     sub.add_argument("--max-new-tokens", type=int, default=1024, help="default: %(default)s")
     sub.add_argument("--batch-size", type=int, default=16, help="problems per generate call (default: 16)")
-    sub.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=False,
-                     help="wrap prompts with the tokenizer's chat template (default: off)")  # fmt: skip
-    sub.add_argument("--baseline-accuracy", type=float, default=None, help="the reference's accuracy, for AES")
-    sub.add_argument("--baseline-length", type=float, default=None, help="the reference's mean length, for AES")
+    sub.add_argument(
+        "--chat-template",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="wrap prompts with the tokenizer's chat template (default: off)",
+    )
+    sub.add_argument(
+        "--baseline-accuracy", type=float, default=None, help="the reference's accuracy, for AES"
+    )
+    sub.add_argument(
+        "--baseline-length", type=float, default=None, help="the reference's mean length, for AES"
+    )
     sub.add_argument("--output", default=None, metavar="FILE.json", help="also write the figures here")
     sub.set_defaults(handler=_evaluate)
 
@@ -144,7 +182,6 @@ def _flags(error: Exception) -> str:
 def _config(args: argparse.Namespace, output_dir: Path, **extra: Any) -> Any:
     from paperpack.core.arguments import config_overrides
     from paperpack.core.hf import machine_defaults
-
     from paperpack.o1_pruner.config import O1PrunerConfig
 
     settings = {**machine_defaults(), **extra, **config_overrides(args, args.config_fields)}
@@ -192,7 +229,10 @@ def _presample(args: argparse.Namespace) -> int:
     from paperpack.o1_pruner.presampling import TRAIN_FILE, presample
 
     output = Path(args.output)
-    if output.resolve() == Path(args.model).resolve() or Path(args.model).resolve() in output.resolve().parents:
+    if (
+        output.resolve() == Path(args.model).resolve()
+        or Path(args.model).resolve() in output.resolve().parents
+    ):
         raise ConfigError(f"--output {args.output!r} must not be inside --model {args.model!r}")
     grader = _grader(args.grader)
     problems = _problems(args.data)
@@ -203,8 +243,10 @@ def _presample(args: argparse.Namespace) -> int:
     except ConfigError as error:
         raise ConfigError(_flags(error)) from None
     correct = sum(data["correct"]) / data.num_rows
-    print(f"wrote {output / TRAIN_FILE}: {data.num_rows} training samples from {len(problems)} problems "
-          f"(K={config.num_presamples}); kept samples {correct:.1%} correct")  # fmt: skip
+    print(
+        f"wrote {output / TRAIN_FILE}: {data.num_rows} training samples from {len(problems)} problems "
+        f"(K={config.num_presamples}); kept samples {correct:.1%} correct"
+    )
     return 0
 
 
@@ -267,8 +309,9 @@ def _train(args: argparse.Namespace) -> int:
     from paperpack.o1_pruner.trainer import O1PrunerTrainer
 
     try:
-        trainer = O1PrunerTrainer(model=model, args=config, ref_model=ref_model, train_dataset=records,
-                                  processing_class=tokenizer)  # fmt: skip
+        trainer = O1PrunerTrainer(
+            model=model, args=config, ref_model=ref_model, train_dataset=records, processing_class=tokenizer
+        )
     except ConfigError as error:
         raise ConfigError(_flags(error)) from None
     result = trainer.train(resume_from_checkpoint=resume)
@@ -277,8 +320,10 @@ def _train(args: argparse.Namespace) -> int:
     (output / "training_args.json").write_text(config.to_json_string())
     summary = {"steps": result.global_step, "train_loss": result.training_loss, "samples": len(records)}
     (output / _SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"wrote {output}: {result.global_step} steps on {len(records)} samples, "
-          f"train loss {result.training_loss:.4f}")  # fmt: skip
+    print(
+        f"wrote {output}: {result.global_step} steps on {len(records)} samples, "
+        f"train loss {result.training_loss:.4f}"
+    )
     return 0
 
 
@@ -289,7 +334,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if (args.baseline_accuracy is None) != (args.baseline_length is None):
         raise ConfigError("--baseline-accuracy and --baseline-length go together (AES needs both)")
-    for flag, value in (("--baseline-accuracy", args.baseline_accuracy), ("--baseline-length", args.baseline_length)):
+    for flag, value in (
+        ("--baseline-accuracy", args.baseline_accuracy),
+        ("--baseline-length", args.baseline_length),
+    ):
         if value is not None and not value > 0:
             raise ConfigError(f"{flag} must be > 0 (AES divides by it), got {value}")
     if args.batch_size < 1:
@@ -300,14 +348,27 @@ def _evaluate(args: argparse.Namespace) -> int:
     problems = _problems(args.data)
     model, tokenizer = _load(args.model, args)
     try:
-        result = evaluate(model, tokenizer, problems, grader, max_new_tokens=args.max_new_tokens,
-                          batch_size=args.batch_size, chat_template=args.chat_template,
-                          progress=args.progress)  # fmt: skip
+        result = evaluate(
+            model,
+            tokenizer,
+            problems,
+            grader,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            chat_template=args.chat_template,
+            progress=args.progress,
+        )
     except ConfigError as error:
         raise ConfigError(_flags(error)) from None
-    figures: dict[str, Any] = {"problems": len(problems), "accuracy": result.accuracy,
-                               "mean_length": result.mean_length}  # fmt: skip
-    line = f"accuracy {result.accuracy:.4f}, mean length {result.mean_length:.1f} tokens, {len(problems)} problems"
+    figures: dict[str, Any] = {
+        "problems": len(problems),
+        "accuracy": result.accuracy,
+        "mean_length": result.mean_length,
+    }
+    line = (
+        f"accuracy {result.accuracy:.4f}, mean length {result.mean_length:.1f} tokens, "
+        f"{len(problems)} problems"
+    )
     if args.baseline_accuracy is not None:
         base = (args.baseline_accuracy, args.baseline_length)
         figures["aes"] = aes(result.accuracy, result.mean_length, *base)

@@ -16,12 +16,12 @@ __all__ = ["O1PrunerConfig"]
 
 @dataclass
 class O1PrunerConfig(TrainingArguments):
-    r"""Training arguments for :class:`~paperpack.o1_pruner.O1PrunerTrainer` and :func:`~paperpack.o1_pruner.presample`.
+    r"""Training arguments of :class:`~paperpack.o1_pruner.O1PrunerTrainer` and of pre-sampling.
 
     The paper's symbols: K = ``num_presamples`` (samples per problem drawn from the reference model π_ref),
     λ = ``lam`` (the accuracy term of the length-harmonizing reward), ε = ``cliprange`` (PPO-clip). The
-    learning rate, schedule, batch size and gradient accumulation are the ``TrainingArguments`` ones (the paper:
-    lr 2e-7 for Marco-o1-7B, 2e-6 for QwQ-32B, cosine, warmup 0.1, one epoch, ``max_grad_norm`` 10).
+    learning rate, schedule, batch size and gradient accumulation are the ``TrainingArguments`` ones (the
+    paper: lr 2e-7 for Marco-o1-7B, 2e-6 for QwQ-32B, cosine, warmup 0.1, one epoch, ``max_grad_norm`` 10).
 
     Defaults that differ from ``TrainingArguments``: ``remove_unused_columns=False`` (the trainer reads the
     ``weight`` column, which no model's ``forward`` names).
@@ -54,15 +54,15 @@ class O1PrunerConfig(TrainingArguments):
     lam: float = field(
         default=2.0,
         metadata={
-            "help": "λ: weight of the accuracy term λ(A(y) − A_ref) of the reward. Default 2 (Marco-o1; 5 for "
-            "QwQ)."
+            "help": "λ: weight of the accuracy term λ(A(y) − A_ref) of the reward. Default 2 (Marco-o1; 5 "
+            "for QwQ)."
         },
     )
     weight_clip: list[float] = field(
         default_factory=lambda: [-2.0, 4.0],
         metadata={
-            "help": "Clip interval [low, high] of the reward before normalization. Default -2 4 (the official "
-            "code)."
+            "help": "Clip interval [low, high] of the reward before normalization. Default -2 4 (the "
+            "official code)."
         },
     )
     normalize_weights: Literal["zscore", "none"] = field(
@@ -82,8 +82,8 @@ class O1PrunerConfig(TrainingArguments):
         default="sequence_mean",
         metadata={
             "help": "sequence_mean: one ratio per sample, exp of the difference of the length-normalized "
-            "sequence log-probabilities (the official code); token: one ratio per token, clipped per token and "
-            "averaged over the sample's tokens (ours). Default sequence_mean."
+            "sequence log-probabilities (the official code); token: one ratio per token, clipped per token "
+            "and averaged over the sample's tokens (ours). Default sequence_mean."
         },
     )
     presample_temperature: float = field(

@@ -13,7 +13,9 @@ if TYPE_CHECKING:
 
 __all__ = ["QUICK", "run_demo"]
 
-QUICK = ExperimentSettings(sft_problems=600, sft_steps=150, train_problems=32, eval_problems=48, num_presamples=6)
+QUICK = ExperimentSettings(
+    sft_problems=600, sft_steps=150, train_problems=32, eval_problems=48, num_presamples=6
+)
 """The quick scale (``paperpack demo --quick``); the full scale is :class:`ExperimentSettings`'s defaults."""
 
 
@@ -52,7 +54,10 @@ def _plot(results: list[SeedResult], path: Path) -> Path:
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     for arm in ARMS:
-        (acc, acc_std), (length, length_std) = (_summary(results, arm, "accuracy"), _summary(results, arm, "mean_length"))
+        (acc, acc_std), (length, length_std) = (
+            _summary(results, arm, "accuracy"),
+            _summary(results, arm, "mean_length"),
+        )
         axes.errorbar(length, 100 * acc, xerr=length_std, yerr=100 * acc_std, fmt="o", capsize=3, label=arm)
     axes.set_xlabel("mean completion length (tokens)")
     axes.set_ylabel("greedy accuracy (%)")
@@ -76,19 +81,57 @@ def _claims(results: list[SeedResult], metric: str) -> list[Claim]:
     zero_len, zero_acc = mean("O1-Pruner λ=0", "mean_length"), mean("O1-Pruner λ=0", "accuracy")
     aes = {arm: mean(arm, "aes") for arm in ARMS}
     return [
-        Claim("O1-Pruner cuts the mean length by >= 20 % (tens of percent)", "O1-Pruner", "reference",
-              f"mean length (tokens), {metric}", o1_len, ref_len, cut >= 0.2, f"cut {100 * cut:.1f} %"),
-        Claim("O1-Pruner's accuracy >= the reference's − 1 point", "O1-Pruner", "reference",
-              f"greedy accuracy, {metric}", o1_acc, ref_acc, o1_acc >= ref_acc - 0.01,
-              f"difference {100 * (o1_acc - ref_acc):+.1f} points"),
-        Claim("λ = 0 shortens more than λ > 0", "O1-Pruner λ=0", "O1-Pruner", f"mean length, {metric}",
-              zero_len, o1_len, None, "reported (the paper note: report)"),
-        Claim("λ = 0 loses accuracy against λ > 0", "O1-Pruner λ=0", "O1-Pruner", f"greedy accuracy, {metric}",
-              zero_acc, o1_acc, None, "reported"),
-        Claim("AES: O1-Pruner > DPO > SFT shortest", "O1-Pruner", "DPO, SFT shortest", f"AES (γ=5), {metric}",
-              aes["O1-Pruner"], max(aes["DPO"], aes["SFT shortest"]), None,
-              f"DPO {aes['DPO']:.3f}, SFT shortest {aes['SFT shortest']:.3f}; reported"),
-    ]  # fmt: skip
+        Claim(
+            "O1-Pruner cuts the mean length by >= 20 % (tens of percent)",
+            "O1-Pruner",
+            "reference",
+            f"mean length (tokens), {metric}",
+            o1_len,
+            ref_len,
+            cut >= 0.2,
+            f"cut {100 * cut:.1f} %",
+        ),
+        Claim(
+            "O1-Pruner's accuracy >= the reference's − 1 point",
+            "O1-Pruner",
+            "reference",
+            f"greedy accuracy, {metric}",
+            o1_acc,
+            ref_acc,
+            o1_acc >= ref_acc - 0.01,
+            f"difference {100 * (o1_acc - ref_acc):+.1f} points",
+        ),
+        Claim(
+            "λ = 0 shortens more than λ > 0",
+            "O1-Pruner λ=0",
+            "O1-Pruner",
+            f"mean length, {metric}",
+            zero_len,
+            o1_len,
+            None,
+            "reported (the paper note: report)",
+        ),
+        Claim(
+            "λ = 0 loses accuracy against λ > 0",
+            "O1-Pruner λ=0",
+            "O1-Pruner",
+            f"accuracy, {metric}",
+            zero_acc,
+            o1_acc,
+            None,
+            "reported",
+        ),
+        Claim(
+            "AES: O1-Pruner > DPO > SFT shortest",
+            "O1-Pruner",
+            "DPO, SFT shortest",
+            f"AES (γ=5), {metric}",
+            aes["O1-Pruner"],
+            max(aes["DPO"], aes["SFT shortest"]),
+            None,
+            f"DPO {aes['DPO']:.3f}, SFT shortest {aes['SFT shortest']:.3f}; reported",
+        ),
+    ]
 
 
 def run_demo(ctx: DemoContext) -> DemoReport:
@@ -101,13 +144,15 @@ def run_demo(ctx: DemoContext) -> DemoReport:
     metric = f"{len(seeds)} seeds, {settings.eval_problems} held-out problems"
     presampled = ", ".join(f"{100 * r.presample_accuracy:.0f} % / {r.presample_length:.1f}" for r in results)
     notes = [
-        f"Reference: tiny_causal_lm() taught by SFT ({settings.sft_steps} steps) on {settings.sft_problems} traces "
+        f"Reference: tiny_causal_lm() taught by SFT ({settings.sft_steps} steps) on {settings.sft_problems} "
+        "traces "
         f"adding {settings.terms} numbers with 0-{settings.max_checks} redundant checks per step, each check "
         f"copying the sum wrongly with probability {settings.slip}.",
         f"Pre-sampling: K = {settings.num_presamples}, temperature {settings.temperature}, on "
         f"{settings.train_problems} problems; sample accuracy / mean length per seed: {presampled}.",
         f"O1-Pruner: λ = {settings.lam}, clip [-2, 4], z-score, ε = 0.2, {settings.epochs} epochs at lr "
-        f"{settings.learning_rate}; the baselines train as long at the same lr (DPO: TRL's DPOTrainer, β = 0.1).",
+        f"{settings.learning_rate}; the baselines train as long at the same lr (DPO: TRL's DPOTrainer, "
+        "β = 0.1).",
         f"Run time per seed: {', '.join(f'{r.seconds:.0f} s' for r in results)}.",
     ]
     return DemoReport(

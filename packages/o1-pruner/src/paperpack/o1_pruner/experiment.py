@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import random
 import tempfile
 from dataclasses import dataclass, field
@@ -19,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import logging
 
 from paperpack.core.hf import tiny_causal_lm, training_args
 from paperpack.o1_pruner.collator import O1PrunerCollator
@@ -91,7 +91,9 @@ class SeedResult:
     seconds: float
 
 
-def addition_problem(rng: random.Random, *, terms: int, max_checks: int = 0, slip: float = 0.0) -> dict[str, str]:
+def addition_problem(
+    rng: random.Random, *, terms: int, max_checks: int = 0, slip: float = 0.0
+) -> dict[str, str]:
     """One problem: its prompt, answer and a running-sum trace with random redundant checks.
 
     Example:
@@ -143,8 +145,14 @@ class _SFTCollator(O1PrunerCollator):
 def _sft(model: Any, records: list[dict[str, Any]], pad: int, folder: Path, **args: Any) -> None:
     from transformers import Trainer
 
-    settings = {"per_device_train_batch_size": 32, "save_strategy": "no", "disable_tqdm": True,
-                "logging_strategy": "no", "remove_unused_columns": False, **args}  # fmt: skip
+    settings = {
+        "per_device_train_batch_size": 32,
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        "logging_strategy": "no",
+        "remove_unused_columns": False,
+        **args,
+    }
     Trainer(
         model=model,
         args=training_args(folder, **settings),
@@ -155,11 +163,22 @@ def _sft(model: Any, records: list[dict[str, Any]], pad: int, folder: Path, **ar
 
 def _dpo(model: Any, tokenizer: Any, pairs: list[dict[str, str]], folder: Path, **args: Any) -> None:
     from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
+    from trl.trainer.dpo_config import DPOConfig
+    from trl.trainer.dpo_trainer import DPOTrainer
 
-    config = training_args(folder, cls=DPOConfig, per_device_train_batch_size=16, save_strategy="no",
-                           disable_tqdm=True, logging_strategy="no", bf16=False, **args)  # fmt: skip
-    DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer).train()
+    config = training_args(
+        folder,
+        cls=DPOConfig,
+        per_device_train_batch_size=16,
+        save_strategy="no",
+        disable_tqdm=True,
+        logging_strategy="no",
+        bf16=False,
+        **args,
+    )
+    DPOTrainer(
+        model=model, args=config, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer
+    ).train()
 
 
 def _pick(dataset_rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
@@ -172,7 +191,9 @@ def _pick(dataset_rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
         right = sorted((s for s in line["samples"] if s["correct"]), key=lambda s: len(s["token_ids"]))
         sft += [{"prompt_ids": line["prompt_ids"], "completion_ids": s["token_ids"]} for s in right[:2]]
         if len(right) >= 2 and len(right[-1]["token_ids"]) > len(right[0]["token_ids"]):
-            pairs.append({"prompt": line["prompt"], "chosen": right[0]["text"], "rejected": right[-1]["text"]})
+            pairs.append(
+                {"prompt": line["prompt"], "chosen": right[0]["text"], "rejected": right[-1]["text"]}
+            )
     return sft, pairs
 
 
@@ -190,26 +211,55 @@ def run_seed(seed: int, settings: ExperimentSettings) -> SeedResult:
     eos = int(tokenizer.eos_token_id)
 
     def encode(p: dict[str, str]) -> dict[str, Any]:
-        return {"prompt_ids": tokenizer(p["prompt"])["input_ids"],
-                "completion_ids": tokenizer(p["trace"], add_special_tokens=False)["input_ids"] + [eos]}  # fmt: skip
+        return {
+            "prompt_ids": tokenizer(p["prompt"])["input_ids"],
+            "completion_ids": tokenizer(p["trace"], add_special_tokens=False)["input_ids"] + [eos],
+        }
 
     train_problems = _problems(seed + 10_000, settings.train_problems, settings, traces=False)
     eval_problems = _problems(seed + 20_000, settings.eval_problems, settings, traces=False)
     max_new = max(len(encode(p)["completion_ids"]) for p in sft_data) + 8
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        _sft(model, [encode(p) for p in sft_data], pad, root / "sft", max_steps=settings.sft_steps,
-             learning_rate=3e-3, lr_scheduler_type="cosine", warmup_steps=50, seed=seed)  # fmt: skip
+        _sft(
+            model,
+            [encode(p) for p in sft_data],
+            pad,
+            root / "sft",
+            max_steps=settings.sft_steps,
+            learning_rate=3e-3,
+            lr_scheduler_type="cosine",
+            warmup_steps=50,
+            seed=seed,
+        )
         config = training_args(
-            root / "o1", cls=O1PrunerConfig, num_presamples=settings.num_presamples, lam=settings.lam,
-            presample_temperature=settings.temperature, presample_top_p=1.0, presample_max_new_tokens=max_new,
-            presample_batch_size=32, num_train_epochs=settings.epochs, learning_rate=settings.learning_rate,
-            per_device_train_batch_size=16, save_strategy="no", disable_tqdm=True, logging_strategy="no",
-            lr_scheduler_type="constant", seed=seed,
-        )  # fmt: skip
+            root / "o1",
+            cls=O1PrunerConfig,
+            num_presamples=settings.num_presamples,
+            lam=settings.lam,
+            presample_temperature=settings.temperature,
+            presample_top_p=1.0,
+            presample_max_new_tokens=max_new,
+            presample_batch_size=32,
+            num_train_epochs=settings.epochs,
+            learning_rate=settings.learning_rate,
+            per_device_train_batch_size=16,
+            save_strategy="no",
+            disable_tqdm=True,
+            logging_strategy="no",
+            lr_scheduler_type="constant",
+            seed=seed,
+        )
         logger.info("reference taught at %.0f s", time.perf_counter() - started)
-        presample(model, tokenizer, train_problems, last_number_grader, config, output=root / "presample",
-                         progress=False)  # fmt: skip
+        presample(
+            model,
+            tokenizer,
+            train_problems,
+            last_number_grader,
+            config,
+            output=root / "presample",
+            progress=False,
+        )
         lines = [json.loads(x) for x in (root / "presample" / "samples.jsonl").read_text().splitlines()]
         samples = [s for line in lines for s in line["samples"]]
         sft_short, pairs = _pick(lines)
@@ -217,18 +267,41 @@ def run_seed(seed: int, settings: ExperimentSettings) -> SeedResult:
         def run_arm(name: str) -> Any:
             arm = copy.deepcopy(model)
             if name == "SFT shortest":
-                _sft(arm, sft_short, pad, root / "short", num_train_epochs=settings.epochs,
-                     learning_rate=settings.learning_rate, per_device_train_batch_size=16,
-                     lr_scheduler_type="constant", seed=seed)  # fmt: skip
+                _sft(
+                    arm,
+                    sft_short,
+                    pad,
+                    root / "short",
+                    num_train_epochs=settings.epochs,
+                    learning_rate=settings.learning_rate,
+                    per_device_train_batch_size=16,
+                    lr_scheduler_type="constant",
+                    seed=seed,
+                )
             elif name == "DPO":
-                _dpo(arm, tokenizer, pairs, root / "dpo", num_train_epochs=settings.epochs,
-                     learning_rate=settings.learning_rate, lr_scheduler_type="constant", seed=seed)  # fmt: skip
+                _dpo(
+                    arm,
+                    tokenizer,
+                    pairs,
+                    root / "dpo",
+                    num_train_epochs=settings.epochs,
+                    learning_rate=settings.learning_rate,
+                    lr_scheduler_type="constant",
+                    seed=seed,
+                )
             elif name.startswith("O1-Pruner"):
                 arm_config = dataclasses.replace(config, lam=0.0) if name.endswith("λ=0") else config
                 records = training_records(lines, arm_config)
-                O1PrunerTrainer(model=arm, args=arm_config, ref_model=model, train_dataset=records,
-                                processing_class=tokenizer).train()  # fmt: skip
-            return evaluate(arm, tokenizer, eval_problems, last_number_grader, max_new_tokens=max_new, batch_size=50)
+                O1PrunerTrainer(
+                    model=arm,
+                    args=arm_config,
+                    ref_model=model,
+                    train_dataset=records,
+                    processing_class=tokenizer,
+                ).train()
+            return evaluate(
+                arm, tokenizer, eval_problems, last_number_grader, max_new_tokens=max_new, batch_size=50
+            )
 
         evaluations = {}
         for name in ARMS:
@@ -240,7 +313,9 @@ def run_seed(seed: int, settings: ExperimentSettings) -> SeedResult:
             accuracy=e.accuracy,
             mean_length=e.mean_length,
             aes=aes(e.accuracy, e.mean_length, max(base.accuracy, 1e-9), base.mean_length),
-            aes_table=aes(e.accuracy, e.mean_length, max(base.accuracy, 1e-9), base.mean_length, sign_agnostic=True),
+            aes_table=aes(
+                e.accuracy, e.mean_length, max(base.accuracy, 1e-9), base.mean_length, sign_agnostic=True
+            ),
         )
         for name, e in evaluations.items()
     }

@@ -71,14 +71,17 @@ def _last_boxed(text: str) -> str | None:
     return None
 
 
+_REPLACEMENTS = (
+    ("\\left", ""), ("\\right", ""), ("\\!", ""), ("\\,", ""), ("\\;", ""), ("\\dfrac", "\\frac"),
+    ("\\tfrac", "\\frac"), ("^\\circ", ""), ("^{\\circ}", ""),
+)  # fmt: skip
 _FRACTION = re.compile(r"\\frac\{(-?\d+)\}\{(\d+)\}")
 
 
 def _normalize(text: str) -> str:
-    """A light LaTeX normalization: spacing, ``\\left``/``\\right``, ``\\dfrac``, ``$``, a trailing period."""
+    """A light LaTeX normalization: spacing, left/right, dfrac, dollar signs, a trailing period."""
     out = text.strip().strip("$").strip()
-    for old, new in (("\\left", ""), ("\\right", ""), ("\\!", ""), ("\\,", ""), ("\\;", ""),
-                     ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("^\\circ", ""), ("^{\\circ}", "")):  # fmt: skip
+    for old, new in _REPLACEMENTS:
         out = out.replace(old, new)
     out = re.sub(r"\\text\{\s*([^{}]*?)\s*\}", r"\1", out)
     out = re.sub(r"\s+", "", out).rstrip(".")
@@ -115,7 +118,7 @@ def boxed_grader(completion: str, answer: str) -> bool:
 
 
 def math_verify_grader(completion: str, answer: str) -> bool:
-    """Whether ``completion``'s final answer is symbolically equal to ``answer``, by ``math-verify``.
+    r"""Whether ``completion``'s final answer is symbolically equal to ``answer``, by ``math-verify``.
 
     Needs the optional extra: ``pip install 'paperpack-o1-pruner[math-verify]'``. ``math-verify`` bounds each
     parse with ``signal.alarm``, which works only in the main thread; elsewhere the timeouts are off.
@@ -126,7 +129,7 @@ def math_verify_grader(completion: str, answer: str) -> bool:
 
     Example:
         >>> from paperpack.o1_pruner import math_verify_grader
-        >>> math_verify_grader(r"The answer is $\\boxed{\\frac{1}{2}}$.", "$0.5$")
+        >>> math_verify_grader(r"The answer is $\boxed{\frac{1}{2}}$.", "$0.5$")
         True
     """
     try:
@@ -138,8 +141,9 @@ def math_verify_grader(completion: str, answer: str) -> bool:
     import threading
 
     timeout = None if threading.current_thread() is not threading.main_thread() else 5
-    gold = math_verify.parse(answer if "$" in answer or "\\boxed" in answer else f"${answer}$",
-                             parsing_timeout=timeout)  # fmt: skip
+    gold = math_verify.parse(
+        answer if "$" in answer or "\\boxed" in answer else f"${answer}$", parsing_timeout=timeout
+    )
     if not gold:
         raise ValueError(f"math_verify_grader cannot parse the answer {answer!r}")
     predicted = math_verify.parse(completion, parsing_timeout=timeout)

@@ -66,7 +66,7 @@ def length_harmonizing_reward_func(
         missing = [name for name in _COLUMNS if columns.get(name) is None]
         if missing:
             raise ConfigError(
-                f"length_harmonizing_reward needs the data set columns {', '.join(missing)} (from presample's "
+                f"length_harmonizing_reward needs the data set columns {', '.join(missing)} (presample's "
                 f"per-problem ref_length, ref_accuracy and the answer); it got {sorted(columns)}"
             )
         rewards = []

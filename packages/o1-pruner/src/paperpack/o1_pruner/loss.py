@@ -79,8 +79,8 @@ def o1_pruner_loss(
     r"""The weighted PPO-clip loss ℓ = max(−w·r, −w·clip(r, 1−ε, 1+ε)) of O1-Pruner.
 
     At r = 1 (the first step, θ = θ_ref) ℓ = −w and its gradient is −w ∇r: samples with w > 0 (short and
-    correct relative to the reference) are made likelier, those with w < 0 less likely. The clip stops the push
-    once r leaves [1−ε, 1+ε] in the direction w favours.
+    correct relative to the reference) are made likelier, those with w < 0 less likely. The clip stops the
+    push once r leaves [1−ε, 1+ε] in the direction w favours.
 
     Args:
         policy_logps: length-normalized sequence log-probabilities lp_θ(y), ``(B,)``; or, with ``mask``,
@@ -90,7 +90,7 @@ def o1_pruner_loss(
         cliprange: ε in (0, 1).
         mask: ``(B, T)``, 1 on completion tokens; selects the token-level ratio, whose per-token losses are
             averaged over each sample's tokens.
-        reduction: ``"mean"`` over samples (the official code), ``"sum"``, or ``"none"`` (one loss per sample).
+        reduction: ``"mean"`` over samples (the official code), ``"sum"``, or ``"none"`` (per sample).
 
     Returns:
         The loss (a scalar, or ``(B,)`` with ``reduction="none"``).

@@ -112,7 +112,9 @@ def presample(
         ):
             for start in range(done, len(checked), size):
                 chunk = checked[start : start + size]
-                lines = _sample_chunk(model, tokenizer, chunk, start, prompt_ids, grader, config)
+                lines = _sample_chunk(
+                    model, tokenizer, chunk, start=start, prompt_ids=prompt_ids, grader=grader, config=config
+                )
                 sink.write("".join(json.dumps(line) + "\n" for line in lines))
                 sink.flush()
                 os.fsync(sink.fileno())
@@ -232,6 +234,7 @@ def _sample_chunk(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     chunk: list[Problem],
+    *,
     start: int,
     prompt_ids: list[list[int]],
     grader: Grader,

@@ -70,7 +70,7 @@ def check_context(model: Any, prompt_ids: list[list[int]], max_new_tokens: int, 
 
 
 def grade(grader: Callable[[str, str], bool], completion: str, answer: str, index: int, sample: int) -> bool:
-    """``grader(completion, answer)``, with an error naming the problem when it raises or returns a non-bool."""
+    """``grader(completion, answer)``; an error naming the problem when it raises or returns a non-bool."""
     try:
         result = grader(completion, answer)
     except Exception as error:

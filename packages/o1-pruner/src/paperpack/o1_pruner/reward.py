@@ -47,8 +47,8 @@ def length_harmonizing_reward(
     r"""R_LH(x, y) = L_ref / L(y) − 1 + λ (A(y) − A_ref) for each sample y of one problem x.
 
     The reward before clipping and normalization. A sample shorter than the reference's mean earns a positive
-    length term, a longer one a negative term (at most −1); a correct sample earns λ(1 − A_ref), which is large
-    on problems the reference mostly fails, so hard problems are not over-shortened.
+    length term, a longer one a negative term (at most −1); a correct sample earns λ(1 − A_ref), which is
+    large on problems the reference mostly fails, so hard problems are not over-shortened.
 
     Args:
         lengths: L(y), the token length of each sample (>= 1).

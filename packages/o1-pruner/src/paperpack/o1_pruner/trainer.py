@@ -34,8 +34,8 @@ class O1PrunerTrainer(Trainer):
     their weights w. The loss is :func:`~paperpack.o1_pruner.o1_pruner_loss`: ℓ = max(−w·r, −w·clip(r, 1−ε,
     1+ε)) with r the ratio of the length-normalized sequence probabilities under the model and the reference
     (``ratio_level="sequence_mean"``, the official code) or one ratio per token (``"token"``), averaged over
-    every sample of the optimizer step: over gradient accumulation's micro-batches and over data-parallel ranks
-    alike, so accumulating k micro-batches equals one k times larger batch.
+    every sample of the optimizer step: over gradient accumulation's micro-batches and over data-parallel
+    ranks alike, so accumulating k micro-batches equals one k times larger batch.
 
     The reference is, in order:
 
@@ -72,7 +72,8 @@ class O1PrunerTrainer(Trainer):
         >>> from paperpack.core.hf import tiny_causal_lm, training_args
         >>> from paperpack.o1_pruner import O1PrunerConfig, O1PrunerTrainer
         >>> model, tokenizer = tiny_causal_lm()
-        >>> data = [{"prompt_ids": [1, 40, 41], "completion_ids": [42, 43, 2], "weight": w} for w in (1.0, -1.0)]
+        >>> data = [{"prompt_ids": [1, 40, 41], "completion_ids": [42, 43, 2], "weight": w}
+        ...         for w in (1.0, -1.0)]
         >>> args = training_args(tempfile.mkdtemp(), cls=O1PrunerConfig, max_steps=1, save_strategy="no",
         ...                      per_device_train_batch_size=2, disable_tqdm=True)
         >>> trainer = O1PrunerTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
@@ -88,6 +89,7 @@ class O1PrunerTrainer(Trainer):
         self,
         model: PreTrainedModel | nn.Module | None = None,
         args: O1PrunerConfig | None = None,
+        *,
         ref_model: PreTrainedModel | nn.Module | None = None,
         train_dataset: Any = None,
         eval_dataset: Any = None,
@@ -122,8 +124,11 @@ class O1PrunerTrainer(Trainer):
             ref_model.requires_grad_(False)
             ref_model.eval()
             self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
-        self._signature_columns = _COLUMNS
         self._metrics: dict[str, list[float]] = defaultdict(list)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        # The collator reads these; with `remove_unused_columns=True` the rest is dropped.
+        self._signature_columns = list(_COLUMNS)  # type: ignore[assignment]
 
     def _get_num_items_in_batch(self, batch_samples: list[Any], device: torch.device) -> Tensor:
         """The number of samples in the optimizer step, summed over every data-parallel rank."""
@@ -172,12 +177,11 @@ class O1PrunerTrainer(Trainer):
             loss = losses.mean()
         else:
             loss = losses.sum() / num_items_in_batch * self.accelerator.num_processes
-        self._record(policy.detach(), ref, weights, token_mask)
+        if model.training:
+            self._record(policy.detach(), ref, weights, token_mask)
         return (loss, {"per_sample_loss": losses.detach()}) if return_outputs else loss
 
     def _record(self, policy: Tensor, ref: Tensor, weights: Tensor, mask: Tensor | None) -> None:
-        if not self.model.training:
-            return
         ratio = torch.exp(policy - ref)
         clipped = ((ratio < 1 - self.args.cliprange) | (ratio > 1 + self.args.cliprange)).float()
         if mask is None:
@@ -256,7 +260,8 @@ def _prepare(dataset: Any, tokenizer: Any, limit: int | None, name: str) -> Any:
         longest = max(range(len(lengths)), key=lengths.__getitem__)
         if lengths[longest] > limit:
             raise ConfigError(
-                f"`{name}` sample {longest} has {lengths[longest]} tokens (prompt and completion), beyond the "
+                f"`{name}` sample {longest} has {lengths[longest]} tokens (prompt and completion), beyond "
+                f"the "
                 f"model's context of {limit}; drop or shorten it (truncating would change L(y))"
             )
     return dataset
