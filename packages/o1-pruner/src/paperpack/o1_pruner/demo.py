@@ -153,6 +153,9 @@ def run_demo(ctx: DemoContext) -> DemoReport:
         f"O1-Pruner: λ = {settings.lam}, clip [-2, 4], z-score, ε = 0.2, {settings.epochs} epochs at lr "
         f"{settings.learning_rate}; the baselines train as long at the same lr (DPO: TRL's DPOTrainer, "
         "β = 0.1).",
+        "Baseline data per seed (SFT samples / DPO pairs): "
+        + ", ".join(f"{r.sft_samples} / {r.dpo_pairs}" for r in results)
+        + ".",
         f"Run time per seed: {', '.join(f'{r.seconds:.0f} s' for r in results)}.",
     ]
     return DemoReport(

@@ -82,12 +82,14 @@ class ArmResult:
 
 @dataclass(frozen=True)
 class SeedResult:
-    """Every arm of one seed, plus what pre-sampling saw."""
+    """Every arm of one seed, plus what pre-sampling saw (an arm without data stays the reference)."""
 
     seed: int
     arms: dict[str, ArmResult]
     presample_accuracy: float
     presample_length: float
+    sft_samples: int
+    dpo_pairs: int
     seconds: float
 
 
@@ -266,7 +268,7 @@ def run_seed(seed: int, settings: ExperimentSettings) -> SeedResult:
 
         def run_arm(name: str) -> Any:
             arm = copy.deepcopy(model)
-            if name == "SFT shortest":
+            if name == "SFT shortest" and sft_short:
                 _sft(
                     arm,
                     sft_short,
@@ -278,7 +280,7 @@ def run_seed(seed: int, settings: ExperimentSettings) -> SeedResult:
                     lr_scheduler_type="constant",
                     seed=seed,
                 )
-            elif name == "DPO":
+            elif name == "DPO" and pairs:
                 _dpo(
                     arm,
                     tokenizer,
@@ -295,7 +297,7 @@ def run_seed(seed: int, settings: ExperimentSettings) -> SeedResult:
                 O1PrunerTrainer(
                     model=arm,
                     args=arm_config,
-                    ref_model=model,
+                    ref_model=copy.deepcopy(model),  # the trainer freezes it in place
                     train_dataset=records,
                     processing_class=tokenizer,
                 ).train()
@@ -324,5 +326,7 @@ def run_seed(seed: int, settings: ExperimentSettings) -> SeedResult:
         arms=arms,
         presample_accuracy=sum(s["correct"] for s in samples) / len(samples),
         presample_length=sum(len(s["token_ids"]) for s in samples) / len(samples),
+        sft_samples=len(sft_short),
+        dpo_pairs=len(pairs),
         seconds=time.perf_counter() - started,
     )

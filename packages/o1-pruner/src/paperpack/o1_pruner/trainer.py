@@ -39,7 +39,7 @@ class O1PrunerTrainer(Trainer):
 
     The reference is, in order:
 
-    - ``ref_model`` when given (a second model, frozen and in eval mode; never updated);
+    - ``ref_model`` when given (a second model; frozen in place, ``requires_grad_(False)`` and eval mode);
     - else, for a PEFT model, the same model with its adapter disabled (no second copy in memory);
     - else a frozen copy of ``model`` taken at construction (before any training or checkpoint loading, so a
       resumed run keeps the initial model as reference).

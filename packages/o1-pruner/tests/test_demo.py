@@ -1,0 +1,52 @@
+"""The demo's task and arms on a miniature run: every arm reported, the plot written, claims well formed."""
+
+from __future__ import annotations
+
+import random
+
+from paperpack.core.demo import DemoContext, DemoReport
+from paperpack.o1_pruner import demo
+from paperpack.o1_pruner.experiment import ARMS, ExperimentSettings, _pick, addition_problem
+
+TINY = ExperimentSettings(
+    sft_problems=64, sft_steps=4, train_problems=4, eval_problems=4, num_presamples=2, epochs=1
+)
+
+
+def test_addition_traces_add_up_and_checks_pad_them() -> None:
+    rng = random.Random(3)
+    for _ in range(50):
+        problem = addition_problem(rng, terms=4, max_checks=3, slip=0.0)
+        numbers = [int(n) for n in problem["prompt"].split()[1:-1]]
+        assert problem["answer"] == str(sum(numbers))
+        assert problem["trace"].endswith(f"answer {sum(numbers)}")
+        assert problem["trace"].count("check") <= 3 * 3
+    slipped = [addition_problem(random.Random(s), terms=5, max_checks=3, slip=1.0) for s in range(20)]
+    assert any(not p["trace"].endswith(f"answer {p['answer']}") for p in slipped)  # a slip changes the answer
+
+
+def test_baseline_data_picks_the_shortest_correct_samples() -> None:
+    line = {
+        "index": 0,
+        "prompt": "add 1 2 =",
+        "prompt_ids": [1, 2],
+        "samples": [
+            {"text": "long", "token_ids": [5] * 9, "correct": True},
+            {"text": "short", "token_ids": [5] * 3, "correct": True},
+            {"text": "wrong", "token_ids": [5] * 2, "correct": False},
+            {"text": "mid", "token_ids": [5] * 5, "correct": True},
+        ],
+    }
+    sft, pairs = _pick([line])
+    assert [len(r["completion_ids"]) for r in sft] == [3, 5]
+    assert pairs == [{"prompt": "add 1 2 =", "chosen": "short", "rejected": "long"}]
+
+
+def test_demo_reports_every_arm(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(demo, "QUICK", TINY)
+    report = demo.run_demo(DemoContext(name="o1-pruner", output_dir=tmp_path, quick=True, seed=0))
+    assert isinstance(report, DemoReport)
+    assert [row[0] for row in report.tables[0].rows] == list(ARMS)
+    assert report.plots[0].is_file() and report.plots[0].parent == tmp_path
+    assert len(report.claims) == 5 and all(c.held in (True, False, None) for c in report.claims)
+    assert report.claims[0].baseline_value > 0  # the reference's mean length
