@@ -45,9 +45,30 @@ _STRING_FIELDS = ("lr_scheduler_type", "optim", "save_strategy", "logging_strate
 _SUMMARY = "o1_pruner_train.json"
 
 
+class _LazyParser(argparse.ArgumentParser):
+    """A subcommand parser that adds its config-generated flags only when it parses (or prints help).
+
+    The flags come from ``O1PrunerConfig``, a ``TrainingArguments``: building them imports transformers, which
+    ``paperpack o1-pruner --help`` must not pay for.
+    """
+
+    def __init__(self, *args: Any, configure: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._configure = configure
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """Add the deferred flags, then parse."""
+        if self._configure is not None:
+            configure, self._configure = self._configure, None
+            configure(self)
+        return super().parse_known_args(args, namespace)
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add ``presample``, ``train`` and ``evaluate`` to ``paperpack o1-pruner``."""
-    commands = parser.add_subparsers(dest="o1_pruner_command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(
+        dest="o1_pruner_command", metavar="COMMAND", required=True, parser_class=_LazyParser
+    )
     _presample_parser(commands)
     _train_parser(commands)
     _evaluate_parser(commands)
@@ -66,12 +87,19 @@ def _common(sub: argparse.ArgumentParser, *, data_help: str) -> None:
     )
 
 
-def _presample_parser(commands: Any) -> None:
+def _presample_flags(sub: argparse.ArgumentParser) -> None:
     from paperpack.core.arguments import add_config_arguments
     from paperpack.o1_pruner.config import O1PrunerConfig
 
+    excluded = [f.name for f in dataclasses.fields(O1PrunerConfig) if f.name not in _PRESAMPLE_FIELDS]
+    fields = add_config_arguments(sub, O1PrunerConfig, exclude=excluded)
+    sub.set_defaults(handler=_presample, config_fields=fields)
+
+
+def _presample_parser(commands: Any) -> None:
     sub = commands.add_parser(
         "presample",
+        configure=_presample_flags,
         help="sample K solutions per problem from the reference model and write the weighted training set",
         description="Stage 1-2 of O1-Pruner: K samples per problem, L_ref and A_ref, R_LH, clip and z-score. "
         "Data: JSON Lines with 'prompt' and 'answer'. Rerun the same command to resume an interrupted run.",
@@ -81,17 +109,29 @@ def _presample_parser(commands: Any) -> None:
         "--output", required=True, metavar="DIR", help="new folder (or an earlier presample run)"
     )
     sub.add_argument("--grader", default="last_number", choices=GRADER_NAMES, help="default: %(default)s")
-    excluded = [f.name for f in dataclasses.fields(O1PrunerConfig) if f.name not in _PRESAMPLE_FIELDS]
-    fields = add_config_arguments(sub, O1PrunerConfig, exclude=excluded)
-    sub.set_defaults(handler=_presample, config_fields=fields)
 
 
-def _train_parser(commands: Any) -> None:
+def _train_flags(sub: argparse.ArgumentParser) -> None:
     from paperpack.core.arguments import add_config_arguments
     from paperpack.o1_pruner.config import O1PrunerConfig
 
+    skipped = {"output_dir", *_STRING_FIELDS}
+    hints = _supported_fields(O1PrunerConfig)
+    excluded = [
+        f.name for f in dataclasses.fields(O1PrunerConfig) if f.name in skipped or f.name not in hints
+    ]
+    fields = add_config_arguments(sub, O1PrunerConfig, exclude=excluded)
+    for name in _STRING_FIELDS:
+        sub.add_argument(
+            "--" + name.replace("_", "-"), dest=name, default=None, help=f"TrainingArguments.{name}"
+        )
+    sub.set_defaults(handler=_train, config_fields=[*fields, *_STRING_FIELDS])
+
+
+def _train_parser(commands: Any) -> None:
     sub = commands.add_parser(
         "train",
+        configure=_train_flags,
         help="fine-tune with the O1-Pruner loss on a presampled, weighted training set",
         description="Stage 3 of O1-Pruner: the weighted PPO-clip loss against the frozen reference (--model "
         "itself, or --ref-model). Accepts every TrainingArguments field as a flag.",
@@ -119,17 +159,6 @@ def _train_parser(commands: Any) -> None:
     sub.add_argument(
         "--resume", default=None, metavar="last|DIR", help="continue from a checkpoint of --output"
     )
-    skipped = {"output_dir", *_STRING_FIELDS}
-    hints = _supported_fields(O1PrunerConfig)
-    excluded = [
-        f.name for f in dataclasses.fields(O1PrunerConfig) if f.name in skipped or f.name not in hints
-    ]
-    fields = add_config_arguments(sub, O1PrunerConfig, exclude=excluded)
-    for name in _STRING_FIELDS:
-        sub.add_argument(
-            "--" + name.replace("_", "-"), dest=name, default=None, help=f"TrainingArguments.{name}"
-        )
-    sub.set_defaults(handler=_train, config_fields=[*fields, *_STRING_FIELDS])
 
 
 def _evaluate_parser(commands: Any) -> None:
