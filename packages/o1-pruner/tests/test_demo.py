@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import random
+
+import torch
 
 from paperpack.core.demo import DemoContext, DemoReport
 from paperpack.o1_pruner import demo
-from paperpack.o1_pruner.experiment import ARMS, ExperimentSettings, _pick, addition_problem
+from paperpack.o1_pruner.experiment import ARMS, ExperimentSettings, _dpo, _pick, addition_problem
 
 TINY = ExperimentSettings(
     sft_problems=64, sft_steps=4, train_problems=4, eval_problems=4, num_presamples=2, epochs=1
@@ -50,3 +53,14 @@ def test_demo_reports_every_arm(tmp_path, monkeypatch) -> None:
     assert report.plots[0].is_file() and report.plots[0].parent == tmp_path
     assert len(report.claims) == 5 and all(c.held in (True, False, None) for c in report.claims)
     assert report.claims[0].baseline_value > 0  # the reference's mean length
+
+
+def test_dpo_baseline_trains_with_trl(tiny_lm, tmp_path) -> None:
+    model, tokenizer = tiny_lm
+    model = copy.deepcopy(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pairs = [
+        {"prompt": "add 1 2 =", "chosen": " s=1 ; answer 3", "rejected": " s=1 ; check 1 ; answer 3"}
+    ] * 4
+    _dpo(model, tokenizer, pairs, tmp_path, max_steps=1, learning_rate=1e-3, seed=0)
+    assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())

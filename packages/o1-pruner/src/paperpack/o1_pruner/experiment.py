@@ -179,7 +179,11 @@ def _dpo(model: Any, tokenizer: Any, pairs: list[dict[str, str]], folder: Path, 
         **args,
     )
     DPOTrainer(
-        model=model, args=config, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer
+        model=model,
+        ref_model=copy.deepcopy(model),  # TRL would load a reference from the model's path
+        args=config,
+        train_dataset=Dataset.from_list(pairs),
+        processing_class=tokenizer,
     ).train()
 
 
