@@ -183,22 +183,32 @@ def _site_targets() -> dict[str, tuple[Path, str]]:
     return targets
 
 
+def _build_site(session: nox.Session, folder: Path, destination: Path) -> None:
+    _uv_run(
+        session, "mkdocs", "build", "--strict", "-q", "-f", str(folder / "mkdocs.yml"), "-d", str(destination)
+    )
+
+
 @nox.session(tags=["default"])
 @nox.parametrize("package", list(_site_targets()))
 def docs(session: nox.Session, package: str) -> None:
     """mkdocs build --strict of one package's site into site/<distribution>/ (paperpack: the umbrella)."""
     folder, distribution = _site_targets()[package]
-    _uv_run(
-        session,
-        "mkdocs",
-        "build",
-        "--strict",
-        "-q",
-        "-f",
-        str(folder / "mkdocs.yml"),
-        "-d",
-        str(ROOT / "site" / distribution),
-    )
+    _build_site(session, folder, ROOT / "site" / distribution)
+
+
+@nox.session
+def docs_browser(session: nox.Session) -> None:
+    """Build every site, then open every page in headless Chromium, offline: unrendered math, broken internal
+    links and anchors, and console errors fail the session (not part of the default run).
+
+    Needs the OS's Chromium and chromedriver: ``apt-get install -y chromium chromium-driver``.
+    """
+    root = ROOT / "site-browser"
+    shutil.rmtree(root, ignore_errors=True)
+    for folder, distribution in _site_targets().values():
+        _build_site(session, folder, root / distribution)
+    _uv_run(session, "python", str(ROOT / "tests" / "docs_browser.py"), str(root))
 
 
 @nox.session(tags=["default"])

@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _callback_fixtures import ParameterTrace, tiny_dataset
 
 from paperpack.core.hf import tiny_causal_lm, training_args
-from paperpack.core.testing.contracts import StopAtStep
+from paperpack.core.testing.resume import StopAtStep
 
 
 def main(out: Path) -> None:

@@ -21,7 +21,7 @@ def test_error_hierarchy():
     [
         (lambda: check_positive("eta", 0), "`eta` must be > 0, got 0"),
         (lambda: check_positive("eta", -1, allow_zero=True), "`eta` must be >= 0, got -1"),
-        (lambda: check_positive("eta", float("nan")), "`eta` must be a number, got NaN"),
+        (lambda: check_positive("eta", float("nan")), "`eta` must be a finite number, got nan"),
         (lambda: check_positive("eta", True), "`eta` must be a number, got True"),
         (lambda: check_int("k", 2.0), "`k` must be an integer, got 2.0"),
         (lambda: check_int("k", 0, minimum=1), "`k` must be >= 1, got 0"),
@@ -121,6 +121,36 @@ def test_lazy_exports_import_on_first_use(tmp_path, monkeypatch):
     assert lazy_exports  # the helper itself is importable without torch
 
 
+def test_lazy_exports_read_the_type_checking_table(tmp_path, monkeypatch):
+    import sys
+
+    from paperpack.core.lazy import type_checking_imports
+
+    package = tmp_path / "tablepkg"
+    package.mkdir()
+    (package / "heavy.py").write_text("class Thing:\n    pass\ndef make():\n    return Thing()\n")
+    (package / "__init__.py").write_text(
+        "from typing import TYPE_CHECKING\n"
+        "from paperpack.core.lazy import lazy_exports\n"
+        "if TYPE_CHECKING:\n"
+        "    from tablepkg.heavy import Thing as Thing\n"
+        "    from .heavy import make as build\n"
+        "__getattr__, __dir__ = lazy_exports(__name__)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import tablepkg
+
+    assert tablepkg.__all__ == ["Thing", "build"]
+    assert "tablepkg.heavy" not in sys.modules
+    assert isinstance(tablepkg.build(), tablepkg.Thing)
+    with pytest.raises(AttributeError, match="has no attribute 'make'"):
+        tablepkg.make  # noqa: B018
+    with pytest.raises(TypeError, match="only `from module import name`"):
+        type_checking_imports("if TYPE_CHECKING:\n    import os\n", "p")
+    with pytest.raises(TypeError, match="imported twice"):
+        type_checking_imports("if TYPE_CHECKING:\n    from a import x\n    from b import x\n", "p")
+
+
 def test_atomic_folder(tmp_path):
     from paperpack.core.files import atomic_folder
     from paperpack.core.testing.contracts import assert_no_partial_output
@@ -136,7 +166,7 @@ def test_atomic_folder(tmp_path):
         pass
     with atomic_folder(target, overwrite=True) as folder:
         (folder / "b").write_text("2")
-    assert [p.name for p in target.iterdir()] == ["b"]
+    assert sorted(p.name for p in target.iterdir()) == [".paperpack-output.json", "b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
@@ -168,7 +198,7 @@ def test_config_arguments():
 
     @dataclass
     class Bad:
-        table: dict[str, int] = field(default_factory=dict)
+        callback: object = None
 
-    with pytest.raises(TypeError, match="cannot turn a field"):
+    with pytest.raises(TypeError, match="cannot be a command-line flag"):
         add_config_arguments(argparse.ArgumentParser(), Bad)

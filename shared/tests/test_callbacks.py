@@ -12,7 +12,8 @@ from paperpack.core.hf import (
     training_args,
     write_callback_state,
 )
-from paperpack.core.testing.contracts import assert_states_equal, check_callback_resume, run_distributed
+from paperpack.core.testing.contracts import assert_states_equal, run_distributed
+from paperpack.core.testing.resume import check_callback_resume
 
 from ._callback_fixtures import ParameterTrace, tiny_dataset
 
@@ -66,7 +67,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, tiny_lm):
 def test_resume_without_saved_state_fails_clearly(tmp_path, tiny_lm):
     from transformers import Trainer
 
-    from paperpack.core.testing.contracts import StopAtStep
+    from paperpack.core.testing.resume import StopAtStep
 
     model, tokenizer = tiny_lm
     dataset = tiny_dataset(tokenizer, rows=8)

@@ -104,18 +104,23 @@ def test_lazy_reads_one_tensor_at_a_time(tmp_path):
         lazy["nope"]
 
 
-def test_writer_shards_stream_and_keep_other_files(tmp_path):
+def test_writer_output_holds_exactly_what_it_wrote(tmp_path):
+    """Issue 15: rewriting an output kept a stale adapter_config.json (the merged folder then looked like a
+    LoRA adapter) and shards of the earlier write; now the output holds this write's files only."""
     target = tmp_path / "out"
-    target.mkdir()
-    (target / "config.json").write_text("{}")
-    (target / "model-00001-of-00009.safetensors").write_text("stale shard")
     with StateDictWriter(target, max_shard_size=300) as writer:
         for key, tensor in make_state().items():
             writer.add(key, tensor)
+        (writer.staging_dir / "adapter_config.json").write_text("{}")
+    assert len(LazyStateDict(target).files) > 1
+    with StateDictWriter(target, overwrite=True) as writer:
+        for key, tensor in make_state(seed=1).items():
+            writer.add(key, tensor)
+        (writer.staging_dir / "config.json").write_text("{}")
     names = sorted(p.name for p in target.iterdir())
-    assert "config.json" in names and "model-00001-of-00009.safetensors" not in names
-    assert_state_dicts_equal(load_state_dict(target), make_state())
-    assert_no_partial_output(tmp_path / "never")
+    assert names == [".paperpack-output.json", "config.json", "model.safetensors"]
+    assert_state_dicts_equal(load_state_dict(target), make_state(seed=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_save_does_not_modify_inputs_and_handles_shared_storage(tmp_path):
@@ -263,7 +268,7 @@ def test_ctrl_c_leaves_old_output(tmp_path):
 
     source = save_state_dict(make_state(), tmp_path / "src")
     with pytest.raises(KeyboardInterrupt):
-        stream_state_dicts([source], interrupted, target, progress=False)
+        stream_state_dicts([source], interrupted, target, progress=False, overwrite=True)
     assert list(load_state_dict(target)) == ["old"]
     assert not list(tmp_path.glob(".out.paperpack-*"))
 
@@ -363,7 +368,7 @@ def test_fails_cleanly_contract(tmp_path):
         (a / "model.safetensors").write_bytes(b"")
         raise CheckpointError("boom")
 
-    with pytest.raises(AssertionError, match="an input was modified"):
+    with pytest.raises(AssertionError, match="changed the file system"):
         check_fails_cleanly(vandal, CheckpointError, "boom", inputs=[a])
     with pytest.raises(pytest.fail.Exception, match="DID NOT RAISE"):
         check_fails_cleanly(lambda: None, CheckpointError, "x")

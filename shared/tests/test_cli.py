@@ -35,10 +35,10 @@ def fake_demo(ctx: DemoContext) -> DemoReport:
 
 
 def test_run_demos_writes_results(tmp_path):
-    run = run_demos({"fake": fake_demo}, tmp_path / "out", quick=True, seed=3)
+    run = run_demos({"fake": fake_demo}, tmp_path / "out", scale="quick", seed=3)
     reports = run.reports
     payload = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert payload["quick"] is True and payload["demos"]["fake"]["plots"] == ["fake/curve.png"]
+    assert payload["scale"] == "quick" and payload["demos"]["fake"]["plots"] == ["fake/curve.png"]
     markdown = (tmp_path / "out" / "results.md").read_text()
     assert "| fake | fake | base | accuracy | 0.9 | 0.8 | fake >= base | yes |" in markdown
     assert "![curve](fake/curve.png)" in markdown and "reported" in markdown
@@ -149,4 +149,4 @@ def test_console_script_help_and_list():
         [sys.executable, "-m", "paperpack.core.cli", "list"], capture_output=True, text=True, check=True
     )
     assert "paperpack-core" in listing.stdout
-    assert cli.main([]) == 0
+    assert cli.main([]) == 2

@@ -60,7 +60,7 @@ def test_quick_demo_reports_the_claims(tmp_path):
     from paperpack.core.demo import DemoContext
     from paperpack.ma_osma.demo import run_demo
 
-    report = run_demo(DemoContext(name="ma-osma", output_dir=tmp_path, quick=True, seed=0))
+    report = run_demo(DemoContext(name="ma-osma", output_dir=tmp_path, scale="quick", seed=0))
     assert len(report.claims) == 4
     assert [claim.held is None for claim in report.claims] == [True, True, False, False]
     assert all(plot.is_file() and plot.is_relative_to(tmp_path) for plot in report.plots)

@@ -60,7 +60,7 @@ def test_run_demo_reports_claims_tables_and_plots(tmp_path: Path, monkeypatch: p
         task=RecallTask(num_pairs=4, num_keys=8, num_values=8),
     )
     monkeypatch.setattr(DemoSettings, "for_context", classmethod(lambda cls, ctx: tiny))
-    report = demo.run_demo(DemoContext(name="meap", output_dir=tmp_path, quick=True, seed=0))
+    report = demo.run_demo(DemoContext(name="meap", output_dir=tmp_path, scale="quick", seed=0))
     assert [claim.method for claim in report.claims] == ["MEAP", "MEAP", "MEAP-SFT", "MEAP-SFT"]
     assert all(0 <= claim.method_value <= 1 for claim in report.claims)
     assert [row[0] for row in report.tables[0].rows] == ["NTP", "MEAP", "SFT", "MEAP-SFT"]

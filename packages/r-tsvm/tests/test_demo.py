@@ -95,7 +95,7 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
 
     tiny = demo._Budget(seeds=1, pretrain_steps=4, expert_steps=2, num_train=64, num_eval=16, grid=(1.0,))
     monkeypatch.setattr(demo, "_QUICK", tiny)
-    report = demo.run_demo(DemoContext(name="r-tsvm", output_dir=tmp_path, quick=True, seed=0))
+    report = demo.run_demo(DemoContext(name="r-tsvm", output_dir=tmp_path, scale="quick", seed=0))
     assert len(report.claims) == 6
     # The planted-outlier claim states whether the outliers hurt TSV-M at all.
     assert "TSV-M (" in report.claims[1].note and any(report.claims[1].note in note for note in report.notes)

@@ -14,7 +14,8 @@ from transformers import DataCollatorForLanguageModeling, Trainer
 
 from paperpack.core.errors import CheckpointNotFoundError, ConfigError
 from paperpack.core.hf import default_corpus, training_args
-from paperpack.core.testing.contracts import assert_state_dicts_equal, check_callback_resume
+from paperpack.core.testing.contracts import assert_state_dicts_equal
+from paperpack.core.testing.resume import check_callback_resume
 from paperpack.sewa import SeWACallback, SeWAConfig
 from paperpack.sewa.callback import trainable_state
 

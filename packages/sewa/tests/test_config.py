@@ -40,7 +40,7 @@ def test_parses_with_hf_argument_parser() -> None:
             {"temperature_schedule": "cosine"},
             r"`temperature_schedule` must be one of 'exponential', 'linear', 'constant'",
         ),
-        ({"mask_lr": float("nan")}, r"`mask_lr` must be a number, got NaN"),
+        ({"mask_lr": float("nan")}, r"`mask_lr` must be a finite number, got nan"),
         ({"mask_optimizer": "rmsprop"}, r"`mask_optimizer` must be one of 'adam', 'sgd'"),
         ({"averaging": "mean"}, r"`averaging` must be one of 'normalized', 'over_k'"),
         ({"projection": "l1"}, r"`projection` must be one of 'sum_eq_k', 'sum_le_k'"),

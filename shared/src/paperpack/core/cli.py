@@ -4,6 +4,12 @@ Packages join through entry points: a subcommand in the group ``paperpack.comman
 ``configure_parser(parser)`` that adds arguments and ``parser.set_defaults(handler=fn)``), and a demo in
 ``paperpack.demos`` (``run_demo(ctx) -> DemoReport``). Only the chosen subcommand's module is imported, so
 ``paperpack --help`` stays fast.
+
+Every parser is a :class:`paperpack.core.arguments.ArgumentParser`: a command with subcommands run without one
+prints its help and exits with status 2, and an error is one line naming the flag as the user typed it (the
+backquoted field names of a handler's error are rewritten by
+:func:`~paperpack.core.arguments.describe_arguments`).
+See ``docs/cli.md`` for the whole convention.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from importlib.metadata import EntryPoint, distributions, entry_points, version
 from pathlib import Path
 from typing import Any
 
+from paperpack.core.arguments import ArgumentParser, describe_arguments
+from paperpack.core.commands import add_shared_arguments
 from paperpack.core.errors import ConfigError, PaperpackError
 from paperpack.core.registry import NAME_PATTERN
 
@@ -23,6 +31,8 @@ __all__ = ["COMMANDS_GROUP", "DEMOS_GROUP", "discover", "main"]
 
 COMMANDS_GROUP = "paperpack.commands"
 DEMOS_GROUP = "paperpack.demos"
+#: The command name recorded in the output marker of ``paperpack demo`` results.
+DEMO_COMMAND = "paperpack demo"
 _BUILTIN = ("list", "demo")
 
 logger = logging.getLogger(__name__)
@@ -98,8 +108,13 @@ def _demo(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--only names unknown demo(s) {', '.join(map(repr, unknown))}; installed: {', '.join(available)}"
         )
+    from paperpack.core.files import atomic_folder, check_output
+
+    output = check_output(args.output, command=DEMO_COMMAND, overwrite=args.overwrite)
     demos = {name: available[name].load() for name in selected}
-    run = run_demos(demos, Path(args.output), quick=args.quick, seed=args.seed)
+    # Written beside the target and moved into place once every demo ran: an interrupted run leaves no output.
+    with atomic_folder(output, command=DEMO_COMMAND, overwrite=args.overwrite) as staging:
+        run = run_demos(demos, staging, scale="quick" if args.quick else "full", seed=args.seed)
     print(format_claims(run.reports))
     for name, error in run.failures.items():
         print(f"\n{name} FAILED: {error}", file=sys.stderr)
@@ -107,8 +122,8 @@ def _demo(args: argparse.Namespace) -> int:
     return 1 if run.failures else 0
 
 
-def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _build_parser(argv: Sequence[str]) -> ArgumentParser:
+    parser = ArgumentParser(
         prog="paperpack",
         description="Faithful implementations of recent ML papers. `paperpack list` shows what is installed.",
     )
@@ -125,8 +140,14 @@ def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     )
     demo.add_argument("--quick", action="store_true", help="fewer seeds and steps: under a minute per demo")
     demo.add_argument("--only", nargs="+", metavar="NAME", default=[], help="run only these demos")
-    demo.add_argument("--output", default="paperpack-demo", help="results folder (default: %(default)s)")
-    demo.add_argument("--seed", type=int, default=0, help="base seed (default: %(default)s)")
+    add_shared_arguments(
+        demo,
+        "output",
+        "overwrite",
+        "seed",
+        defaults={"output": "paperpack-demo"},
+        help={"seed": "the base seed; a demo over several seeds uses seed, seed + 1, ..."},
+    )
     demo.set_defaults(handler=_demo)
     chosen = next((token for token in argv if not token.startswith("-")), None)
     for name, entry in discover(COMMANDS_GROUP).items():
@@ -137,8 +158,18 @@ def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_status(code: object) -> int:
+    return code if isinstance(code, int) else (0 if code is None else 2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``paperpack`` command; returns the exit status."""
+    """Run the ``paperpack`` command; returns the exit status (0 done, 2 bad usage or input, 130 interrupted).
+
+    Examples:
+        >>> from paperpack.core.cli import main
+        >>> main(["list", "--no-such-flag"])
+        2
+    """
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
         parser = _build_parser(args_list)
@@ -146,20 +177,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PaperpackError as error:
         print(f"paperpack: error: {error}", file=sys.stderr)
         return 2
+    except SystemExit as done:  # --help, --version, and argparse's own errors (already printed)
+        return _exit_status(done.code)
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
         format="%(levelname)s %(name)s: %(message)s",
     )
     handler = getattr(args, "handler", None)
-    if handler is None:
-        parser.print_help()
-        return 0 if args.command is None else 2
+    if handler is None:  # a command that registered no handler
+        parser.print_help(sys.stderr)
+        return 2
     try:
         return int(handler(args) or 0)
     except (PaperpackError, OSError, ValueError, TypeError) as error:
         if args.verbose >= 2:
             raise
-        print(f"paperpack: error: {error}", file=sys.stderr)
+        print(f"paperpack: error: {describe_arguments(args, str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("paperpack: interrupted", file=sys.stderr)

@@ -38,7 +38,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     Raises:
         ConfigError: for an unknown name, or a device this machine does not have.
 
-    Example:
+    Examples:
         >>> from paperpack.core.device import resolve_device
         >>> resolve_device("cpu")
         device(type='cpu')
@@ -76,7 +76,7 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device 
     Raises:
         ConfigError: for an unknown name or a non-floating dtype.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from paperpack.core.device import resolve_dtype
         >>> resolve_dtype("bf16"), resolve_dtype("auto", device="cpu")
@@ -167,7 +167,7 @@ class MemoryMeter:
         peak_bytes: the peak during the block.
         growth_bytes: ``peak_bytes - start_bytes``: what the block added at its worst.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from paperpack.core.device import MemoryMeter
         >>> with MemoryMeter("cpu") as meter:

@@ -7,7 +7,7 @@ what is allowed.
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "CheckpointNotFoundError", "ConfigError", "PaperpackError"]
+__all__ = ["CheckpointError", "CheckpointNotFoundError", "ConfigError", "OutputExistsError", "PaperpackError"]
 
 
 class PaperpackError(Exception):
@@ -17,7 +17,7 @@ class PaperpackError(Exception):
 class ConfigError(PaperpackError, ValueError):
     """An argument or configuration value is not allowed.
 
-    Example:
+    Examples:
         >>> from paperpack.core.validation import check_positive
         >>> check_positive("rank", 0)
         Traceback (most recent call last):
@@ -29,10 +29,19 @@ class ConfigError(PaperpackError, ValueError):
 class CheckpointError(PaperpackError, ValueError):
     """A checkpoint cannot be read or written as asked.
 
-    Raised for pickle files (paperpack reads safetensors only), truncated or corrupt files, inputs whose keys,
-    shapes or dtypes differ, and an output path equal to or inside an input.
+    Raised for pickle files (paperpack reads safetensors only), truncated, corrupt or unsupported files (the
+    message names the file and the problem), inputs whose keys, shapes or dtypes differ, and an output path
+    equal to or inside an input.
     """
 
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """A checkpoint path does not exist or holds no safetensors weights."""
+
+
+class OutputExistsError(PaperpackError, FileExistsError):
+    """An output path is taken: by files paperpack did not write, or by an earlier output without overwrite.
+
+    Raised by :func:`paperpack.core.files.check_output` before anything is written; the message names the
+    flag (``--output``) and the fix. An output overlapping an input raises :class:`CheckpointError` instead.
+    """

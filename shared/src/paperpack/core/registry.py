@@ -1,6 +1,6 @@
 """A small typed registry: methods, commands and demos join by one explicit, validated call.
 
-Example:
+Examples:
     >>> from paperpack.core.registry import Registry
     >>> methods: Registry[str] = Registry("merge method")
     >>> methods.register("ties", "TIES merging")

@@ -54,7 +54,7 @@ class SnapshotStore:
             self._drop(self.steps.index(step), delete_file=False)
         if self.offload_dir is not None:
             if self.writer:
-                save_state_dict(dict(snapshot), self.offload_dir / self.file_name(step))
+                save_state_dict(dict(snapshot), self.offload_dir / self.file_name(step), overwrite=True)
         else:
             self._tensors.append(
                 {key: value.detach().to("cpu", copy=True) for key, value in snapshot.items()}

@@ -18,7 +18,8 @@ from paperpack.core.checkpoints.streaming import (
     copy_model_files,
     stream_state_dicts,
 )
-from paperpack.core.checkpoints.writer import StateDictWriter, check_output_path, parse_size, save_state_dict
+from paperpack.core.checkpoints.writer import StateDictWriter, parse_size, save_state_dict
+from paperpack.core.files import check_output_path
 
 __all__ = [
     "MODEL_FILES",

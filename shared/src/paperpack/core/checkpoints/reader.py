@@ -84,7 +84,7 @@ class LazyStateDict(Mapping[str, torch.Tensor]):
         CheckpointNotFoundError: when ``path`` does not exist or holds no safetensors weights.
         CheckpointError: for a pickle file, or a corrupt or truncated file (when its header is read).
 
-    Example:
+    Examples:
         >>> import tempfile, torch
         >>> from paperpack.core.checkpoints import LazyStateDict, save_state_dict
         >>> folder = tempfile.mkdtemp()

@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from paperpack.core.checkpoints.reader import LazyStateDict, PathLike
-from paperpack.core.checkpoints.writer import StateDictWriter, check_output_path
+from paperpack.core.checkpoints.writer import StateDictWriter
 from paperpack.core.errors import CheckpointError, ConfigError
 
 __all__ = ["MODEL_FILES", "StreamFn", "check_compatible", "copy_model_files", "stream_state_dicts"]
@@ -95,6 +95,8 @@ def stream_state_dicts(
     copy_files_from: int | None = 0,
     metadata: Mapping[str, str] | None = None,
     weights_name: str = "model.safetensors",
+    command: str = "paperpack",
+    overwrite: bool = False,
 ) -> Path:
     """Combine N checkpoints key by key, writing each result as soon as it is computed.
 
@@ -114,14 +116,19 @@ def stream_state_dicts(
             to the output; None copies nothing.
         metadata: strings stored in the output headers.
         weights_name: the weight file name inside the output folder.
+        command: the command writing the output, recorded in its marker.
+        overwrite: allow replacing an earlier output of ``command``; the output holds exactly what this call
+            wrote (see :class:`StateDictWriter`).
 
     Returns:
         The output path.
 
     Raises:
-        CheckpointError: for mismatched keys, shapes or dtypes, or an output that is or lies in an input.
+        CheckpointError: for mismatched keys, shapes or dtypes, or an output that is, contains or lies in an
+            input.
+        OutputExistsError: when ``output`` is taken (see :func:`paperpack.core.files.check_output`).
 
-    Example:
+    Examples:
         >>> import tempfile, torch
         >>> from paperpack.core.checkpoints import load_state_dict, save_state_dict, stream_state_dicts
         >>> root = tempfile.mkdtemp()
@@ -133,11 +140,16 @@ def stream_state_dicts(
     """
     states = [item if isinstance(item, LazyStateDict) else LazyStateDict(item) for item in inputs]
     check_compatible(states)
-    check_output_path(output, [state.path for state in states])
     if copy_files_from is not None and not 0 <= copy_files_from < len(states):
         raise ConfigError(f"`copy_files_from` must index `inputs` (0..{len(states) - 1}) or be None")
     with StateDictWriter(
-        output, max_shard_size=max_shard_size, metadata=metadata, weights_name=weights_name
+        output,
+        max_shard_size=max_shard_size,
+        metadata=metadata,
+        weights_name=weights_name,
+        command=command,
+        overwrite=overwrite,
+        inputs=[state.path for state in states],
     ) as writer:
         for key in tqdm(list(states[0]), desc="tensors", unit="tensor", disable=not progress):
             result = fn(key, [state[key] for state in states])

@@ -1,9 +1,10 @@
 """Atomic, sharded, streaming writes of safetensors checkpoints.
 
-Tensors are appended to a spool file as they arrive, so a writer holds one tensor at a time; when a shard is
-full its header is written and the spooled bytes are copied behind it by the kernel. Everything goes into a
-hidden staging folder beside the output, renamed into place only when complete: a crash or Ctrl-C leaves the
-old output (or none) and never a partial one.
+Tensors are written into their shard as they arrive, behind room reserved for the header, so a writer holds
+one tensor at a time; the header is written when the shard is full. Everything goes into a hidden staging
+folder beside the output, flushed to the disk and moved into place only when complete
+(:func:`paperpack.core.files.publish_output`): a crash, Ctrl-C or a power loss leaves the old output (or none)
+and never a partial one. Outputs follow the core's output policy (:func:`paperpack.core.files.check_output`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -23,14 +23,19 @@ import torch
 from paperpack.core.checkpoints._format import DTYPE_NAMES, header_bytes, tensor_bytes, write_all
 from paperpack.core.checkpoints.reader import PathLike
 from paperpack.core.errors import CheckpointError, ConfigError
-from paperpack.core.files import remove_path, temporary_sibling
+from paperpack.core.files import (
+    OUTPUT_KEY,
+    check_output,
+    publish_output,
+    remove_path,
+    temporary_sibling,
+)
 
-__all__ = ["StateDictWriter", "check_output_path", "parse_size", "save_state_dict"]
+__all__ = ["StateDictWriter", "parse_size", "save_state_dict"]
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 _UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*$", re.IGNORECASE)
-_WEIGHT_FILE = re.compile(r".*\.safetensors(\.index\.json)?$")
 
 
 def parse_size(size: int | str) -> int:
@@ -49,22 +54,6 @@ def parse_size(size: int | str) -> int:
     if number <= 0:
         raise ConfigError(f"`max_shard_size` must be positive, got {size!r}")
     return number
-
-
-def check_output_path(output: PathLike, inputs: Iterable[PathLike]) -> None:
-    """Refuse an output that is, contains or lies inside one of the inputs (inputs are never overwritten).
-
-    Raises:
-        CheckpointError: naming the input.
-    """
-    target = Path(output).resolve()
-    for item in inputs:
-        source = Path(item).resolve()
-        if target == source or source in target.parents or target in source.parents:
-            raise CheckpointError(
-                f"output {str(output)!r} overlaps input {str(item)!r} (it is, contains or lies inside it); "
-                "write to a new path"
-            )
 
 
 def _copy_range(source: BinaryIO, offset: int, target: BinaryIO, count: int) -> None:
@@ -145,23 +134,36 @@ class StateDictWriter:
     ``path`` ending in ``.safetensors`` gives one file. Any other ``path`` is a folder holding
     ``<stem>.safetensors``, or shards ``<stem>-00001-of-0000N.safetensors`` and
     ``<stem>.safetensors.index.json`` once the tensors exceed ``max_shard_size`` (the transformers layout,
-    so ``from_pretrained`` reads it). When the folder exists already, its weight files are replaced and its
-    other files (config, tokenizer) are kept.
+    so ``from_pretrained`` reads it).
+
+    The output holds exactly what this writer produced plus what the caller put into :attr:`staging_dir`
+    (config and tokenizer files, say): nothing of an earlier output is carried over. It follows the output
+    policy (:func:`paperpack.core.files.check_output`), checked when the writer is created: ``path`` must be
+    new, an empty folder, or (with ``overwrite``) an earlier output of ``command``. A folder output gets the
+    marker file ``.paperpack-output.json``; a single file records ``command`` in its ``__metadata__`` under
+    ``paperpack_output``. Everything is flushed to the disk before the output is moved into place.
 
     Args:
         path: the output file or folder.
         max_shard_size: bytes per shard, as an int or a string like ``"5GB"`` (folders only).
         metadata: strings stored in every file's ``__metadata__`` (``format: pt`` is added).
         weights_name: the file name in a folder: ``model.safetensors`` or ``adapter_model.safetensors``.
+        command: the command writing the output, recorded in its marker.
+        overwrite: allow replacing an earlier output of ``command``.
+        inputs: input paths that the output may not be, contain or lie inside.
 
-    Example:
+    Raises:
+        OutputExistsError: when ``path`` is taken (see :func:`paperpack.core.files.check_output`).
+        CheckpointError: when ``path`` overlaps an input.
+
+    Examples:
         >>> import tempfile, torch
         >>> from paperpack.core.checkpoints import StateDictWriter, load_state_dict
         >>> out = tempfile.mkdtemp() + "/merged"
         >>> with StateDictWriter(out, max_shard_size="1KB") as writer:
         ...     for i in range(3):
         ...         writer.add(f"layer{i}.weight", torch.full((16, 16), float(i)))
-        >>> sorted(p.name for p in writer.path.iterdir())[:2]
+        >>> sorted(p.name for p in writer.path.glob("model-*"))[:2]
         ['model-00001-of-00003.safetensors', 'model-00002-of-00003.safetensors']
         >>> load_state_dict(out)["layer2.weight"][0, 0].item()
         2.0
@@ -174,6 +176,9 @@ class StateDictWriter:
         max_shard_size: int | str = "5GB",
         metadata: Mapping[str, str] | None = None,
         weights_name: str = "model.safetensors",
+        command: str = "paperpack",
+        overwrite: bool = False,
+        inputs: Iterable[PathLike] = (),
     ) -> None:
         self.path = Path(path)
         self.max_shard_size = parse_size(max_shard_size)
@@ -183,11 +188,19 @@ class StateDictWriter:
                 f"`weights_name` must be a file name ending in .safetensors, got {weights_name!r}"
             )
         self.single_file = self.path.suffix == ".safetensors"
+        self.command = command
+        self.overwrite = overwrite
+        if self.single_file:
+            self.metadata[OUTPUT_KEY] = command
         self._stem = weights_name.removesuffix(".safetensors")
-        if self.path.is_dir() and self.single_file:
-            raise CheckpointError(f"{self.path} is a folder; a .safetensors output must be a file")
-        if self.path.is_file() and not self.single_file:
-            raise CheckpointError(f"{self.path} is a file; pass a folder path or a .safetensors file name")
+        check_output(
+            self.path,
+            command=command,
+            overwrite=overwrite,
+            inputs=inputs,
+            flag="output",
+            file=self.single_file,
+        )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._staging = temporary_sibling(self.path)
         if not self.single_file:
@@ -243,9 +256,22 @@ class StateDictWriter:
         return shard
 
     def close(self) -> Path:
-        """Finish every shard, write the index and move the output into place."""
+        """Finish every shard, write the index and move the output into place.
+
+        Raises:
+            OutputExistsError: when the output path was taken since the writer was created; nothing is left
+                behind.
+        """
         if self._closed:
             return self.path
+        try:
+            self._close()
+        except BaseException:
+            self.abort()
+            raise
+        return self.path
+
+    def _close(self) -> None:
         if not self._shards:
             self._new_shard()
         self._finish(self._shards[-1])
@@ -264,7 +290,6 @@ class StateDictWriter:
             (self._staging / f"{self._stem}.safetensors.index.json").write_text(json.dumps(index, indent=2))
         self._commit()
         self._closed = True
-        return self.path
 
     def _finish(self, shard: _Shard) -> None:
         header = shard.finish(self.metadata)
@@ -272,23 +297,9 @@ class StateDictWriter:
         self._reserve = max(self._reserve, 2 * header + (-2 * header) % 8)
 
     def _commit(self) -> None:
-        if self.single_file:
-            os.replace(self._staging, self.path)
-            return
-        if not self.path.exists():
-            self._staging.rename(self.path)
-            return
-        # Keep the existing folder's other files, then swap folders.
-        for item in self.path.iterdir():
-            if not _WEIGHT_FILE.match(item.name) and not (self._staging / item.name).exists():
-                if item.is_dir():
-                    shutil.copytree(item, self._staging / item.name, symlinks=True)
-                else:
-                    shutil.copy2(item, self._staging / item.name)
-        old = self.path.with_name(f".{self.path.name}.paperpack-old-{uuid.uuid4().hex[:8]}")
-        self.path.rename(old)
-        self._staging.rename(self.path)
-        shutil.rmtree(old, ignore_errors=True)
+        publish_output(
+            self._staging, self.path, command=self.command, overwrite=self.overwrite, flag="output"
+        )
 
     def abort(self) -> None:
         """Remove everything written so far; the output is left as it was."""
@@ -316,6 +327,8 @@ def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
         raise ConfigError(f"`metadata` must map strings to strings, got {metadata!r}")
+    if OUTPUT_KEY in metadata:
+        raise ConfigError(f"`metadata` may not set {OUTPUT_KEY!r}: the writer records the command there")
     return dict(metadata)
 
 
@@ -326,6 +339,8 @@ def save_state_dict(
     max_shard_size: int | str = "5GB",
     metadata: Mapping[str, str] | None = None,
     weights_name: str = "model.safetensors",
+    command: str = "paperpack",
+    overwrite: bool = False,
 ) -> Path:
     """Save a state dict as safetensors, sharded with an index when over ``max_shard_size``, atomically.
 
@@ -337,11 +352,17 @@ def save_state_dict(
         max_shard_size: bytes per shard, or a string like ``"5GB"``.
         metadata: strings stored in each file's header.
         weights_name: the file name inside a folder.
+        command: the command writing the output, recorded in its marker.
+        overwrite: allow replacing an earlier output of ``command`` (the output policy of
+            :func:`paperpack.core.files.check_output`).
 
     Returns:
         The written path.
 
-    Example:
+    Raises:
+        OutputExistsError: when ``path`` is taken.
+
+    Examples:
         >>> import tempfile, torch
         >>> from paperpack.core.checkpoints import load_state_dict, save_state_dict
         >>> path = save_state_dict({"bias": torch.zeros(4)}, tempfile.mkdtemp() + "/bias.safetensors")
@@ -351,7 +372,12 @@ def save_state_dict(
     if not isinstance(state_dict, Mapping):
         raise ConfigError(f"`state_dict` must be a mapping of str to Tensor, got {type(state_dict).__name__}")
     with StateDictWriter(
-        path, max_shard_size=max_shard_size, metadata=metadata, weights_name=weights_name
+        path,
+        max_shard_size=max_shard_size,
+        metadata=metadata,
+        weights_name=weights_name,
+        command=command,
+        overwrite=overwrite,
     ) as w:
         for key, tensor in state_dict.items():
             w.add(key, tensor)

@@ -2,6 +2,7 @@
 
 from paperpack.core.hf.callbacks import (
     STATE_FOLDER,
+    ArgumentsAsJson,
     StatefulCallback,
     read_callback_state,
     write_callback_state,
@@ -19,14 +20,27 @@ from paperpack.core.hf.tiny import (
     tiny_causal_lm,
     tiny_tokenizer,
 )
-from paperpack.core.hf.training import load_model_and_tokenizer, machine_defaults, training_args
+from paperpack.core.hf.training import (
+    ARGUMENTS_FILE,
+    check_training_args,
+    command_training_args,
+    load_model_and_tokenizer,
+    machine_defaults,
+    save_trained_model,
+    training_args,
+    write_arguments_json,
+)
 
 __all__ = [
+    "ARGUMENTS_FILE",
     "CHAT_TEMPLATE",
     "SPECIAL_TOKENS",
     "STATE_FOLDER",
+    "ArgumentsAsJson",
     "Completion",
     "StatefulCallback",
+    "check_training_args",
+    "command_training_args",
     "context_length",
     "default_corpus",
     "encode_prompts",
@@ -34,8 +48,10 @@ __all__ = [
     "machine_defaults",
     "read_callback_state",
     "sample_completions",
+    "save_trained_model",
     "tiny_causal_lm",
     "tiny_tokenizer",
     "training_args",
+    "write_arguments_json",
     "write_callback_state",
 ]

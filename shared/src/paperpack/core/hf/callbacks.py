@@ -18,7 +18,13 @@ from paperpack.core.checkpoints import load_state_dict, save_state_dict
 from paperpack.core.errors import CheckpointError, CheckpointNotFoundError, ConfigError
 from paperpack.core.files import atomic_write_text
 
-__all__ = ["STATE_FOLDER", "StatefulCallback", "read_callback_state", "write_callback_state"]
+__all__ = [
+    "STATE_FOLDER",
+    "ArgumentsAsJson",
+    "StatefulCallback",
+    "read_callback_state",
+    "write_callback_state",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +72,7 @@ def write_callback_state(state: dict[str, Any], folder: str | os.PathLike[str], 
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(state, "", tensors)
     if tensors:
-        save_state_dict(tensors, folder / f"{name}.safetensors")
+        save_state_dict(tensors, folder / f"{name}.safetensors", overwrite=True)
     atomic_write_text(folder / f"{name}.json", json.dumps({"state": skeleton, "has_tensors": bool(tensors)}))
 
 
@@ -102,7 +108,7 @@ class StatefulCallback(TrainerCallback, ABC):
     where ``resume_from_checkpoint=True`` looks); for a checkpoint moved elsewhere, set
     ``TrainingArguments.resume_from_checkpoint`` to its path as well.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from paperpack.core.hf import StatefulCallback
         >>> class StepCounter(StatefulCallback):
@@ -164,3 +170,27 @@ class StatefulCallback(TrainerCallback, ABC):
             f"training resumed at step {state.global_step}, but no {type(self).__name__} state was found "
             f"(looked in {searched}); set TrainingArguments.resume_from_checkpoint to the checkpoint folder"
         )
+
+
+class ArgumentsAsJson(TrainerCallback):
+    """Replace the pickled ``training_args.bin`` of every checkpoint with ``training_args.json``.
+
+    transformers pickles the arguments into each ``checkpoint-N`` folder; paperpack refuses to read pickles,
+    and resuming never reads that file. Training commands pass this callback so that their output holds JSON
+    (besides the Trainer's own optimizer and RNG state files).
+
+    Examples:
+        >>> from paperpack.core.hf import ArgumentsAsJson
+        >>> callbacks = [ArgumentsAsJson()]  # Trainer(..., callbacks=callbacks)
+    """
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """Rewrite the arguments of the checkpoint just saved (main process only)."""
+        from paperpack.core.hf.training import write_arguments_json
+
+        if state.is_world_process_zero:
+            folder = Path(str(args.output_dir)) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            if folder.is_dir():
+                write_arguments_json(args, folder)

@@ -73,7 +73,7 @@ def sample_completions(
     Returns:
         One list of ``num_samples`` :class:`Completion` per prompt, in prompt order.
 
-    Example:
+    Examples:
         >>> from paperpack.core.hf import sample_completions, tiny_causal_lm
         >>> model, tokenizer = tiny_causal_lm()
         >>> out = sample_completions(model, tokenizer, ["the", "a red"], num_samples=2, max_new_tokens=4)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from paperpack.core.errors import ConfigError
 from paperpack.core.validation import check_int
 
 __all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "default_corpus", "tiny_causal_lm", "tiny_tokenizer"]
@@ -108,6 +109,10 @@ def tiny_tokenizer(*, vocab_size: int = 512, corpus: Iterable[str] | None = None
     return tokenizer
 
 
+TokenizerT = TypeVar("TokenizerT", bound=PreTrainedTokenizerBase)
+
+
+@overload
 def tiny_causal_lm(
     *,
     vocab_size: int = 512,
@@ -116,8 +121,36 @@ def tiny_causal_lm(
     num_heads: int = 4,
     seed: int = 0,
     corpus: Iterable[str] | None = None,
+    tokenizer: None = None,
     **config_overrides: Any,
-) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]: ...
+
+
+@overload
+def tiny_causal_lm(
+    *,
+    vocab_size: int = 512,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    seed: int = 0,
+    corpus: Iterable[str] | None = None,
+    tokenizer: TokenizerT,
+    **config_overrides: Any,
+) -> tuple[LlamaForCausalLM, TokenizerT]: ...
+
+
+def tiny_causal_lm(
+    *,
+    vocab_size: int = 512,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    seed: int = 0,
+    corpus: Iterable[str] | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    **config_overrides: Any,
+) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase]:
     """A tiny ``LlamaForCausalLM`` and its tokenizer, for tests, docs and demos.
 
     Everything is built in code, offline, in about a second, and identical for the same arguments. The
@@ -130,23 +163,38 @@ def tiny_causal_lm(
         num_heads: attention heads (as many key-value heads).
         seed: seeds the weight initialization without touching the global random state.
         corpus: texts for the tokenizer (see :func:`tiny_tokenizer`).
+        tokenizer: use this tokenizer instead of training one (a task's own word-level vocabulary, say); the
+            embedding matches its length and the model's pad, bos and eos ids are its own. ``vocab_size`` and
+            ``corpus`` must then be left at their defaults.
         **config_overrides: any other ``LlamaConfig`` field, e.g. ``tie_word_embeddings=True``.
 
     Returns:
         ``(model, tokenizer)``, the model in float32 on the CPU, in training mode.
 
-    Example:
-        >>> from paperpack.core.hf import tiny_causal_lm
+    Raises:
+        ConfigError: for a bad size, or ``tokenizer`` given together with ``vocab_size`` or ``corpus``.
+
+    Examples:
+        >>> from paperpack.core.hf import tiny_causal_lm, tiny_tokenizer
         >>> model, tokenizer = tiny_causal_lm()
         >>> batch = tokenizer(["the model was small"], return_tensors="pt")
         >>> model(**batch, labels=batch["input_ids"]).loss.item() > 0
         True
+        >>> words = tiny_tokenizer(vocab_size=300)
+        >>> model, _ = tiny_causal_lm(tokenizer=words, max_position_embeddings=64)
+        >>> model.config.vocab_size == len(words), model.config.max_position_embeddings
+        (True, 64)
     """
     check_int("hidden_size", hidden_size, minimum=1)
     check_int("num_layers", num_layers, minimum=1)
     check_int("num_heads", num_heads, minimum=1)
     check_int("seed", seed, minimum=0)
-    tokenizer = tiny_tokenizer(vocab_size=vocab_size, corpus=corpus)
+    if tokenizer is None:
+        tokenizer = tiny_tokenizer(vocab_size=vocab_size, corpus=corpus)
+    elif vocab_size != 512 or corpus is not None:
+        raise ConfigError(
+            "give `tokenizer` or `vocab_size` / `corpus`, not both: a tokenizer has its vocabulary"
+        )
     settings: dict[str, Any] = {
         "vocab_size": len(tokenizer),
         "hidden_size": hidden_size,

@@ -1,6 +1,6 @@
 """Run the Python examples of Markdown pages (a package's README quick start) as tests.
 
-Example:
+Examples:
     A package's ``tests/test_docs.py`` (pytest collects the returned, parametrized test)::
 
         from paperpack.core.testing.examples import quick_start_test

@@ -1,7 +1,9 @@
 """The pytest plugin every paperpack test run loads (the workspace's root ``conftest.py`` names it).
 
 It registers the ``gpu`` and ``slow`` markers, skips ``gpu`` tests with a clear reason when CUDA is absent,
-keeps the Hugging Face libraries offline, and provides session-scoped tiny-model fixtures.
+keeps the Hugging Face libraries offline, and provides session-scoped fixtures: a tiny model (``tiny_lm``,
+``tiny_lm_dir``) and tiny data for it (``tiny_texts``, ``tiny_lm_dataset`` with ``tiny_collator``,
+``tiny_text_dataset``, ``tiny_prompt_completion_dataset``; see :mod:`paperpack.core.testing.data`).
 
 Outside this workspace, enable it with ``pytest_plugins = ["paperpack.core.testing.plugin"]`` in a
 root ``conftest.py``.
@@ -16,7 +18,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from datasets import Dataset
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from paperpack.core.data import CausalLMCollator
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 # Set at import, before any test module imports huggingface_hub (which reads these once).
@@ -62,6 +67,46 @@ def tiny_lm_dir(
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_texts() -> list[str]:
+    """32 short lines of the built-in corpus, of varied lengths."""
+    from paperpack.core.testing import data
+
+    return data.tiny_texts()
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dataset(tiny_lm: tuple[LlamaForCausalLM, PreTrainedTokenizerFast]) -> Dataset:
+    """``tiny_texts`` tokenized by ``tiny_lm``'s tokenizer (<= 24 tokens, unpadded): a Trainer dataset."""
+    from paperpack.core.testing import data
+
+    return data.tiny_lm_dataset(tiny_lm[1])
+
+
+@pytest.fixture(scope="session")
+def tiny_collator(tiny_lm: tuple[LlamaForCausalLM, PreTrainedTokenizerFast]) -> CausalLMCollator:
+    """A :class:`~paperpack.core.data.CausalLMCollator` for ``tiny_lm``: pads, labels -100 on padding."""
+    from paperpack.core.data import CausalLMCollator
+
+    return CausalLMCollator(tiny_lm[1])
+
+
+@pytest.fixture(scope="session")
+def tiny_text_dataset() -> Dataset:
+    """``tiny_texts`` as a TRL language-modeling dataset (a ``text`` column)."""
+    from paperpack.core.testing import data
+
+    return data.tiny_text_dataset()
+
+
+@pytest.fixture(scope="session")
+def tiny_prompt_completion_dataset() -> Dataset:
+    """32 additions as a TRL prompt-completion dataset (``prompt``, ``completion``)."""
+    from paperpack.core.testing import data
+
+    return data.tiny_prompt_completion_dataset()
 
 
 @pytest.fixture

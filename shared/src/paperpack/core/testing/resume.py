@@ -1,11 +1,19 @@
-"""Resume contract for Trainer callbacks (imports transformers; the light contracts live in ``contracts``)."""
+"""Resume contracts: a resumed Trainer run ends where the uninterrupted one does (imports transformers).
+
+:class:`StopAtStep` interrupts a run right after a checkpoint; :func:`check_trainer_resume` compares a resumed
+run with an uninterrupted one (weights, optimizer and scheduler state, every stateful callback);
+:func:`check_callback_resume` does so for one callback on the core's own tiny Trainer setup. The light
+contracts live in :mod:`paperpack.core.testing.contracts`, which never imports this module.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import (
     PreTrainedModel,
     Trainer,
@@ -17,9 +25,9 @@ from transformers import (
 
 from paperpack.core.hf.callbacks import StatefulCallback
 from paperpack.core.hf.training import training_args
-from paperpack.core.testing.contracts import assert_states_equal
+from paperpack.core.testing.contracts import assert_state_dicts_equal, assert_states_equal
 
-__all__ = ["StopAtStep", "check_callback_resume"]
+__all__ = ["ResumeCheck", "StopAtStep", "check_callback_resume", "check_trainer_resume"]
 
 
 class StopAtStep(TrainerCallback):
@@ -90,3 +98,121 @@ def check_callback_resume(
     train("interrupted", resumed, None, str(checkpoint))
     assert_states_equal(resumed.state_dict(), full.state_dict())
     return full, resumed
+
+
+@dataclass
+class ResumeCheck:
+    """The trainers of :func:`check_trainer_resume`, for further assertions.
+
+    Attributes:
+        full: the uninterrupted run.
+        interrupted: the run stopped right after the checkpoint at ``interrupt_at``.
+        resumed: the run resumed from that checkpoint.
+        checkpoint: the checkpoint folder it resumed from.
+    """
+
+    full: Trainer
+    interrupted: Trainer
+    resumed: Trainer
+    checkpoint: Path
+
+
+def _model(trainer: Trainer) -> torch.nn.Module:
+    assert trainer.model is not None, "the Trainer has no model"
+    return trainer.model
+
+
+def _stateful(trainer: Trainer) -> dict[str, StatefulCallback]:
+    return {
+        callback.state_name: callback
+        for callback in trainer.callback_handler.callbacks
+        if isinstance(callback, StatefulCallback)
+    }
+
+
+def check_trainer_resume(
+    make_trainer: Callable[[dict[str, Any], list[TrainerCallback]], Trainer],
+    tmp_path: Path,
+    *,
+    max_steps: int = 6,
+    interrupt_at: int = 3,
+    atol: float = 0.0,
+    rtol: float = 0.0,
+) -> ResumeCheck:
+    """Check that a run interrupted after a checkpoint and resumed ends where an uninterrupted run does.
+
+    Three runs are made with ``make_trainer(settings, callbacks)``, which must build a FRESH model and Trainer
+    whose arguments include ``settings`` (``output_dir``, ``max_steps``, ``save_strategy``, ``save_steps``)
+    and whose callbacks include ``callbacks``: an uninterrupted run; a run stopped right after the checkpoint
+    at ``interrupt_at`` (:class:`StopAtStep`); a run resumed from that checkpoint.
+
+    Compared between the resumed and the uninterrupted run: the model's weights, the optimizer's state
+    (moments, step counts, learning rates), the scheduler's state, the global step, and the state of every
+    :class:`StatefulCallback` the trainers hold. The resumed weights must also differ from those at the
+    checkpoint, so a resume that trains no step fails.
+
+    Args:
+        make_trainer: builds a fresh model and Trainer from the given argument settings and callbacks.
+        tmp_path: a folder for the runs (``full/``, ``interrupted/``).
+        max_steps: steps of a whole run.
+        interrupt_at: the step whose checkpoint the run resumes from.
+        atol: absolute tolerance for weights and tensors of the optimizer state (exact by default).
+        rtol: relative tolerance, likewise.
+
+    Returns:
+        The three trainers and the checkpoint, for further assertions.
+
+    Examples:
+        A package test::
+
+            def test_resume(tiny_lm, tiny_lm_dataset, tiny_collator, tmp_path):
+                def make(settings, callbacks):
+                    args = training_args(per_device_train_batch_size=4, **settings)
+                    return Trainer(model=copy.deepcopy(tiny_lm[0]), args=args, train_dataset=tiny_lm_dataset,
+                                   data_collator=tiny_collator, callbacks=[MyCallback(), *callbacks])
+
+                check_trainer_resume(make, tmp_path)
+    """
+    if not 0 < interrupt_at < max_steps:
+        raise ValueError(f"`interrupt_at` must be in (0, max_steps={max_steps}), got {interrupt_at}")
+
+    def settings(folder: str) -> dict[str, Any]:
+        return {
+            "output_dir": str(tmp_path / folder),
+            "max_steps": max_steps,
+            "save_strategy": "steps",
+            "save_steps": interrupt_at,
+        }
+
+    full = make_trainer(settings("full"), [])
+    full.train()
+    interrupted = make_trainer(settings("interrupted"), [StopAtStep(interrupt_at)])
+    interrupted.train()
+    checkpoint = tmp_path / "interrupted" / f"checkpoint-{interrupt_at}"
+    assert checkpoint.is_dir(), f"no checkpoint at step {interrupt_at} in {checkpoint.parent}"
+    assert interrupted.state.global_step == interrupt_at, (
+        f"the interrupted run stopped at step {interrupted.state.global_step}, not {interrupt_at}"
+    )
+    at_checkpoint = {name: value.detach().clone() for name, value in _model(interrupted).state_dict().items()}
+    resumed = make_trainer(settings("interrupted"), [])
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+
+    assert resumed.state.global_step == full.state.global_step == max_steps
+    final = _model(resumed).state_dict()
+    assert_state_dicts_equal(final, _model(full).state_dict(), atol=atol, rtol=rtol)
+    assert any(not torch.equal(final[name], value) for name, value in at_checkpoint.items()), (
+        "the resumed run did not change the weights after the checkpoint"
+    )
+    assert resumed.optimizer is not None
+    assert full.optimizer is not None
+    assert_states_equal(resumed.optimizer.state_dict(), full.optimizer.state_dict(), "optimizer")
+    if full.lr_scheduler is not None:
+        assert resumed.lr_scheduler is not None
+        assert_states_equal(resumed.lr_scheduler.state_dict(), full.lr_scheduler.state_dict(), "scheduler")
+    callbacks, expected = _stateful(resumed), _stateful(full)
+    assert set(callbacks) == set(expected), (
+        f"stateful callbacks differ: {sorted(set(callbacks) ^ set(expected))}"
+    )
+    for name, callback in callbacks.items():
+        assert_states_equal(callback.state_dict(), expected[name].state_dict(), name)
+    return ResumeCheck(full=full, interrupted=interrupted, resumed=resumed, checkpoint=checkpoint)
