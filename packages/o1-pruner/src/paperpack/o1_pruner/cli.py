@@ -112,20 +112,18 @@ def _presample_parser(commands: Any) -> None:
 
 
 def _train_flags(sub: argparse.ArgumentParser) -> None:
-    from paperpack.core.arguments import add_config_arguments
+    from paperpack.core.arguments import add_config_arguments, supported_fields
     from paperpack.o1_pruner.config import O1PrunerConfig
 
-    skipped = {"output_dir", *_STRING_FIELDS}
-    hints = _supported_fields(O1PrunerConfig)
-    excluded = [
-        f.name for f in dataclasses.fields(O1PrunerConfig) if f.name in skipped or f.name not in hints
-    ]
+    supported = set(supported_fields(O1PrunerConfig)) - {"output_dir"}
+    excluded = [f.name for f in dataclasses.fields(O1PrunerConfig) if f.init and f.name not in supported]
     fields = add_config_arguments(sub, O1PrunerConfig, exclude=excluded)
-    for name in _STRING_FIELDS:
+    extra = [name for name in _STRING_FIELDS if name not in supported]
+    for name in extra:
         sub.add_argument(
             "--" + name.replace("_", "-"), dest=name, default=None, help=f"TrainingArguments.{name}"
         )
-    sub.set_defaults(handler=_train, config_fields=[*fields, *_STRING_FIELDS])
+    sub.set_defaults(handler=_train, config_fields=[*fields, *extra])
 
 
 def _train_parser(commands: Any) -> None:
@@ -186,21 +184,6 @@ def _evaluate_parser(commands: Any) -> None:
     )
     sub.add_argument("--output", default=None, metavar="FILE.json", help="also write the figures here")
     sub.set_defaults(handler=_evaluate)
-
-
-def _supported_fields(config_class: type[Any]) -> set[str]:
-    import typing
-
-    from paperpack.core.arguments import _flag_kwargs
-
-    supported = set()
-    for name, hint in typing.get_type_hints(config_class).items():
-        try:
-            _flag_kwargs(hint)
-        except (TypeError, ValueError):
-            continue
-        supported.add(name)
-    return supported
 
 
 def _flags(error: Exception) -> str:
