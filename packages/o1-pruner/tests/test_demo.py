@@ -47,7 +47,7 @@ def test_baseline_data_picks_the_shortest_correct_samples() -> None:
 
 def test_demo_reports_every_arm(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(demo, "QUICK", TINY)
-    report = demo.run_demo(DemoContext(name="o1-pruner", output_dir=tmp_path, quick=True, seed=0))
+    report = demo.run_demo(DemoContext(name="o1-pruner", output_dir=tmp_path, scale="quick", seed=0))
     assert isinstance(report, DemoReport)
     assert [row[0] for row in report.tables[0].rows] == list(ARMS)
     assert report.plots[0].is_file() and report.plots[0].parent == tmp_path

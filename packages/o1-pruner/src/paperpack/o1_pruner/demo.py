@@ -138,9 +138,9 @@ def run_demo(ctx: DemoContext) -> DemoReport:
     """Run the experiment over seeds; table, accuracy-vs-length plot and claims."""
     from paperpack.core.demo import DemoReport
 
-    settings, n_seeds = (QUICK, 2) if ctx.quick else (ExperimentSettings(), 3)
-    seeds = [ctx.seed + s for s in range(n_seeds)]
-    results = [run_seed(seed, settings) for seed in ctx.progress(seeds, desc="seeds", total=n_seeds)]
+    settings = ctx.pick(quick=QUICK, full=ExperimentSettings())
+    seeds = ctx.seeds(quick=2, full=3)
+    results = [run_seed(seed, settings) for seed in ctx.progress(seeds, desc="seeds", total=len(seeds))]
     metric = f"{len(seeds)} seeds, {settings.eval_problems} held-out problems"
     presampled = ", ".join(f"{100 * r.presample_accuracy:.0f} % / {r.presample_length:.1f}" for r in results)
     notes = [
