@@ -5,12 +5,18 @@ times; the table reports the median wall time and peak resident-memory growth (c
 ratios streaming / plain, measured side by side in one run.
 
     uv run python shared/benchmarks/stream_average.py --size-gb 1 --shard-mb 300
+
+`--arms` adds variants of the streaming average, measured in the same rounds: `no-fsync` (the output is not
+flushed to the disk before it is moved into place), `pread` (inputs opened with `mmap=False`: every tensor
+read into memory it owns instead of large ones being mapped), and `baseline` (the `paperpack.core` found in `--baseline-src`, e.g. an export
+of main's `shared/src`, to compare two versions).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -45,8 +51,10 @@ def average(key: str, tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(tensors).mean(0)
 
 
-def run_streaming(inputs: list[Path], output: Path, shard_mb: int) -> None:
-    stream_state_dicts(inputs, average, output, max_shard_size=f"{shard_mb}MB", progress=False)
+def run_streaming(inputs: list[Path], output: Path, shard_mb: int, mmap: bool = True) -> None:
+    # the default maps large tensors; mmap=False is passed only where asked, so a baseline without it runs too
+    states = inputs if mmap else [LazyStateDict(path, mmap=False) for path in inputs]
+    stream_state_dicts(states, average, output, max_shard_size=f"{shard_mb}MB", progress=False)
 
 
 def run_plain(inputs: list[Path], output: Path, shard_mb: int) -> None:
@@ -70,28 +78,45 @@ def run_plain(inputs: list[Path], output: Path, shard_mb: int) -> None:
 
 
 def child(mode: str, inputs: list[str], output: str, shard_mb: int) -> None:
-    runner = run_streaming if mode == "streaming" else run_plain
+    if mode == "no-fsync":
+        from paperpack.core import files
+        from paperpack.core.checkpoints import writer
+
+        files._fsync_path = lambda path: None
+        writer._flush_and_close = os.close
     with MemoryMeter("cpu") as meter:
         started = time.perf_counter()
-        runner([Path(p) for p in inputs], Path(output), shard_mb)
+        paths = [Path(p) for p in inputs]
+        if mode == "plain":
+            run_plain(paths, Path(output), shard_mb)
+        else:
+            run_streaming(paths, Path(output), shard_mb, mmap=mode != "pread")
         seconds = time.perf_counter() - started
     print(json.dumps({"seconds": seconds, "growth": meter.growth_bytes, "peak": meter.peak_bytes}))
 
 
-def measure(mode: str, inputs: list[Path], root: Path, shard_mb: int) -> dict[str, float]:
+def measure(
+    mode: str, inputs: list[Path], root: Path, shard_mb: int, baseline_src: str | None = None
+) -> dict[str, float]:
     output = root / f"out-{mode}"
     shutil.rmtree(output, ignore_errors=True)
+    env = dict(os.environ)
+    if mode == "baseline":
+        assert baseline_src is not None
+        env["PYTHONPATH"] = os.pathsep.join([baseline_src, env.get("PYTHONPATH", "")])
     command = [
         sys.executable,
         __file__,
         "--child",
-        mode,
+        "streaming" if mode == "baseline" else mode,
         "--shard-mb",
         str(shard_mb),
         "--output",
         str(output),
     ]
-    result = subprocess.run([*command, *map(str, inputs)], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [*command, *map(str, inputs)], capture_output=True, text=True, check=True, env=env
+    )
     shutil.rmtree(output, ignore_errors=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -104,22 +129,35 @@ def main() -> None:
     parser.add_argument(
         "--workdir", default=None, help="folder for the synthetic checkpoints (default: temp)"
     )
-    parser.add_argument("--child", choices=["streaming", "plain"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--arms",
+        default="",
+        help="comma-separated streaming variants to add: no-fsync, pread, baseline (needs --baseline-src)",
+    )
+    parser.add_argument("--baseline-src", help="a folder holding another version's paperpack/core")
+    parser.add_argument(
+        "--child", choices=["streaming", "plain", "no-fsync", "pread"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--output", help=argparse.SUPPRESS)
     parser.add_argument("inputs", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.inputs, args.output, args.shard_mb)
         return
+    arms = ["plain", "streaming", *filter(None, args.arms.split(","))]
+    unknown = set(arms) - {"plain", "streaming", "no-fsync", "pread", "baseline"}
+    if unknown or ("baseline" in arms and not args.baseline_src):
+        parser.error(f"--arms: unknown {sorted(unknown)}, or baseline without --baseline-src")
     root = Path(args.workdir or tempfile.mkdtemp(prefix="paperpack-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     try:
         inputs = make_inputs(root, args.size_gb, args.shard_mb)
         total = sum(file.stat().st_size for folder in inputs for file in folder.iterdir())
-        results: dict[str, list[dict[str, float]]] = {"streaming": [], "plain": []}
-        for _ in range(args.repeats):
-            for mode in ("plain", "streaming"):
-                results[mode].append(measure(mode, inputs, root, args.shard_mb))
+        results: dict[str, list[dict[str, float]]] = {arm: [] for arm in arms}
+        for round_ in range(args.repeats):
+            # rotate the order each round, so that no arm always runs first (cold) or after the same one
+            for mode in arms[round_ % len(arms) :] + arms[: round_ % len(arms)]:
+                results[mode].append(measure(mode, inputs, root, args.shard_mb, args.baseline_src))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     median = {
@@ -132,9 +170,23 @@ def main() -> None:
     print(
         f"inputs: 3 checkpoints, {format_bytes(total / 3)} each, {args.shard_mb} MB shards; {args.repeats} repeats"
     )
-    print(f"{'approach':<12} {'median time (s)':>16} {'median peak RSS growth':>24}")
-    for mode in ("plain", "streaming"):
-        print(f"{mode:<12} {median[mode]['seconds']:>16.2f} {format_bytes(median[mode]['growth']):>24}")
+    print(
+        f"{'approach':<12} {'median time (s)':>16} {'median peak RSS growth':>24} "
+        f"{'time / streaming, paired by round: median [min, max]':>54}"
+    )
+    for mode in arms:
+        paired = sorted(
+            run["seconds"] / base["seconds"]
+            for run, base in zip(results[mode], results["streaming"], strict=True)
+        )
+        spread = f"{statistics.median(paired):.3f} [{paired[0]:.3f}, {paired[-1]:.3f}]"
+        print(
+            f"{mode:<12} {median[mode]['seconds']:>16.2f} {format_bytes(median[mode]['growth']):>24} "
+            f"{spread:>54}"
+        )
+    print("times of every round (s):")
+    for mode in arms:
+        print(f"  {mode:<12} " + " ".join(f"{run['seconds']:.2f}" for run in results[mode]))
     time_ratio = median["streaming"]["seconds"] / median["plain"]["seconds"]
     memory_ratio = median["streaming"]["growth"] / median["plain"]["growth"]
     print(

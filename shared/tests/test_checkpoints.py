@@ -322,9 +322,9 @@ def test_headers_larger_than_the_reserved_room(tmp_path, max_shard_size):
 
 
 @pytest.mark.parametrize("misaligned", [False, True])
-def test_large_tensors_are_mapped_privately(tmp_path, misaligned, monkeypatch):
+def test_large_tensors_are_mapped_privately_unless_told_not_to(tmp_path, misaligned, monkeypatch):
     """Large aligned tensors are memory-mapped copy-on-write (writing to them never changes the file);
-    misaligned ones are read into memory."""
+    misaligned ones, and every one with mmap=False, are read into memory they own."""
     big = torch.arange(2**19, dtype=torch.float32)  # 2 MiB: above the mapping threshold
     state = {"odd": torch.ones(3, dtype=torch.bool), "big": big} if misaligned else {"big": big}
     path = save_state_dict(state, tmp_path / "m.safetensors")
@@ -337,6 +337,8 @@ def test_large_tensors_are_mapped_privately(tmp_path, misaligned, monkeypatch):
     loaded.zero_()
     assert torch.equal(LazyStateDict(path)["big"], big)
     assert torch.equal(load_file(path)["big"], big)
+    assert torch.equal(load_state_dict(path, mmap=False)["big"], big)
+    assert len(mappings) == (0 if misaligned else 2)
 
 
 def test_round_trip_contract(tmp_path):

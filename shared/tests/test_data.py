@@ -11,6 +11,7 @@ from paperpack.core.data import (
     causal_lm_batches,
     ensure_pad_token,
     read_jsonl,
+    tokenize_prompt_completions,
     tokenize_texts,
 )
 from paperpack.core.errors import ConfigError
@@ -125,3 +126,21 @@ def test_the_batches_train_a_model(tiny_lm):
     (batch,) = causal_lm_batches(tiny_lm[1], TEXTS, batch_size=3)
     loss = model(**batch).loss
     assert torch.isfinite(loss) and loss.item() > 0
+
+
+def test_prompt_completions_learn_the_completion_only(tokenizer):
+    rows = tokenize_prompt_completions(tokenizer, ["what is 2 + 3?", "say hi"], [" 5", " hi there"])
+    for row, prompt, completion in zip(rows, ["what is 2 + 3?", "say hi"], [" 5", " hi there"], strict=True):
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        answer = [*tokenizer(completion, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+        assert row["input_ids"] == prompt_ids + answer
+        assert row["labels"] == [IGNORE_INDEX] * len(prompt_ids) + answer
+    batch = CausalLMCollator(tokenizer)(rows)
+    assert batch["labels"].shape == batch["input_ids"].shape
+    assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
+    (short,) = tokenize_prompt_completions(tokenizer, ["what is 2 + 3?"], [" 5"], max_length=3)
+    assert len(short["input_ids"]) == len(short["labels"]) == 3
+    with pytest.raises(ConfigError, match="got 2 prompts but 1 completions"):
+        tokenize_prompt_completions(tokenizer, ["a", "b"], ["c"])
+    with pytest.raises(ConfigError, match="not single strings"):
+        tokenize_prompt_completions(tokenizer, "ab", "cd")

@@ -1,5 +1,6 @@
 import functools
 import math
+import warnings
 
 import networkx as nx
 import numpy as np
@@ -17,8 +18,9 @@ from paperpack.ma_osma import (
 from paperpack.ma_osma._reference import (
     ReferenceOSG,
     consensus_round,
+    entropic_step,
+    euclidean_step,
     greedy,
-    project_brute_force,
     sample_block,
 )
 from paperpack.ma_osma.gradient import sample_z, surrogate_scale
@@ -56,15 +58,10 @@ def test_vectorized_rounds_match_the_literal_reference(algorithm, blocks, graph)
     W = consensus_matrix(graph)[0]
     if algorithm == "ma-osma":
         learner = MAOSMA(blocks, W, eta=0.7, curvature=0.8, n_samples=2, seed=3)
-
-        def step(y, g):
-            return project_brute_force([a + 0.7 * b for a, b in zip(y, g, strict=True)])
+        step = functools.partial(euclidean_step, eta=0.7)
     else:
         learner = MAOSEA(blocks, W, eta=2.0, mix=0.05, curvature=0.8, n_samples=2, seed=3)
-
-        def step(y, g):
-            q = [a * math.exp(2.0 * b) for a, b in zip(y, g, strict=True)]
-            return [0.95 * value / sum(q) + 0.05 / len(q) for value in q]
+        step = functools.partial(entropic_step, eta=2.0, mix=0.05)
 
     mirror = np.random.default_rng(3)  # replays the learner's draws in the order it makes them
     X = learner.decisions
@@ -259,3 +256,59 @@ def test_osea_copies_start_on_the_own_block_or_everywhere():
     np.testing.assert_allclose(own, [[1 / 2, 1 / 2, 0, 0, 0], [0, 0, 1 / 3, 1 / 3, 1 / 3]])
     everywhere = MAOSEA(blocks, np.full((2, 2), 0.5), eta=1.0, start="uniform").decisions
     np.testing.assert_allclose(everywhere, [[1 / 2, 1 / 2, 1 / 3, 1 / 3, 1 / 3]] * 2)
+
+
+def _zero_diagonal_W(n_agents):
+    """(J - I) / (N - 1): doubly stochastic, symmetric, connected, and no agent keeps its own copy."""
+    return (np.ones((n_agents, n_agents)) - np.eye(n_agents)) / (n_agents - 1)
+
+
+def test_osea_own_start_refuses_a_zero_diagonal_instead_of_nan():
+    blocks = [[2 * i, 2 * i + 1] for i in range(4)]
+    with pytest.raises(ConfigError, match=r"start='own'\) needs every w_ii > 0.*agent\(s\) \[0, 1, 2, 3\]"):
+        MAOSEA(blocks, _zero_diagonal_W(4), eta=1.0)
+    one_silent = np.array([[0.0, 0.5, 0.5], [0.5, 0.5, 0.0], [0.5, 0.0, 0.5]])
+    with pytest.raises(ConfigError, match=r"agent\(s\) \[0\]:"):
+        MAOSEA(blocks[:3], one_silent, eta=1.0)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda blocks, W: MAOSEA(blocks, W, eta=50.0, start="uniform", seed=1),
+        lambda blocks, W: MAOSMA(blocks, W, eta=50.0, seed=1),
+    ],
+)
+def test_a_zero_diagonal_runs_finite_where_the_step_is_defined(build):
+    blocks = [[2 * i, 2 * i + 1] for i in range(4)]
+    learner = build(blocks, _zero_diagonal_W(4))
+    for t in range(15):
+        learner.act()
+        learner.update(_objective(t, n=8))
+        assert np.all(np.isfinite(learner.decisions))
+
+
+def test_a_step_that_would_be_nan_raises_and_keeps_the_decisions():
+    learner = MAOSEA([[0, 1], [2, 3]], np.full((2, 2), 0.5), eta=1.0)
+    state = learner.state_dict()
+    state["decisions"] = np.zeros((2, 4))  # a block with no mass: nothing for the entropic step to tilt
+    learner.load_state_dict(state)
+    with pytest.raises(FloatingPointError, match=r"non-finite decision for agent\(s\) \[0, 1\] in round 1"):
+        learner.update(_objective(0, n=4))
+    np.testing.assert_array_equal(learner.decisions, np.zeros((2, 4)))
+    assert learner.rounds == 0
+
+
+def test_w_that_does_not_mix_warns():
+    from paperpack.ma_osma import NoMixingWarning, mixing_modulus
+
+    with pytest.warns(NoMixingWarning, match=r"β = max\(\|λ_2\|, \|λ_N\|\) = 1 \(W = I"):
+        MAOSMA([[0], [1], [2]], np.eye(3), eta=1.0)
+    swap = np.array([[0.0, 1.0], [1.0, 0.0]])  # periodic: the copies swap forever
+    with pytest.warns(NoMixingWarning):
+        MAOSEA([[0], [1]], swap, eta=1.0, start="uniform")
+    assert mixing_modulus(swap) == pytest.approx(1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MAOSMA(BLOCKS, _W(), eta=1.0)
+        MAOSEA([[0]], np.eye(1), eta=1.0)  # one agent: nothing to mix with, β = 0

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from paperpack.core.checkpoints import LazyStateDict, load_state_dict, save_state_dict
-from paperpack.core.errors import CheckpointError, CheckpointNotFoundError, ConfigError
+from paperpack.core.errors import CheckpointError, CheckpointNotFoundError, ConfigError, OutputExistsError
 from paperpack.core.testing.contracts import assert_no_partial_output, assert_state_dicts_equal
 from paperpack.r_tsvm import MergeConfig, merge_checkpoints, merge_state_dicts
 from paperpack.r_tsvm.lora import lora_delta_state_dict
@@ -329,8 +329,12 @@ def test_merging_again_into_the_same_folder_replaces_the_report(tmp_path):
     base = save_state_dict({"w": torch.zeros(4, 4)}, tmp_path / "base")
     models = [save_state_dict({"w": torch.randn(4, 4)}, tmp_path / f"m{i}") for i in range(3)]
     for method in ("r_tsvm", "ties"):
-        out = merge_checkpoints(recipe(method, base, models), tmp_path / "out", progress=False)
+        out = merge_checkpoints(
+            recipe(method, base, models), tmp_path / "out", progress=False, overwrite=method == "ties"
+        )
         report = json.loads((out / "merge_report.json").read_text())
         assert report["merge_method"] == method
         assert MergeConfig.from_yaml(out / "merge_config.yaml").merge_method == method
     assert report["layers"] == {}
+    with pytest.raises(OutputExistsError, match="earlier output of `r-tsvm merge`.*pass overwrite=True"):
+        merge_checkpoints(recipe("ties", base, models), tmp_path / "out", progress=False)

@@ -1,15 +1,19 @@
-"""SeWA's costs, measured side by side in one run (not a test).
+"""SeWA's costs against issue 14's targets, measured side by side in one run (not a test).
 
-1. Selection time against one training epoch of the demo (digits MLP, 1000 examples, batch 32, the demo's
-   own training step): the default search (per-sample minibatches), the vmapped one and a short one, each as
-   a ratio to the epoch timed in the same run, beside the default search's loss calls timed alone (the floor
-   any implementation of the default search has), a single loss call on one training minibatch (the unit
-   any search spends; the target's budget is counted in it) and the number of examples each pushes through
-   the network, counted in epochs.
-2. Snapshot memory on tiny_causal_lm() and a wider one: SeWACallback's trainable-only snapshots of a fully
-   fine-tuned model and of a LoRA (r=8) model, against keeping full copies of the model; exact tensor bytes
-   plus the resident memory a window of snapshots adds (MemoryMeter).
-3. Selection time on tiny_causal_lm(), full model against LoRA adapters, as a ratio to one training step.
+1. Selection overhead on the demo's MLP: the default search (K = 30, k = 5, I = 100, M = 4, one minibatch of
+   128 training examples per Monte Carlo sample) against the same number (I × M = 400) of plain forward and
+   backward passes of the model on the same 400 minibatches. Target: at most 1.5.
+2. Selection overhead on a Llama of SmolLM2-135M's shape (hidden 576, 30 layers, 9 heads, 3 key-value heads,
+   intermediate 1536, vocabulary 49152, tied embeddings; random weights) with LoRA r = 8 on PEFT's default
+   targets: a window of 8 adapter snapshots, the search against the same number of plain forward and backward
+   passes of the LoRA model on the same minibatches, both in eval mode (as SeWACallback searches). Target: at
+   most 1.2.
+3. Snapshot memory on that shape: SeWACallback's snapshot of the LoRA r = 8 model (the adapters) against its
+   snapshot of the fully fine-tuned model (every parameter), in tensor bytes and in the resident memory a
+   window of them adds (MemoryMeter). Target: under 1 %.
+
+Each timed row is the median of ``--repeats`` rounds; a round times every row of its table once, in turn, so
+that a change of the machine's load reaches all rows alike.
 
 Usage (from the workspace root):
     OMP_NUM_THREADS=1 uv run --no-sync python packages/sewa/benchmarks/bench_sewa.py [--repeats 5]
@@ -18,38 +22,56 @@ Usage (from the workspace root):
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
 import gc
+import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from peft import LoraConfig, get_peft_model
-from torch import nn
+from torch import Tensor, nn
+from torch.func import functional_call
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from paperpack.core.device import MemoryMeter, format_bytes
-from paperpack.core.hf import default_corpus, tiny_causal_lm
-from paperpack.sewa import SeWAConfig, select_checkpoints
-from paperpack.sewa.callback import trainable_state
-from paperpack.sewa.demo import DemoSettings, _loss_fn, sgd_step, train_trajectory
+from paperpack.sewa import SeWAConfig, select_snapshots
+from paperpack.sewa.callback import snapshot_state
+from paperpack.sewa.experiment import ExperimentSettings, train_trajectory
 from paperpack.sewa.loss import model_loss
 from paperpack.sewa.store import SnapshotStore
 
+SMOLLM2_135M_SHAPE = {
+    "hidden_size": 576,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "intermediate_size": 1536,
+    "vocab_size": 49152,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 2048,
+    "rope_theta": 100000.0,
+    "rms_norm_eps": 1e-5,
+}
+
 
 def interleaved_seconds(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-    """Seconds of every call of each function over ``repeats`` rounds; each round calls every function once,
-    in turn, so that a change in the machine's load reaches all of them alike (the machine is shared)."""
+    """CPU seconds of this process for every call of each function over ``repeats`` rounds, each round calling
+    each function once. CPU time, not wall time: on a shared machine a process waits for a core, and the wait
+    would count against whichever row happened to run then (the wall times are printed beside them)."""
     times: dict[str, list[float]] = {name: [] for name in fns}
+    walls: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():
         fn()  # warm-up
     for _ in range(repeats):
         for name, fn in fns.items():
-            started = time.perf_counter()
+            started, wall = time.process_time(), time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - started)
+            times[name].append(time.process_time() - started)
+            walls[name].append(time.perf_counter() - wall)
+    for name in fns:
+        print(f"  wall time of {name[:60]}...: median {statistics.median(walls[name]) * 1000:.1f} ms")
     return times
 
 
@@ -62,213 +84,183 @@ def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
-def digits_selection(repeats: int) -> None:
-    settings = DemoSettings()
+def overhead_table(title: str, times: dict[str, list[float]], baseline: str, target: float) -> None:
+    base = statistics.median(times[baseline])
+    rows = []
+    for name, seconds in times.items():
+        median = statistics.median(seconds)
+        spread = f"{min(seconds) / base:.2f} to {max(seconds) / base:.2f}"
+        rows.append([name, f"{median * 1000:.1f} ms", f"{median / base:.2f}", spread])
+    table(title, ["what", "median time", "ratio to the plain passes", "range of ratios over rounds"], rows)
+    search = next(name for name in times if name.startswith("SeWA"))
+    ratio = statistics.median(times[search]) / base
+    print(f"selection overhead {ratio:.2f} (target <= {target}): {'met' if ratio <= target else 'NOT met'}")
+
+
+def cycle(items: list[object]) -> Iterator[object]:
+    while True:
+        yield from items
+
+
+def mlp_overhead(repeats: int) -> None:
+    settings = ExperimentSettings()
     run = train_trajectory(0, settings)
     model, train = run.model, run.train
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    config = SeWAConfig(k=settings.k, iterations=settings.iterations, mc_samples=settings.mc_samples)
+    calls = config.iterations * config.mc_samples
     generator = torch.Generator().manual_seed(0)
-    size, batch_size = len(train.y), settings.batch_size
-
-    def epoch() -> None:
-        # The demo's own step (shuffled minibatches, the learning rate set per step) at lr 0, so that the model
-        # stays the one the window came from.
-        order = torch.randperm(size, generator=generator)
-        for start in range(0, size - batch_size + 1, batch_size):
-            sgd_step(model, optimizer, train, order[start : start + batch_size], 0.0)
-
-    base = SeWAConfig(k=settings.k, iterations=settings.iterations, mc_samples=settings.mc_samples)
-    calls = base.iterations * base.mc_samples
+    minibatches = []
+    for _ in range(calls):
+        index = torch.randint(0, len(train.y), (settings.selection_batch,), generator=generator)
+        minibatches.append((train.x[index], train.y[index]))
     params = {key: value.clone().requires_grad_(True) for key, value in run.snapshots[-1].items()}
 
-    def loss_calls_alone() -> None:
-        # The passes any implementation of the default search must make: I × M calls of the demo's loss on
-        # minibatches of 128 with their backward pass, and nothing else.
-        loss_fn = _loss_fn(model, train, settings.selection_batch, 0)
-        for _ in range(calls):
-            torch.autograd.grad(loss_fn(params), list(params.values()))
+    def plain() -> None:
+        for x, y in minibatches:
+            model.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x), y).backward()
 
-    variants = {
-        f"SeWA default (I={base.iterations}, M={base.mc_samples}, batch 128 per sample)": (
-            base,
-            settings.selection_batch,
-        ),
-        f"SeWA vmapped (I={base.iterations}, M={base.mc_samples}, batch 128 per iteration)": (
-            dataclasses.replace(base, vmap_loss=True),
-            settings.selection_batch,
-        ),
-        "SeWA short (I=20, M=2, batch 32 per sample)": (
-            dataclasses.replace(base, iterations=20, mc_samples=2),
-            32,
-        ),
+    def functional() -> None:
+        for x, y in minibatches:
+            loss = nn.functional.cross_entropy(functional_call(model, params, (x,), tie_weights=False), y)
+            torch.autograd.grad(loss, list(params.values()))
+
+    def search() -> None:
+        batches = iter(minibatches)
+
+        def loss_fn(averaged: dict[str, Tensor]) -> Tensor:  # the demo's F, on the same minibatches
+            x, y = next(batches)
+            return nn.functional.cross_entropy(functional_call(model, averaged, (x,), tie_weights=False), y)
+
+        select_snapshots(run.snapshots, loss_fn, config)  # type: ignore[arg-type]
+
+    def bookkeeping() -> None:
+        # The same search with a loss that touches the averages but runs no network: what an iteration costs
+        # whatever the model (the M averages and their contraction with the window, the mask, its gradient,
+        # Adam, the projection, the autograd calls).
+        select_snapshots(run.snapshots, lambda averaged: sum(v.sum() for v in averaged.values()), config)  # type: ignore[arg-type, return-value]
+
+    fns: dict[str, Callable[[], object]] = {
+        f"{calls} plain forward + backward passes (the module's own parameters)": plain,
+        f"{calls} functional passes (functional_call forward, gradients to the parameters)": functional,
+        f"SeWA default search (K={len(run.snapshots)}, k={config.k}, I={config.iterations}, "
+        f"M={config.mc_samples})": search,
+        "the same search with a loss that runs no network (its own work)": bookkeeping,
     }
-
-    def one_loss_call() -> None:
-        # A single loss call on one training minibatch (forward + backward): the least any search can do per
-        # Monte Carlo sample, and so the unit the issue's target (selection under 10 % of an epoch) is spent in.
-        loss_fn = _loss_fn(model, train, batch_size, 0)
-        torch.autograd.grad(loss_fn(params), list(params.values()))
-
-    floor = f"the default search's {calls} loss calls alone (forward + backward, batch 128)"
-    single = f"one loss call alone (forward + backward, batch {batch_size})"
-    fns: dict[str, Callable[[], object]] = {"epoch": epoch, floor: loss_calls_alone, single: one_loss_call}
-    for name, (config, batch) in variants.items():
-        fns[name] = lambda c=config, b=batch: select_checkpoints(
-            run.snapshots, _loss_fn(model, train, b, 0), c
-        )
     times = interleaved_seconds(fns, repeats)
-    epoch_seconds = statistics.median(times["epoch"])
-    examples = (size // batch_size) * batch_size
-    work = {floor: calls * settings.selection_batch, single: batch_size}
-    evaluations = {floor: calls, single: 1}
-    for name, (config, batch) in variants.items():
-        work[name] = config.iterations * config.mc_samples * batch
-        evaluations[name] = config.iterations * (1 if config.vmap_loss else config.mc_samples)
-    rows = [
-        [
-            f"one training epoch of the demo ({size // batch_size} steps of {batch_size})",
-            f"{epoch_seconds * 1000:.1f} ms",
-            "1.00",
-            "-",
-            "1.00",
-        ]
+    overhead_table(
+        f"1. Selection overhead on the demo's MLP 64-128-10 (minibatches of {settings.selection_batch}; "
+        f"median of {repeats} interleaved rounds)",
+        times,
+        next(iter(fns)),
+        1.5,
+    )
+
+
+def smollm2_shaped_models() -> tuple[nn.Module, nn.Module]:
+    """The random-weight Llama of SmolLM2-135M's shape, and a LoRA r = 8 model on a second copy of it."""
+    torch.manual_seed(0)
+    full = LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M_SHAPE))
+    torch.manual_seed(0)
+    lora = get_peft_model(LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M_SHAPE)), LoraConfig(r=8, lora_alpha=16))
+    return full, lora
+
+
+def llama_overhead(model: nn.Module, repeats: int, iterations: int, tokens: tuple[int, int]) -> None:
+    config = SeWAConfig(k=3, iterations=iterations, mc_samples=2)
+    calls = config.iterations * config.mc_samples
+    generator = torch.Generator().manual_seed(0)
+    minibatches = []
+    for _ in range(calls):
+        ids = torch.randint(0, SMOLLM2_135M_SHAPE["vocab_size"], tokens, generator=generator)
+        minibatches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids})
+    base = snapshot_state(model)
+    window = [
+        {key: value + 1e-3 * torch.randn(value.shape, generator=generator) for key, value in base.items()}
+        for _ in range(8)
     ]
-    for name, examples_seen in work.items():
-        seconds = statistics.median(times[name])
-        rows.append(
-            [
-                name,
-                f"{seconds * 1000:.3g} ms",
-                f"{seconds / epoch_seconds:.2f}",
-                str(evaluations[name]),
-                f"{examples_seen / examples:.3g}",
-            ]
-        )
-    table(
-        f"1. Selection time vs one epoch of the demo (K={settings.window}, k={settings.k}; median of {repeats} "
-        f"interleaved rounds; epoch {min(times['epoch']) * 1000:.1f} to {max(times['epoch']) * 1000:.1f} ms "
-        f"over the rounds; the demo's own training measured {run.seconds_per_epoch * 1000:.1f} ms per epoch)",
-        ["what", "time", "ratio to epoch", "loss calls", "examples through the network, in epochs"],
-        rows,
+    model.eval()
+
+    def plain() -> None:
+        for batch in minibatches:
+            model.zero_grad(set_to_none=True)
+            model(**batch).loss.backward()
+
+    def search() -> None:
+        loss_fn = model_loss(model, cycle(minibatches), torch.device("cpu"))  # type: ignore[arg-type]
+        select_snapshots(window, loss_fn, config)
+
+    fns: dict[str, Callable[[], object]] = {
+        f"{calls} plain forward + backward passes of the LoRA model": plain,
+        f"SeWA search (K=8, k={config.k}, I={config.iterations}, M={config.mc_samples}), "
+        "SeWACallback's loss (model_loss)": search,
+    }
+    times = interleaved_seconds(fns, repeats)
+    overhead_table(
+        f"2. Selection overhead on the SmolLM2-135M-shaped Llama, LoRA r=8 on {sorted(lora_targets(model))} "
+        f"({len(base)} adapter tensors, {sum(v.numel() for v in base.values()):,} parameters); minibatches of "
+        f"{tokens[0]} x {tokens[1]} tokens; median of {repeats} interleaved rounds",
+        times,
+        next(iter(fns)),
+        1.2,
     )
-    budget = 0.1 * epoch_seconds / statistics.median(times[single])
-    print(
-        f"The target, selection under 10 % of an epoch, leaves time for {budget:.1f} loss calls on training "
-        f"minibatches of {batch_size}, before any other work; the default search makes {calls}."
-    )
 
 
-def lm_models(**shape: int) -> tuple[nn.Module, nn.Module, object]:
-    model, tokenizer = tiny_causal_lm(**shape)
-    lora = get_peft_model(copy.deepcopy(model), LoraConfig(r=8, lora_alpha=16))
-    return model, lora, tokenizer
+def lora_targets(model: nn.Module) -> set[str]:
+    """The module names LoRA wraps (``q_proj``, ...), read from the adapter parameters' names."""
+    targets = set()
+    for name, _ in model.named_parameters():
+        parts = name.split(".")
+        if "lora_A" in parts:
+            targets.add(parts[parts.index("lora_A") - 1])
+    return targets
 
 
-def snapshot_memory(window: int) -> None:
+def snapshot_memory(full: nn.Module, lora: nn.Module, windows: tuple[int, int]) -> None:
     rows = []
-    # The issue's model, then a wider one: the adapters' share of the model is set by its shape.
-    for label, shape in (("tiny_causal_lm()", {}), ("tiny_causal_lm(hidden_size=256)", {"hidden_size": 256})):
-        full_model, lora_model, _ = lm_models(**shape)
-        full_bytes = sum(t.numel() * t.element_size() for t in full_model.state_dict().values())
-        for name, model in (
-            ("full fine-tuning", full_model),
-            ("LoRA r=8 (PEFT default targets q_proj, v_proj)", lora_model),
-        ):
-            state = trainable_state(model)
-            per = sum(t.numel() * t.element_size() for t in state.values())
-            store = SnapshotStore(window)
-            gc.collect()
-            with MemoryMeter("cpu") as meter:
-                for step in range(window):
-                    store.add(step, state)
-            rows.append(
-                [
-                    label,
-                    name,
-                    f"{sum(t.numel() for t in state.values()):,}",
-                    format_bytes(per),
-                    format_bytes(per * window),
-                    format_bytes(meter.growth_bytes),
-                    f"{per / full_bytes:.2%}",
-                ]
-            )
-            del store
+    per_snapshot = {}
+    for label, model, window in (
+        ("full fine-tuning (every parameter trainable)", full, windows[0]),
+        ("LoRA r=8, PEFT's default targets", lora, windows[1]),
+    ):
+        state = snapshot_state(model)
+        nbytes = sum(t.numel() * t.element_size() for t in state.values())
+        per_snapshot[label] = nbytes
+        store = SnapshotStore(window)
+        gc.collect()
+        with MemoryMeter("cpu") as meter:
+            for step in range(window):
+                store.add(step, state)
         rows.append(
             [
                 label,
-                "full copies of the model (state_dict)",
-                f"{sum(t.numel() for t in full_model.state_dict().values()):,}",
-                format_bytes(full_bytes),
-                format_bytes(full_bytes * window),
-                "-",
-                "100.00%",
+                f"{sum(t.numel() for t in state.values()):,}",
+                format_bytes(nbytes),
+                f"{window}",
+                format_bytes(meter.growth_bytes) if meter.growth_bytes else "below resolution",
+                format_bytes(meter.growth_bytes / window) if meter.growth_bytes else "-",
             ]
         )
+        del store
+        gc.collect()
+    ratio = per_snapshot[rows[1][0]] / per_snapshot[rows[0][0]]
+    for row, label in zip(rows, per_snapshot, strict=True):
+        row.append(f"{per_snapshot[label] / per_snapshot[rows[0][0]]:.2%}")
     table(
-        f"2. Snapshot memory, window of {window} snapshots",
+        "3. Snapshot memory on the SmolLM2-135M-shaped Llama (float32)",
         [
-            "model",
             "snapshots of",
-            "params",
-            "bytes / snapshot",
-            f"bytes / {window} snapshots",
+            "parameters",
+            "bytes per snapshot",
+            "window",
             "RSS growth (MemoryMeter)",
-            "ratio to a full copy",
+            "RSS growth per snapshot",
+            "ratio to a full snapshot",
         ],
         rows,
     )
-
-
-def lm_selection(repeats: int) -> None:
-    full_model, lora_model, tokenizer = lm_models()
-    encoded = tokenizer(
-        default_corpus(8, seed=0), padding=True, truncation=True, max_length=32, return_tensors="pt"
-    )
-    batch = {**encoded, "labels": encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)}
-    config = SeWAConfig(k=3, iterations=10, mc_samples=2)
-    rows = []
-    for name, model in (("full fine-tuning", full_model), ("LoRA r=8", lora_model)):
-        generator = torch.Generator().manual_seed(0)
-        base = trainable_state(model)
-        window = [
-            {k: v + 1e-3 * torch.randn(v.shape, generator=generator) for k, v in base.items()}
-            for _ in range(8)
-        ]
-        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
-
-        def step(m: nn.Module = model, o: torch.optim.Optimizer = optimizer) -> None:
-            loss = m(**batch).loss
-            o.zero_grad(set_to_none=True)
-            loss.backward()
-            o.step()
-
-        def batches() -> object:
-            while True:
-                yield batch
-
-        def select(m: nn.Module = model, w: list[dict[str, torch.Tensor]] = window) -> None:
-            m.eval()
-            try:
-                select_checkpoints(w, model_loss(m, batches(), torch.device("cpu")), config)  # type: ignore[arg-type]
-            finally:
-                m.train()
-
-        times = interleaved_seconds({"step": step, "select": select}, repeats)
-        step_seconds, seconds = statistics.median(times["step"]), statistics.median(times["select"])
-        rows.append(
-            [
-                name,
-                f"{step_seconds * 1000:.1f} ms",
-                f"{seconds * 1000:.0f} ms",
-                f"{seconds / step_seconds:.1f}",
-                str(config.iterations * config.mc_samples),
-            ]
-        )
-    table(
-        f"3. Selection on tiny_causal_lm() (K=8, k=3, I={config.iterations}, M={config.mc_samples}, "
-        f"batch 8x32 tokens; median of {repeats})",
-        ["model", "one training step", "selection", "ratio to a step", "loss calls"],
-        rows,
+    print(
+        f"LoRA snapshot / full snapshot = {ratio:.2%} (target < 1 %): {'met' if ratio < 0.01 else 'NOT met'}"
     )
 
 
@@ -276,16 +268,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--window", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds of the MLP table")
+    parser.add_argument("--llama-repeats", type=int, default=3, help="interleaved rounds of the Llama table")
+    parser.add_argument("--llama-iterations", type=int, default=5, help="I of the Llama search (M = 2)")
+    parser.add_argument("--llama-tokens", type=int, nargs=2, default=(2, 32), metavar=("BATCH", "LENGTH"))
+    parser.add_argument("--skip", nargs="*", default=(), choices=("mlp", "llama", "memory"))
     args = parser.parse_args()
     print(
-        f"machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s), "
+        f"torch {torch.__version__}; load average {os.getloadavg()[0]:.1f} at the start"
     )
-    torch.manual_seed(0)
-    digits_selection(args.repeats)
-    snapshot_memory(args.window)
-    lm_selection(args.repeats)
+    if "mlp" not in args.skip:
+        mlp_overhead(args.repeats)
+    if "llama" not in args.skip or "memory" not in args.skip:
+        full, lora = smollm2_shaped_models()
+        if "llama" not in args.skip:
+            llama_overhead(lora, args.llama_repeats, args.llama_iterations, tuple(args.llama_tokens))
+        if "memory" not in args.skip:
+            snapshot_memory(full, lora, (2, 8))
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
 if __name__ == "__main__":

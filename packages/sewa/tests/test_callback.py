@@ -10,26 +10,25 @@ import pytest
 import torch
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
-from transformers import DataCollatorForLanguageModeling, Trainer
+from transformers import Trainer
 
 from paperpack.core.errors import CheckpointNotFoundError, ConfigError
 from paperpack.core.hf import default_corpus, training_args
-from paperpack.core.testing.contracts import assert_state_dicts_equal
-from paperpack.core.testing.resume import check_callback_resume
+from paperpack.core.testing.contracts import (
+    assert_parameters_changed,
+    assert_state_dicts_equal,
+    snapshot_parameters,
+)
+from paperpack.core.testing.resume import ResumeCheck, check_trainer_resume
 from paperpack.sewa import SeWACallback, SeWAConfig
-from paperpack.sewa.callback import trainable_state
+from paperpack.sewa.callback import snapshot_state
 
 FAST = {"iterations": 3, "mc_samples": 2}
 
 
 @pytest.fixture(scope="module")
-def lm_data(tiny_lm):
-    _, tokenizer = tiny_lm
-    encoded = tokenizer(default_corpus(48, seed=3), truncation=True, max_length=24)
-    dataset = Dataset.from_dict(
-        {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
-    )
-    return dataset, DataCollatorForLanguageModeling(tokenizer, mlm=False)
+def lm_data(tiny_lm_dataset, tiny_collator):
+    return tiny_lm_dataset, tiny_collator
 
 
 def _train(model, lm_data, folder: Path, callback: SeWACallback, **overrides: Any) -> Trainer:
@@ -69,14 +68,15 @@ def test_full_model_snapshots_select_and_load(tiny_lm, lm_data, tmp_path) -> Non
     result = callback.result
     assert result is not None and len(result.indices) == 2 and callback.indices == result.indices
     expected = {key: torch.stack([snapshots[i][key] for i in result.indices]).mean(0) for key in names}
-    assert_state_dicts_equal(trainable_state(model), expected)
+    assert_state_dicts_equal(snapshot_state(model), expected)
     assert len(result.loss_history) == 3
 
 
 def test_lora_snapshots_hold_adapters_only(tiny_lm, lm_data, tmp_path) -> None:
-    base = copy.deepcopy(tiny_lm[0])
-    frozen_before = {k: v.clone() for k, v in base.state_dict().items()}
-    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    model = get_peft_model(
+        copy.deepcopy(tiny_lm[0]), LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
+    )
+    before = snapshot_parameters(model)
     callback = SeWACallback(
         SeWAConfig(k=2, **FAST), window=3, snapshot_every=2, offload_dir=tmp_path / "snaps"
     )
@@ -89,83 +89,103 @@ def test_lora_snapshots_hold_adapters_only(tiny_lm, lm_data, tmp_path) -> None:
     result = callback.result
     assert result is not None
     expected = {key: torch.stack([snapshots[i][key] for i in result.indices]).mean(0) for key in snapshots[0]}
-    assert_state_dicts_equal(trainable_state(model), expected)
-    merged_base = model.get_base_model().state_dict()
-    for key, value in frozen_before.items():
-        assert torch.equal(
-            merged_base[
-                key.replace("q_proj.weight", "q_proj.base_layer.weight").replace(
-                    "v_proj.weight", "v_proj.base_layer.weight"
-                )
-            ],
-            value,
-        ), key
+    assert_state_dicts_equal(snapshot_state(model), expected)
+    # Every adapter changed (the mean of trained snapshots), and no frozen base weight did.
+    assert_parameters_changed(before, model)
 
 
 def test_eval_selection_uses_the_eval_dataloader(tiny_lm, lm_data, tmp_path) -> None:
-    dataset, _ = lm_data
+    train, collator = lm_data
+    _, tokenizer = tiny_lm
+    encoded = tokenizer(default_corpus(8, seed=11), truncation=True, max_length=24)
+    evaluation = Dataset.from_dict(
+        {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+    )
+    eval_rows = {tuple(row) for row in evaluation["input_ids"]}
+    assert not eval_rows & {tuple(row) for row in train["input_ids"]}  # the two sets are told apart
     model = copy.deepcopy(tiny_lm[0])
+    # The search is the only forward pass in eval mode with gradients on: record what it sees.
+    searched: list[torch.Tensor] = []
+
+    def record(module, args, kwargs):
+        if not module.training and torch.is_grad_enabled():
+            searched.append(kwargs["input_ids"].cpu())
+
+    model.register_forward_pre_hook(record, with_kwargs=True)
     callback = SeWACallback(SeWAConfig(k=1, selection_data="eval", **FAST), window=2, snapshot_every=1)
-    trainer_settings = {
-        "eval_strategy": "steps",
-        "eval_steps": 4,
-        "max_steps": 4,
-        "per_device_eval_batch_size": 8,
-    }
-    dataset_eval = dataset.select(range(8))
-    d, collator = lm_data
     trainer = Trainer(
         model=model,
         args=training_args(
-            tmp_path, save_strategy="no", disable_tqdm=True, per_device_train_batch_size=4, **trainer_settings
+            tmp_path,
+            save_strategy="no",
+            disable_tqdm=True,
+            per_device_train_batch_size=4,
+            eval_strategy="steps",
+            eval_steps=4,
+            max_steps=4,
+            per_device_eval_batch_size=8,
         ),
-        train_dataset=d,
-        eval_dataset=dataset_eval,
+        train_dataset=train,
+        eval_dataset=evaluation,
         data_collator=collator,
         callbacks=[callback],
     )
     trainer.train()
     assert callback.result is not None and len(callback.result.indices) == 1
+    assert len(searched) == FAST["iterations"] * FAST["mc_samples"]
+    pad = tokenizer.pad_token_id
+    for batch in searched:
+        assert len(batch) == 8  # per_device_eval_batch_size, not the train batch size
+        for row in batch.tolist():
+            while row and row[-1] == pad:
+                row.pop()
+            assert tuple(row) in eval_rows
 
 
-def test_resume_gives_the_same_snapshots_and_selection(tiny_lm, lm_data, tmp_path) -> None:
+def _resume_check(tiny_lm, lm_data, tmp_path: Path, **callback_kwargs: Any) -> ResumeCheck:
+    """Uninterrupted, interrupted at step 3 and resumed runs of 6 steps with SeWACallback (K=4, k=2)."""
     dataset, collator = lm_data
-    config = SeWAConfig(k=2, **FAST)
-    full, resumed = check_callback_resume(
-        lambda: SeWACallback(config, window=4, snapshot_every=1),
-        model_factory=lambda: copy.deepcopy(tiny_lm[0]),
-        train_dataset=dataset,
-        data_collator=collator,
-        tmp_path=tmp_path,
-        max_steps=6,
-        interrupt_at=3,
-    )
-    assert isinstance(full, SeWACallback) and isinstance(resumed, SeWACallback)
+
+    def make(settings: dict[str, Any], callbacks: list[Any]) -> Trainer:
+        offload = {"offload_dir": Path(settings["output_dir"]) / "snapshots"} if callback_kwargs else {}
+        sewa = SeWACallback(SeWAConfig(k=2, **FAST), window=4, snapshot_every=1, **offload)
+        args = training_args(
+            per_device_train_batch_size=4, learning_rate=5e-3, disable_tqdm=True, seed=0, **settings
+        )
+        return Trainer(
+            model=copy.deepcopy(tiny_lm[0]),
+            args=args,
+            train_dataset=dataset,
+            data_collator=collator,
+            callbacks=[sewa, *callbacks],
+        )
+
+    return check_trainer_resume(make, tmp_path, max_steps=6, interrupt_at=3)
+
+
+def _sewa(trainer: Trainer) -> SeWACallback:
+    (callback,) = [c for c in trainer.callback_handler.callbacks if isinstance(c, SeWACallback)]
+    return callback
+
+
+def test_resume_gives_the_same_snapshots_selection_and_weights(tiny_lm, lm_data, tmp_path) -> None:
+    check = _resume_check(tiny_lm, lm_data, tmp_path)  # weights, optimizer, scheduler, callback state
+    full, resumed = _sewa(check.full), _sewa(check.resumed)
     assert full.store.steps == resumed.store.steps == [3, 4, 5, 6]
     assert full.indices is not None and full.indices == resumed.indices
 
 
 @pytest.mark.slow
 def test_resume_with_offloaded_snapshots(tiny_lm, lm_data, tmp_path) -> None:
-    dataset, collator = lm_data
-    config = SeWAConfig(k=2, **FAST)
-    folders = iter([tmp_path / "snaps-full", tmp_path / "snaps-run", tmp_path / "snaps-run"])
-    full, resumed = check_callback_resume(
-        lambda: SeWACallback(config, window=4, snapshot_every=1, offload_dir=next(folders)),
-        model_factory=lambda: copy.deepcopy(tiny_lm[0]),
-        train_dataset=dataset,
-        data_collator=collator,
-        tmp_path=tmp_path / "runs",
-        max_steps=6,
-        interrupt_at=3,
-    )
-    assert isinstance(full, SeWACallback) and isinstance(resumed, SeWACallback)
+    check = _resume_check(tiny_lm, lm_data, tmp_path, offload=True)
+    full, resumed = _sewa(check.full), _sewa(check.resumed)
     for a, b in zip(full.store.load(), resumed.store.load(), strict=True):
         assert_state_dicts_equal(a, b)
     assert full.indices == resumed.indices
     # A resumed run whose snapshot files are gone fails clearly.
-    (tmp_path / "snaps-run" / "snapshot-000000003.safetensors").unlink()
-    fresh = SeWACallback(config, window=4, snapshot_every=1, offload_dir=tmp_path / "snaps-run")
+    snapshots = tmp_path / "interrupted" / "snapshots"
+    (snapshots / "snapshot-000000003.safetensors").unlink()
+    fresh = SeWACallback(SeWAConfig(k=2, **FAST), window=4, snapshot_every=1, offload_dir=snapshots)
     with pytest.raises(CheckpointNotFoundError, match=r"snapshot of step 3 is missing"):
         fresh.load_state_dict(
             {"window": {"steps": [3], "offloaded": True}, "indices": None, "probabilities": None}

@@ -45,7 +45,7 @@ def test_parses_with_hf_argument_parser() -> None:
         ({"averaging": "mean"}, r"`averaging` must be one of 'normalized', 'over_k'"),
         ({"projection": "l1"}, r"`projection` must be one of 'sum_eq_k', 'sum_le_k'"),
         ({"selection_data": "test"}, r"`selection_data` must be one of 'train', 'eval', got 'test'"),
-        ({"vmap_loss": "yes"}, r"`vmap_loss` must be a bool"),
+        ({"vmap_loss": "yes"}, r"`vmap_loss` must be true or false, got 'yes'"),
         ({"seed": -1}, r"`seed` must be >= 0"),
     ],
 )

@@ -1,12 +1,14 @@
-"""The digits demo on a shortened run: planted spikes land where intended and every arm is reported."""
+"""The digits experiment on a shortened run, and the demo's quick scale through the core's runner."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from paperpack.sewa.demo import DemoSettings, run_seed, train_trajectory
+from paperpack.core.testing.contracts import check_demo
+from paperpack.sewa.demo import run_demo
+from paperpack.sewa.experiment import ArmNames, ExperimentSettings, run_experiment, run_seed, train_trajectory
 
-SHORT = dataclasses.replace(DemoSettings(), steps=360, window=12, k=3, iterations=30, random_draws=3)
+SHORT = dataclasses.replace(ExperimentSettings(), steps=360, window=12, k=3, iterations=30, random_draws=3)
 
 
 def test_planted_spikes_fall_on_known_snapshots() -> None:
@@ -19,12 +21,31 @@ def test_planted_spikes_fall_on_known_snapshots() -> None:
 
 
 def test_every_arm_is_reported_and_sewa_skips_the_spikes() -> None:
-    arms, sewa, run, seconds = run_seed(0, SHORT)
-    assert list(arms) == [
-        "last", "uniform", "LAWA (k=3)", "EMA (β=1-1/3)", "random (k=3)",
-        "SeWA (k=3, train F)", "SeWA (k=3, val F, ablation)",
+    result = run_seed(0, SHORT)
+    names = ArmNames.for_k(3)
+    assert list(result.arms) == [
+        names.last, names.uniform, names.lawa, names.ema, names.random, names.sewa, names.sewa_val
     ]  # fmt: skip
-    assert arms["uniform"].bad_kept == 2
-    assert arms["SeWA (k=3, train F)"].bad_kept == 0
-    assert all(0.5 < arm.accuracy <= 1 for arm in arms.values())
-    assert len(sewa.indices) == 3 and seconds > 0 and run.seconds_per_epoch > 0
+    assert result.arms[names.uniform].bad_kept == 2
+    assert result.arms[names.sewa].bad_kept == 0
+    assert all(0.5 < arm.accuracy <= 1 for arm in result.arms.values())
+    assert len(result.sewa.indices) == 3 and result.selection_seconds > 0
+    assert result.trajectory.seconds_per_epoch > 0
+
+
+def test_other_selection_seeds_are_measured() -> None:
+    results = run_experiment([0], SHORT, clean=False, selection_seeds=[5, 6])
+    assert results.clean is None and results.spread is not None
+    (outcomes,) = results.spread
+    assert len(outcomes) == 2 and all(0 <= outcome.bad_kept <= 2 for outcome in outcomes)
+    assert results.values(results.names.sewa, "bad_kept") == [0.0]
+
+
+def test_quick_demo_reports_the_claims(tmp_path) -> None:
+    report = check_demo(run_demo, tmp_path, name="sewa")
+    table = report.table("With planted spikes (2 seeds")
+    assert [row["arm"] for row in table.records()] == list(ArmNames.for_k(5).__dict__.values())
+    assert table.row("uniform")["planted-bad kept (of k)"] == 5
+    assert table.row("SeWA (k=5, train F)")["planted-bad kept (of k)"] == 0
+    assert report.claim("SeWA excludes planted-bad snapshots").held is True
+    assert report.claim("averaging beats the last iterate").held is not None

@@ -27,3 +27,9 @@ def test_every_rank_selects_the_same_snapshots(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == [
         f"snapshot-00000000{s}.safetensors" for s in (3, 4, 5, 6)
     ]
+    # A batch-norm network: the ranks end with the same statistics, averaged (rank 0's snapshots, as DDP
+    # broadcasts buffers from rank 0) or re-estimated on both ranks' shards and averaged across them.
+    for update_bn in (False, True):
+        ranks = [load_state_dict(tmp_path / f"rank{r}-bn-{update_bn}.safetensors") for r in range(2)]
+        assert "body.1.running_var" in ranks[0]
+        assert_state_dicts_equal(ranks[0], ranks[1])

@@ -12,8 +12,8 @@ from torch.func import functional_call
 from transformers import DataCollatorForLanguageModeling, Trainer
 
 from paperpack.core.hf import default_corpus, training_args
-from paperpack.sewa import SeWACallback, SeWAConfig, select_checkpoints
-from paperpack.sewa.callback import trainable_state
+from paperpack.sewa import SeWACallback, SeWAConfig, select_snapshots
+from paperpack.sewa.callback import snapshot_state
 
 pytestmark = pytest.mark.gpu
 
@@ -36,7 +36,7 @@ def test_selection_on_cuda_with_bf16_snapshots() -> None:
     def loss_fn(params):
         return ((functional_call(model, params, (inputs,)) - targets).float() ** 2).mean()
 
-    result = select_checkpoints(window, loss_fn, SeWAConfig(k=3, iterations=40), device=device)
+    result = select_snapshots(window, loss_fn, SeWAConfig(k=3, iterations=40), device=device)
     assert not set(result.indices) & bad
     for key, value in result.state_dict.items():
         assert value.dtype == torch.bfloat16 and value.device.type == "cpu"
@@ -62,5 +62,33 @@ def test_callback_in_a_cuda_trainer(tiny_lm, tmp_path) -> None:
     expected = {
         k: torch.stack([snapshots[i][k] for i in callback.result.indices]).mean(0) for k in snapshots[0]
     }
-    for key, value in trainable_state(model).items():
+    for key, value in snapshot_state(model).items():
         assert torch.equal(value.cpu(), expected[key]), key
+
+
+def test_sewa_average_on_cuda_searches_in_float32_unless_asked(tiny_lm, tmp_path) -> None:
+    import json
+
+    from safetensors import safe_open
+
+    from paperpack.core.cli import main
+
+    model, tokenizer = tiny_lm
+    generator = torch.Generator().manual_seed(0)
+    for step in (1, 2, 3):
+        copy_ = copy.deepcopy(model).to(torch.bfloat16)
+        with torch.no_grad():
+            for param in copy_.parameters():
+                param.add_((0.002 * step * torch.randn(param.shape, generator=generator)).bfloat16())
+        copy_.save_pretrained(tmp_path / "run" / f"checkpoint-{step}")
+        tokenizer.save_pretrained(tmp_path / "run" / f"checkpoint-{step}")
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps({"text": line}) for line in default_corpus(8, seed=1)) + "\n")
+    argv = ["sewa", "average", "--checkpoints", str(tmp_path / "run"), "--strategy", "sewa", "--k", "2"]
+    argv += ["--data", str(data), "--iterations", "2", "--mc-samples", "1", "--device", "cuda"]
+    for extra, expected in (([], "float32"), (["--dtype", "auto"], "bfloat16")):
+        output = tmp_path / f"out-{expected}"
+        assert main([*argv, *extra, "--output", str(output)]) == 0
+        with safe_open(output / "model.safetensors", framework="pt") as file:
+            assert json.loads(file.metadata()["paperpack_sewa"])["search_dtype"] == expected
+            assert file.get_tensor("lm_head.weight").dtype == torch.bfloat16  # the output keeps the dtype

@@ -1,9 +1,11 @@
-"""select_checkpoints against the slow literal reference, its guarantees, and its errors."""
+"""select_snapshots against the slow literal reference, its guarantees, and its errors."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+import warnings
 
 import pytest
 import torch
@@ -11,9 +13,9 @@ from torch import nn
 from torch.func import functional_call
 
 from paperpack.core.errors import CheckpointError, ConfigError
-from paperpack.sewa import SeWAConfig, select_checkpoints
+from paperpack.sewa import SeWAConfig, select_snapshots
 from paperpack.sewa._reference import reference_select
-from paperpack.sewa.selection import relaxed_mask, temperature_at
+from paperpack.sewa.selection import MaskTieWarning, relaxed_mask, temperature_at
 
 
 def _mlp(seed: int, dtype: torch.dtype = torch.float64) -> nn.Module:
@@ -73,7 +75,7 @@ def test_matches_literal_reference(regression, overrides) -> None:
     window = _window(7, bad=(2, 5))
     config = SeWAConfig(k=3, iterations=12, mc_samples=overrides.pop("mc_samples", 3), seed=4, **overrides)
     loss_fn = _loss(model, inputs, targets)
-    result = select_checkpoints(window, loss_fn, config)
+    result = select_snapshots(window, loss_fn, config)
     indices, probabilities, history = reference_select(window, loss_fn, config)
     assert result.indices == indices
     torch.testing.assert_close(
@@ -89,7 +91,7 @@ def test_vmap_loss_matches_literal_reference(regression) -> None:
     window = _window(6, bad=(1,))
     config = SeWAConfig(k=2, iterations=10, mc_samples=4, seed=9, vmap_loss=True)
     loss_fn = _loss(model, inputs, targets)
-    result = select_checkpoints(window, loss_fn, config)
+    result = select_snapshots(window, loss_fn, config)
     indices, probabilities, _ = reference_select(window, loss_fn, config)
     assert result.indices == indices
     torch.testing.assert_close(
@@ -111,7 +113,7 @@ def test_loss_on_some_keys_of_mixed_dtypes_matches_literal_reference(regression,
         return full({key: value.double() for key, value in params.items() if key != "unused"})
 
     config = SeWAConfig(k=2, iterations=8, mc_samples=3, seed=3, vmap_loss=vmap_loss)
-    result = select_checkpoints(window, loss_fn, config)
+    result = select_snapshots(window, loss_fn, config)
     indices, probabilities, _ = reference_select(window, loss_fn, config)
     assert result.indices == indices
     torch.testing.assert_close(
@@ -122,7 +124,7 @@ def test_loss_on_some_keys_of_mixed_dtypes_matches_literal_reference(regression,
 def test_state_dict_is_exact_mean_of_selected(regression) -> None:
     model, inputs, targets = regression
     window = _window(8, bad=(3,), dtype=torch.float32)
-    result = select_checkpoints(
+    result = select_snapshots(
         window, _loss(model.float(), inputs.float(), targets.float()), SeWAConfig(k=3, iterations=5)
     )
     assert len(result.indices) == 3
@@ -139,7 +141,7 @@ def test_state_dict_is_exact_mean_of_selected(regression) -> None:
 def test_one_selected_snapshot_is_returned_bit_for_bit(regression) -> None:
     model, inputs, targets = regression
     window = _window(5, bad=(0, 1, 2, 4))
-    result = select_checkpoints(window, _loss(model, inputs, targets), SeWAConfig(k=1, iterations=30))
+    result = select_snapshots(window, _loss(model, inputs, targets), SeWAConfig(k=1, iterations=30))
     (index,) = result.indices
     assert index == 3
     for key, value in result.state_dict.items():
@@ -150,7 +152,7 @@ def test_planted_bad_snapshots_are_excluded(regression) -> None:
     model, inputs, targets = regression
     bad = (1, 4, 6, 9)
     window = _window(12, bad=bad)
-    result = select_checkpoints(window, _loss(model, inputs, targets), SeWAConfig(k=5, iterations=80, seed=0))
+    result = select_snapshots(window, _loss(model, inputs, targets), SeWAConfig(k=5, iterations=80, seed=0))
     assert not set(result.indices) & set(bad)
     assert all(result.probabilities[i] < 0.05 for i in bad)
 
@@ -158,7 +160,7 @@ def test_planted_bad_snapshots_are_excluded(regression) -> None:
 def test_k_equal_to_window_keeps_everything(regression) -> None:
     model, inputs, targets = regression
     window = _window(4)
-    result = select_checkpoints(window, _loss(model, inputs, targets), SeWAConfig(k=4, iterations=3))
+    result = select_snapshots(window, _loss(model, inputs, targets), SeWAConfig(k=4, iterations=3))
     assert result.indices == [0, 1, 2, 3]
     torch.testing.assert_close(result.probabilities, torch.ones(4, dtype=torch.float64))
 
@@ -175,12 +177,45 @@ def test_inputs_are_not_modified_and_integer_buffers_pass_through(regression) ->
         seen.append(int(params["counter"]))
         return _loss(model, inputs, targets)({k: v for k, v in params.items() if k != "counter"})
 
-    result = select_checkpoints(window, loss_fn, SeWAConfig(k=2, iterations=4))
+    result = select_snapshots(window, loss_fn, SeWAConfig(k=2, iterations=4))
     for original, now in zip(before, window, strict=True):
         for key in original:
             assert torch.equal(original[key], now[key])
     assert set(seen) == {4}
     assert int(result.state_dict["counter"]) == max(result.indices)
+
+
+def test_a_collapsed_mask_never_falls_back_to_the_last_k_silently() -> None:
+    # With averaging="over_k" the soft average shrinks with Σ m, so a loss that prefers small weights drives
+    # every s to 0, which projection="sum_le_k" allows; the top-k then rests on the tie rule alone.
+    window = [{"w": torch.full((3,), 1.0 + 0.1 * i, dtype=torch.float64)} for i in range(6)]
+    config = SeWAConfig(k=2, iterations=50, averaging="over_k", projection="sum_le_k")
+    with pytest.warns(
+        MaskTieWarning, match=r"collapsed to zero mass.*2 of the 2 kept snapshots.*LAWA's choice"
+    ):
+        result = select_snapshots(window, lambda params: (params["w"] ** 2).sum(), config)
+    assert float(result.probabilities.sum()) == 0.0
+    assert result.indices == [4, 5] and result.tie_broken == 2
+    # The same loss with Σ s = k kept singles out k snapshots: no warning, nothing broken by the tie rule.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kept = select_snapshots(
+            window,
+            lambda params: (params["w"] ** 2).sum(),
+            dataclasses.replace(config, projection="sum_eq_k"),
+        )
+    assert kept.tie_broken == 0 and kept.indices == [0, 1]
+
+
+def test_a_partial_tie_counts_only_the_tied_picks() -> None:
+    # One snapshot is best alone; with Σ s <= k the others drop to s = 0, so the second pick is the tie rule's.
+    window = [{"w": torch.tensor([3.0 + 0.1 * i], dtype=torch.float64)} for i in range(4)]
+    window[1] = {"w": torch.tensor([0.0], dtype=torch.float64)}
+    config = SeWAConfig(k=2, iterations=60, projection="sum_le_k")
+    with pytest.warns(MaskTieWarning, match=r"ties at the k-th place.*1 of the 2 kept.*latest of the tied"):
+        result = select_snapshots(window, lambda params: (params["w"] ** 2).sum(), config)
+    assert result.probabilities.tolist() == [0.0, 1.0, 0.0, 0.0]
+    assert result.indices == [1, 3] and result.tie_broken == 1
 
 
 def test_reduce_gradient_is_applied(regression) -> None:
@@ -193,8 +228,8 @@ def test_reduce_gradient_is_applied(regression) -> None:
         return -gradient
 
     config = SeWAConfig(k=2, iterations=40)
-    normal = select_checkpoints(window, _loss(model, inputs, targets), config)
-    flipped = select_checkpoints(window, _loss(model, inputs, targets), config, reduce_gradient=flip)
+    normal = select_snapshots(window, _loss(model, inputs, targets), config)
+    flipped = select_snapshots(window, _loss(model, inputs, targets), config, reduce_gradient=flip)
     assert len(calls) == 40 and all(call.shape == (5,) for call in calls)
     assert 2 in flipped.indices and 2 not in normal.indices
 
@@ -203,9 +238,9 @@ def test_same_seed_same_result_other_seed_other_noise(regression) -> None:
     model, inputs, targets = regression
     window = _window(6)
     loss_fn = _loss(model, inputs, targets)
-    a = select_checkpoints(window, loss_fn, SeWAConfig(k=2, iterations=5, seed=1))
-    b = select_checkpoints(window, loss_fn, SeWAConfig(k=2, iterations=5, seed=1))
-    c = select_checkpoints(window, loss_fn, SeWAConfig(k=2, iterations=5, seed=2))
+    a = select_snapshots(window, loss_fn, SeWAConfig(k=2, iterations=5, seed=1))
+    b = select_snapshots(window, loss_fn, SeWAConfig(k=2, iterations=5, seed=1))
+    c = select_snapshots(window, loss_fn, SeWAConfig(k=2, iterations=5, seed=2))
     assert torch.equal(a.probabilities, b.probabilities)
     assert not torch.equal(a.probabilities, c.probabilities)
 
@@ -240,7 +275,7 @@ def _simple_window(size: int = 4) -> list[dict[str, torch.Tensor]]:
 
 def test_k_larger_than_window() -> None:
     with pytest.raises(ConfigError, match=r"`k` must be <= the number of snapshots K=4, got 5"):
-        select_checkpoints(_simple_window(4), _quadratic, SeWAConfig(k=5))
+        select_snapshots(_simple_window(4), _quadratic, SeWAConfig(k=5))
 
 
 def test_k_below_one() -> None:
@@ -250,14 +285,14 @@ def test_k_below_one() -> None:
 
 def test_empty_window() -> None:
     with pytest.raises(ConfigError, match=r"`snapshots` is empty"):
-        select_checkpoints([], _quadratic, SeWAConfig(k=1))
+        select_snapshots([], _quadratic, SeWAConfig(k=1))
 
 
 def test_window_not_a_sequence() -> None:
     with pytest.raises(TypeError, match=r"`snapshots` must be a sequence"):
-        select_checkpoints({"w": torch.zeros(1)}, _quadratic)
+        select_snapshots({"w": torch.zeros(1)}, _quadratic)
     with pytest.raises(TypeError, match=r"`snapshots\[1\]\['w'\]` must be a torch.Tensor"):
-        select_checkpoints([{"w": torch.zeros(1)}, {"w": [0.0]}], _quadratic)
+        select_snapshots([{"w": torch.zeros(1)}, {"w": [0.0]}], _quadratic)
 
 
 def test_different_keys() -> None:
@@ -266,27 +301,27 @@ def test_different_keys() -> None:
     with pytest.raises(
         CheckpointError, match=r"`snapshots\[2\]` has different keys.*missing \['w'\].*extra \['v'\]"
     ):
-        select_checkpoints(window, _quadratic, SeWAConfig(k=1))
+        select_snapshots(window, _quadratic, SeWAConfig(k=1))
 
 
 def test_different_shapes_and_dtypes() -> None:
     window = _simple_window(3)
     window[1] = {"w": torch.zeros(4)}
     with pytest.raises(CheckpointError, match=r"`snapshots\[1\]\['w'\]` has shape \(4,\), but .* \(3,\)"):
-        select_checkpoints(window, _quadratic, SeWAConfig(k=1))
+        select_snapshots(window, _quadratic, SeWAConfig(k=1))
     window[1] = {"w": torch.zeros(3, dtype=torch.float64)}
     with pytest.raises(CheckpointError, match=r"has dtype torch.float64, but"):
-        select_checkpoints(window, _quadratic, SeWAConfig(k=1))
+        select_snapshots(window, _quadratic, SeWAConfig(k=1))
 
 
 def test_loss_not_scalar() -> None:
     with pytest.raises(ConfigError, match=r"`loss_fn` must return a scalar \(shape \(\)\), got shape \(3,\)"):
-        select_checkpoints(_simple_window(), lambda params: params["w"] ** 2, SeWAConfig(k=1))
+        select_snapshots(_simple_window(), lambda params: params["w"] ** 2, SeWAConfig(k=1))
 
 
 def test_loss_nan() -> None:
     with pytest.raises(ConfigError, match=r"`loss_fn` returned nan at iteration 0, Monte Carlo sample 0"):
-        select_checkpoints(_simple_window(), lambda params: params["w"].sum() * math.nan, SeWAConfig(k=1))
+        select_snapshots(_simple_window(), lambda params: params["w"].sum() * math.nan, SeWAConfig(k=1))
 
 
 def test_loss_nan_in_a_later_sample_names_that_sample() -> None:
@@ -297,30 +332,30 @@ def test_loss_nan_in_a_later_sample_names_that_sample() -> None:
         return params["w"].sum() * (math.nan if len(calls) == 3 else 1.0)
 
     with pytest.raises(ConfigError, match=r"returned nan at iteration 0, Monte Carlo sample 2"):
-        select_checkpoints(_simple_window(), loss_fn, SeWAConfig(k=1, mc_samples=4))
+        select_snapshots(_simple_window(), loss_fn, SeWAConfig(k=1, mc_samples=4))
 
 
 def test_loss_not_a_tensor_or_detached() -> None:
     with pytest.raises(TypeError, match=r"`loss_fn` must return a torch.Tensor, got float"):
-        select_checkpoints(_simple_window(), lambda params: 1.0, SeWAConfig(k=1))
+        select_snapshots(_simple_window(), lambda params: 1.0, SeWAConfig(k=1))
     with pytest.raises(ConfigError, match=r"does not depend on the averaged parameters"):
-        select_checkpoints(_simple_window(), lambda params: params["w"].detach().sum(), SeWAConfig(k=1))
+        select_snapshots(_simple_window(), lambda params: params["w"].detach().sum(), SeWAConfig(k=1))
 
 
 def test_bad_config_and_loss_fn_types() -> None:
     with pytest.raises(TypeError, match=r"`config` must be a SeWAConfig, got dict"):
-        select_checkpoints(_simple_window(), _quadratic, {"k": 1})
+        select_snapshots(_simple_window(), _quadratic, {"k": 1})
     with pytest.raises(TypeError, match=r"`loss_fn` must be callable"):
-        select_checkpoints(_simple_window(), None, SeWAConfig(k=1))
+        select_snapshots(_simple_window(), None, SeWAConfig(k=1))
 
 
 def test_vmap_loss_must_return_one_value_per_sample() -> None:
     with pytest.raises(ConfigError, match=r"one scalar per sample under vmap \(shape \(4,\)\)"):
-        select_checkpoints(
+        select_snapshots(
             _simple_window(), lambda params: params["w"] ** 2, SeWAConfig(k=1, mc_samples=4, vmap_loss=True)
         )
 
 
 def test_bad_device() -> None:
     with pytest.raises(ConfigError, match=r"`device` must be 'auto', 'cpu'"):
-        select_checkpoints(_simple_window(), _quadratic, SeWAConfig(k=1), device="tpu-9")
+        select_snapshots(_simple_window(), _quadratic, SeWAConfig(k=1), device="tpu-9")

@@ -28,6 +28,7 @@ __all__ = [
     "causal_lm_batches",
     "ensure_pad_token",
     "read_jsonl",
+    "tokenize_prompt_completions",
     "tokenize_texts",
 ]
 
@@ -147,6 +148,55 @@ def tokenize_texts(
         raise ConfigError("`texts` must be a sequence of strings, got a single string; wrap it in a list")
     encoded = tokenizer(list(texts), truncation=max_length is not None, max_length=max_length)
     return [{"input_ids": list(ids)} for ids in encoded["input_ids"]]
+
+
+def tokenize_prompt_completions(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    *,
+    max_length: int | None = None,
+) -> list[dict[str, list[int]]]:
+    """Tokenize prompt-completion pairs whose loss falls on the completion only: a Trainer dataset.
+
+    Each row's ``input_ids`` are the prompt's tokens (with the tokenizer's special tokens), the completion's
+    (without) and the end-of-sequence token; its ``labels`` are ``-100`` on the prompt, so the causal-LM loss
+    counts the completion and the end of sequence. Rows longer than ``max_length`` lose their last tokens.
+    Pair it with :class:`CausalLMCollator`, which pads ``input_ids`` and ``labels`` alike.
+
+    Raises:
+        ConfigError: for lists of different lengths, a single string, or a tokenizer without an
+            end-of-sequence token.
+
+    Examples:
+        >>> from paperpack.core.data import tokenize_prompt_completions
+        >>> from paperpack.core.hf import tiny_tokenizer
+        >>> tokenizer = tiny_tokenizer()
+        >>> (row,) = tokenize_prompt_completions(tokenizer, ["what is 2 + 3?"], [" 5"])
+        >>> prompt = len(tokenizer("what is 2 + 3?")["input_ids"])
+        >>> row["labels"][:prompt] == [-100] * prompt, row["labels"][prompt:] == row["input_ids"][prompt:]
+        (True, True)
+    """
+    from paperpack.core.validation import check_int
+
+    if isinstance(prompts, str) or isinstance(completions, str):
+        raise ConfigError("`prompts` and `completions` must be sequences of strings, not single strings")
+    if len(prompts) != len(completions):
+        raise ConfigError(
+            f"got {len(prompts)} prompts but {len(completions)} completions; pair them one to one"
+        )
+    if max_length is not None:
+        check_int("max_length", max_length, minimum=1)
+    if tokenizer.eos_token_id is None:
+        raise ConfigError("the tokenizer has no end-of-sequence token to end each completion with")
+    prompt_ids = tokenizer(list(prompts))["input_ids"]
+    completion_ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
+    rows = []
+    for prompt, completion in zip(prompt_ids, completion_ids, strict=True):
+        answer = [*completion, tokenizer.eos_token_id]
+        ids, labels = [*prompt, *answer], [IGNORE_INDEX] * len(prompt) + answer
+        rows.append({"input_ids": ids[:max_length], "labels": labels[:max_length]})
+    return rows
 
 
 class CausalLMCollator:

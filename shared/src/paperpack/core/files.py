@@ -374,12 +374,11 @@ def _fsync_tree(path: Path) -> None:
     if not path.is_dir():
         _fsync_path(path)
         return
-    for folder, subfolders, files in os.walk(path, topdown=False):
+    for folder, _, files in os.walk(path, topdown=False):
         for name in files:
             if not os.path.islink(os.path.join(folder, name)):
                 _fsync_path(Path(folder, name))
         _fsync_path(Path(folder))
-        del subfolders
 
 
 _AT_FDCWD = -100
@@ -391,9 +390,13 @@ def _renameat2_function() -> Any:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        return getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+        function = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)  # glibc >= 2.28, musl
     except OSError:
         return None
+    if function is not None:
+        function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        function.restype = ctypes.c_int
+    return function
 
 
 _renameat2 = _renameat2_function()

@@ -133,6 +133,17 @@ def sample_block(probabilities: Sequence[float], block: Sequence[int], u: float)
     return block[-1]
 
 
+def euclidean_step(y: Sequence[float], g: Sequence[float], eta: float) -> list[float]:
+    """MA-OSMA's own-block step, Algorithm 1: ``Proj_{x ≥ 0, Σx ≤ 1}(y + η g)``."""
+    return project_brute_force([a + eta * b for a, b in zip(y, g, strict=True)])
+
+
+def entropic_step(y: Sequence[float], g: Sequence[float], eta: float, mix: float) -> list[float]:
+    """MA-OSEA's own-block step, Algorithm 2: ``q ∝ y ⊙ exp(η g)``, then ``(1 - γ) q + γ / |V_i|``."""
+    q = [a * math.exp(eta * b) for a, b in zip(y, g, strict=True)]
+    return [(1.0 - mix) * value / sum(q) + mix / len(q) for value in q]
+
+
 def consensus_round(
     f: SetFunction,
     X: NDArray[np.float64],

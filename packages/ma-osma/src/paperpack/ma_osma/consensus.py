@@ -17,7 +17,7 @@ from numpy.typing import ArrayLike, NDArray
 from paperpack.core.errors import ConfigError
 from paperpack.core.validation import check_int
 
-__all__ = ["adjacency_matrix", "consensus_matrix", "make_graph"]
+__all__ = ["adjacency_matrix", "consensus_matrix", "make_graph", "mixing_modulus"]
 
 GRAPH_KINDS = ("complete", "er", "ring", "path", "star")
 
@@ -76,7 +76,7 @@ def consensus_matrix(graph: nx.Graph | ArrayLike) -> tuple[NDArray[np.float64], 
     Raises:
         ConfigError: when the graph is disconnected or the adjacency is malformed.
 
-    Example:
+    Examples:
         >>> import networkx as nx
         >>> W, beta = consensus_matrix(nx.complete_graph(4))
         >>> W[0].tolist(), round(beta, 12)
@@ -91,11 +91,25 @@ def consensus_matrix(graph: nx.Graph | ArrayLike) -> tuple[NDArray[np.float64], 
     degree = adjacency.sum(axis=1)
     W = np.where(adjacency, 1.0 / (1.0 + np.maximum(degree[:, None], degree[None, :])), 0.0)
     np.fill_diagonal(W, 1.0 - W.sum(axis=1))
-    if W.shape[0] == 1:
-        return W, 0.0
-    eigenvalues = np.sort(np.linalg.eigvalsh(W))[::-1]
-    beta = float(np.max(np.abs(eigenvalues[1:])))
-    return W, beta
+    return W, mixing_modulus(W)
+
+
+def mixing_modulus(W: ArrayLike) -> float:
+    """``β = max(|λ_2(W)|, |λ_N(W)|)`` of a symmetric ``W``: how slowly the consensus ``X ← W X`` mixes.
+
+    ``β < 1`` for the Metropolis-Hastings weights of a connected graph; ``β = 1`` when ``W`` does not mix
+    (``W = I``, a disconnected graph, or a periodic one such as a bipartite swap); ``β = 0`` for one agent.
+
+    Examples:
+        >>> import numpy as np
+        >>> mixing_modulus(np.full((3, 3), 1 / 3)) < 1e-12, mixing_modulus(np.eye(3))
+        (True, 1.0)
+    """
+    matrix = np.asarray(W, dtype=np.float64)
+    if matrix.shape[0] == 1:
+        return 0.0
+    eigenvalues = np.sort(np.linalg.eigvalsh(matrix))[::-1]
+    return float(np.max(np.abs(eigenvalues[1:])))
 
 
 def make_graph(spec: str, n_agents: int, *, seed: int = 0, max_tries: int = 1000) -> nx.Graph:
@@ -109,7 +123,7 @@ def make_graph(spec: str, n_agents: int, *, seed: int = 0, max_tries: int = 1000
         ConfigError: for an unknown spec, a bad degree, or when no connected ER graph was drawn in
             ``max_tries`` attempts.
 
-    Example:
+    Examples:
         >>> make_graph("er:4", 20, seed=0).number_of_nodes()
         20
     """

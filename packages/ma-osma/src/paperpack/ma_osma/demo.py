@@ -66,9 +66,9 @@ def run_demo(ctx: DemoContext) -> DemoReport:
     """Run the four algorithms on a complete and a sparse Erdős-Rényi graph; report utility and regret."""
     from paperpack.core.demo import DemoReport
 
-    rounds, n_seeds = (150, 3) if ctx.quick else (300, 5)
-    seeds = [ctx.seed + s for s in range(n_seeds)]
-    metric = f"mean utility per round, {n_seeds} seeds, T = {rounds}"
+    rounds = ctx.pick(quick=150, full=300)
+    seeds = ctx.seeds(quick=3, full=5)
+    metric = f"mean utility per round, {len(seeds)} seeds, T = {rounds}"
     env = TrackingEnv(N_AGENTS, N_TARGETS, "mixed")
     claims, tables, plots = [], [], []
     for label in ctx.progress(GRAPHS, desc="graphs", total=len(GRAPHS)):

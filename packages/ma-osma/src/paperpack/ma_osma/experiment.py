@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from paperpack.core.errors import ConfigError
 from paperpack.core.files import atomic_path
 from paperpack.core.validation import check_int
+from paperpack.ma_osma.config import AlgorithmConfig
 from paperpack.ma_osma.consensus import adjacency_matrix, consensus_matrix
 from paperpack.ma_osma.greedy import offline_greedy
 from paperpack.ma_osma.maosma import MAOSEA, MAOSMA
@@ -74,25 +75,22 @@ class ExperimentSetup:
 AlgorithmFactory = Callable[[ExperimentSetup], OnlineAlgorithm]
 
 
-def default_algorithms(
-    *,
-    eta: float = 300.0,
-    eta_osea: float = 300.0,
-    mix: float = 0.01,
-    curvature: float = 1.0,
-    n_samples: int = 1,
-) -> dict[str, AlgorithmFactory]:
+def default_algorithms(config: AlgorithmConfig | None = None) -> dict[str, AlgorithmFactory]:
     """The four algorithms of the paper's comparison, ready for :func:`run_experiment`.
 
     ``MA-OSMA`` and ``MA-OSEA`` communicate over the experiment's graph; ``OSG`` has the complete
     information of its public code; ``OSG (neighbours)`` sees only the predecessors that are graph
-    neighbours. The default step sizes are ours (the paper gives none): the smallest values on the plateau
-    of a sweep on held-out seeds (see the docs).
+    neighbours. The step sizes and the estimator come from ``config`` (``AlgorithmConfig()`` when None: the
+    defaults are ours, the paper gives none; the smallest values on the plateau of a sweep on held-out seeds,
+    see the docs).
 
-    Example:
+    Examples:
         >>> sorted(default_algorithms())
         ['MA-OSEA', 'MA-OSMA', 'OSG', 'OSG (neighbours)']
     """
+    settings = AlgorithmConfig() if config is None else config
+    eta, eta_osea, mix = settings.eta, settings.eta_osea, settings.mix
+    curvature, n_samples = settings.curvature, settings.n_samples
 
     def maosma(setup: ExperimentSetup) -> OnlineAlgorithm:
         return MAOSMA(
@@ -197,6 +195,18 @@ class ExperimentResults:
         return target
 
 
+def _check_memory(n_algorithms: int, n_seeds: int, rounds: int) -> None:
+    """Refuse a run whose per-round measurements (three float64 arrays) would not fit in memory."""
+    needed = 3 * 8 * n_algorithms * n_seeds * rounds
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+    if available is not None and needed > available // 2:
+        raise ConfigError(
+            f"`rounds` must leave the per-round results in memory: {rounds} rounds x {n_seeds} seeds x "
+            f"{n_algorithms} algorithms need {needed / 2**30:.3g} GiB, more than half of this machine's "
+            f"{available / 2**30:.3g} GiB; got {rounds}"
+        )
+
+
 def run_experiment(
     env: TrackingEnv,
     algorithms: Mapping[str, AlgorithmFactory],
@@ -223,7 +233,7 @@ def run_experiment(
     Returns:
         The per-round measurements.
 
-    Example:
+    Examples:
         >>> import networkx as nx
         >>> env = TrackingEnv(4, 5)
         >>> results = run_experiment(env, default_algorithms(), nx.cycle_graph(4), rounds=5, seeds=[0])
@@ -232,6 +242,7 @@ def run_experiment(
     """
     check_int("rounds", rounds, minimum=1)
     seed_list = [int(s) for s in seeds]
+    _check_memory(len(algorithms), len(seed_list), rounds)
     if not seed_list:
         raise ConfigError("`seeds` must hold at least one seed, got none")
     if not algorithms:

@@ -50,7 +50,7 @@ def sample_z(rng: np.random.Generator, size: int | tuple[int, ...], curvature: f
 
     ``z = 1 + ln(e^{-c} + u (1 - e^{-c})) / c`` with ``u ∼ U[0, 1)``.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> z = sample_z(np.random.default_rng(0), 10_000, 1.0)
         >>> bool(0.0 <= z.min() and z.max() <= 1.0), round(float(z.mean()), 1)

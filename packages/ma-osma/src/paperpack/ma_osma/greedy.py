@@ -26,7 +26,7 @@ def offline_greedy(objective: SubmodularObjective, blocks: Sequence[Sequence[int
     Returns:
         One ground-set index per agent, in agent order.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from paperpack.ma_osma import WeightedCoverage
         >>> covers = np.array([[1, 1, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 1]], dtype=bool)

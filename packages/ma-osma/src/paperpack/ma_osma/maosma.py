@@ -20,6 +20,7 @@ common decision moves by about ``η / N`` per round while the acting agent's own
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -30,14 +31,21 @@ from scipy import sparse
 
 from paperpack.core.errors import ConfigError
 from paperpack.core.validation import check_choice, check_int, check_positive, check_range
+from paperpack.ma_osma.consensus import mixing_modulus
 from paperpack.ma_osma.gradient import Z_SAMPLINGS, boosted_gradient
 from paperpack.ma_osma.objectives import SubmodularObjective
 from paperpack.ma_osma.partition import Partition
-from paperpack.ma_osma.projection import project_capped_simplex
+from paperpack.ma_osma.projection import project_solid_simplex
 
-__all__ = ["MAOSEA", "MAOSMA", "STARTS", "check_consensus_matrix"]
+__all__ = ["MAOSEA", "MAOSMA", "STARTS", "NoMixingWarning", "check_consensus_matrix"]
 
 STARTS = ("own", "uniform")
+# β at or above this counts as "W does not mix" (eigenvalues of a symmetric W are exact to about 1e-15).
+NO_MIXING_BETA = 1.0 - 1e-9
+
+
+class NoMixingWarning(UserWarning):
+    """The consensus matrix does not mix (``β = 1``): the agents' copies never reach agreement."""
 
 
 def check_consensus_matrix(W: ArrayLike, n_agents: int, *, atol: float = 1e-8) -> NDArray[np.float64]:
@@ -80,6 +88,16 @@ class _ConsensusLearner(ABC):
     ) -> None:
         self.partition = Partition(blocks)
         self.W = check_consensus_matrix(W, self.partition.n_agents)
+        self.beta = mixing_modulus(self.W)
+        if self.beta >= NO_MIXING_BETA:
+            warnings.warn(
+                f"`W` does not mix: β = max(|λ_2|, |λ_N|) = {self.beta:.6g} (W = I means no communication; "
+                "a disconnected or periodic W never reaches consensus), so the regret bound's 1/(1 - β) is "
+                "infinite and each agent learns from its own copy only; build W with "
+                "`consensus_matrix(graph)` on a connected graph",
+                NoMixingWarning,
+                stacklevel=3,
+            )
         # Sparse graphs mix through their edges only (O(edges · n) instead of O(N² · n) per round).
         density = np.count_nonzero(self.W) / self.W.size
         self._mixing: NDArray[np.float64] | sparse.csr_array = (
@@ -110,7 +128,12 @@ class _ConsensusLearner(ABC):
         return self.partition.sample(own, self._rng)
 
     def update(self, objective: SubmodularObjective) -> None:
-        """Observe ``f_t``: estimate the boosted gradient, average with neighbours, step on the own block."""
+        """Observe ``f_t``: estimate the boosted gradient, average with neighbours, step on the own block.
+
+        Raises:
+            FloatingPointError: when the step would give a non-finite decision (the decisions stay as they
+                were): never silently NaN.
+        """
         self.partition.check_objective(objective)
         gradient = boosted_gradient(
             objective,
@@ -125,6 +148,12 @@ class _ConsensusLearner(ABC):
         own = mixed[self._rows, self.partition.padded]
         stepped = self._block_step(own, gradient)
         valid = self.partition.valid
+        if not np.all(np.isfinite(stepped[valid])):
+            agents = sorted({int(i) for i in np.nonzero(~np.isfinite(stepped) & valid)[0]})
+            raise FloatingPointError(
+                f"{type(self).__name__}'s step gave a non-finite decision for agent(s) {agents} in round "
+                f"{self.rounds + 1} (eta={self.eta:g}); the decisions are left as they were"
+            )
         mixed[np.broadcast_to(self._rows, valid.shape)[valid], self.partition.padded[valid]] = stepped[valid]
         self._X = mixed
         self.rounds += 1
@@ -170,7 +199,10 @@ class MAOSMA(_ConsensusLearner):
 
     Starts from ``x_i = 0`` for every agent (ours), so the first round's actions are uniform.
 
-    Example:
+    Warns:
+        NoMixingWarning: when ``W`` does not mix (``β = 1``, e.g. ``W = I``).
+
+    Examples:
         >>> import numpy as np
         >>> from paperpack.ma_osma import FacilityLocation, consensus_matrix
         >>> import networkx as nx
@@ -204,7 +236,7 @@ class MAOSMA(_ConsensusLearner):
 
     def _block_step(self, own: NDArray[np.float64], gradient: NDArray[np.float64]) -> NDArray[np.float64]:
         """``Proj_{x≥0, Σx≤1}(y_i[V_i] + η g_i)``."""
-        return project_capped_simplex(own + self.eta * gradient, self.partition.valid)
+        return project_solid_simplex(own + self.eta * gradient, self.partition.valid)
 
 
 class MAOSEA(_ConsensusLearner):
@@ -222,9 +254,16 @@ class MAOSEA(_ConsensusLearner):
         seed: seed of the agents' randomness.
         start: the copies at round 0. ``"own"`` (default, the paper note's initialisation): agent ``i``'s copy
             is uniform on its own block, ``x_i[V_i] = 1 / |V_i|``, and 0 elsewhere, so the other blocks fill
-            in through the consensus as MA-OSMA's do. ``"uniform"``: every copy is uniform on every block.
+            in through the consensus as MA-OSMA's do; it needs every ``w_ii > 0`` (with ``w_ii = 0`` agent
+            ``i``'s mixed own block starts with no mass). ``"uniform"``: every copy is uniform on every block.
 
-    Example:
+    Raises:
+        ConfigError: for a bad argument, or ``start="own"`` with a zero on the diagonal of ``W``.
+
+    Warns:
+        NoMixingWarning: when ``W`` does not mix (``β = 1``, e.g. ``W = I``).
+
+    Examples:
         >>> import numpy as np
         >>> from paperpack.ma_osma import WeightedCoverage
         >>> f = WeightedCoverage(np.eye(4, dtype=bool))
@@ -256,6 +295,15 @@ class MAOSEA(_ConsensusLearner):
         super().__init__(
             blocks, W, eta=eta, curvature=curvature, n_samples=n_samples, z_sampling=z_sampling, seed=seed
         )
+        silent = np.nonzero(np.diag(self.W) <= 0.0)[0]
+        if start == "own" and silent.size:
+            raise ConfigError(
+                f"MAOSEA(start='own') needs every w_ii > 0, but `W` has w_ii = 0 for agent(s) "
+                f"{silent.tolist()}: such an agent's mixed copy of its own block starts with no mass (the "
+                "others' copies of it are 0), and the entropic step q ∝ y_i[V_i] ⊙ e^(η g_i) has nothing to "
+                "normalise. Use start='uniform', or a W with a positive diagonal (`consensus_matrix(graph)` "
+                "gives one)"
+            )
 
     def _initial_decisions(self) -> NDArray[np.float64]:
         decisions = np.zeros((self.partition.n_agents, self.partition.min_ground_size))
@@ -270,5 +318,8 @@ class MAOSEA(_ConsensusLearner):
         exponent = np.where(valid, self.eta * gradient, -np.inf)
         exponent -= exponent.max(axis=1, keepdims=True)
         q = np.where(valid, own * np.exp(exponent), 0.0)
-        q /= q.sum(axis=1, keepdims=True)
+        # A block with no mass has no distribution to tilt: its total is left at 0, so the check in `update`
+        # names the agent instead of letting 0/0 spread NaN.
+        total = q.sum(axis=1, keepdims=True)
+        q = np.divide(q, total, out=np.full_like(q, np.nan), where=total > 0)
         return np.where(valid, (1.0 - self.mix) * q + self.mix / self.partition.sizes[:, None], 0.0)

@@ -112,7 +112,7 @@ class WeightedCoverage:
             element ``e``. The ground set is ``range(n_items)``.
         weights: non-negative weights ``w_e``, shape ``(n_elements,)``; default all ones.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> f = WeightedCoverage(np.array([[1, 1, 0], [0, 1, 1]], dtype=bool), [1.0, 2.0, 4.0])
         >>> f.value([0]), f.value([0, 1])
@@ -179,7 +179,7 @@ class FacilityLocation:
         similarity: non-negative array of shape ``(n_items, n_customers)``; the ground set is
             ``range(n_items)``.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> f = FacilityLocation(np.array([[1.0, 0.0], [0.5, 2.0]]))
         >>> f.value([0]), f.value([0, 1])
@@ -302,7 +302,7 @@ class TrackingObjective(FacilityLocation):
 
     The ground set is ``range(N * A)``: action ``a`` of agent ``i`` has index ``i * A + a``.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> moves = np.array([[0.0, 0.0], [1.0, 0.0]])
         >>> f = TrackingObjective(np.zeros((1, 2)), moves, np.array([[1.0, 0.0]]))
@@ -343,7 +343,7 @@ class CountingObjective:
     ``values`` costs one call per set; ``marginal_gains`` costs two per entry (``f(S ∪ {v})`` and
     ``f(S ∖ {v})``), the accounting of Alg. 1 line 11 ("2|V_i| calls").
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> f = CountingObjective(FacilityLocation(np.ones((3, 2))))
         >>> _ = f.marginal_gains(np.zeros((2, 3), dtype=bool), np.array([[0, 1], [1, 2]]))

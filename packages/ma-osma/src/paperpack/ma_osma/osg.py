@@ -49,7 +49,7 @@ class OSG:
             neighbours.
         seed: seed of the agents' sampling.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from paperpack.ma_osma import FacilityLocation
         >>> f = FacilityLocation(np.random.default_rng(0).random((4, 3)))

@@ -34,7 +34,7 @@ class Partition:
         padded: shape ``(N, K)``, row ``i`` = ``V_i`` padded with ``V_i[0]``.
         valid: shape ``(N, K)``, ``True`` on real (unpadded) entries.
 
-    Example:
+    Examples:
         >>> Partition([[0, 1], [2]]).padded.tolist()
         [[0, 1], [2, 2]]
     """

@@ -1,4 +1,7 @@
-"""Euclidean projection onto one agent's face of the polytope, ``{x ≥ 0, Σ x ≤ 1}`` (MA-OSMA's step).
+"""Euclidean projection onto the solid simplex ``{x ≥ 0, Σ x ≤ 1}``, one agent's block (MA-OSMA's step).
+
+(The solid simplex is the probability simplex and everything below it; sewa's ``project_capped_simplex`` is
+another set, ``{0 ≤ x ≤ 1, Σ x = k}``.)
 
 The relaxed constraint set is ``P = {x ∈ [0, 1]^n : Σ_{v∈V_i} x_v ≤ 1 for every i}``, a product over blocks,
 so projecting onto ``P`` is one independent projection per block. For a vector ``y``:
@@ -11,11 +14,11 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["project_capped_simplex"]
+__all__ = ["project_solid_simplex"]
 
 
-def project_capped_simplex(values: ArrayLike, valid: ArrayLike | None = None) -> NDArray[np.float64]:
-    """Project every row of ``values`` onto ``{x ≥ 0, Σ x ≤ 1}``, all rows at once.
+def project_solid_simplex(values: ArrayLike, valid: ArrayLike | None = None) -> NDArray[np.float64]:
+    """Project every row of ``values`` onto the solid simplex ``{x ≥ 0, Σ x ≤ 1}``, all rows at once.
 
     Args:
         values: shape ``(B, K)``.
@@ -24,8 +27,8 @@ def project_capped_simplex(values: ArrayLike, valid: ArrayLike | None = None) ->
     Returns:
         The projections, shape ``(B, K)``.
 
-    Example:
-        >>> project_capped_simplex([[0.2, 0.3], [1.0, 1.0], [-1.0, 0.5]]).tolist()
+    Examples:
+        >>> project_solid_simplex([[0.2, 0.3], [1.0, 1.0], [-1.0, 0.5]]).tolist()
         [[0.2, 0.3], [0.5, 0.5], [0.0, 0.5]]
     """
     y = np.array(values, dtype=np.float64, ndmin=2)

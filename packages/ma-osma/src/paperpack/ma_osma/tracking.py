@@ -27,17 +27,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from paperpack.core.errors import ConfigError
-from paperpack.core.validation import check_choice, check_int, check_positive
+from paperpack.core.validation import check_int, check_literal, check_positive
 from paperpack.ma_osma.objectives import TrackingObjective, selection_mask
 
-__all__ = ["MOTIONS", "TrackingEnv", "TrackingStep"]
+__all__ = ["Motion", "TrackingEnv", "TrackingStep"]
 
-MOTIONS = ("random", "adversarial", "polyline", "mixed")
+Motion = Literal["random", "adversarial", "polyline", "mixed"]
 _KINDS = ("random", "adversarial", "polyline")
 _DIAGONAL = 1.0 / math.sqrt(2.0)
 MOVES = np.array(
@@ -88,7 +89,7 @@ class TrackingEnv:
         cover_radius: a target within this distance of an agent counts as covered.
         offset: the constant in the utility ``1 / (offset + distance)``.
 
-    Example:
+    Examples:
         >>> env = TrackingEnv(3, 4)
         >>> env.reset(seed=0)
         >>> step = env.step([0, 9, 18])
@@ -100,7 +101,7 @@ class TrackingEnv:
         self,
         n_agents: int,
         n_targets: int,
-        motion: str = "mixed",
+        motion: Motion = "mixed",
         *,
         motion_mix: Sequence[float] = (1.0, 1.0, 1.0),
         arena: float = 50.0,
@@ -115,7 +116,7 @@ class TrackingEnv:
     ) -> None:
         check_int("n_agents", n_agents, minimum=1)
         check_int("n_targets", n_targets, minimum=1)
-        check_choice("motion", motion, MOTIONS)
+        check_literal("motion", motion, Motion)
         for name, value in (
             ("arena", arena),
             ("agent_speed", agent_speed),

@@ -259,6 +259,7 @@ def merge_checkpoints(
     *,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    overwrite: bool = False,
 ) -> Path:
     """Merge checkpoints on disk into a new model folder, streaming one tensor at a time.
 
@@ -270,10 +271,12 @@ def merge_checkpoints(
 
     Args:
         config: a :class:`MergeConfig`, a path to its YAML file, or a mapping in the YAML layout.
-        output: the output folder; it must not be, or lie inside, an input.
+        output: the output folder; a new path or an empty folder, or with ``overwrite`` an earlier output of
+            ``r-tsvm merge`` (the core's output policy); it must not be, or lie inside, an input.
         progress: show a progress bar over tensors.
         device: where the arithmetic runs ("cpu", "cuda", "auto"); tensors are read to it one key at a time
             and written back from the CPU.
+        overwrite: replace an earlier output of ``r-tsvm merge`` at ``output``.
 
     Returns:
         The output folder.
@@ -297,7 +300,14 @@ def merge_checkpoints(
     logger.info("merging %d model(s) with %s into %s", len(plan.models), plan.method.name, output)
     layers: dict[str, dict[str, Any]] = {}
     metadata = {"merge_method": plan.method.name}
-    with StateDictWriter(output, max_shard_size=config.max_shard_size, metadata=metadata) as writer:
+    with StateDictWriter(
+        output,
+        max_shard_size=config.max_shard_size,
+        metadata=metadata,
+        command="r-tsvm merge",
+        overwrite=overwrite,
+        inputs=config.paths(),
+    ) as writer:
         for key in tqdm(
             list(plan.reference), desc=f"merging ({plan.method.name})", unit="tensor", disable=not progress
         ):
@@ -309,9 +319,7 @@ def merge_checkpoints(
             source = config.base_model or config.models[0].model
             copy_model_files(source, writer.staging_dir)
             (writer.staging_dir / "merge_config.yaml").write_text(config.to_yaml())
-            # Written for every method (``layers`` empty for those without a per-layer report): the writer
-            # keeps an existing output folder's other files, so a report left by an earlier merge into the
-            # same folder must be replaced, never left beside a different model.
+            # Written for every method (``layers`` empty for those without a per-layer report).
             summary = {
                 "merge_method": plan.method.name,
                 "parameters": asdict(config.method_config),

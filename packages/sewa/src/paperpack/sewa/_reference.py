@@ -1,9 +1,12 @@
-"""A slow, literal SeWA selection: one Monte Carlo sample, one snapshot and one scalar at a time.
+"""Slow, literal references the tests compare the package against.
 
-It exists to check ``select_checkpoints`` (the tests compare the two). It follows the
-algorithm line by line, with plain Python loops and scalars, and draws the same noise (one (M, K) block of
-uniforms per iteration from a generator seeded with ``config.seed``) so that both see identical randomness.
-The projection here is a bisection on the threshold v instead of the exact breakpoint search.
+``reference_select`` runs SeWA's selection one Monte Carlo sample, one snapshot and one scalar at a time. It
+follows the algorithm line by line, with plain Python loops and scalars, and draws the same noise (one (M, K)
+block of uniforms per iteration from a generator seeded with ``config.seed``) so that both see identical
+randomness. The projection here is a bisection on the threshold v instead of the exact breakpoint search.
+
+``reference_mean`` and ``reference_ema`` are the baselines' definitions: the mean of the chosen snapshots, and
+the EMA recursion e_1 = w_1, e_t = β e_{t-1} + (1 - β) w_t.
 """
 
 from __future__ import annotations
@@ -17,7 +20,32 @@ from torch import Tensor
 from paperpack.sewa.config import SeWAConfig
 from paperpack.sewa.selection import ADAM_BETAS, ADAM_EPS, LOGIT_EPS, MASS_EPS, NOISE_EPS, LossFn
 
-__all__ = ["reference_projection", "reference_select"]
+__all__ = ["reference_ema", "reference_mean", "reference_projection", "reference_select"]
+
+
+def reference_mean(snapshots: Sequence[Mapping[str, Tensor]], indices: Sequence[int]) -> dict[str, Tensor]:
+    """The mean of ``snapshots[i]`` over ``indices``, key by key: ``torch.stack(chosen).mean(0)``.
+
+    Computed in float32 for half types; non-floating tensors come from the latest chosen snapshot.
+    """
+    chosen = [snapshots[i] for i in indices]
+    result = {}
+    for key, value in chosen[0].items():
+        if not value.is_floating_point():
+            result[key] = snapshots[max(indices)][key]
+        elif value.dtype in (torch.float16, torch.bfloat16):
+            result[key] = torch.stack([s[key].float() for s in chosen]).mean(0).to(value.dtype)
+        else:
+            result[key] = torch.stack([s[key] for s in chosen]).mean(0)
+    return result
+
+
+def reference_ema(snapshots: Sequence[Mapping[str, Tensor]], key: str, decay: float) -> Tensor:
+    """The EMA recursion e_1 = w_1, e_t = β e_{t-1} + (1 - β) w_t for one key, in float64, at t = K."""
+    ema = snapshots[0][key].double()
+    for snapshot in snapshots[1:]:
+        ema = decay * ema + (1.0 - decay) * snapshot[key].double()
+    return ema
 
 
 def reference_projection(

@@ -11,22 +11,23 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from paperpack.core.errors import ConfigError
-from paperpack.core.validation import check_choice, check_int, check_range
+from paperpack.core.validation import check_int, check_literal, check_range
 from paperpack.sewa.snapshots import check_snapshots, mean_of, weighted_average
 
-__all__ = ["STRATEGIES", "average_checkpoints", "baseline_weights"]
+__all__ = ["Strategy", "average_snapshots", "baseline_weights"]
 
-STRATEGIES = ("last", "uniform", "lawa", "ema", "random")
+Strategy = Literal["last", "uniform", "lawa", "ema", "random"]
 
 
 def baseline_weights(
     num_snapshots: int,
-    strategy: str,
+    strategy: Strategy,
     k: int | None = None,
     decay: float | None = None,
     *,
@@ -57,7 +58,7 @@ def baseline_weights(
         [0.25, 0.25, 0.5]
     """
     check_int("num_snapshots", num_snapshots, minimum=1)
-    check_choice("strategy", strategy, STRATEGIES)
+    check_literal("strategy", strategy, Strategy)
     check_int("seed", seed, minimum=0)
     if k is not None:
         check_int("k", k, minimum=1, maximum=num_snapshots)
@@ -91,9 +92,9 @@ def baseline_weights(
     return [decay ** (size - 1)] + [(1.0 - decay) * decay ** (size - t) for t in range(2, size + 1)]
 
 
-def average_checkpoints(
+def average_snapshots(
     snapshots: Sequence[Mapping[str, Tensor]],
-    strategy: str,
+    strategy: Strategy,
     k: int | None = None,
     decay: float | None = None,
     *,
@@ -119,11 +120,11 @@ def average_checkpoints(
 
     Examples:
         >>> import torch
-        >>> from paperpack.sewa import average_checkpoints
+        >>> from paperpack.sewa import average_snapshots
         >>> window = [{"w": torch.tensor([float(i)])} for i in range(5)]
-        >>> average_checkpoints(window, "lawa", k=2)["w"]
+        >>> average_snapshots(window, "lawa", k=2)["w"]
         tensor([3.5000])
-        >>> average_checkpoints(window, "uniform")["w"]
+        >>> average_snapshots(window, "uniform")["w"]
         tensor([2.])
     """
     check_snapshots(snapshots)

@@ -3,12 +3,16 @@
 The callback plugs SeWA into ``transformers.Trainer`` (and every TRL trainer built on it):
 
 1. ``on_step_end``: in the last ``window × snapshot_every`` steps, every ``snapshot_every`` steps (ending
-   at the last step), it copies the model's *trainable* parameters (a PEFT model: the adapters only) to CPU
-   memory or, with ``offload_dir``, to a safetensors file.
+   at the last step), it copies the model's *trainable* parameters (a PEFT model: the adapters only) and its
+   persistent buffers (batch norm's running statistics) to CPU memory or, with ``offload_dir``, to a
+   safetensors file.
 2. ``on_save`` / ``on_train_begin`` (from ``StatefulCallback``): the window and the
    mask travel with every checkpoint and come back on resume.
 3. ``on_train_end``: it fits the mask on batches of the training data (the paper's F) or of the eval data,
-   with the model in eval mode, and copies the mean of the selected snapshots into the model.
+   with the model in eval mode, and copies the mean of the selected snapshots into the model: the weights and
+   the floating-point buffers are averaged alike (integer buffers such as batch norm's batch counter come from
+   the latest selected snapshot). With ``update_bn=True`` the batch-norm statistics are then re-estimated on
+   one pass over the training data, as ``torch.optim.swa_utils.update_bn`` does.
 
 Under ``accelerate launch`` (DDP) every rank takes the same snapshots, evaluates the loss on its own shard of
 the selection data, and the mask gradient is averaged across ranks before each step, so every rank follows the
@@ -19,7 +23,7 @@ parameters) are not supported.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +32,17 @@ from torch import Tensor, nn
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from paperpack.core.checkpoints import PathLike
+from paperpack.core.distributed import all_reduce_mean, barrier
 from paperpack.core.errors import ConfigError
 from paperpack.core.hf import StatefulCallback
 from paperpack.core.validation import check_int
+from paperpack.sewa.batch_norm import batch_norm_layers, update_batch_norm
 from paperpack.sewa.config import SeWAConfig
 from paperpack.sewa.loss import model_loss, selection_batches
-from paperpack.sewa.selection import SeWAResult, select_checkpoints
+from paperpack.sewa.selection import SeWAResult, select_snapshots
 from paperpack.sewa.store import SnapshotStore
 
-__all__ = ["SeWACallback", "load_into", "trainable_state"]
+__all__ = ["SeWACallback", "load_into", "snapshot_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +57,9 @@ class SeWACallback(StatefulCallback):
         offload_dir: Write snapshots there as safetensors files instead of keeping them in CPU memory.
         selection_dataloader: Batches to fit the mask on, overriding ``config.selection_data`` (the Trainer's
             train or eval data). Any iterable of model-input dicts with labels.
+        update_bn: After loading the mean of the selected snapshots, re-estimate the running statistics of
+            every batch-norm layer on one pass over the training data (``update_batch_norm``). Off: they are
+            the mean of the selected snapshots' statistics. Models without batch norm are unaffected.
 
     Attributes:
         result: The ``SeWAResult`` of the selection, after training (in this process).
@@ -76,6 +85,7 @@ class SeWACallback(StatefulCallback):
         snapshot_every: int = 1,
         offload_dir: PathLike | None = None,
         selection_dataloader: Iterable[Mapping[str, Any]] | None = None,
+        update_bn: bool = False,
     ) -> None:
         self.config = SeWAConfig() if config is None else config
         if not isinstance(self.config, SeWAConfig):
@@ -86,10 +96,13 @@ class SeWACallback(StatefulCallback):
             raise ConfigError(f"`window` must be >= k={self.config.k} (the snapshots kept), got {window}")
         if offload_dir is not None and not isinstance(offload_dir, str | Path):
             raise TypeError(f"`offload_dir` must be a path, got {type(offload_dir).__name__}")
+        if not isinstance(update_bn, bool):
+            raise ConfigError(f"`update_bn` must be a bool, got {update_bn!r}")
         self.window = window
         self.snapshot_every = snapshot_every
         self.offload_dir = Path(offload_dir) if offload_dir is not None else None
         self.selection_dataloader = selection_dataloader
+        self.update_bn = update_bn
         self.store = SnapshotStore(window, self.offload_dir)
         self.result: SeWAResult | None = None
         self.indices: list[int] | None = None
@@ -158,7 +171,7 @@ class SeWACallback(StatefulCallback):
         remaining = state.max_steps - state.global_step
         if remaining < 0 or remaining % self.snapshot_every or remaining >= self.window * self.snapshot_every:
             return
-        self.store.add(state.global_step, trainable_state(kwargs["model"]))
+        self.store.add(state.global_step, snapshot_state(kwargs["model"]))
         logger.debug("SeWA snapshot at step %d (%d in the window)", state.global_step, len(self.store))
 
     def on_train_end(
@@ -183,22 +196,35 @@ class SeWACallback(StatefulCallback):
             rank=int(args.process_index),
             world_size=world,
         )
-        _barrier(world)  # the main process may still be writing the last offloaded snapshot
+        barrier()  # the main process may still be writing the last offloaded snapshot
         snapshots = self.store.load()
         was_training = model.training
         model.eval()
         try:
-            result = select_checkpoints(
+            result = select_snapshots(
                 snapshots,
                 model_loss(model, batches, device),
                 self.config,
                 device=device,
-                reduce_gradient=_mean_across_ranks(device, world) if world > 1 else None,
+                reduce_gradient=(lambda gradient: all_reduce_mean(gradient, device=device))
+                if world > 1
+                else None,
                 progress=state.is_world_process_zero and not args.disable_tqdm,
             )
         finally:
             model.train(was_training)
         load_into(model, result.state_dict)
+        if self.update_bn and batch_norm_layers(model):
+            self._update_batch_norm(model, args, kwargs, device, world)
+        if world > 1:
+            # The ranks' buffers differ: with update_bn each rank saw its own shard, so their mean is the mean
+            # over all batches; without, each rank's snapshots drifted from rank 0's between forward passes
+            # (DDP broadcasts them at the next one). Either way every rank ends with the same mean.
+            buffers = dict(model.named_buffers())
+            with torch.no_grad():
+                for key in result.state_dict:
+                    if key in buffers and buffers[key].is_floating_point():
+                        buffers[key].copy_(all_reduce_mean(buffers[key], device=device))
         self.result = result
         self.indices = result.indices
         self.probabilities = result.probabilities
@@ -224,36 +250,52 @@ class SeWACallback(StatefulCallback):
             )
         return source  # type: ignore[no-any-return]
 
+    def _update_batch_norm(
+        self,
+        model: nn.Module,
+        args: TrainingArguments,
+        kwargs: Mapping[str, Any],
+        device: torch.device,
+        world: int,
+    ) -> None:
+        source = kwargs.get("train_dataloader")
+        if source is None:
+            raise ConfigError("`update_bn=True` needs the Trainer's train dataloader at the end of training")
+        batches = selection_batches(
+            source,
+            int(args.per_device_train_batch_size),
+            seed=self.config.seed,
+            rank=int(args.process_index),
+            world_size=world,
+            passes=1,
+        )
+        count = update_batch_norm(model, batches, device=device)
+        logger.info("SeWA re-estimated the batch-norm statistics on %d batches", count)
+
     def _batch_size(self, args: TrainingArguments) -> int:
         if self.config.selection_data == "train":
             return int(args.per_device_train_batch_size)
         return int(args.per_device_eval_batch_size)
 
 
-def trainable_state(model: nn.Module) -> dict[str, Tensor]:
-    """The trainable parameters of ``model`` by name (detached views; the store copies them)."""
-    return {name: param.detach() for name, param in model.named_parameters() if param.requires_grad}
+def snapshot_state(model: nn.Module) -> dict[str, Tensor]:
+    """What a SeWA snapshot holds: the trainable parameters and the persistent buffers of ``model`` by name.
+
+    Buffers are batch norm's running statistics and counters (those a state dict saves); frozen parameters
+    are left out, so a PEFT model's snapshot holds its adapters (and the buffers, if any). The tensors are
+    detached views; the store copies them.
+    """
+    state = {name: param.detach() for name, param in model.named_parameters() if param.requires_grad}
+    parameters = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    for name, value in model.state_dict(keep_vars=True).items():
+        if name not in parameters:
+            state[name] = value.detach()
+    return state
 
 
 def load_into(model: nn.Module, state: Mapping[str, Tensor]) -> None:
-    """Copy ``state`` into the parameters of ``model`` with the same names."""
-    parameters = dict(model.named_parameters())
+    """Copy ``state`` into the parameters and buffers of ``model`` with the same names."""
+    targets = {**dict(model.named_buffers()), **dict(model.named_parameters())}
     with torch.no_grad():
         for name, value in state.items():
-            parameters[name].copy_(value.to(parameters[name].device))
-
-
-def _mean_across_ranks(device: torch.device, world_size: int) -> Callable[[Tensor], Tensor]:
-    import torch.distributed as dist
-
-    def reduce(gradient: Tensor) -> Tensor:
-        buffer = gradient.to(device)
-        dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
-        return buffer.cpu() / world_size
-
-    return reduce
-
-
-def _barrier(world_size: int) -> None:
-    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+            targets[name].copy_(value.to(targets[name].device))

@@ -11,24 +11,25 @@ behaviour-cloning headline) and the *window* is the number of snapshots consider
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from paperpack.core.errors import ConfigError
-from paperpack.core.validation import check_choice, check_int, check_positive
+from paperpack.core.validation import check_bool, check_int, check_literal_fields, check_positive
 
 __all__ = [
-    "AVERAGING_MODES",
-    "MASK_OPTIMIZERS",
-    "PROJECTIONS",
-    "SELECTION_DATA",
-    "TEMPERATURE_SCHEDULES",
+    "AveragingMode",
+    "MaskOptimizer",
+    "Projection",
     "SeWAConfig",
+    "SelectionData",
+    "TemperatureSchedule",
 ]
 
-TEMPERATURE_SCHEDULES = ("exponential", "linear", "constant")
-MASK_OPTIMIZERS = ("adam", "sgd")
-AVERAGING_MODES = ("normalized", "over_k")
-PROJECTIONS = ("sum_eq_k", "sum_le_k")
-SELECTION_DATA = ("train", "eval")
+TemperatureSchedule = Literal["exponential", "linear", "constant"]
+MaskOptimizer = Literal["adam", "sgd"]
+AveragingMode = Literal["normalized", "over_k"]
+Projection = Literal["sum_eq_k", "sum_le_k"]
+SelectionData = Literal["train", "eval"]
 
 
 @dataclass
@@ -74,48 +75,43 @@ class SeWAConfig:
         default=0.1,
         metadata={"help": "Final relaxation temperature τ_min reached at the last iteration. Default ours."},
     )
-    temperature_schedule: str = field(
+    temperature_schedule: TemperatureSchedule = field(
         default="exponential",
         metadata={
             "help": "How τ moves from temperature_start to temperature_end over the iterations. "
             "Default ours.",
-            "choices": list(TEMPERATURE_SCHEDULES),
         },
     )
     mask_lr: float = field(
         default=0.1,
         metadata={"help": "Step size η of the keep-probabilities s. Default ours."},
     )
-    mask_optimizer: str = field(
+    mask_optimizer: MaskOptimizer = field(
         default="adam",
         metadata={
             "help": "Update rule for s before each projection: 'adam' (scale-free in the loss, our default) "
             "or 'sgd' (plain projected gradient descent, s <- s - η g).",
-            "choices": list(MASK_OPTIMIZERS),
         },
     )
-    averaging: str = field(
+    averaging: AveragingMode = field(
         default="normalized",
         metadata={
             "help": "Soft average during the search: 'normalized' = Σ m_i w_i / Σ m_i (default, ours) or "
             "'over_k' = Σ m_i w_i / k.",
-            "choices": list(AVERAGING_MODES),
         },
     )
-    projection: str = field(
+    projection: Projection = field(
         default="sum_eq_k",
         metadata={
             "help": "Feasible set of s after each step: 'sum_eq_k' = {0 <= s <= 1, Σ s = k} (default, ours) "
             "or 'sum_le_k' = {0 <= s <= 1, Σ s <= k}.",
-            "choices": list(PROJECTIONS),
         },
     )
-    selection_data: str = field(
+    selection_data: SelectionData = field(
         default="train",
         metadata={
             "help": "Data the mask is fitted on in SeWACallback: 'train' (the paper: the training "
             "objective F) or 'eval' (held-out data, against overfitting the mask).",
-            "choices": list(SELECTION_DATA),
         },
     )
     vmap_loss: bool = field(
@@ -141,12 +137,7 @@ class SeWAConfig:
                 f"`temperature_end` must be <= `temperature_start` ({self.temperature_start!r}): the "
                 f"temperature is annealed, got {self.temperature_end!r}"
             )
-        check_choice("temperature_schedule", self.temperature_schedule, TEMPERATURE_SCHEDULES)
         check_positive("mask_lr", self.mask_lr)
-        check_choice("mask_optimizer", self.mask_optimizer, MASK_OPTIMIZERS)
-        check_choice("averaging", self.averaging, AVERAGING_MODES)
-        check_choice("projection", self.projection, PROJECTIONS)
-        check_choice("selection_data", self.selection_data, SELECTION_DATA)
-        if not isinstance(self.vmap_loss, bool):
-            raise ConfigError(f"`vmap_loss` must be a bool, got {self.vmap_loss!r}")
+        check_literal_fields(self)
+        check_bool("vmap_loss", self.vmap_loss)
         check_int("seed", self.seed, minimum=0)

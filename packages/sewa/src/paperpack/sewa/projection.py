@@ -12,7 +12,9 @@ rounding, O(K²) work for a window of K snapshots (K is tens), and no iteration 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import Tensor
 
 from paperpack.core.errors import ConfigError
@@ -30,7 +32,8 @@ def project_capped_simplex(s: Tensor, k: float, *, mode: str = "sum_eq_k") -> Te
         mode: ``"sum_eq_k"`` or ``"sum_le_k"``.
 
     Returns:
-        A new tensor x of the same dtype and device, x_i = clip(s_i - v, 0, 1); ``s`` is not modified.
+        A new tensor x of the same dtype and device, x_i = clip(s_i - v, 0, 1); ``s`` is not modified. The
+        projection is computed in float64.
 
     Raises:
         ConfigError: ``s`` is not a finite one-dimensional floating tensor, or ``k`` is outside [0, K].
@@ -44,26 +47,33 @@ def project_capped_simplex(s: Tensor, k: float, *, mode: str = "sum_eq_k") -> Te
     check_choice("mode", mode, ("sum_eq_k", "sum_le_k"))
     if not isinstance(s, Tensor) or s.dim() != 1 or not s.is_floating_point():
         raise ConfigError(f"`s` must be a one-dimensional floating tensor, got {_describe(s)}")
-    if not bool(torch.isfinite(s).all()):
+    values = s.detach().to("cpu", torch.float64).numpy()
+    if not np.isfinite(values).all():
         raise ConfigError(f"`s` must be finite, got {s.tolist()}")
-    size = s.numel()
+    size = values.size
     if not 0 <= k <= size:
         raise ConfigError(f"`k` must be in [0, {size}] (the length of `s`), got {k!r}")
+    return torch.from_numpy(project(values, k, mode)).to(device=s.device, dtype=s.dtype)
+
+
+def project(s: NDArray[np.float64], k: float, mode: str) -> NDArray[np.float64]:
+    """``project_capped_simplex`` on a float64 array, unchecked: what SeWA's search calls every iteration."""
     if mode == "sum_le_k":
-        clipped = s.clamp(0.0, 1.0)
+        clipped = np.clip(s, 0.0, 1.0)
         if float(clipped.sum()) <= k:
             return clipped
-    breakpoints = torch.cat([s - 1.0, s]).sort().values
+    breakpoints = np.sort(np.concatenate([s - 1.0, s]))
     # total[j] = Σ_i clip(s_i - b_j, 0, 1): non-increasing in j, from K at min(s) - 1 down to 0 at max(s).
-    total = (s.unsqueeze(0) - breakpoints.unsqueeze(1)).clamp(0.0, 1.0).sum(dim=1)
+    total = np.clip(s[None, :] - breakpoints[:, None], 0.0, 1.0).sum(axis=1)
     j = int((total >= k).sum()) - 1
-    if j == breakpoints.numel() - 1 or total[j] == k:
+    if j == breakpoints.size - 1 or total[j] == k:
         v = breakpoints[j]
     else:
         # total is linear between breakpoints j and j+1 and crosses k strictly inside: total[j] > total[j+1].
         slope = (total[j] - total[j + 1]) / (breakpoints[j + 1] - breakpoints[j])
         v = breakpoints[j] + (total[j] - k) / slope
-    return (s - v).clamp(0.0, 1.0)
+    result: NDArray[np.float64] = np.clip(s - v, 0.0, 1.0)
+    return result
 
 
 def _describe(value: object) -> str:

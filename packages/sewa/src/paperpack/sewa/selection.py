@@ -10,34 +10,50 @@ Symbols (paper arXiv:2502.10119 and the reconstruction in the paper note, which 
   is the reparameterised one, ∇_s (1/M) Σ_j F(w̄(m_j)).
 - Step and projection: s <- Π(s - η · step(g)), Π the projection onto {0 <= s <= 1, Σ s = k}.
 - Annealing: τ goes from τ_0 to τ_min over the I iterations.
-- Final mask: the k largest s_i (ties go to the later snapshot); w* = (1/k) Σ_{i selected} w_i.
+- Final mask: the k largest s_i; w* = (1/k) Σ_{i selected} w_i. When s does not single out k snapshots (a
+  tie at the k-th place, e.g. s collapsed to 0, which ``projection="sum_le_k"`` allows), the tie goes to the
+  later snapshots, with a ``MaskTieWarning`` and the count in ``SeWAResult.tie_broken``: never silently.
 
 Vectorisation: the M masks of an iteration are drawn together; the window is stacked once into one (K × P)
 matrix per dtype, so the M soft averages of all parameters are one (M × K)(K × P) product per iteration. The
 network passes are either M calls of ``loss_fn`` (each may draw its own minibatch) or one ``torch.func.vmap``
 call (``vmap_loss=True``). The chain rule is split so that the network's backward pass stops at the averaged
-parameters: ∂F/∂coef_ji = <∂F/∂w̄_j, w_i>, one more product of the M gradients with the stacked window, after
-which autograd carries the (M × K) matrix back through the mask formula. Memory during the search: the window
-(K × P) plus the M averages and their M gradients (2M × P).
+parameters: ∂F/∂coef_ji = <∂F/∂w̄_j, w_i>, one more product of the M gradients with the stacked window; the
+rest, through the average's normalisation and the mask formula to s, is on K numbers per sample and written
+out (``_relaxed_mask_and_slope``), as are Adam and the projection, in float64 numpy (the tests check all of it
+against a literal autograd reference). Memory during the search: the window (K × P) plus the M averages and
+their M gradients (2M × P).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from paperpack.core.device import resolve_device
 from paperpack.core.errors import ConfigError
 from paperpack.sewa.config import SeWAConfig
-from paperpack.sewa.projection import project_capped_simplex
+from paperpack.sewa.projection import project
 from paperpack.sewa.snapshots import StackedWindow, check_snapshots, mean_of
 
-__all__ = ["LossFn", "SeWAResult", "relaxed_mask", "select_checkpoints", "temperature_at"]
+__all__ = [
+    "LossFn",
+    "MaskTieWarning",
+    "SeWAResult",
+    "relaxed_mask",
+    "select_snapshots",
+    "temperature_at",
+    "top_k_indices",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +69,13 @@ ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 
+class MaskTieWarning(UserWarning):
+    """SeWA's final keep-probabilities did not single out k snapshots; the tie rule picked some of them."""
+
+
 @dataclass(frozen=True)
 class SeWAResult:
-    """What ``select_checkpoints`` found.
+    """What ``select_snapshots`` found.
 
     Attributes:
         indices: Positions of the k selected snapshots in the window, sorted ascending.
@@ -63,6 +83,9 @@ class SeWAResult:
         weights: The averaging weight of each snapshot in ``state_dict`` (1/k on ``indices``, 0 elsewhere).
         state_dict: w* = (1/k) Σ_{i ∈ indices} w_i over every key of the snapshots, on their device and dtype.
         loss_history: Mean of the M Monte Carlo losses at each iteration.
+        tie_broken: How many of ``indices`` s did not single out: the selected snapshots whose s equals that
+            of a left-out one, picked by the tie rule (later snapshots first). 0 when s ranks k snapshots
+            strictly above the rest; k when s collapsed to a constant (then the result is LAWA's last k).
     """
 
     indices: list[int]
@@ -70,6 +93,7 @@ class SeWAResult:
     weights: Tensor
     state_dict: dict[str, Tensor]
     loss_history: list[float]
+    tie_broken: int = 0
 
 
 def temperature_at(config: SeWAConfig, iteration: int) -> float:
@@ -93,11 +117,15 @@ def temperature_at(config: SeWAConfig, iteration: int) -> float:
     return float(start * (end / start) ** progress)
 
 
-def logistic_noise(generator: torch.Generator, num_samples: int, size: int) -> Tensor:
-    """Log u - log(1 - u) for u ~ U(0, 1), shape (M, K), float64 on the CPU (device-independent draws)."""
-    u = torch.rand((num_samples, size), generator=generator, dtype=torch.float64)
-    u = u.clamp(NOISE_EPS, 1.0 - NOISE_EPS)
-    return torch.log(u) - torch.log1p(-u)
+def logistic_noise(generator: torch.Generator, num_samples: int, size: int) -> NDArray[np.float64]:
+    """Log u - log(1 - u) for u ~ U(0, 1), shape (M, K), float64 (drawn on the CPU: device-independent)."""
+    u = np.clip(
+        torch.rand((num_samples, size), generator=generator, dtype=torch.float64).numpy(),
+        NOISE_EPS,
+        1.0 - NOISE_EPS,
+    )
+    noise: NDArray[np.float64] = np.log(u) - np.log1p(-u)
+    return noise
 
 
 def relaxed_mask(s: Tensor, noise: Tensor, temperature: float) -> Tensor:
@@ -114,7 +142,7 @@ def relaxed_mask(s: Tensor, noise: Tensor, temperature: float) -> Tensor:
     return torch.sigmoid((torch.logit(s.clamp(LOGIT_EPS, 1.0 - LOGIT_EPS)) + noise) / temperature)
 
 
-def select_checkpoints(
+def select_snapshots(
     snapshots: Sequence[Mapping[str, Tensor]],
     loss_fn: LossFn,
     config: SeWAConfig | None = None,
@@ -153,11 +181,11 @@ def select_checkpoints(
 
     Examples:
         >>> import torch
-        >>> from paperpack.sewa import SeWAConfig, select_checkpoints
+        >>> from paperpack.sewa import SeWAConfig, select_snapshots
         >>> target = torch.tensor([1.0, -1.0])
         >>> window = [{"w": target + (5.0 if i in (1, 3) else 0.1 * i)} for i in range(6)]
         >>> loss = lambda params: ((params["w"] - target) ** 2).sum()
-        >>> result = select_checkpoints(window, loss, SeWAConfig(k=2, iterations=60))
+        >>> result = select_snapshots(window, loss, SeWAConfig(k=2, iterations=60))
         >>> result.indices
         [0, 2]
     """
@@ -189,6 +217,9 @@ def select_checkpoints(
             progress=progress,
         )
     indices = top_k_indices(probabilities, config.k)
+    tie_broken = _tie_broken(probabilities, indices)
+    if tie_broken:
+        _warn_tie(probabilities, config, tie_broken)
     weights = torch.zeros(size, dtype=torch.float64)
     weights[indices] = 1.0 / config.k
     logger.info(
@@ -200,6 +231,7 @@ def select_checkpoints(
         weights=weights,
         state_dict=mean_of(snapshots, indices),
         loss_history=history,
+        tie_broken=tie_broken,
     )
 
 
@@ -208,6 +240,36 @@ def top_k_indices(probabilities: Tensor, k: int) -> list[int]:
     values = probabilities.tolist()
     order = sorted(range(len(values)), key=lambda i: (-values[i], -i))
     return sorted(order[:k])
+
+
+def _tie_broken(probabilities: Tensor, indices: list[int]) -> int:
+    """How many of the selected ``indices`` share their s with a left-out snapshot (0 without a tie)."""
+    values = probabilities.tolist()
+    chosen = set(indices)
+    left_out = {values[i] for i in range(len(values)) if i not in chosen}
+    return sum(values[i] in left_out for i in indices)
+
+
+def _warn_tie(probabilities: Tensor, config: SeWAConfig, tie_broken: int) -> None:
+    mass = float(probabilities.sum())
+    why = (
+        f"s collapsed to zero mass (Σ s = {mass:.3g}), which projection='sum_le_k' allows; with "
+        f"averaging={config.averaging!r} the search can lower the loss by shrinking the average"
+        if mass <= LOGIT_EPS * probabilities.numel()
+        else f"s ties at the k-th place (Σ s = {mass:.3g})"
+    )
+    picked = (
+        "all of them are the latest snapshots, LAWA's choice"
+        if tie_broken == config.k
+        else "the latest of the tied snapshots"
+    )
+    warnings.warn(
+        f"SeWA's keep-probabilities do not single out k={config.k} snapshots: {why}. {tie_broken} of the "
+        f"{config.k} kept snapshots were picked by the tie rule ({picked}); SeWAResult.tie_broken records "
+        "it. projection='sum_eq_k' keeps Σ s = k",
+        MaskTieWarning,
+        stacklevel=3,
+    )
 
 
 def _search(
@@ -224,56 +286,82 @@ def _search(
     size, k, samples = len(snapshots), config.k, config.mc_samples
     window = StackedWindow(snapshots, keys, device)
     generator = torch.Generator().manual_seed(config.seed)
-    s = torch.full((size,), k / size, dtype=torch.float64)
-    first_moment, second_moment = torch.zeros_like(s), torch.zeros_like(s)
+    # The mask's bookkeeping is on K numbers: float64 numpy arrays, a microsecond per operation.
+    s = np.full(size, k / size)
+    first_moment, second_moment = np.zeros(size), np.zeros(size)
     history: list[float] = []
     bar = tqdm(range(config.iterations), desc="SeWA mask", disable=not progress, leave=False)
     for iteration in bar:
         temperature = temperature_at(config, iteration)
         noise = logistic_noise(generator, samples, size)
-        s_leaf = s.clone().requires_grad_(True)
-        masks = relaxed_mask(s_leaf, noise, temperature)
+        masks, mask_slopes = _relaxed_mask_and_slope(s, noise, temperature)
         if config.averaging == "normalized":
-            coefficients = masks / masks.sum(dim=1, keepdim=True).clamp_min(MASS_EPS)
+            mass = masks.sum(axis=1, keepdims=True)
+            coefficients = masks / np.maximum(mass, MASS_EPS)
         else:
             coefficients = masks / k
         loss, coefficient_grads = _loss_gradients(
-            coefficients.detach(),
+            torch.from_numpy(coefficients.astype(window.coefficient_dtype)),
             window,
             fixed=fixed,
             loss_fn=loss_fn,
             vmap_loss=config.vmap_loss,
             iteration=iteration,
         )
-        coefficients.backward(coefficient_grads / samples)
-        gradient = s_leaf.grad
-        if gradient is None:
-            raise ConfigError("`loss_fn` does not depend on the averaged parameters")
+        # Chain rule from ∂F/∂coef (M × K) back to s: through the average, then through the mask, summed over
+        # the M samples, divided by M (the Monte Carlo mean).
+        outer = coefficient_grads.numpy() / samples
+        if config.averaging == "normalized":
+            # coef_ji = m_ji / max(Σ_l m_jl, ε): ∂/∂m_jl = (outer_jl - Σ_i outer_ji coef_ji) / max(Σ m_j, ε),
+            # the second term only where the mass is above its floor ε.
+            through_mass = (outer * coefficients).sum(axis=1, keepdims=True) * (mass >= MASS_EPS)
+            mask_grads = (outer - through_mass) / np.maximum(mass, MASS_EPS)
+        else:
+            mask_grads = outer / k
+        direction = (mask_grads * mask_slopes).sum(axis=0)
         if reduce_gradient is not None:
-            gradient = reduce_gradient(gradient)
-        if not bool(torch.isfinite(gradient).all()):
+            direction = reduce_gradient(torch.from_numpy(direction)).to("cpu", torch.float64).numpy()
+        if not np.isfinite(direction).all():
             raise ConfigError(
-                f"the mask gradient is not finite at iteration {iteration}: {gradient.tolist()}"
+                f"the mask gradient is not finite at iteration {iteration}: {direction.tolist()}"
             )
         if config.mask_optimizer == "adam":
-            step = _adam_direction(gradient, first_moment, second_moment, iteration + 1)
-        else:
-            step = gradient
-        s = project_capped_simplex(s - config.mask_lr * step, k, mode=config.projection)
+            direction = _adam_direction(direction, first_moment, second_moment, iteration + 1)
+        s = project(s - config.mask_lr * direction, k, config.projection)
         history.append(loss)
-        bar.set_postfix(loss=f"{loss:.4g}", tau=f"{temperature:.3g}")
-        logger.debug("SeWA iteration %d: tau=%.4g loss=%.6g s=%s", iteration, temperature, loss, s.tolist())
-    return s, history
+        if progress:
+            bar.set_postfix(loss=f"{loss:.4g}", tau=f"{temperature:.3g}")
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "SeWA iteration %d: tau=%.4g loss=%.6g s=%s", iteration, temperature, loss, s.tolist()
+            )
+    return torch.from_numpy(s), history
 
 
-def _adam_direction(gradient: Tensor, first: Tensor, second: Tensor, step: int) -> Tensor:
+def _relaxed_mask_and_slope(
+    s: NDArray[np.float64], noise: NDArray[np.float64], temperature: float
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``relaxed_mask`` on arrays, and ∂m_ji/∂s_i = σ'(z)/τ · 1/(s_c(1 - s_c)) (0 where the clamp acts)."""
+    clamped = np.clip(s, LOGIT_EPS, 1.0 - LOGIT_EPS)
+    inside = (s >= LOGIT_EPS) & (s <= 1.0 - LOGIT_EPS)
+    masks = 1.0 / (1.0 + np.exp(-(np.log(clamped / (1.0 - clamped)) + noise) / temperature))
+    slopes = masks * (1.0 - masks) / temperature * (inside / (clamped * (1.0 - clamped)))
+    return masks, slopes
+
+
+def _adam_direction(
+    gradient: NDArray[np.float64], first: NDArray[np.float64], second: NDArray[np.float64], step: int
+) -> NDArray[np.float64]:
     """Adam's bias-corrected direction m̂ / (sqrt(v̂) + ε); updates the moment buffers in place."""
     beta1, beta2 = ADAM_BETAS
-    first.mul_(beta1).add_(gradient, alpha=1.0 - beta1)
-    second.mul_(beta2).addcmul_(gradient, gradient, value=1.0 - beta2)
+    first *= beta1
+    first += (1.0 - beta1) * gradient
+    second *= beta2
+    second += (1.0 - beta2) * gradient * gradient
     corrected_first = first / (1.0 - beta1**step)
     corrected_second = second / (1.0 - beta2**step)
-    return corrected_first / (corrected_second.sqrt() + ADAM_EPS)
+    direction: NDArray[np.float64] = corrected_first / (np.sqrt(corrected_second) + ADAM_EPS)
+    return direction
 
 
 def _loss_gradients(
@@ -287,56 +375,58 @@ def _loss_gradients(
 ) -> tuple[float, Tensor]:
     """Mean loss of the M soft averages and ∂F_j/∂coef_ji, shape (M, K), float64 on the CPU.
 
-    One product with the window gives all M averages. Each parameter of each average is its own autograd
-    leaf (a view into that product), so the network's backward pass ends there, costs O(P) to collect (a
-    single flat leaf per dtype would cost one P-sized zero-filled gradient per key), and one more product
-    with the window contracts the M gradients into the K partial derivatives.
+    One product with the window gives all M averages, one flat row per sample and dtype. Each row is an
+    autograd leaf and the parameters are views of it (``StackedWindow.unflatten``), so the network's backward
+    pass ends there and hands back the row's gradient whole (O(P): the views' backward is one concatenation),
+    and one more product with the window contracts the M gradients into the K partial derivatives.
     """
     samples = coefficients.shape[0]
     averages = window.combine(coefficients)
     if vmap_loss:
-        params = _leaves(window.unflatten(averages))
+        leaves = {dtype: flat.requires_grad_(True) for dtype, flat in averages.items()}
         batched_fixed = {key: value.expand(samples, *value.shape) for key, value in fixed.items()}
-        losses = torch.func.vmap(loss_fn, randomness="different")({**params, **batched_fixed})
+        losses = torch.func.vmap(loss_fn, randomness="different")(
+            {**window.unflatten(leaves), **batched_fixed}
+        )
         _check_losses(losses, (samples,), iteration)
-        gradients = window.flatten(_gradients(losses.sum(), params), (samples,))
+        gradients = _gradients(losses.sum(), leaves)
         return float(losses.detach().mean()), window.contract(gradients)
     values: list[Tensor] = []
     rows: dict[torch.dtype, list[Tensor]] = {dtype: [] for dtype in averages}
     for sample in range(samples):
-        params = _leaves(window.unflatten({dtype: flat[sample] for dtype, flat in averages.items()}))
-        loss = loss_fn({**params, **fixed})
+        leaves = {dtype: flat[sample].requires_grad_(True) for dtype, flat in averages.items()}
+        params = window.unflatten(leaves)
+        loss = loss_fn({**params, **fixed} if fixed else params)
         _check_losses(loss, (), iteration, sample, finite=False)
-        for dtype, row in window.flatten(_gradients(loss, params)).items():
-            rows[dtype].append(row)
+        for dtype, gradient in _gradients(loss, leaves).items():
+            rows[dtype].append(gradient)
         values.append(loss.detach())
-    losses = torch.stack(values)
-    # Finiteness is checked once per iteration (one device synchronisation), then traced to its sample.
-    if not bool(torch.isfinite(losses).all()):
-        sample = int((~torch.isfinite(losses)).nonzero()[0])
-        _check_losses(values[sample], (), iteration, sample)
-    return float(losses.mean()), window.contract({dtype: torch.stack(row) for dtype, row in rows.items()})
+    # One device synchronisation per iteration for the losses; a non-finite one is traced to its sample.
+    loss_values = torch.stack(values).tolist()
+    for sample, value in enumerate(loss_values):
+        if not math.isfinite(value):
+            _check_losses(values[sample], (), iteration, sample)
+    return sum(loss_values) / samples, window.contract(
+        {dtype: torch.stack(row) for dtype, row in rows.items()}
+    )
 
 
-def _leaves(views: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Make each view of the (gradient-free) averages an autograd leaf of its own."""
-    return {key: view.requires_grad_(True) for key, view in views.items()}
-
-
-def _gradients(loss: Tensor, params: dict[str, Tensor]) -> dict[str, Tensor]:
-    """∂loss/∂params for the parameters the loss depends on."""
+def _gradients(loss: Tensor, leaves: dict[torch.dtype, Tensor]) -> dict[torch.dtype, Tensor]:
+    """∂loss/∂leaves, one flat gradient per dtype (zeros for a dtype the loss does not use)."""
     if not loss.requires_grad:
         raise ConfigError(
             "`loss_fn` returned a loss that does not depend on the averaged parameters: compute it from "
             "`params` (e.g. with torch.func.functional_call) inside autograd, without .detach() or "
             "torch.no_grad()"
         )
-    keys = list(params)
-    grads = torch.autograd.grad(loss, [params[key] for key in keys], allow_unused=True)
-    found = {key: grad for key, grad in zip(keys, grads, strict=True) if grad is not None}
-    if not found:
+    dtypes = list(leaves)
+    grads = torch.autograd.grad(loss, [leaves[dtype] for dtype in dtypes], allow_unused=True)
+    if all(grad is None for grad in grads):
         raise ConfigError("`loss_fn` returned a loss that does not depend on any of the averaged parameters")
-    return found
+    return {
+        dtype: torch.zeros_like(leaves[dtype]) if grad is None else grad
+        for dtype, grad in zip(dtypes, grads, strict=True)
+    }
 
 
 def _check_losses(

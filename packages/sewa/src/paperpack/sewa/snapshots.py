@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -167,6 +168,9 @@ class StackedWindow:
                 for key, offset, numel, _ in entries:
                     matrix[row, offset : offset + numel].copy_(snapshot[key].detach().reshape(-1))
             self.matrices[dtype] = matrix
+        dtypes = {matrix.dtype for matrix in self.matrices.values()}
+        # The dtype to hand coefficients in: that of the matrices when there is one (no conversion per call).
+        self.coefficient_dtype = np.float32 if dtypes == {torch.float32} else np.float64
 
     def combine(self, coefficients: Tensor) -> dict[torch.dtype, Tensor]:
         """Σ_i c_i w_i for coefficients of shape (K,) or (M, K): flat (P,) or (M, P) tensors per dtype.
@@ -177,7 +181,7 @@ class StackedWindow:
         result = {}
         for dtype, matrix in self.matrices.items():
             product = coefficients.to(device=matrix.device, dtype=matrix.dtype) @ matrix
-            result[dtype] = product.to(dtype)
+            result[dtype] = product if product.dtype == dtype else product.to(dtype)
         return result
 
     def contract(self, gradients: Mapping[torch.dtype, Tensor]) -> Tensor:
@@ -197,21 +201,7 @@ class StackedWindow:
         for dtype, entries in self.layout.items():
             flat = flats[dtype]
             batch = flat.shape[:-1]
-            for key, offset, numel, shape in entries:
-                params[key] = flat[..., offset : offset + numel].reshape(*batch, *shape)
+            parts = flat.split([numel for _, _, numel, _ in entries], dim=-1)
+            for (key, _, _, shape), part in zip(entries, parts, strict=True):
+                params[key] = part.view(*batch, *shape)
         return params
-
-    def flatten(
-        self, tensors: Mapping[str, Tensor], batch: tuple[int, ...] = ()
-    ) -> dict[torch.dtype, Tensor]:
-        """Inverse of ``unflatten``: per-key tensors into flat (…, P) tensors per dtype (absent keys: 0)."""
-        flats = {}
-        for dtype, entries in self.layout.items():
-            width = entries[-1][1] + entries[-1][2]
-            device = self.matrices[dtype].device
-            flat = torch.zeros((*batch, width), dtype=dtype, device=device)
-            for key, offset, numel, _ in entries:
-                if key in tensors:
-                    flat[..., offset : offset + numel].copy_(tensors[key].reshape(*batch, numel))
-            flats[dtype] = flat
-        return flats

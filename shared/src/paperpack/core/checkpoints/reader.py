@@ -74,15 +74,27 @@ class LazyStateDict(Mapping[str, torch.Tensor]):
 
     ``path`` is a ``.safetensors`` file, a ``*.safetensors.index.json`` file, or a folder holding either
     (a transformers model folder, a sharded folder, a PEFT adapter folder). Listing keys reads the index or
-    the file headers only; ``state[key]`` reads that one tensor from disk.
+    the file headers only; ``state[key]`` reads that one tensor from disk. Each file is opened once, when its
+    header is first needed, and its tensors come from that open file: a file replaced on disk meanwhile (say,
+    by an atomic write of a new version) is still read whole from the version opened, and one truncated
+    before a tensor is read raises :class:`CheckpointError`.
+
+    Tensors of 1 MiB or more are memory-mapped by default (a private copy-on-write mapping of the tensor's
+    own bytes, released with the tensor; writing to the tensor never changes the file), which is what makes
+    the streaming average as fast as a plain load. As with any mapped read, including the safetensors
+    library's default one, a process that truncates the file while such a tensor is alive makes the next
+    access to it die with SIGBUS. ``mmap=False`` reads every tensor into memory it owns instead: safe
+    against that, and slower (see the benchmarks page).
 
     Args:
         path: the checkpoint.
         device: where loaded tensors are placed.
+        mmap: map tensors of 1 MiB or more instead of reading them.
 
     Raises:
         CheckpointNotFoundError: when ``path`` does not exist or holds no safetensors weights.
-        CheckpointError: for a pickle file, or a corrupt or truncated file (when its header is read).
+        CheckpointError: for a pickle file, or a corrupt, truncated or unsupported file (when its header is
+            read, or a tensor of it); the message names the file and the problem.
 
     Examples:
         >>> import tempfile, torch
@@ -94,12 +106,12 @@ class LazyStateDict(Mapping[str, torch.Tensor]):
         (['w'], (2, 3), 6.0)
     """
 
-    def __init__(self, path: PathLike, *, device: str | torch.device = "cpu") -> None:
+    def __init__(self, path: PathLike, *, device: str | torch.device = "cpu", mmap: bool = True) -> None:
         self.path = Path(path)
         self.device = torch.device(device)
+        self.mmap = mmap
         location, index = _locate(self.path)
-        self._headers: dict[Path, Header] = {}
-        self._fds: dict[Path, int] = {}
+        self._open: dict[Path, tuple[int, Header]] = {}
         self._index_metadata: dict[str, str] = {}
         if index is None:
             header = self._header(location)
@@ -109,16 +121,23 @@ class LazyStateDict(Mapping[str, torch.Tensor]):
 
     def _read_index(self, folder: Path, index: Path) -> dict[str, Path]:
         try:
-            content: Any = json.loads(index.read_text())
+            content: Any = json.loads(index.read_text(encoding="utf-8"))
             weight_map = content["weight_map"]
-            if not isinstance(weight_map, dict):
+            metadata = content.get("metadata") or {}
+            if not isinstance(weight_map, dict) or not isinstance(metadata, dict):
                 raise TypeError
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-            raise CheckpointError(f"{index} is not a valid shard index (no 'weight_map' object)") from None
-        self._index_metadata = {str(k): str(v) for k, v in (content.get("metadata") or {}).items()}
+        except (ValueError, RecursionError, KeyError, TypeError, AttributeError):
+            raise CheckpointError(
+                f"{index} is not a valid shard index (a JSON object with a 'weight_map' object)"
+            ) from None
+        self._index_metadata = {str(k): str(v) for k, v in metadata.items()}
         file_of: dict[str, Path] = {}
         for key, name in weight_map.items():
-            shard = folder / str(name)
+            if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+                raise CheckpointError(
+                    f"{index} lists {name!r} for {key!r}; a shard must be a file name in {folder}"
+                )
+            shard = folder / name
             if not shard.is_file():
                 raise CheckpointNotFoundError(f"{index} lists shard {name!r} for {key!r}, which is missing")
             file_of[str(key)] = shard
@@ -126,11 +145,23 @@ class LazyStateDict(Mapping[str, torch.Tensor]):
         order = list(dict.fromkeys(file_of.values()))
         return dict(sorted(file_of.items(), key=lambda item: order.index(item[1])))
 
+    def _file(self, file: Path) -> tuple[int, Header]:
+        """The open file and its parsed header (opened on first use)."""
+        entry = self._open.get(file)
+        if entry is None:
+            try:
+                fd = os.open(file, os.O_RDONLY)
+            except FileNotFoundError:
+                raise CheckpointNotFoundError(f"{file} (of checkpoint {self.path}) is missing") from None
+            try:
+                entry = self._open[file] = (fd, read_header(file, fd))
+            except BaseException:
+                os.close(fd)
+                raise
+        return entry
+
     def _header(self, file: Path) -> Header:
-        header = self._headers.get(file)
-        if header is None:
-            header = self._headers[file] = read_header(file)
-        return header
+        return self._file(file)[1]
 
     def _info(self, key: str) -> TensorInfo:
         try:
@@ -170,10 +201,7 @@ class LazyStateDict(Mapping[str, torch.Tensor]):
     def __getitem__(self, key: str) -> torch.Tensor:
         info = self._info(key)
         file = self._file_of[key]
-        fd = self._fds.get(file)
-        if fd is None:
-            fd = self._fds[file] = os.open(file, os.O_RDONLY)
-        tensor = read_tensor(fd, info, file)
+        tensor = read_tensor(self._file(file)[0], info, file, mapped=self.mmap)
         return tensor if self.device.type == "cpu" else tensor.to(self.device)
 
     def __iter__(self) -> Iterator[str]:
@@ -189,10 +217,10 @@ class LazyStateDict(Mapping[str, torch.Tensor]):
         return f"LazyStateDict({str(self.path)!r}, {len(self)} tensors in {len(self.files)} file(s))"
 
     def close(self) -> None:
-        """Close the open files (reopened on the next access)."""
-        for fd in self._fds.values():
+        """Close the open files (reopened, and their headers read again, on the next access)."""
+        for fd, _ in self._open.values():
             os.close(fd)
-        self._fds.clear()
+        self._open.clear()
 
     def __enter__(self) -> LazyStateDict:
         return self
@@ -201,19 +229,22 @@ class LazyStateDict(Mapping[str, torch.Tensor]):
         self.close()
 
     def __del__(self) -> None:
-        if getattr(self, "_fds", None):
+        if getattr(self, "_open", None):
             self.close()
 
 
-def load_state_dict(path: PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def load_state_dict(
+    path: PathLike, device: str | torch.device = "cpu", *, mmap: bool = True
+) -> dict[str, torch.Tensor]:
     """Load every tensor of a safetensors checkpoint (file, sharded folder or model folder).
 
     Args:
         path: the checkpoint, as for :class:`LazyStateDict`.
         device: where the tensors are placed.
+        mmap: map tensors of 1 MiB or more instead of reading them (see :class:`LazyStateDict`).
 
     Returns:
         A plain ``dict`` from key to tensor.
     """
-    with LazyStateDict(path, device=device) as state:
+    with LazyStateDict(path, device=device, mmap=mmap) as state:
         return {key: state[key] for key in state}

@@ -9,11 +9,13 @@ and never a partial one. Outputs follow the core's output policy (:func:`paperpa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
@@ -208,6 +210,9 @@ class StateDictWriter:
         self._shards: list[_Shard] = []
         self._keys: set[str] = set()
         self._reserve = _FIRST_RESERVE
+        # Finished shards are flushed to the disk in the background while the next ones are computed.
+        self._flusher: ThreadPoolExecutor | None = None
+        self._flushing: list[Future[None]] = []
         self._closed = False
 
     @property
@@ -275,6 +280,7 @@ class StateDictWriter:
         if not self._shards:
             self._new_shard()
         self._finish(self._shards[-1])
+        self._wait_for_flushes()
         count = len(self._shards)
         weight_map: dict[str, str] = {}
         for number, shard in enumerate(self._shards, start=1):
@@ -295,6 +301,21 @@ class StateDictWriter:
         header = shard.finish(self.metadata)
         # Reserve twice the largest header seen for the next shard, so that rewrites stay rare.
         self._reserve = max(self._reserve, 2 * header + (-2 * header) % 8)
+        if self._flusher is None:
+            self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paperpack-fsync")
+        fd = os.open(shard.path, os.O_RDONLY)
+        self._flushing.append(self._flusher.submit(_flush_and_close, fd))
+
+    def _wait_for_flushes(self) -> None:
+        """Wait for the background flushes (raising their first error) and stop the flushing thread."""
+        try:
+            for future in self._flushing:
+                future.result()
+        finally:
+            self._flushing.clear()
+            if self._flusher is not None:
+                self._flusher.shutdown(wait=True)
+                self._flusher = None
 
     def _commit(self) -> None:
         publish_output(
@@ -303,6 +324,8 @@ class StateDictWriter:
 
     def abort(self) -> None:
         """Remove everything written so far; the output is left as it was."""
+        with contextlib.suppress(OSError):  # what failed to flush is removed below
+            self._wait_for_flushes()
         for shard in self._shards:
             shard.discard()
         remove_path(self._staging)
@@ -318,6 +341,13 @@ class StateDictWriter:
             self.close()
         else:
             self.abort()
+
+
+def _flush_and_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
