@@ -1,15 +1,21 @@
 r"""``paperpack o1-pruner``: pre-sample, train and evaluate from the command line.
 
-Example::
+Examples::
 
     paperpack o1-pruner presample --model ./ref --data problems.jsonl --output ./samples --grader boxed \
         --num-presamples 16 --lam 2
     paperpack o1-pruner train --model ./ref --data ./samples --output ./pruned --learning-rate 2e-6
     paperpack o1-pruner evaluate --model ./pruned --data test.jsonl --grader boxed --max-new-tokens 1024
 
-``presample`` writes a resumable folder (rerun the same command to continue an interrupted run); ``train``
-writes the final model (and tokenizer) at the top of ``--output`` and checkpoints as ``checkpoint-N`` beside
-it; ``evaluate`` prints accuracy, mean length and, given the baseline's figures, AES.
+The flags follow paperpack-core's convention (``--config FILE.yaml``, the shared ``--model``, ``--data``,
+``--output``, ``--overwrite``, ``--resume``, ``--device``, ``--dtype``, ``--progress``; every
+``TrainingArguments`` field of ``train`` in both spellings). ``presample`` writes a folder that
+``presample --resume`` continues after an interruption; ``train`` writes the final model (and tokenizer) at the
+top of ``--output`` and checkpoints as ``checkpoint-N`` beside it; ``evaluate`` prints accuracy, mean length
+and, given the baseline's figures, AES (and writes them to ``--output FILE.json`` when given).
+
+Each subcommand's flags are built when it is used (:func:`paperpack.core.subcommands.add_subcommand`), so
+``paperpack o1-pruner --help`` imports no torch.
 """
 
 from __future__ import annotations
@@ -17,17 +23,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from paperpack.core.errors import ConfigError
 
 __all__ = ["configure_parser"]
 
-GRADER_NAMES = ("last_number", "boxed", "math_verify")
-# O1PrunerConfig's own fields: every subcommand that uses the settings gets these flags.
-_PRESAMPLE_FIELDS = (
+GraderName = Literal["last_number", "boxed", "math_verify"]
+PRESAMPLE = "o1-pruner presample"
+TRAIN = "o1-pruner train"
+EVALUATE = "o1-pruner evaluate"
+# O1PrunerConfig's own fields that pre-sampling uses (with TrainingArguments.seed); `train` reads the weights
+# these made and does not take them.
+PRESAMPLE_FIELDS = (
     "num_presamples",
     "samples_per_problem",
     "lam",
@@ -38,171 +47,157 @@ _PRESAMPLE_FIELDS = (
     "presample_max_new_tokens",
     "presample_batch_size",
     "chat_template",
+    "store_ref_logps",
     "seed",
 )
-# TrainingArguments fields typed as strings or enums that the generated flags do not cover.
-_STRING_FIELDS = ("lr_scheduler_type", "optim", "save_strategy", "logging_strategy", "eval_strategy")
 _SUMMARY = "o1_pruner_train.json"
-
-
-class _LazyParser(argparse.ArgumentParser):
-    """A subcommand parser that adds its config-generated flags only when it parses (or prints help).
-
-    The flags come from ``O1PrunerConfig``, a ``TrainingArguments``: building them imports transformers, which
-    ``paperpack o1-pruner --help`` must not pay for.
-    """
-
-    def __init__(self, *args: Any, configure: Any = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._configure = configure
-
-    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
-        """Add the deferred flags, then parse."""
-        if self._configure is not None:
-            configure, self._configure = self._configure, None
-            configure(self)
-        return super().parse_known_args(args, namespace)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add ``presample``, ``train`` and ``evaluate`` to ``paperpack o1-pruner``."""
-    commands = parser.add_subparsers(
-        dest="o1_pruner_command", metavar="COMMAND", required=True, parser_class=_LazyParser
+    from paperpack.core.subcommands import add_subcommand
+
+    commands = parser.add_subparsers(dest="o1_pruner_command", metavar="COMMAND")
+    add_subcommand(
+        commands,
+        "presample",
+        _presample_flags,
+        help="sample K solutions per problem from the reference model and write the weighted training set",
+        description="Stages 1-2 of O1-Pruner: K samples per problem, L_ref and A_ref, R_LH, clip and z-score. "
+        "Data: JSON Lines with 'prompt' and 'answer'. --resume continues an interrupted run in --output.",
     )
-    _presample_parser(commands)
-    _train_parser(commands)
-    _evaluate_parser(commands)
+    add_subcommand(
+        commands,
+        "train",
+        _train_flags,
+        help="fine-tune with the O1-Pruner loss on a presampled, weighted training set",
+        description="Stage 3 of O1-Pruner: the weighted PPO-clip loss against the frozen reference (its "
+        "log-probabilities stored by presample, else --ref-model, the LoRA base with the adapter disabled, "
+        "or --model itself). Accepts every TrainingArguments field as a flag.",
+    )
+    add_subcommand(
+        commands,
+        "evaluate",
+        _evaluate_flags,
+        help="greedy accuracy and mean completion length (and AES against a baseline)",
+        description="Greedy-decode one completion per problem; report accuracy, mean length in tokens and, "
+        "with --baseline-accuracy and --baseline-length, AES (the formula and the paper table's variant).",
+    )
 
 
-def _common(sub: argparse.ArgumentParser, *, data_help: str) -> None:
-    sub.add_argument("--model", required=True, metavar="DIR", help="a local causal-LM folder (safetensors)")
-    sub.add_argument("--data", required=True, metavar="FILE", help=data_help)
-    sub.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
-    sub.add_argument("--dtype", default="auto", help="float32, bf16, fp16 or auto (default: %(default)s)")
-    sub.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="show progress bars (default: on)",
+def _grader_flag(sub: argparse.ArgumentParser) -> None:
+    from paperpack.core.arguments import add_flag
+
+    add_flag(
+        sub,
+        "grader",
+        GraderName,
+        default="last_number",
+        help="compares a completion with the answer: the last number, the last \\boxed{}, or math-verify",
     )
 
 
 def _presample_flags(sub: argparse.ArgumentParser) -> None:
-    from paperpack.core.arguments import add_config_arguments
+    from paperpack.core.commands import add_shared_arguments, add_training_arguments
     from paperpack.o1_pruner.config import O1PrunerConfig
 
-    excluded = [f.name for f in dataclasses.fields(O1PrunerConfig) if f.name not in _PRESAMPLE_FIELDS]
-    fields = add_config_arguments(sub, O1PrunerConfig, exclude=excluded)
-    sub.set_defaults(handler=_presample, config_fields=fields)
-
-
-def _presample_parser(commands: Any) -> None:
-    sub = commands.add_parser(
-        "presample",
-        configure=_presample_flags,
-        help="sample K solutions per problem from the reference model and write the weighted training set",
-        description="Stage 1-2 of O1-Pruner: K samples per problem, L_ref and A_ref, R_LH, clip and z-score. "
-        "Data: JSON Lines with 'prompt' and 'answer'. Rerun the same command to resume an interrupted run.",
+    excluded = [f.name for f in dataclasses.fields(O1PrunerConfig) if f.name not in PRESAMPLE_FIELDS]
+    names = add_training_arguments(sub, O1PrunerConfig, exclude=excluded, title="pre-sampling")
+    add_shared_arguments(
+        sub,
+        "model",
+        "data",
+        "output",
+        "overwrite",
+        "resume",
+        "device",
+        "dtype",
+        "progress",
+        "config",
+        required=("model", "data", "output"),
+        help={
+            "data": "problems: JSON Lines with 'prompt' and 'answer' strings",
+            "resume": "continue an interrupted presample run in --output (what it sampled is kept)",
+        },
     )
-    _common(sub, data_help="problems: JSON Lines with 'prompt' and 'answer' strings")
-    sub.add_argument(
-        "--output", required=True, metavar="DIR", help="new folder (or an earlier presample run)"
-    )
-    sub.add_argument("--grader", default="last_number", choices=GRADER_NAMES, help="default: %(default)s")
+    _grader_flag(sub)
+    sub.set_defaults(handler=_presample, config_fields=names)
 
 
 def _train_flags(sub: argparse.ArgumentParser) -> None:
-    from paperpack.core.arguments import add_config_arguments, supported_fields
+    from paperpack.core.arguments import add_flag
+    from paperpack.core.commands import add_shared_arguments, add_training_arguments
     from paperpack.o1_pruner.config import O1PrunerConfig
 
-    supported = set(supported_fields(O1PrunerConfig)) - {"output_dir"}
-    excluded = [f.name for f in dataclasses.fields(O1PrunerConfig) if f.init and f.name not in supported]
-    fields = add_config_arguments(sub, O1PrunerConfig, exclude=excluded)
-    extra = [name for name in _STRING_FIELDS if name not in supported]
-    for name in extra:
-        sub.add_argument(
-            "--" + name.replace("_", "-"), dest=name, default=None, help=f"TrainingArguments.{name}"
-        )
-    sub.set_defaults(handler=_train, config_fields=[*fields, *extra])
-
-
-def _train_parser(commands: Any) -> None:
-    sub = commands.add_parser(
-        "train",
-        configure=_train_flags,
-        help="fine-tune with the O1-Pruner loss on a presampled, weighted training set",
-        description="Stage 3 of O1-Pruner: the weighted PPO-clip loss against the frozen reference (--model "
-        "itself, or --ref-model). Accepts every TrainingArguments field as a flag.",
+    names = add_training_arguments(sub, O1PrunerConfig, exclude=[f for f in PRESAMPLE_FIELDS if f != "seed"])
+    add_shared_arguments(
+        sub,
+        "model",
+        "data",
+        "output",
+        "overwrite",
+        "resume",
+        "device",
+        "dtype",
+        "progress",
+        "config",
+        required=("model", "data", "output"),
+        help={"data": "a presample folder, or its train.jsonl (prompt_ids, completion_ids, weight)"},
     )
-    _common(sub, data_help="a presample folder, or its train.jsonl (prompt_ids, completion_ids, weight)")
-    sub.add_argument(
-        "--output", required=True, metavar="DIR", help="new folder for the model and checkpoints"
+    add_flag(
+        sub,
+        "ref_model",
+        str,
+        metavar="DIR",
+        help="the frozen reference when the data holds no ref_logps (default: the base of --lora-r, else "
+        "a copy of --model)",
     )
-    sub.add_argument("--overwrite", action="store_true", help="write into an earlier output of this command")
-    sub.add_argument("--ref-model", default=None, metavar="DIR", help="the reference (default: --model)")
-    sub.add_argument(
-        "--lora-r",
-        type=int,
-        default=None,
+    add_flag(
+        sub,
+        "lora_r",
+        int,
         metavar="R",
-        help="train a LoRA adapter of rank R; the reference is the base, adapter disabled",
+        help="train a LoRA adapter of rank R; the reference is the base with the adapter disabled",
     )
-    sub.add_argument(
-        "--lora-target-modules",
-        nargs="+",
-        default=None,
+    add_flag(
+        sub,
+        "lora_target_modules",
+        list[str],
         metavar="NAME",
-        help="modules the adapter wraps (default: PEFT's choice)",
+        help="modules the adapter wraps (default: PEFT's choice for the architecture)",
     )
-    sub.add_argument(
-        "--resume", default=None, metavar="last|DIR", help="continue from a checkpoint of --output"
-    )
+    sub.set_defaults(handler=_train, config_fields=names)
 
 
-def _evaluate_parser(commands: Any) -> None:
-    sub = commands.add_parser(
-        "evaluate",
-        help="greedy accuracy and mean completion length (and AES against a baseline)",
-        description="Greedy-decode one completion per problem; report accuracy, mean length in tokens and, "
-        "with --baseline-accuracy and --baseline-length, AES (formula and the paper table's variant).",
+def _evaluate_flags(sub: argparse.ArgumentParser) -> None:
+    from paperpack.core.arguments import add_flag
+    from paperpack.core.commands import add_shared_arguments
+
+    add_shared_arguments(
+        sub,
+        "model",
+        "data",
+        "output",
+        "overwrite",
+        "device",
+        "dtype",
+        "batch_size",
+        "progress",
+        "config",
+        required=("model", "data"),
+        help={
+            "data": "problems: JSON Lines with 'prompt' and 'answer' strings",
+            "output": "also write the figures to this new .json file",
+            "batch_size": "problems per generate call",
+        },
+        defaults={"batch_size": 16},
     )
-    _common(sub, data_help="problems: JSON Lines with 'prompt' and 'answer' strings")
-    sub.add_argument("--grader", default="last_number", choices=GRADER_NAMES, help="default: %(default)s")
-    sub.add_argument("--max-new-tokens", type=int, default=1024, help="default: %(default)s")
-    sub.add_argument("--batch-size", type=int, default=16, help="problems per generate call (default: 16)")
-    sub.add_argument(
-        "--chat-template",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="wrap prompts with the tokenizer's chat template (default: off)",
-    )
-    sub.add_argument(
-        "--baseline-accuracy", type=float, default=None, help="the reference's accuracy, for AES"
-    )
-    sub.add_argument(
-        "--baseline-length", type=float, default=None, help="the reference's mean length, for AES"
-    )
-    sub.add_argument("--output", default=None, metavar="FILE.json", help="also write the figures here")
+    _grader_flag(sub)
+    add_flag(sub, "max_new_tokens", int, default=1024, help="the length limit of each completion")
+    add_flag(sub, "chat_template", bool, default=False, help="wrap prompts with the tokenizer's chat template")
+    add_flag(sub, "baseline_accuracy", float, help="the reference's accuracy, for AES")
+    add_flag(sub, "baseline_length", float, help="the reference's mean length in tokens, for AES")
     sub.set_defaults(handler=_evaluate)
-
-
-def _flags(error: Exception) -> str:
-    """The message with `field_name` written as the user types it: --field-name."""
-    return re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: "--" + m.group(1).replace("_", "-"), str(error))
-
-
-def _config(args: argparse.Namespace, output_dir: Path, **extra: Any) -> Any:
-    from paperpack.core.arguments import config_overrides
-    from paperpack.core.hf import machine_defaults
-    from paperpack.o1_pruner.config import O1PrunerConfig
-
-    settings = {**machine_defaults(), **extra, **config_overrides(args, args.config_fields)}
-    if args.device == "cpu":
-        settings.update(use_cpu=True, bf16=False)
-    try:
-        return O1PrunerConfig(output_dir=str(output_dir), **settings)
-    except ConfigError as error:
-        raise ConfigError(_flags(error)) from None
 
 
 def _grader(name: str) -> Any:
@@ -227,90 +222,100 @@ def _problems(path: str) -> list[dict[str, Any]]:
 def _load(path: str, args: argparse.Namespace) -> tuple[Any, Any]:
     from transformers.utils import logging as hf_logging
 
+    from paperpack.core.data import ensure_pad_token
     from paperpack.core.hf import load_model_and_tokenizer
 
     if not args.progress:
         hf_logging.disable_progress_bar()
     model, tokenizer = load_model_and_tokenizer(path, device=args.device, dtype=args.dtype)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer)
     return model, tokenizer
 
 
-def _presample(args: argparse.Namespace) -> int:
-    from paperpack.o1_pruner.presampling import TRAIN_FILE, presample
+def _presample_output(args: argparse.Namespace) -> Path:
+    """Check --output, --overwrite and --resume of ``presample`` (no side effect)."""
+    from paperpack.core.files import check_output, output_command
 
-    output = Path(args.output)
-    if (
-        output.resolve() == Path(args.model).resolve()
-        or Path(args.model).resolve() in output.resolve().parents
-    ):
-        raise ConfigError(f"--output {args.output!r} must not be inside --model {args.model!r}")
+    folder = Path(args.output)
+    inputs = [args.model, args.data]
+    if args.resume is None:
+        check_output(folder, command=PRESAMPLE, overwrite=args.overwrite, inputs=inputs)
+        return folder
+    if args.overwrite:
+        raise ConfigError("`--resume` continues the run in --output and `--overwrite` replaces it; give one")
+    if args.resume != "last":
+        raise ConfigError(f"`--resume` of presample takes no folder (it continues --output), got {args.resume!r}")
+    check_output(folder, command=PRESAMPLE, overwrite=True, inputs=inputs)
+    if output_command(folder) != PRESAMPLE:
+        raise ConfigError(
+            f"`--resume` continues an earlier run of `{PRESAMPLE}`, but --output {args.output!r} is not one; "
+            "give the --output of that run"
+        )
+    return folder
+
+
+def _presample(args: argparse.Namespace) -> int:
+    from paperpack.core.files import remove_path, write_output_marker
+    from paperpack.core.hf import command_training_args
+    from paperpack.o1_pruner.config import O1PrunerConfig
+    from paperpack.o1_pruner.presampling import TRAIN_FILE, check_presample_inputs, presample
+
+    folder = _presample_output(args)
     grader = _grader(args.grader)
     problems = _problems(args.data)
-    config = _config(args, output / ".unused", report_to="none")
+    config = command_training_args(
+        args, args.config_fields, cls=O1PrunerConfig, output=folder / "unused", report_to="none"
+    )
     model, tokenizer = _load(args.model, args)
-    try:
-        data = presample(model, tokenizer, problems, grader, config, output=output, progress=args.progress)
-    except ConfigError as error:
-        raise ConfigError(_flags(error)) from None
+    check_presample_inputs(model, tokenizer, problems, grader, config)
+    if args.resume is None and folder.exists() and any(folder.iterdir()):
+        remove_path(folder)  # an earlier output of ours and nothing else (--overwrite): check_output made sure
+    folder.mkdir(parents=True, exist_ok=True)
+    write_output_marker(folder, command=PRESAMPLE)
+    data = presample(model, tokenizer, problems, grader, config, output=folder, progress=args.progress)
     correct = sum(data["correct"]) / data.num_rows
     print(
-        f"wrote {output / TRAIN_FILE}: {data.num_rows} training samples from {len(problems)} problems "
+        f"wrote {folder / TRAIN_FILE}: {data.num_rows} training samples from {len(problems)} problems "
         f"(K={config.num_presamples}); kept samples {correct:.1%} correct"
     )
     return 0
 
 
 def _train_records(path: Path) -> list[dict[str, Any]]:
+    from paperpack.core.data import read_jsonl
     from paperpack.o1_pruner.presampling import TRAIN_FILE
 
     file = path / TRAIN_FILE if path.is_dir() else path
     if not file.is_file():
         raise ConfigError(f"--data {str(path)!r} is neither a presample folder with {TRAIN_FILE} nor a file")
-    from paperpack.core.data import read_jsonl
-
+    columns = ("prompt_ids", "completion_ids", "weight")
     records = read_jsonl(file, required=())
     for number, record in enumerate(records, start=1):
-        missing = [k for k in ("prompt_ids", "completion_ids", "weight") if k not in record]
+        missing = [key for key in columns if key not in record]
         if missing:
             raise ConfigError(f"{file}:{number} lacks {', '.join(missing)} (write it with `presample`)")
-    return [{k: r[k] for k in ("prompt_ids", "completion_ids", "weight")} for r in records]
-
-
-def _check_train_output(args: argparse.Namespace) -> tuple[Path, str | None]:
-    output = Path(args.output)
-    inputs = [Path(args.model), Path(args.data)] + ([Path(args.ref_model)] if args.ref_model else [])
-    for item in inputs:
-        if output.resolve() == item.resolve() or output.resolve() in item.resolve().parents:
-            raise ConfigError(f"--output {args.output!r} must not hold an input ({str(item)!r})")
-    ours = (output / _SUMMARY).is_file() or any(output.glob("checkpoint-*"))
-    if output.exists() and any(output.iterdir()) and args.resume is None and not (args.overwrite and ours):
-        hint = " (it is not an earlier output of `o1-pruner train`)" if args.overwrite else ""
-        raise ConfigError(
-            f"--output {args.output!r} exists and is not empty{hint}; choose a new folder, pass --resume, or "
-            "--overwrite an earlier output of this command"
-        )
-    if args.resume is None:
-        return output, None
-    if args.resume != "last":
-        if not Path(args.resume).is_dir():
-            raise ConfigError(f"--resume {args.resume!r} is not a checkpoint folder")
-        return output, str(args.resume)
-    from transformers.trainer_utils import get_last_checkpoint
-
-    last = get_last_checkpoint(str(output)) if output.is_dir() else None
-    if last is None:
-        raise ConfigError(f"--resume last found no checkpoint-<step> folder in {args.output!r}")
-    return output, str(last)
+    stored = ["ref_logps" in record for record in records]
+    if any(stored) and not all(stored):
+        raise ConfigError(f"{file}: line {stored.index(False) + 1} lacks the ref_logps other lines have")
+    keep = (*columns, "ref_logps") if all(stored) else columns
+    return [{key: record[key] for key in keep} for record in records]
 
 
 def _train(args: argparse.Namespace) -> int:
-    if args.lora_r is not None and args.lora_r < 1:
-        raise ConfigError(f"--lora-r must be >= 1, got {args.lora_r}")
-    output, resume = _check_train_output(args)
+    from paperpack.core.commands import check_training_output
+    from paperpack.core.hf import ArgumentsAsJson, command_training_args, save_trained_model
+    from paperpack.core.validation import check_finite, check_int
+    from paperpack.o1_pruner.config import O1PrunerConfig
+    from paperpack.o1_pruner.trainer import O1PrunerTrainer
+
+    if args.lora_r is not None:
+        check_int("lora_r", args.lora_r, minimum=1)
+    inputs = [args.model, args.data] + ([args.ref_model] if args.ref_model else [])
+    output = check_training_output(
+        args.output, command=TRAIN, overwrite=args.overwrite, resume=args.resume, inputs=inputs
+    )
+    config = command_training_args(args, args.config_fields, cls=O1PrunerConfig, output=args.output)
     records = _train_records(Path(args.data))
-    config = _config(args, output)
     model, tokenizer = _load(args.model, args)
     ref_model = _load(args.ref_model, args)[0] if args.ref_model else None
     if args.lora_r is not None:
@@ -318,61 +323,58 @@ def _train(args: argparse.Namespace) -> int:
 
         lora = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules=args.lora_target_modules)
         model = get_peft_model(model, lora)
-    from paperpack.o1_pruner.trainer import O1PrunerTrainer
-
-    try:
-        trainer = O1PrunerTrainer(
-            model=model, args=config, ref_model=ref_model, train_dataset=records, processing_class=tokenizer
-        )
-    except ConfigError as error:
-        raise ConfigError(_flags(error)) from None
-    result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(str(output))
-    (output / "training_args.bin").unlink(missing_ok=True)  # arguments are kept as JSON, never pickled
-    (output / "training_args.json").write_text(config.to_json_string())
+    trainer = O1PrunerTrainer(
+        model=model,
+        args=config,
+        ref_model=ref_model,
+        train_dataset=records,
+        processing_class=tokenizer,
+        callbacks=[ArgumentsAsJson()],
+    )
+    output.open()
+    result = trainer.train(resume_from_checkpoint=str(output.resume_from) if output.resume_from else None)
+    check_finite("the trained weights", model.state_dict(), hint="lower `learning_rate`")
+    save_trained_model(trainer, output.folder, tokenizer=tokenizer)
     summary = {"steps": result.global_step, "train_loss": result.training_loss, "samples": len(records)}
-    (output / _SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    (output.folder / _SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     print(
-        f"wrote {output}: {result.global_step} steps on {len(records)} samples, "
+        f"wrote {output.folder}: {result.global_step} steps on {len(records)} samples, "
         f"train loss {result.training_loss:.4f}"
     )
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from paperpack.core.files import atomic_write_text
+    from paperpack.core.files import OUTPUT_KEY, atomic_write_text, check_output
+    from paperpack.core.validation import check_int, check_number
     from paperpack.o1_pruner.evaluation import evaluate
     from paperpack.o1_pruner.metrics import aes
 
     if (args.baseline_accuracy is None) != (args.baseline_length is None):
-        raise ConfigError("--baseline-accuracy and --baseline-length go together (AES needs both)")
-    for flag, value in (
-        ("--baseline-accuracy", args.baseline_accuracy),
-        ("--baseline-length", args.baseline_length),
-    ):
-        if value is not None and not value > 0:
-            raise ConfigError(f"{flag} must be > 0 (AES divides by it), got {value}")
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.output is not None and Path(args.output).exists():
-        raise ConfigError(f"--output {args.output!r} exists; choose a new file")
+        raise ConfigError("`baseline_accuracy` and `baseline_length` go together (AES needs both)")
+    for name in ("baseline_accuracy", "baseline_length"):
+        if getattr(args, name) is not None:
+            check_number(name, getattr(args, name), greater_than=0)
+    check_int("max_new_tokens", args.max_new_tokens, minimum=1)
+    if args.output is not None:
+        check_output(
+            args.output, command=EVALUATE, overwrite=args.overwrite, inputs=[args.model, args.data], file=True
+        )
     grader = _grader(args.grader)
     problems = _problems(args.data)
     model, tokenizer = _load(args.model, args)
-    try:
-        result = evaluate(
-            model,
-            tokenizer,
-            problems,
-            grader,
-            max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size,
-            chat_template=args.chat_template,
-            progress=args.progress,
-        )
-    except ConfigError as error:
-        raise ConfigError(_flags(error)) from None
+    result = evaluate(
+        model,
+        tokenizer,
+        problems,
+        grader,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        chat_template=args.chat_template,
+        progress=args.progress,
+    )
     figures: dict[str, Any] = {
+        OUTPUT_KEY: EVALUATE,
         "problems": len(problems),
         "accuracy": result.accuracy,
         "mean_length": result.mean_length,

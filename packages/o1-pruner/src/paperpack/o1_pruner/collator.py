@@ -20,7 +20,9 @@ class O1PrunerCollator:
     """Turn ``{"prompt_ids", "completion_ids", "weight"}`` records into a right-padded batch.
 
     Returns ``input_ids`` (prompt + completion), ``attention_mask``, ``labels`` (the completion's ids, -100
-    on the prompt and padding, so only the completion y is scored) and ``weight``.
+    on the prompt and padding, so only the completion y is scored) and ``weight``; when the records carry
+    ``ref_logps`` (the reference's log-probability of each completion token, stored by pre-sampling), also
+    ``ref_logps``, ``(B, T − 1)``, aligned with :func:`~paperpack.o1_pruner.loss.token_log_probs` (0 elsewhere).
 
     Args:
         pad_token_id: the id that fills padding (masked out, so any id works).
@@ -46,4 +48,17 @@ class O1PrunerCollator:
             labels[row, len(prompt) : len(ids)] = torch.tensor(completion)
             attention[row, : len(ids)] = 1
         weight = torch.tensor([float(record["weight"]) for record in records], dtype=torch.float32)
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "weight": weight}
+        batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "weight": weight}
+        if records and "ref_logps" in records[0]:
+            ref = torch.zeros((len(rows), width - 1), dtype=torch.float32)
+            for row, ((prompt, completion), record) in enumerate(zip(rows, records, strict=True)):
+                values = list(record["ref_logps"])
+                if len(values) != len(completion):
+                    raise ConfigError(
+                        f"sample {row} of the batch has {len(values)} ref_logps for {len(completion)} completion "
+                        "tokens"
+                    )
+                # token_log_probs scores the label at t + 1 at position t: the completion starts at len(prompt).
+                ref[row, len(prompt) - 1 : len(prompt) - 1 + len(completion)] = torch.tensor(values)
+            batch["ref_logps"] = ref
+        return batch

@@ -9,7 +9,13 @@ from typing import Literal
 from transformers import TrainingArguments
 
 from paperpack.core.errors import ConfigError
-from paperpack.core.validation import check_int, check_positive, check_range
+from paperpack.core.validation import (
+    check_bool,
+    check_int,
+    check_literal_fields,
+    check_positive,
+    check_range,
+)
 
 __all__ = ["O1PrunerConfig"]
 
@@ -30,7 +36,7 @@ class O1PrunerConfig(TrainingArguments):
         ConfigError: for a bad value: K < 2 (a mean over one sample is no reference), λ < 0, a clip interval
             that is empty, a top-p outside (0, 1], a temperature <= 0.
 
-    Example:
+    Examples:
         >>> from paperpack.o1_pruner import O1PrunerConfig
         >>> args = O1PrunerConfig("out", num_presamples=8, lam=2.0, report_to="none", use_cpu=True)
         >>> args.cliprange, args.weight_clip, args.ratio_level
@@ -114,12 +120,23 @@ class O1PrunerConfig(TrainingArguments):
             "are chat models). Default False: the prompt is used as written (ours)."
         },
     )
+    store_ref_logps: bool = field(
+        default=True,
+        metadata={
+            "help": "Pre-sampling also stores the reference's per-token log-probabilities of every sample "
+            "(`ref_logps`), so training needs no reference forward pass (the reference is frozen and the "
+            "samples fixed: the same loss). Default True (ours; the official code recomputes them each step)."
+        },
+    )
     remove_unused_columns: bool = field(
         default=False,
         metadata={"help": "Keep the data set's columns (the trainer reads `weight`). Default False."},
     )
 
     def __post_init__(self) -> None:
+        check_literal_fields(self)
+        check_bool("chat_template", self.chat_template)
+        check_bool("store_ref_logps", self.store_ref_logps)
         check_int("num_presamples", self.num_presamples, minimum=2)
         check_int("samples_per_problem", self.samples_per_problem, minimum=1)
         if self.samples_per_problem > self.num_presamples:
@@ -131,13 +148,7 @@ class O1PrunerConfig(TrainingArguments):
         if not math.isfinite(self.lam):
             raise ConfigError(f"`lam` must be finite, got {self.lam}")
         self.weight_clip = _clip_interval(self.weight_clip)
-        if self.normalize_weights not in ("zscore", "none"):
-            raise ConfigError(
-                f"`normalize_weights` must be 'zscore' or 'none', got {self.normalize_weights!r}"
-            )
         check_range("cliprange", self.cliprange, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
-        if self.ratio_level not in ("sequence_mean", "token"):
-            raise ConfigError(f"`ratio_level` must be 'sequence_mean' or 'token', got {self.ratio_level!r}")
         check_positive("presample_temperature", self.presample_temperature)
         check_range("presample_top_p", self.presample_top_p, 0.0, 1.0, low_inclusive=False)
         check_int("presample_max_new_tokens", self.presample_max_new_tokens, minimum=1)

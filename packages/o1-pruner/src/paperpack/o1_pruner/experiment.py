@@ -34,8 +34,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ARMS", "ArmResult", "ExperimentSettings", "SeedResult", "addition_problem", "run_seed"]
 
-ARMS = ("reference", "SFT shortest", "DPO", "O1-Pruner λ=0", "O1-Pruner")
-"""The arms in report order."""
+ARMS = ("reference", "SFT shortest", "DPO", "O1-Pruner λ=0", "O1-Pruner", "O1-Pruner high λ")
+"""The arms in report order: "O1-Pruner" trains with ``ExperimentSettings.lam``, "O1-Pruner high λ" with
+``lam_high`` (the λ sweep the paper reports: accuracy and length both rise with λ)."""
 
 
 @dataclass(frozen=True)
@@ -44,30 +45,39 @@ class ExperimentSettings:
 
     Attributes:
         sft_problems: problems whose padded traces teach the reference.
-        sft_steps: SFT steps of the reference.
+        sft_steps: SFT steps of the reference (batch 32, cosine schedule).
+        sft_learning_rate: its learning rate.
         train_problems: problems pre-sampled for the O1-Pruner stage and the baselines.
         eval_problems: held-out problems, greedy evaluation.
         num_presamples: K.
         temperature: pre-sampling temperature.
-        lam: λ of the O1-Pruner arm.
+        lam: λ of the O1-Pruner arm (the paper's Marco-o1 setting).
+        lam_high: λ of the "O1-Pruner high λ" arm (the paper's QwQ setting).
         epochs: epochs of the O1-Pruner, λ = 0 and SFT-shortest stages (DPO too).
         learning_rate: their learning rate.
-        max_checks: redundant checks per step in the reference's data: uniform in 0..max_checks.
+        terms: how many numbers a problem adds (drawn uniformly from these).
+        max_number: the numbers are drawn from 1..max_number.
+        max_checks: redundant checks after each step in the reference's data: uniform in 0..max_checks.
         slip: probability that a check line copies the running sum wrongly (and the trace goes on from it).
+        jump: probability that a step adds two numbers at once (a shorter trace the model learns less well).
     """
 
-    sft_problems: int = 3000
-    sft_steps: int = 900
+    sft_problems: int = 4000
+    sft_steps: int = 600
+    sft_learning_rate: float = 3e-3
     train_problems: int = 128
     eval_problems: int = 200
     num_presamples: int = 8
     temperature: float = 1.0
     lam: float = 2.0
+    lam_high: float = 5.0
     epochs: int = 2
     learning_rate: float = 2e-4
+    terms: tuple[int, ...] = field(default=(3, 4))
+    max_number: int = 5
     max_checks: int = 3
     slip: float = 0.03
-    terms: tuple[int, ...] = field(default=(3, 4))
+    jump: float = 0.15
 
 
 @dataclass(frozen=True)
@@ -94,32 +104,44 @@ class SeedResult:
 
 
 def addition_problem(
-    rng: random.Random, *, terms: int, max_checks: int = 0, slip: float = 0.0
+    rng: random.Random,
+    *,
+    terms: int,
+    max_number: int = 9,
+    max_checks: int = 0,
+    slip: float = 0.0,
+    jump: float = 0.0,
 ) -> dict[str, str]:
     """One problem: its prompt, answer and a running-sum trace with random redundant checks.
 
-    Example:
+    Each step adds the next number to the running sum s (or, with probability ``jump``, the next two at once)
+    and is followed by 0..``max_checks`` lines ``check s``, each of which copies s wrongly (by ±1) with
+    probability ``slip``; the trace goes on from what it wrote and ends with ``answer s``.
+
+    Examples:
         >>> import random
         >>> from paperpack.o1_pruner.experiment import addition_problem
-        >>> p = addition_problem(random.Random(0), terms=3)
+        >>> p = addition_problem(random.Random(0), terms=3, max_number=5)
         >>> p["prompt"], p["trace"], p["answer"]
-        ('add 7 7 1 =', ' s=7 ; s=7+7=14 ; s=14+1=15 ; answer 15', '15')
+        ('add 4 4 1 =', ' s=4 ; s=4+4=8 ; s=8+1=9 ; answer 9', '9')
     """
-    numbers = [rng.randint(1, 9) for _ in range(terms)]
+    numbers = [rng.randint(1, max_number) for _ in range(terms)]
     total = numbers[0]
     steps = [f"s={total}"]
-    for number in numbers[1:]:
-        new = total + number
-        steps.append(f"s={total}+{number}={new}")
+    rest = numbers[1:]
+    while rest:
+        take = 2 if len(rest) >= 2 and rng.random() < jump else 1
+        added, rest = rest[:take], rest[take:]
+        new = total + sum(added)
+        steps.append(f"s={total}+" + "+".join(map(str, added)) + f"={new}")
         total = new
         for _ in range(rng.randint(0, max_checks)):
             if rng.random() < slip:
                 total += rng.choice((-1, 1))
             steps.append(f"check {total}")
-    answer = str(sum(numbers))
     return {
         "prompt": "add " + " ".join(map(str, numbers)) + " =",
-        "answer": answer,
+        "answer": str(sum(numbers)),
         "trace": " " + " ; ".join(steps) + f" ; answer {total}",
     }
 
@@ -130,8 +152,10 @@ def _problems(seed: int, count: int, settings: ExperimentSettings, *, traces: bo
         addition_problem(
             rng,
             terms=rng.choice(settings.terms),
+            max_number=settings.max_number,
             max_checks=settings.max_checks if traces else 0,
             slip=settings.slip if traces else 0.0,
+            jump=settings.jump if traces else 0.0,
         )
         for _ in range(count)
     ]
@@ -204,7 +228,7 @@ def _pick(dataset_rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
 
 
 def run_seed(seed: int, settings: ExperimentSettings) -> SeedResult:
-    """Teach a reference, pre-sample, train the four arms and evaluate all five, for one seed."""
+    """Teach a reference, pre-sample, train the five arms and evaluate all six, for one seed."""
     import json
     import time
 
@@ -233,7 +257,7 @@ def run_seed(seed: int, settings: ExperimentSettings) -> SeedResult:
             pad,
             root / "sft",
             max_steps=settings.sft_steps,
-            learning_rate=3e-3,
+            learning_rate=settings.sft_learning_rate,
             lr_scheduler_type="cosine",
             warmup_steps=50,
             seed=seed,
@@ -296,12 +320,12 @@ def run_seed(seed: int, settings: ExperimentSettings) -> SeedResult:
                     seed=seed,
                 )
             elif name.startswith("O1-Pruner"):
-                arm_config = dataclasses.replace(config, lam=0.0) if name.endswith("λ=0") else config
+                lam = {"O1-Pruner λ=0": 0.0, "O1-Pruner high λ": settings.lam_high}.get(name, settings.lam)
+                arm_config = dataclasses.replace(config, lam=lam)
                 records = training_records(lines, arm_config)
-                O1PrunerTrainer(
+                O1PrunerTrainer(  # the records carry the reference's log-probabilities (store_ref_logps)
                     model=arm,
                     args=arm_config,
-                    ref_model=copy.deepcopy(model),  # the trainer freezes it in place
                     train_dataset=records,
                     processing_class=tokenizer,
                 ).train()

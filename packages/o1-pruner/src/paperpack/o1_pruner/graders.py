@@ -41,7 +41,7 @@ def last_number_grader(completion: str, answer: str) -> bool:
     Raises:
         ValueError: when ``answer`` is not a number.
 
-    Example:
+    Examples:
         >>> from paperpack.o1_pruner import last_number_grader
         >>> last_number_grader("3 + 4 = 7, so the answer is 7.", "7")
         True
@@ -99,7 +99,7 @@ def boxed_grader(completion: str, answer: str) -> bool:
     Raises:
         ValueError: when ``answer`` is empty.
 
-    Example:
+    Examples:
         >>> from paperpack.o1_pruner import boxed_grader
         >>> boxed_grader(r"so $x = \boxed{\dfrac{1}{2}}$.", "0.5")
         True
@@ -127,7 +127,7 @@ def math_verify_grader(completion: str, answer: str) -> bool:
         ImportError: when ``math-verify`` is not installed, naming the extra.
         ValueError: when ``answer`` does not parse.
 
-    Example:
+    Examples:
         >>> from paperpack.o1_pruner import math_verify_grader
         >>> math_verify_grader(r"The answer is $\boxed{\frac{1}{2}}$.", "$0.5$")
         True

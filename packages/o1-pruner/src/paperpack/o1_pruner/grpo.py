@@ -46,7 +46,7 @@ def length_harmonizing_reward_func(
     Raises:
         ConfigError: for λ < 0 or a bad ``clip``; when called, for a missing column (naming it).
 
-    Example:
+    Examples:
         >>> from paperpack.o1_pruner import last_number_grader, length_harmonizing_reward_func
         >>> reward = length_harmonizing_reward_func(last_number_grader, lam=2.0)
         >>> reward(prompts=["1+1="], completions=["2"], completion_ids=[[7, 2]], answer=["2"],

@@ -98,7 +98,7 @@ def o1_pruner_loss(
     Raises:
         ConfigError: for mismatched shapes, ε outside (0, 1) or an unknown reduction.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from paperpack.o1_pruner import o1_pruner_loss
         >>> lp = torch.tensor([-1.0, -2.0])

@@ -45,7 +45,7 @@ def aes(
     Raises:
         ConfigError: for a non-finite value, a baseline accuracy or length <= 0, or a negative weight.
 
-    Example:
+    Examples:
         >>> from paperpack.o1_pruner import aes
         >>> round(aes(81.7, 447, 89.2, 530, sign_agnostic=True), 2)  # the paper's table cell
         0.41

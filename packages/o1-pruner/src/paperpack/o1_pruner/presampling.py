@@ -3,7 +3,8 @@
 The output folder holds, as the run goes:
 
 - ``presample.json``: the settings and a fingerprint of the problems (a resumed run must match them);
-- ``samples.jsonl``: one line per problem (its K samples: text, token ids, finished, correct), appended and
+- ``samples.jsonl``: one line per problem (its K samples: text, token ids, finished, correct and, with
+  ``store_ref_logps``, the reference's log-probability of each token), appended and
   flushed ``presample_batch_size`` problems at a time, so an interrupted run keeps what it sampled;
 - ``train.jsonl``: written (atomically) once every problem is sampled: the training samples with their
   weights, the data set :class:`~paperpack.o1_pruner.O1PrunerTrainer` reads.
@@ -20,10 +21,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from tqdm.auto import tqdm
 
 from paperpack.core.errors import ConfigError
-from paperpack.core.files import atomic_write_text
+from paperpack.core.files import OUTPUT_MARKER, atomic_write_text
 from paperpack.core.hf import encode_prompts, sample_completions
 from paperpack.o1_pruner.config import O1PrunerConfig
 from paperpack.o1_pruner.graders import Grader
@@ -34,7 +36,15 @@ if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["SAMPLES_FILE", "SETTINGS_FILE", "TRAIN_FILE", "presample", "training_records"]
+__all__ = [
+    "SAMPLES_FILE",
+    "SETTINGS_FILE",
+    "TRAIN_FILE",
+    "check_presample_inputs",
+    "presample",
+    "reference_log_probs",
+    "training_records",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +88,10 @@ def presample(
     Returns:
         The training samples: ``problem_index``, ``prompt``, ``answer``, ``completion``, ``prompt_ids``,
         ``completion_ids``, ``length`` (L(y), completion tokens, end-of-sequence included), ``correct``,
-        ``finished``, ``ref_length``, ``ref_accuracy``, ``reward`` (R_LH) and ``weight``.
+        ``finished``, ``ref_length``, ``ref_accuracy``, ``reward`` (R_LH) and ``weight``; with
+        ``config.store_ref_logps`` also ``ref_logps``, the reference's log-probability of each completion token
+        (taken once here, in eval mode, so that :class:`~paperpack.o1_pruner.O1PrunerTrainer` needs no
+        reference forward pass: the reference is frozen and the samples fixed, so the loss is the same).
 
     Raises:
         ConfigError: before sampling, for a problem without a prompt or answer, a prompt that with
@@ -88,11 +101,7 @@ def presample(
     """
     from datasets import Dataset
 
-    if not callable(grader):
-        raise ConfigError(f"`grader` must be a callable (completion, answer) -> bool, got {grader!r}")
-    checked = check_problems(problems)
-    prompt_ids = encode_prompts(tokenizer, [p.prompt for p in checked], chat=config.chat_template)
-    check_context(model, prompt_ids, config.presample_max_new_tokens, flag="presample_max_new_tokens")
+    checked, prompt_ids = check_presample_inputs(model, tokenizer, problems, grader, config)
     folder = Path(output)
     settings = _settings(config, checked)
     samples_file = folder / SAMPLES_FILE
@@ -124,6 +133,29 @@ def presample(
     records = training_records(_read_samples(samples_file, len(checked)), config)
     atomic_write_text(folder / TRAIN_FILE, "".join(json.dumps(r) + "\n" for r in records))
     return Dataset.from_list(records)
+
+
+def check_presample_inputs(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: Iterable[Mapping[str, Any]],
+    grader: Grader,
+    config: O1PrunerConfig,
+) -> tuple[list[Problem], list[list[int]]]:
+    """What :func:`presample` checks before it writes anything: the problems, the grader, the context.
+
+    Returns:
+        The problems and their prompt ids.
+
+    Raises:
+        ConfigError: as :func:`presample` does before sampling.
+    """
+    if not callable(grader):
+        raise ConfigError(f"`grader` must be a callable (completion, answer) -> bool, got {grader!r}")
+    checked = check_problems(problems)
+    prompt_ids = encode_prompts(tokenizer, [p.prompt for p in checked], chat=config.chat_template)
+    check_context(model, prompt_ids, config.presample_max_new_tokens, flag="presample_max_new_tokens")
+    return checked, prompt_ids
 
 
 def training_records(problems: list[dict[str, Any]], config: O1PrunerConfig) -> list[dict[str, Any]]:
@@ -163,6 +195,7 @@ def training_records(problems: list[dict[str, Any]], config: O1PrunerConfig) -> 
                     "ref_length": ref_length,
                     "ref_accuracy": ref_accuracy,
                     "reward": reward,
+                    **({"ref_logps": samples[k]["ref_logps"]} if "ref_logps" in samples[k] else {}),
                 }
             )
     weights = harmonized_weights(
@@ -184,6 +217,7 @@ def _settings(config: O1PrunerConfig, problems: list[Problem]) -> dict[str, Any]
         "presample_max_new_tokens": config.presample_max_new_tokens,
         "presample_batch_size": config.presample_batch_size,
         "chat_template": config.chat_template,
+        "store_ref_logps": config.store_ref_logps,
         "seed": config.seed,
         "num_problems": len(problems),
         "problems_sha256": digest.hexdigest(),
@@ -198,7 +232,7 @@ def _resume(folder: Path, settings: dict[str, Any]) -> int:
         raise ConfigError(f"output {str(folder)!r} is a file; give a folder")
     settings_file = folder / SETTINGS_FILE
     if not settings_file.is_file():
-        if any(folder.iterdir()):
+        if any(path.name != OUTPUT_MARKER for path in folder.iterdir()):
             raise ConfigError(
                 f"output {str(folder)!r} is not empty and holds no {SETTINGS_FILE}: it is not an earlier "
                 "pre-sampling run; choose a new or empty folder"
@@ -252,6 +286,15 @@ def _sample_chunk(
         seed=config.seed + start,
         chat=config.chat_template,
     )
+    ref_logps: list[list[float]] | None = None
+    if config.store_ref_logps:
+        ref_logps = reference_log_probs(
+            model,
+            [prompt_ids[start + i] for i, samples in enumerate(completions) for _ in samples],
+            [s.token_ids for samples in completions for s in samples],
+            batch_size=len(chunk) * config.num_presamples,
+            pad_token_id=_pad_id(tokenizer),
+        )
     lines = []
     for offset, (problem, samples) in enumerate(zip(chunk, completions, strict=True)):
         index = start + offset
@@ -267,6 +310,11 @@ def _sample_chunk(
                         "token_ids": s.token_ids,
                         "finished": s.finished,
                         "correct": grade(grader, s.text, problem.answer, index, k),
+                        **(
+                            {"ref_logps": ref_logps[offset * config.num_presamples + k]}
+                            if ref_logps is not None
+                            else {}
+                        ),
                     }
                     for k, s in enumerate(samples)
                 ],
@@ -283,3 +331,63 @@ def _read_samples(path: Path, expected: int) -> list[dict[str, Any]]:
             f"{path} does not hold problems 0..{expected - 1} in order; pre-sample into a new folder"
         )
     return lines
+
+
+def reference_log_probs(
+    model: PreTrainedModel,
+    prompt_ids: list[list[int]],
+    completion_ids: list[list[int]],
+    *,
+    batch_size: int = 16,
+    pad_token_id: int = 0,
+) -> list[list[float]]:
+    """log π_ref(y_t | x, y_<t) of every completion token, under ``model`` in eval mode, without gradients.
+
+    What :class:`~paperpack.o1_pruner.O1PrunerTrainer` would compute with a reference model at every step; the
+    pre-sampling stage stores it once (``store_ref_logps``).
+
+    Args:
+        model: the reference model (its training mode is restored).
+        prompt_ids: each sample's prompt ids.
+        completion_ids: each sample's completion ids (end-of-sequence included).
+        batch_size: samples per forward pass.
+        pad_token_id: the id that fills padding (masked out).
+
+    Returns:
+        One list per sample, as long as its completion.
+    """
+    from paperpack.o1_pruner.collator import O1PrunerCollator
+    from paperpack.o1_pruner.loss import token_log_probs
+
+    collate = O1PrunerCollator(pad_token_id)
+    device = next(model.parameters()).device
+    records = [
+        {"prompt_ids": p, "completion_ids": c, "weight": 0.0}
+        for p, c in zip(prompt_ids, completion_ids, strict=True)
+    ]
+    result: list[list[float]] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(records), batch_size):
+            batch = collate(records[start : start + batch_size])
+            with torch.no_grad():
+                logits = model(
+                    input_ids=batch["input_ids"].to(device),
+                    attention_mask=batch["attention_mask"].to(device),
+                    use_cache=False,
+                ).logits
+                logps, mask = token_log_probs(logits, batch["labels"].to(device))
+            for row, row_mask in zip(logps.float().cpu(), mask.bool().cpu(), strict=True):
+                result.append(row[row_mask].tolist())
+    finally:
+        model.train(was_training)
+    return result
+
+
+def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if isinstance(value, int):
+            return value
+    return 0

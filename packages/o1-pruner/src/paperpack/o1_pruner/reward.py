@@ -27,7 +27,7 @@ def reference_statistics(lengths: Sequence[int], correct: Sequence[bool]) -> tup
     Raises:
         ConfigError: for no samples, lists of different lengths, or a length < 1.
 
-    Example:
+    Examples:
         >>> from paperpack.o1_pruner.reward import reference_statistics
         >>> reference_statistics([10, 20, 30, 40], [True, True, False, True])
         (25.0, 0.75)
@@ -63,7 +63,7 @@ def length_harmonizing_reward(
     Raises:
         ConfigError: for λ < 0, a length < 1, L_ref <= 0, A_ref outside [0, 1], or lists of different lengths.
 
-    Example:
+    Examples:
         >>> from paperpack.o1_pruner import length_harmonizing_reward
         >>> length_harmonizing_reward([50, 200], [True, False], 100.0, 0.5, lam=2.0)
         [2.0, -1.5]
@@ -102,7 +102,7 @@ def harmonized_weights(
     Raises:
         ConfigError: for no rewards, a non-finite reward, a bad ``clip`` or ``normalize``.
 
-    Example:
+    Examples:
         >>> from paperpack.o1_pruner.reward import harmonized_weights
         >>> harmonized_weights([-5.0, 1.0, 10.0], clip=(-2, 4), normalize="none")
         [-2.0, 1.0, 4.0]

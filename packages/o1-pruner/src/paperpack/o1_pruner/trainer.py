@@ -24,7 +24,7 @@ __all__ = ["O1PrunerTrainer"]
 
 logger = logging.getLogger(__name__)
 
-_COLUMNS = ["prompt_ids", "completion_ids", "weight"]
+_COLUMNS = ["prompt_ids", "completion_ids", "weight", "ref_logps"]
 
 
 class O1PrunerTrainer(Trainer):
@@ -39,6 +39,8 @@ class O1PrunerTrainer(Trainer):
 
     The reference is, in order:
 
+    - the reference's log-probabilities stored with the samples (a ``ref_logps`` column, what
+      :func:`~paperpack.o1_pruner.presample` writes with ``store_ref_logps``): no reference pass at all;
     - ``ref_model`` when given (a second model; frozen in place, ``requires_grad_(False)`` and eval mode);
     - else, for a PEFT model, the same model with its adapter disabled (no second copy in memory);
     - else a frozen copy of ``model`` taken at construction (before any training or checkpoint loading, so a
@@ -67,7 +69,7 @@ class O1PrunerTrainer(Trainer):
     Logged besides the loss: ``ratio`` (mean r), ``clip_fraction`` (share of ratios outside [1−ε, 1+ε]) and
     ``weight`` (mean w of the samples seen), averaged since the last log on the main process.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from paperpack.core.hf import tiny_causal_lm, training_args
         >>> from paperpack.o1_pruner import O1PrunerConfig, O1PrunerTrainer
@@ -106,8 +108,9 @@ class O1PrunerTrainer(Trainer):
         eval_dataset = _prepare(eval_dataset, processing_class, limit, "eval_dataset")
         if data_collator is None:
             data_collator = O1PrunerCollator(_pad_id(model, processing_class))
-        self._peft_reference = ref_model is None and _is_peft(model)
-        if ref_model is None and not self._peft_reference:
+        self._stored_reference = _has_ref_logps(train_dataset, eval_dataset, ref_model)
+        self._peft_reference = not self._stored_reference and ref_model is None and _is_peft(model)
+        if ref_model is None and not self._peft_reference and not self._stored_reference:
             logger.info("no ref_model: the reference is a frozen copy of the initial model")
             ref_model = copy.deepcopy(model)
         super().__init__(
@@ -162,9 +165,13 @@ class O1PrunerTrainer(Trainer):
         """
         labels = inputs["labels"]
         features = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
-        with torch.no_grad(), self._reference(model) as reference:
-            ref_logps, mask = token_log_probs(_logits(reference, features), labels)
-        policy_logps, _ = token_log_probs(_logits(model, features), labels)
+        if "ref_logps" in inputs:
+            ref_logps = inputs["ref_logps"]
+        else:
+            with torch.no_grad(), self._reference(model) as reference:
+                ref_logps, _ = token_log_probs(_logits(reference, features), labels)
+        policy_logps, mask = token_log_probs(_logits(model, features), labels)
+        ref_logps = ref_logps.to(policy_logps.dtype)
         weights = inputs["weight"]
         if self.args.ratio_level == "token":
             policy, ref, token_mask = policy_logps, ref_logps, mask
@@ -200,6 +207,21 @@ class O1PrunerTrainer(Trainer):
                 logs[key] = sum(values) / len(values)
             self._metrics.clear()
         super().log(logs, start_time)
+
+
+def _has_ref_logps(train_dataset: Any, eval_dataset: Any, ref_model: Any) -> bool:
+    """Whether the data sets carry the reference's log-probabilities (all of them, or none)."""
+    given = [d for d in (train_dataset, eval_dataset) if d is not None]
+    stored = ["ref_logps" in d.column_names for d in given]
+    if any(stored) and not all(stored):
+        raise ConfigError(
+            "`train_dataset` and `eval_dataset` must both carry `ref_logps` or neither (one reference)"
+        )
+    if given and all(stored) and ref_model is not None:
+        raise ConfigError(
+            "`ref_model` is given but the data carries the reference's `ref_logps` already; give one reference"
+        )
+    return bool(given) and all(stored)
 
 
 def _logits(model: nn.Module | Any, features: dict[str, Tensor]) -> Tensor:
@@ -253,6 +275,15 @@ def _prepare(dataset: Any, tokenizer: Any, limit: int | None, name: str) -> Any:
     bad = [i for i, w in enumerate(weights) if not isinstance(w, int | float) or not math.isfinite(w)]
     if bad:
         raise ConfigError(f"`{name}` sample {bad[0]} has a non-finite weight {weights[bad[0]]!r}")
+    if "ref_logps" in columns:
+        for index, (logps, completion) in enumerate(
+            zip(dataset["ref_logps"], dataset["completion_ids"], strict=True)
+        ):
+            if len(logps) != len(completion) or not all(math.isfinite(v) and v <= 0 for v in logps):
+                raise ConfigError(
+                    f"`{name}` sample {index} has `ref_logps` that are not {len(completion)} finite "
+                    "log-probabilities (<= 0), one per completion token"
+                )
     if limit is not None:
         lengths = [
             len(p) + len(c) for p, c in zip(dataset["prompt_ids"], dataset["completion_ids"], strict=True)
