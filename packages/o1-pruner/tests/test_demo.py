@@ -7,7 +7,7 @@ import random
 
 import torch
 
-from paperpack.core.demo import DemoContext, DemoReport
+from paperpack.core.testing.contracts import check_demo
 from paperpack.o1_pruner import demo
 from paperpack.o1_pruner.experiment import ARMS, ExperimentSettings, _dpo, _pick, addition_problem
 
@@ -19,13 +19,16 @@ TINY = ExperimentSettings(
 def test_addition_traces_add_up_and_checks_pad_them() -> None:
     rng = random.Random(3)
     for _ in range(50):
-        problem = addition_problem(rng, terms=4, max_checks=3, slip=0.0)
+        problem = addition_problem(rng, terms=4, max_checks=3, slip=0.0, jump=0.5)
         numbers = [int(n) for n in problem["prompt"].split()[1:-1]]
         assert problem["answer"] == str(sum(numbers))
         assert problem["trace"].endswith(f"answer {sum(numbers)}")
         assert problem["trace"].count("check") <= 3 * 3
+        assert problem["trace"].count("s=") <= 4
     slipped = [addition_problem(random.Random(s), terms=5, max_checks=3, slip=1.0) for s in range(20)]
     assert any(not p["trace"].endswith(f"answer {p['answer']}") for p in slipped)  # a slip changes the answer
+    jumps = [addition_problem(random.Random(s), terms=3, jump=1.0)["trace"] for s in range(5)]
+    assert all(t.count("s=") == 2 and t.count("+") == 2 for t in jumps)  # s=a ; s=a+b+c=...
 
 
 def test_baseline_data_picks_the_shortest_correct_samples() -> None:
@@ -47,12 +50,11 @@ def test_baseline_data_picks_the_shortest_correct_samples() -> None:
 
 def test_demo_reports_every_arm(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(demo, "QUICK", TINY)
-    report = demo.run_demo(DemoContext(name="o1-pruner", output_dir=tmp_path, scale="quick", seed=0))
-    assert isinstance(report, DemoReport)
-    assert [row[0] for row in report.tables[0].rows] == list(ARMS)
-    assert report.plots[0].is_file() and report.plots[0].parent == tmp_path
-    assert len(report.claims) == 5 and all(c.held in (True, False, None) for c in report.claims)
-    assert report.claims[0].baseline_value > 0  # the reference's mean length
+    report = check_demo(demo.run_demo, tmp_path, name="o1-pruner")
+    table = report.table("greedy evaluation")
+    assert [record["arm"] for record in table.records()] == list(ARMS)
+    assert report.claim("O1-Pruner cuts the mean length").baseline_value > 0  # the reference's mean length
+    assert report.claim("a smaller λ shortens more").held in (True, False)
 
 
 def test_dpo_baseline_trains_with_trl(tiny_lm, tmp_path) -> None:

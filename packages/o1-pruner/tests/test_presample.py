@@ -12,6 +12,7 @@ from paperpack.core.errors import ConfigError
 from paperpack.core.hf import tiny_causal_lm
 from paperpack.core.testing.contracts import check_fails_cleanly
 from paperpack.o1_pruner import presample
+from paperpack.o1_pruner.presampling import reference_log_probs
 from paperpack.o1_pruner.reward import length_harmonizing_reward
 
 PROBLEMS = [{"prompt": f"Q: what is {i} + {i + 2}?", "answer": str(2 * i + 2)} for i in range(7)]
@@ -54,6 +55,12 @@ def test_presample_builds_the_weighted_training_set(tiny_lm, make_args, tmp_path
     assert statistics.pstdev(weights) == pytest.approx(1.0, abs=1e-9)
     saved = [json.loads(x) for x in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
     assert saved == data.to_list()
+    # The reference's log-probabilities, taken in the sampling batches, as one sample at a time gives them.
+    alone = reference_log_probs(
+        model, data["prompt_ids"], data["completion_ids"], batch_size=1, pad_token_id=tokenizer.pad_token_id
+    )
+    for stored, single in zip(data["ref_logps"], alone, strict=True):
+        assert stored == pytest.approx(single, abs=1e-5) and all(v <= 0 for v in stored)
 
 
 def test_interrupted_presampling_resumes_without_sampling_again(

@@ -97,6 +97,37 @@ def test_gradient_accumulation_equals_the_larger_batch(
     assert any(not torch.equal(v, results[0][k]) for k, v in fresh_model().state_dict().items())
 
 
+@pytest.mark.parametrize("ratio_level", ["sequence_mean", "token"])
+def test_stored_reference_log_probs_train_as_the_reference_pass(
+    ratio_level, fresh_model, make_args, samples, tiny_lm
+) -> None:
+    from paperpack.o1_pruner.presampling import reference_log_probs
+
+    logps = reference_log_probs(
+        fresh_model(),
+        [s["prompt_ids"] for s in samples],
+        [s["completion_ids"] for s in samples],
+        batch_size=5,
+        pad_token_id=tiny_lm[1].pad_token_id,
+    )
+    stored = [{**sample, "ref_logps": values} for sample, values in zip(samples, logps, strict=True)]
+    models = []
+    for subdir, data, ref_model in (("pass", samples, fresh_model()), ("stored", stored, None)):
+        args = make_args(subdir, ratio_level=ratio_level, optim="sgd", learning_rate=0.1)
+        trainer = O1PrunerTrainer(
+            model=fresh_model(), args=args, ref_model=ref_model, train_dataset=data, processing_class=tiny_lm[1]
+        )
+        trainer.train()
+        models.append(trainer.model.state_dict())
+    assert trainer.ref_model is None  # no second model and no reference pass
+    assert_state_dicts_equal(models[1], models[0], atol=1e-6, rtol=0)
+    with pytest.raises(ConfigError, match="`ref_model` is given but the data carries"):
+        O1PrunerTrainer(model=fresh_model(), args=make_args(), ref_model=fresh_model(), train_dataset=stored)
+    short = [{**stored[0], "ref_logps": stored[0]["ref_logps"][:-1]}, *stored[1:]]
+    with pytest.raises(ConfigError, match="sample 0 has `ref_logps` that are not"):
+        O1PrunerTrainer(model=fresh_model(), args=make_args(), train_dataset=short)
+
+
 def test_resume_equals_the_uninterrupted_run(fresh_model, make_args, samples, tiny_lm) -> None:
     common = {"max_steps": 6, "lr_scheduler_type": "linear", "per_device_train_batch_size": 4}
     full = O1PrunerTrainer(
@@ -208,7 +239,7 @@ def test_bad_input(fresh_model, make_args, samples, tiny_lm) -> None:
         ({"samples_per_problem": 5}, r"`samples_per_problem` must be <= `num_presamples` \(K=4\)"),
         ({"weight_clip": [4.0, -2.0]}, "low < high"),
         ({"cliprange": 1.5}, r"`cliprange` must be in \(0, 1\)"),
-        ({"ratio_level": "sequence"}, "'sequence_mean' or 'token'"),
+        ({"ratio_level": "sequence"}, "`ratio_level` must be one of 'sequence_mean', 'token'"),
         ({"presample_top_p": 0.0}, r"`presample_top_p` must be in \(0, 1\]"),
     ],
 )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,18 +12,15 @@ if TYPE_CHECKING:
 
 __all__ = ["QUICK", "run_demo"]
 
-QUICK = ExperimentSettings(
-    sft_problems=600, sft_steps=150, train_problems=32, eval_problems=48, num_presamples=6
-)
+QUICK = ExperimentSettings(sft_problems=2500, sft_steps=400, train_problems=64, eval_problems=100)
 """The quick scale (``paperpack demo --quick``); the full scale is :class:`ExperimentSettings`'s defaults."""
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
-
-
 def _summary(results: list[SeedResult], arm: str, key: str) -> tuple[float, float]:
-    return _mean_std([getattr(r.arms[arm], key) for r in results])
+    from paperpack.core.stats import mean_std
+
+    summary = mean_std([getattr(r.arms[arm], key) for r in results])
+    return summary.mean, summary.std
 
 
 def _table(results: list[SeedResult]) -> DemoTable:
@@ -45,27 +41,23 @@ def _table(results: list[SeedResult]) -> DemoTable:
 
 
 def _plot(results: list[SeedResult], path: Path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from paperpack.core.plotting import figure_file, style_axes
 
-    from paperpack.core.files import atomic_path
-
-    figure = Figure(figsize=(6, 4.2))
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    for arm in ARMS:
-        (acc, acc_std), (length, length_std) = (
-            _summary(results, arm, "accuracy"),
-            _summary(results, arm, "mean_length"),
+    with figure_file(path, size=(6.4, 4.4)) as (axes,):
+        for arm in ARMS:
+            (acc, acc_std), (length, length_std) = (
+                _summary(results, arm, "accuracy"),
+                _summary(results, arm, "mean_length"),
+            )
+            axes.errorbar(
+                length, 100 * acc, xerr=length_std, yerr=100 * acc_std, fmt="o", capsize=3, label=arm
+            )
+        style_axes(
+            axes,
+            xlabel="mean completion length (tokens)",
+            ylabel="greedy accuracy (%)",
+            title="accuracy against length (mean ± std over seeds)",
         )
-        axes.errorbar(length, 100 * acc, xerr=length_std, yerr=100 * acc_std, fmt="o", capsize=3, label=arm)
-    axes.set_xlabel("mean completion length (tokens)")
-    axes.set_ylabel("greedy accuracy (%)")
-    axes.set_title("accuracy against length (mean ± std over seeds)")
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=120)
     return path
 
 
@@ -79,6 +71,7 @@ def _claims(results: list[SeedResult], metric: str) -> list[Claim]:
     cut = (ref_len - o1_len) / ref_len
     ref_acc, o1_acc = mean("reference", "accuracy"), mean("O1-Pruner", "accuracy")
     zero_len, zero_acc = mean("O1-Pruner λ=0", "mean_length"), mean("O1-Pruner λ=0", "accuracy")
+    high_len, high_acc = mean("O1-Pruner high λ", "mean_length"), mean("O1-Pruner high λ", "accuracy")
     aes = {arm: mean(arm, "aes") for arm in ARMS}
     return [
         Claim(
@@ -102,24 +95,24 @@ def _claims(results: list[SeedResult], metric: str) -> list[Claim]:
             f"difference {100 * (o1_acc - ref_acc):+.1f} points",
         ),
         Claim(
-            "λ = 0 shortens more than λ > 0",
+            "a smaller λ shortens more and loses accuracy (λ = 0 against λ > 0)",
             "O1-Pruner λ=0",
             "O1-Pruner",
-            f"mean length, {metric}",
+            f"mean length (tokens), {metric}",
             zero_len,
             o1_len,
-            None,
-            "reported (the paper note: report)",
+            zero_len < o1_len and zero_acc < o1_acc,
+            f"accuracy {100 * zero_acc:.1f} % against {100 * o1_acc:.1f} %",
         ),
         Claim(
-            "λ = 0 loses accuracy against λ > 0",
-            "O1-Pruner λ=0",
+            "a larger λ shortens less and keeps more accuracy (high λ against λ)",
+            "O1-Pruner high λ",
             "O1-Pruner",
-            f"accuracy, {metric}",
-            zero_acc,
-            o1_acc,
+            f"mean length (tokens), {metric}",
+            high_len,
+            o1_len,
             None,
-            "reported",
+            f"accuracy {100 * high_acc:.1f} % against {100 * o1_acc:.1f} %; reported",
         ),
         Claim(
             "AES: O1-Pruner > DPO > SFT shortest",
@@ -139,18 +132,19 @@ def run_demo(ctx: DemoContext) -> DemoReport:
     from paperpack.core.demo import DemoReport
 
     settings = ctx.pick(quick=QUICK, full=ExperimentSettings())
-    seeds = ctx.seeds(quick=2, full=3)
+    seeds = ctx.seeds(quick=1, full=3)
     results = [run_seed(seed, settings) for seed in ctx.progress(seeds, desc="seeds", total=len(seeds))]
     metric = f"{len(seeds)} seeds, {settings.eval_problems} held-out problems"
     presampled = ", ".join(f"{100 * r.presample_accuracy:.0f} % / {r.presample_length:.1f}" for r in results)
     notes = [
-        f"Reference: tiny_causal_lm() taught by SFT ({settings.sft_steps} steps) on {settings.sft_problems} "
-        "traces "
-        f"adding {settings.terms} numbers with 0-{settings.max_checks} redundant checks per step, each check "
-        f"copying the sum wrongly with probability {settings.slip}.",
+        f"Reference: tiny_causal_lm() taught by SFT ({settings.sft_steps} steps of 32) on "
+        f"{settings.sft_problems} traces adding {settings.terms} numbers from 1 to {settings.max_number}, "
+        f"0-{settings.max_checks} redundant checks after each step (each copying the sum wrongly with "
+        f"probability {settings.slip}), a step adding two numbers at once with probability {settings.jump}.",
         f"Pre-sampling: K = {settings.num_presamples}, temperature {settings.temperature}, on "
         f"{settings.train_problems} problems; sample accuracy / mean length per seed: {presampled}.",
-        f"O1-Pruner: λ = {settings.lam}, clip [-2, 4], z-score, ε = 0.2, {settings.epochs} epochs at lr "
+        f"O1-Pruner: λ = {settings.lam} (high λ: {settings.lam_high}; λ=0), clip [-2, 4], z-score, ε = 0.2, "
+        f"reference log-probabilities stored at pre-sampling, {settings.epochs} epoch(s) at lr "
         f"{settings.learning_rate}; the baselines train as long at the same lr (DPO: TRL's DPOTrainer, "
         "β = 0.1).",
         "Baseline data per seed (SFT samples / DPO pairs): "

@@ -53,7 +53,8 @@ class ExperimentSettings:
         temperature: pre-sampling temperature.
         lam: λ of the O1-Pruner arm (the paper's Marco-o1 setting).
         lam_high: λ of the "O1-Pruner high λ" arm (the paper's QwQ setting).
-        epochs: epochs of the O1-Pruner, λ = 0 and SFT-shortest stages (DPO too).
+        epochs: epochs of the O1-Pruner stages and of the SFT-shortest and DPO baselines (1: the paper
+            note's small experiment).
         learning_rate: their learning rate.
         terms: how many numbers a problem adds (drawn uniformly from these).
         max_number: the numbers are drawn from 1..max_number.
@@ -71,7 +72,7 @@ class ExperimentSettings:
     temperature: float = 1.0
     lam: float = 2.0
     lam_high: float = 5.0
-    epochs: int = 2
+    epochs: int = 1
     learning_rate: float = 2e-4
     terms: tuple[int, ...] = field(default=(3, 4))
     max_number: int = 5
