@@ -3,12 +3,14 @@
 1. Pre-sampling throughput on tiny_causal_lm(): presample's batched generation (B problems x K samples per
    generate call) against one sample per generate call. Target: >= 4x.
 2. Trainer step time on a Llama of >= 50M parameters built from a config, on the same batches: O1-Pruner with
-   the reference as a second model and as the PEFT base (LoRA, adapter disabled), against plain SFT and LoRA SFT.
-   Target: <= 1.6x SFT's step time.
+   the reference as a second model, as the PEFT base (LoRA, adapter disabled), and with the reference's
+   log-probabilities stored at pre-sampling (``store_ref_logps``: no reference pass), against plain SFT and LoRA
+   SFT. Target: <= 1.6x SFT's step time.
 3. Peak memory (paperpack.core.device.MemoryMeter, one fresh process per arm): LoRA O1-Pruner with the
-   adapter-disabled reference against LoRA SFT. Target: <= 1.1x.
+   adapter-disabled reference and with stored log-probabilities, against LoRA SFT. Target: <= 1.1x.
 
 Run: OMP_NUM_THREADS=2 uv run python packages/o1-pruner/benchmarks/bench_o1_pruner.py [--rounds 3] [--quick]
+     [--sections presample steps memory]
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 from paperpack.core.device import MemoryMeter
 from paperpack.core.hf import sample_completions, tiny_causal_lm, training_args
 
-ARMS = ("sft", "o1_second_model", "lora_sft", "o1_lora_base")
+ARMS = ("sft", "o1_second_model", "o1_stored", "lora_sft", "o1_lora_base", "o1_lora_stored")
 
 
 def presample_throughput(rounds: int, problems: int, k: int, new_tokens: int) -> dict[str, float]:
@@ -73,6 +75,19 @@ def llama_50m() -> Any:
         return LlamaForCausalLM(config)
 
 
+def with_ref_logps(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records with the initial model's log-probabilities (what presample stores), taken once."""
+    from paperpack.o1_pruner.presampling import reference_log_probs
+
+    logps = reference_log_probs(
+        llama_50m(),
+        [r["prompt_ids"] for r in records],
+        [r["completion_ids"] for r in records],
+        batch_size=4,
+    )
+    return [{**record, "ref_logps": values} for record, values in zip(records, logps, strict=True)]
+
+
 def batches(count: int, batch: int, prompt: int, completion: int) -> list[dict[str, Any]]:
     g = torch.Generator().manual_seed(0)
     records = []
@@ -107,7 +122,7 @@ def make_trainer(arm: str, records: list[dict[str, Any]], batch: int, steps: int
 
     model = llama_50m()
     ref = copy.deepcopy(model) if arm == "o1_second_model" else None
-    if arm.startswith("lora") or arm == "o1_lora_base":
+    if arm.startswith("lora") or arm.startswith("o1_lora"):
         model = get_peft_model(
             model, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
         )
@@ -155,6 +170,8 @@ def step_times(arm: str, records: list[dict[str, Any]], batch: int, steps: int, 
 def memory_of(arm: str, batch: int, steps: int, prompt: int, completion: int) -> dict[str, float]:
     """Peak memory of training ``arm`` (the model built before the meter starts), in this process."""
     records = batches(steps, batch, prompt, completion)
+    if arm.endswith("_stored"):
+        records = with_ref_logps(records)
     with tempfile.TemporaryDirectory() as folder:
         trainer = make_trainer(arm, records, batch, steps, folder)
         with MemoryMeter() as meter:
@@ -167,6 +184,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="fewer steps and problems")
     parser.add_argument("--memory-arm", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--sections", nargs="+", default=["presample", "steps", "memory"])
     args = parser.parse_args()
     batch, prompt, completion = 4, 64, 128
     steps, warmup = (3, 1) if args.quick else (6, 2)
@@ -175,30 +193,50 @@ def main() -> None:
         return
     print(f"load average at start: {os.getloadavg()}; torch threads {torch.get_num_threads()}")
 
-    problems, k = (8, 4) if args.quick else (16, 8)
-    throughput = presample_throughput(args.rounds, problems, k, new_tokens=32)
+    if "presample" in args.sections:
+        presample_section(args.rounds, *((8, 4) if args.quick else (16, 8)))
+    if "steps" in args.sections:
+        steps_section(args.rounds, batch, prompt, completion, steps=steps, warmup=warmup)
+    if "memory" in args.sections:
+        memory_section(args.rounds, args.quick)
+    print(f"\nload average at end: {os.getloadavg()}")
+
+
+def presample_section(rounds: int, problems: int, k: int) -> None:
+    """Batched pre-sampling against one sample per generate call."""
+    throughput = presample_throughput(rounds, problems, k, new_tokens=32)
     ratio = throughput["batched"] / throughput["one_at_a_time"]
     print(
         f"\n1. presampling, tiny_causal_lm, {problems} problems x K={k}, 32 new tokens each, median of "
-        f"{args.rounds} rounds"
+        f"{rounds} rounds"
     )
     print(
         f"   batched: {throughput['batched']:.1f} samples/s; one at a time: {throughput['one_at_a_time']:.1f} "
         f"samples/s; ratio {ratio:.2f}x (target >= 4x: {'met' if ratio >= 4 else 'NOT met'})"
     )
 
+
+def steps_section(rounds: int, batch: int, prompt: int, completion: int, *, steps: int, warmup: int) -> None:
+    """Step time of every arm on the same batches, rounds interleaved."""
     params = sum(p.numel() for p in llama_50m().parameters())
     records = batches(steps, batch, prompt, completion)
+    stored = with_ref_logps(records)
     timings: dict[str, list[float]] = {arm: [] for arm in ARMS}
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for arm in ARMS:
-            timings[arm] += step_times(arm, records, batch, steps, warmup)
+            data = stored if arm.endswith("_stored") else records
+            timings[arm] += step_times(arm, data, batch, steps, warmup)
     median = {arm: statistics.median(values) for arm, values in timings.items()}
     print(
         f"\n2. step time, Llama {params / 1e6:.1f}M parameters from a config, batch {batch} x ({prompt} prompt + "
-        f"{completion} completion) tokens, median of {len(timings['sft'])} steps per arm ({args.rounds} rounds)"
+        f"{completion} completion) tokens, median of {len(timings['sft'])} steps per arm ({rounds} rounds)"
     )
-    for arm, base in (("o1_second_model", "sft"), ("o1_lora_base", "lora_sft")):
+    for arm, base in (
+        ("o1_second_model", "sft"),
+        ("o1_stored", "sft"),
+        ("o1_lora_base", "lora_sft"),
+        ("o1_lora_stored", "lora_sft"),
+    ):
         r = median[arm] / median[base]
         print(
             f"   {arm}: {median[arm]:.3f} s vs {base} {median[base]:.3f} s: {r:.2f}x "
@@ -207,14 +245,17 @@ def main() -> None:
     r = median["o1_lora_base"] / median["sft"]
     print(f"   o1_lora_base vs full sft: {r:.2f}x")
 
+
+def memory_section(rounds: int, quick: bool) -> None:
+    """Peak memory of LoRA SFT and the LoRA O1-Pruner arms, one fresh process each, rounds interleaved."""
     print(
         "\n3. peak memory (MemoryMeter, resident set on the CPU; a fresh process per arm, rounds interleaved)"
     )
-    memory: dict[str, list[dict[str, float]]] = {"lora_sft": [], "o1_lora_base": []}
-    for _ in range(args.rounds):
+    memory: dict[str, list[dict[str, float]]] = {"lora_sft": [], "o1_lora_base": [], "o1_lora_stored": []}
+    for _ in range(rounds):
         for arm, runs in memory.items():
             out = subprocess.run(
-                [sys.executable, __file__, "--memory-arm", arm, *(["--quick"] if args.quick else [])],
+                [sys.executable, __file__, "--memory-arm", arm, *(["--quick"] if quick else [])],
                 capture_output=True,
                 text=True,
                 check=True,
@@ -222,12 +263,12 @@ def main() -> None:
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     for key in ("peak_mib", "growth_mib"):
         values = {arm: statistics.median([m[key] for m in runs]) for arm, runs in memory.items()}
-        r = values["o1_lora_base"] / values["lora_sft"]
-        print(
-            f"   {key}: o1_lora_base {values['o1_lora_base']:.0f} MiB vs lora_sft {values['lora_sft']:.0f} MiB: "
-            f"{r:.2f}x (target <= 1.1x: {'met' if r <= 1.1 else 'NOT met'})"
-        )
-    print(f"\nload average at end: {os.getloadavg()}")
+        for arm in ("o1_lora_base", "o1_lora_stored"):
+            r = values[arm] / values["lora_sft"]
+            print(
+                f"   {key}: {arm} {values[arm]:.0f} MiB vs lora_sft {values['lora_sft']:.0f} MiB: "
+                f"{r:.2f}x (target <= 1.1x: {'met' if r <= 1.1 else 'NOT met'})"
+            )
 
 
 if __name__ == "__main__":

@@ -84,7 +84,16 @@ def test_presample_train_evaluate(arch, tiny_lm_dir, qwen_dir, problems_file, tm
     samples, trained, report = tmp_path / "samples", tmp_path / "trained", tmp_path / "eval.json"
     config = tmp_path / "presample.yaml"
     config.write_text("num_presamples: 3\npresample_max_new_tokens: 6\npresample_batch_size: 4\n")
-    argv = ["o1-pruner", "presample", "--model", model, "--data", str(problems_file), "--output", str(samples)]
+    argv = [
+        "o1-pruner",
+        "presample",
+        "--model",
+        model,
+        "--data",
+        str(problems_file),
+        "--output",
+        str(samples),
+    ]
     assert main([*argv, "--config", str(config), "--store-ref-logps", *QUIET]) == 0
     assert "training samples from 6 problems (K=3)" in capsys.readouterr().out
     records = [json.loads(line) for line in (samples / "train.jsonl").read_text().splitlines()]
@@ -124,7 +133,16 @@ def test_train_with_lora_resume_and_overwrite(tiny_lm_dir, presampled, tmp_path)
 
 
 def test_presample_resume_and_overwrite(tiny_lm_dir, problems_file, presampled, tmp_path) -> None:
-    argv = ["o1-pruner", "presample", "--model", str(tiny_lm_dir), "--data", str(problems_file), *SMALL, *QUIET]
+    argv = [
+        "o1-pruner",
+        "presample",
+        "--model",
+        str(tiny_lm_dir),
+        "--data",
+        str(problems_file),
+        *SMALL,
+        *QUIET,
+    ]
     folder = tmp_path / "samples"
     assert main([*argv, "--output", str(folder)]) == 0
     first = (folder / "train.jsonl").read_text()
@@ -145,8 +163,14 @@ def test_presample_resume_and_overwrite(tiny_lm_dir, problems_file, presampled, 
     [
         (["presample", "--num-presamples", "1"], r"`--num-presamples` must be >= 2, got 1"),
         (["presample", "--lam", "-1"], r"`--lam` must be >= 0, got -1"),
-        (["presample", "--presample-max-new-tokens", "4000"], r"`--presample-max-new-tokens`=4000 .* context"),
-        (["presample", "--grader", "exact"], r"`--grader` must be one of 'last_number', 'boxed', 'math_verify', got 'exact'"),
+        (
+            ["presample", "--presample-max-new-tokens", "4000"],
+            r"`--presample-max-new-tokens`=4000 .* context",
+        ),
+        (
+            ["presample", "--grader", "exact"],
+            r"`--grader` must be one of 'last_number', 'boxed', 'math_verify', got 'exact'",
+        ),
         (["presample", "--resume"], r"`--resume` continues an earlier run of `o1-pruner presample`"),
         (["train", "--max-steps", "1", "--data", "MISSING"], r"neither a presample folder with train.jsonl"),
         (["train", "--cliprange", "2"], r"`--cliprange` must be in \(0, 1\)"),
@@ -156,7 +180,10 @@ def test_presample_resume_and_overwrite(tiny_lm_dir, problems_file, presampled, 
         (["train", "--lr", "1e-3"], r"unrecognized arguments: --lr"),
         (["train", "--resume"], r"`--resume` continues an earlier run of `o1-pruner train`"),
         (["evaluate", "--baseline-accuracy", "0.5"], r"`--baseline-accuracy` and `--baseline-length` go"),
-        (["evaluate", "--baseline-accuracy", "0", "--baseline-length", "9"], r"`--baseline-accuracy` must be > 0"),
+        (
+            ["evaluate", "--baseline-accuracy", "0", "--baseline-length", "9"],
+            r"`--baseline-accuracy` must be > 0",
+        ),
         (["evaluate", "--max-new-tokens", "0"], r"`--max-new-tokens` must be >= 1, got 0"),
     ],
 )
@@ -182,7 +209,9 @@ def test_bad_data_and_a_raising_grader(tiny_lm_dir, tmp_path) -> None:
     data.write_text(json.dumps({"prompt": "2 + 2 ="}) + "\n")
     check_cli_fails_cleanly(argv, r"bad.jsonl:1 .*answer", paths=[tmp_path], output=tmp_path / "out")
     data.write_text(json.dumps({"prompt": "2 + 2 =", "answer": "four"}) + "\n")
-    error = check_cli_fails_cleanly(argv, r"the grader raised on problem 0 \(answer 'four'\), sample 0", status=2)
+    error = check_cli_fails_cleanly(
+        argv, r"the grader raised on problem 0 \(answer 'four'\), sample 0", status=2
+    )
     assert "last_number_grader needs a numeric answer" in error
 
 

@@ -115,7 +115,11 @@ def test_stored_reference_log_probs_train_as_the_reference_pass(
     for subdir, data, ref_model in (("pass", samples, fresh_model()), ("stored", stored, None)):
         args = make_args(subdir, ratio_level=ratio_level, optim="sgd", learning_rate=0.1)
         trainer = O1PrunerTrainer(
-            model=fresh_model(), args=args, ref_model=ref_model, train_dataset=data, processing_class=tiny_lm[1]
+            model=fresh_model(),
+            args=args,
+            ref_model=ref_model,
+            train_dataset=data,
+            processing_class=tiny_lm[1],
         )
         trainer.train()
         models.append(trainer.model.state_dict())

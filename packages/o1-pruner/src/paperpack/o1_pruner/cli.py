@@ -10,9 +10,9 @@ Examples::
 The flags follow paperpack-core's convention (``--config FILE.yaml``, the shared ``--model``, ``--data``,
 ``--output``, ``--overwrite``, ``--resume``, ``--device``, ``--dtype``, ``--progress``; every
 ``TrainingArguments`` field of ``train`` in both spellings). ``presample`` writes a folder that
-``presample --resume`` continues after an interruption; ``train`` writes the final model (and tokenizer) at the
-top of ``--output`` and checkpoints as ``checkpoint-N`` beside it; ``evaluate`` prints accuracy, mean length
-and, given the baseline's figures, AES (and writes them to ``--output FILE.json`` when given).
+``presample --resume`` continues after an interruption; ``train`` writes the final model (and tokenizer) at
+the top of ``--output`` and checkpoints as ``checkpoint-N`` beside it; ``evaluate`` prints accuracy, mean
+length and, given the baseline's figures, AES (and writes them to ``--output FILE.json`` when given).
 
 Each subcommand's flags are built when it is used (:func:`paperpack.core.subcommands.add_subcommand`), so
 ``paperpack o1-pruner --help`` imports no torch.
@@ -63,8 +63,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "presample",
         _presample_flags,
         help="sample K solutions per problem from the reference model and write the weighted training set",
-        description="Stages 1-2 of O1-Pruner: K samples per problem, L_ref and A_ref, R_LH, clip and z-score. "
-        "Data: JSON Lines with 'prompt' and 'answer'. --resume continues an interrupted run in --output.",
+        description="Stages 1-2 of O1-Pruner: K samples per problem, L_ref and A_ref, R_LH, clip and "
+        "z-score. Data: JSON Lines with 'prompt' and 'answer'. --resume continues an interrupted run in "
+        "--output.",
     )
     add_subcommand(
         commands,
@@ -194,7 +195,7 @@ def _evaluate_flags(sub: argparse.ArgumentParser) -> None:
     )
     _grader_flag(sub)
     add_flag(sub, "max_new_tokens", int, default=1024, help="the length limit of each completion")
-    add_flag(sub, "chat_template", bool, default=False, help="wrap prompts with the tokenizer's chat template")
+    add_flag(sub, "chat_template", bool, default=False, help="wrap prompts in the tokenizer's chat template")
     add_flag(sub, "baseline_accuracy", float, help="the reference's accuracy, for AES")
     add_flag(sub, "baseline_length", float, help="the reference's mean length in tokens, for AES")
     sub.set_defaults(handler=_evaluate)
@@ -244,7 +245,7 @@ def _presample_output(args: argparse.Namespace) -> Path:
     if args.overwrite:
         raise ConfigError("`--resume` continues the run in --output and `--overwrite` replaces it; give one")
     if args.resume != "last":
-        raise ConfigError(f"`--resume` of presample takes no folder (it continues --output), got {args.resume!r}")
+        raise ConfigError(f"`--resume` of presample takes no folder (it continues --output): {args.resume!r}")
     check_output(folder, command=PRESAMPLE, overwrite=True, inputs=inputs)
     if output_command(folder) != PRESAMPLE:
         raise ConfigError(
@@ -269,7 +270,7 @@ def _presample(args: argparse.Namespace) -> int:
     model, tokenizer = _load(args.model, args)
     check_presample_inputs(model, tokenizer, problems, grader, config)
     if args.resume is None and folder.exists() and any(folder.iterdir()):
-        remove_path(folder)  # an earlier output of ours and nothing else (--overwrite): check_output made sure
+        remove_path(folder)  # an earlier output of ours and nothing else: check_output made sure
     folder.mkdir(parents=True, exist_ok=True)
     write_output_marker(folder, command=PRESAMPLE)
     data = presample(model, tokenizer, problems, grader, config, output=folder, progress=args.progress)

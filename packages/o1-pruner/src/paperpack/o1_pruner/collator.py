@@ -22,7 +22,8 @@ class O1PrunerCollator:
     Returns ``input_ids`` (prompt + completion), ``attention_mask``, ``labels`` (the completion's ids, -100
     on the prompt and padding, so only the completion y is scored) and ``weight``; when the records carry
     ``ref_logps`` (the reference's log-probability of each completion token, stored by pre-sampling), also
-    ``ref_logps``, ``(B, T − 1)``, aligned with :func:`~paperpack.o1_pruner.loss.token_log_probs` (0 elsewhere).
+    ``ref_logps``, ``(B, T − 1)``, aligned with :func:`~paperpack.o1_pruner.loss.token_log_probs` (0
+    elsewhere).
 
     Args:
         pad_token_id: the id that fills padding (masked out, so any id works).
@@ -55,10 +56,10 @@ class O1PrunerCollator:
                 values = list(record["ref_logps"])
                 if len(values) != len(completion):
                     raise ConfigError(
-                        f"sample {row} of the batch has {len(values)} ref_logps for {len(completion)} completion "
-                        "tokens"
+                        f"sample {row} of the batch has {len(values)} ref_logps for {len(completion)} "
+                        "completion tokens"
                     )
-                # token_log_probs scores the label at t + 1 at position t: the completion starts at len(prompt).
+                # token_log_probs scores the label at t + 1 at position t; the completion starts at P.
                 ref[row, len(prompt) - 1 : len(prompt) - 1 + len(completion)] = torch.tensor(values)
             batch["ref_logps"] = ref
         return batch

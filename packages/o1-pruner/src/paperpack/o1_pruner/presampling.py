@@ -89,8 +89,8 @@ def presample(
         The training samples: ``problem_index``, ``prompt``, ``answer``, ``completion``, ``prompt_ids``,
         ``completion_ids``, ``length`` (L(y), completion tokens, end-of-sequence included), ``correct``,
         ``finished``, ``ref_length``, ``ref_accuracy``, ``reward`` (R_LH) and ``weight``; with
-        ``config.store_ref_logps`` also ``ref_logps``, the reference's log-probability of each completion token
-        (taken once here, in eval mode, so that :class:`~paperpack.o1_pruner.O1PrunerTrainer` needs no
+        ``config.store_ref_logps`` also ``ref_logps``, the reference's log-probability of each completion
+        token (taken once here, in eval mode, so that :class:`~paperpack.o1_pruner.O1PrunerTrainer` needs no
         reference forward pass: the reference is frozen and the samples fixed, so the loss is the same).
 
     Raises:
@@ -341,7 +341,7 @@ def reference_log_probs(
     batch_size: int = 16,
     pad_token_id: int = 0,
 ) -> list[list[float]]:
-    """log π_ref(y_t | x, y_<t) of every completion token, under ``model`` in eval mode, without gradients.
+    """The reference's log π_ref(y_t | x, y_<t) of every completion token (eval mode, no gradients).
 
     What :class:`~paperpack.o1_pruner.O1PrunerTrainer` would compute with a reference model at every step; the
     pre-sampling stage stores it once (``store_ref_logps``).

@@ -219,7 +219,8 @@ def _has_ref_logps(train_dataset: Any, eval_dataset: Any, ref_model: Any) -> boo
         )
     if given and all(stored) and ref_model is not None:
         raise ConfigError(
-            "`ref_model` is given but the data carries the reference's `ref_logps` already; give one reference"
+            "`ref_model` is given but the data carries the reference's `ref_logps` already; give one "
+            "reference"
         )
     return bool(given) and all(stored)
 
@@ -276,14 +277,7 @@ def _prepare(dataset: Any, tokenizer: Any, limit: int | None, name: str) -> Any:
     if bad:
         raise ConfigError(f"`{name}` sample {bad[0]} has a non-finite weight {weights[bad[0]]!r}")
     if "ref_logps" in columns:
-        for index, (logps, completion) in enumerate(
-            zip(dataset["ref_logps"], dataset["completion_ids"], strict=True)
-        ):
-            if len(logps) != len(completion) or not all(math.isfinite(v) and v <= 0 for v in logps):
-                raise ConfigError(
-                    f"`{name}` sample {index} has `ref_logps` that are not {len(completion)} finite "
-                    "log-probabilities (<= 0), one per completion token"
-                )
+        _check_ref_logps(dataset, name)
     if limit is not None:
         lengths = [
             len(p) + len(c) for p, c in zip(dataset["prompt_ids"], dataset["completion_ids"], strict=True)
@@ -296,6 +290,17 @@ def _prepare(dataset: Any, tokenizer: Any, limit: int | None, name: str) -> Any:
                 f"model's context of {limit}; drop or shorten it (truncating would change L(y))"
             )
     return dataset
+
+
+def _check_ref_logps(dataset: Any, name: str) -> None:
+    for index, (logps, completion) in enumerate(
+        zip(dataset["ref_logps"], dataset["completion_ids"], strict=True)
+    ):
+        if len(logps) != len(completion) or not all(math.isfinite(v) and v <= 0 for v in logps):
+            raise ConfigError(
+                f"`{name}` sample {index} has `ref_logps` that are not {len(completion)} finite "
+                "log-probabilities (<= 0), one per completion token"
+            )
 
 
 def _tokenize(record: dict[str, Any], tokenizer: Any) -> dict[str, list[int]]:
