@@ -150,6 +150,13 @@ def run_demo(ctx: DemoContext) -> DemoReport:
         "Baseline data per seed (SFT samples / DPO pairs): "
         + ", ".join(f"{r.sft_samples} / {r.dpo_pairs}" for r in results)
         + ".",
+        "Per seed, accuracy % / mean length: "
+        + "; ".join(
+            f"{arm}: "
+            + ", ".join(f"{100 * r.arms[arm].accuracy:.1f} / {r.arms[arm].mean_length:.1f}" for r in results)
+            for arm in ARMS
+        )
+        + ".",
         f"Run time per seed: {', '.join(f'{r.seconds:.0f} s' for r in results)}.",
     ]
     return DemoReport(
