@@ -98,12 +98,10 @@ def _grader_flag(sub: argparse.ArgumentParser) -> None:
     )
 
 
-def _presample_flags(sub: argparse.ArgumentParser) -> None:
-    from paperpack.core.commands import add_shared_arguments, add_training_arguments
-    from paperpack.o1_pruner.config import O1PrunerConfig
+def _writer_flags(sub: argparse.ArgumentParser, **help: str) -> None:
+    """The shared flags of ``presample`` and ``train`` (both write a folder that --resume continues)."""
+    from paperpack.core.commands import add_shared_arguments
 
-    excluded = [f.name for f in dataclasses.fields(O1PrunerConfig) if f.name not in PRESAMPLE_FIELDS]
-    names = add_training_arguments(sub, O1PrunerConfig, exclude=excluded, title="pre-sampling")
     add_shared_arguments(
         sub,
         "model",
@@ -116,10 +114,20 @@ def _presample_flags(sub: argparse.ArgumentParser) -> None:
         "progress",
         "config",
         required=("model", "data", "output"),
-        help={
-            "data": "problems: JSON Lines with 'prompt' and 'answer' strings",
-            "resume": "continue an interrupted presample run in --output (what it sampled is kept)",
-        },
+        help=help,
+    )
+
+
+def _presample_flags(sub: argparse.ArgumentParser) -> None:
+    from paperpack.core.commands import add_training_arguments
+    from paperpack.o1_pruner.config import O1PrunerConfig
+
+    excluded = [f.name for f in dataclasses.fields(O1PrunerConfig) if f.name not in PRESAMPLE_FIELDS]
+    names = add_training_arguments(sub, O1PrunerConfig, exclude=excluded, title="pre-sampling")
+    _writer_flags(
+        sub,
+        data="problems: JSON Lines with 'prompt' and 'answer' strings",
+        resume="continue an interrupted presample run in --output (what it sampled is kept)",
     )
     _grader_flag(sub)
     sub.set_defaults(handler=_presample, config_fields=names)
@@ -127,24 +135,11 @@ def _presample_flags(sub: argparse.ArgumentParser) -> None:
 
 def _train_flags(sub: argparse.ArgumentParser) -> None:
     from paperpack.core.arguments import add_flag
-    from paperpack.core.commands import add_shared_arguments, add_training_arguments
+    from paperpack.core.commands import add_training_arguments
     from paperpack.o1_pruner.config import O1PrunerConfig
 
     names = add_training_arguments(sub, O1PrunerConfig, exclude=[f for f in PRESAMPLE_FIELDS if f != "seed"])
-    add_shared_arguments(
-        sub,
-        "model",
-        "data",
-        "output",
-        "overwrite",
-        "resume",
-        "device",
-        "dtype",
-        "progress",
-        "config",
-        required=("model", "data", "output"),
-        help={"data": "a presample folder, or its train.jsonl (prompt_ids, completion_ids, weight)"},
-    )
+    _writer_flags(sub, data="a presample folder, or its train.jsonl (prompt_ids, completion_ids, weight)")
     add_flag(
         sub,
         "ref_model",
