@@ -186,9 +186,12 @@ def main() -> None:
     parser.add_argument("--memory-arm", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--sections", nargs="+", default=["presample", "steps", "memory"])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS, help="step-time arms")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per arm (default 6, quick 3)")
     args = parser.parse_args()
     batch, prompt, completion = 4, 64, 128
     steps, warmup = (3, 1) if args.quick else (6, 2)
+    if args.steps is not None:
+        steps, warmup = args.steps, 1
     if args.memory_arm:
         print(json.dumps(memory_of(args.memory_arm, batch, steps, prompt, completion)))
         return
