@@ -37,9 +37,10 @@ def test_labels_are_the_unmasked_inputs_and_counts_are_exact(meap_lm: tuple[Any,
     assert torch.equal(batch["labels"], reference["labels"])
     assert torch.equal(batch["attention_mask"], reference["attention_mask"])
     masked = batch["input_ids"] == mask_id
-    assert masked.sum(dim=1).tolist() == [6, 2, 15]  # ⌊0.15·40⌋, ⌊0.15·19⌋ (EOS protected), ⌊0.15·100⌋
+    assert masked.sum(dim=1).tolist() == [5, 2, 14]  # ⌊0.15·39⌋, ⌊0.15·18⌋ (EOS protected), ⌊0.15·99⌋
     assert torch.equal(batch["input_ids"][~masked], reference["input_ids"][~masked])
-    assert not masked[1, 5] and not masked[0, 40] and not masked[1, 20] and not masked[2, 100]
+    assert not masked[1, 5] and not masked[0, 39:41].any() and not masked[1, 19:21].any()
+    assert not masked[2, 99:101].any()
     assert not masked[reference["attention_mask"] == 0].any()
 
 
@@ -96,10 +97,10 @@ def test_packed_rows_are_masked_per_sequence(meap_lm: tuple[Any, Any, int]) -> N
         batch = MEAPCollator(tokenizer, MEAPConfig(mask_ratio=0.25), padding_free=padding_free)(rows)
         masked = (batch["input_ids"] == mask_id).reshape(-1)
         counts = [int(masked[a:b].sum()) for a, b in [(0, 21), (21, 61)]]
-        assert counts == [5, 9]  # ⌊0.25·20⌋, ⌊0.25·39⌋
-        assert not masked[20] and not masked[60]
+        assert counts == [4, 9]  # ⌊0.25·19⌋, ⌊0.25·38⌋
+        assert not masked[19:21].any() and not masked[59:61].any()
         if padding_free:
-            assert int(masked[61:].sum()) == 7 and not masked[90]
+            assert int(masked[61:].sum()) == 7 and not masked[89:91].any()
             assert batch["position_ids"][0, 21] == 0
 
 
@@ -109,7 +110,7 @@ def test_pre_padded_examples_are_repadded(meap_lm: tuple[Any, Any, int]) -> None
     rows = [{"input_ids": [11, 12, 13, 14, 15, pad, pad], "attention_mask": [1, 1, 1, 1, 1, 0, 0]}]
     batch = MEAPCollator(tokenizer, MEAPConfig(mask_ratio=0.5))(rows)
     assert batch["labels"].tolist() == [[11, 12, 13, 14, 15]]
-    assert int((batch["input_ids"] == mask_id).sum()) == 2 and batch["input_ids"][0, -1] == 15
+    assert int((batch["input_ids"] == mask_id).sum()) == 1 and batch["input_ids"][0, -2:].tolist() == [14, 15]
 
 
 def test_data_loader_workers_draw_the_masks_of_the_main_process(meap_lm: tuple[Any, Any, int]) -> None:
@@ -307,3 +308,71 @@ def test_sft_bad_input(meap_lm: tuple[Any, Any, int]) -> None:
         collator([{"input_ids": [1, 2, 3], "labels": [1.0, 2.0, 3.0]}])
     with pytest.raises(ConfigError, match=r"`examples\[1\]\['seq_lengths'\]` must be positive and sum to"):
         collator([sft_example(2, 3), {**sft_example(2, 3), "seq_lengths": [2, 2]}])
+
+
+# Epochs, the official count ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["pretraining", "sft"])
+def test_masks_differ_across_epochs_and_are_reproducible(meap_lm: tuple[Any, Any, int], kind: str) -> None:
+    """Issue 14: at one example per batch the masks were the same in every epoch."""
+    _, tokenizer, mask_id = meap_lm
+    if kind == "pretraining":
+        rows: list[dict[str, Any]] = examples([120])
+        make = lambda: MEAPCollator(tokenizer, MEAPConfig(seed=5))  # noqa: E731
+    else:
+        rows = [sft_example(10, 120)]
+        make = lambda: MEAPSFTCollator(tokenizer, MEAPConfig(seed=5))  # noqa: E731
+    collator, rerun = make(), make()
+    per_epoch = []
+    for epoch in range(3):
+        collator.set_epoch(epoch)
+        per_epoch.append(collator(rows)["input_ids"] == mask_id)
+    assert per_epoch[0].any()
+    assert not torch.equal(per_epoch[0], per_epoch[1]) and not torch.equal(per_epoch[1], per_epoch[2])
+    rerun.set_epoch(1)  # a rerun (or a resumed run) that starts at epoch 1 draws epoch 1's masks
+    assert torch.equal(rerun(rows)["input_ids"] == mask_id, per_epoch[1])
+    assert "epoch=1" in repr(rerun)
+    with pytest.raises(ConfigError, match="`epoch` must be >= 0, got -1"):
+        collator.set_epoch(-1)
+
+
+def test_epoch_callback_checks_its_collators_and_workers(
+    meap_lm: tuple[Any, Any, int], tmp_path: Any
+) -> None:
+    from transformers import TrainerControl, TrainerState
+
+    from paperpack.core.hf import training_args
+    from paperpack.meap import MEAPEpochCallback
+
+    _, tokenizer, _ = meap_lm
+    with pytest.raises(TypeError, match="takes MEAPCollator or MEAPSFTCollator objects, got function"):
+        MEAPEpochCallback(lambda rows: rows)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="got none"):
+        MEAPEpochCallback()
+    collator = MEAPCollator(tokenizer)
+    callback = MEAPEpochCallback(collator)
+    state = TrainerState()
+    state.epoch = 2.5  # resumed in the middle of the third epoch
+    args = training_args(tmp_path, dataloader_num_workers=2, dataloader_persistent_workers=True)
+    callback.on_epoch_begin(args, state, TrainerControl())
+    assert collator.epoch == 2
+    with pytest.raises(ConfigError, match="`dataloader_persistent_workers` must be False"):
+        callback.on_train_begin(args, state, TrainerControl())
+
+
+def test_official_count_masks_short_sequences(meap_lm: tuple[Any, Any, int]) -> None:
+    _, tokenizer, mask_id = meap_lm
+    rows = examples([6, 60])  # 4 and 58 eligible positions
+    counts = {
+        rule: (MEAPCollator(tokenizer, MEAPConfig(mask_count=rule))(rows)["input_ids"] == mask_id).sum(dim=1)
+        for rule in ("floor", "at_least_one")
+    }
+    assert counts["floor"].tolist() == [0, 8]  # ⌊0.15·4⌋, ⌊0.15·58⌋
+    assert counts["at_least_one"].tolist() == [1, 8]
+    sft = MEAPSFTCollator(
+        tokenizer, MEAPConfig(sft_mask_ratio=0.1, min_answer_tokens=4, mask_count="at_least_one")
+    )
+    assert int((sft([sft_example(3, 6)])["input_ids"] == mask_id).sum()) == 1  # ⌊0.1·5⌋ = 0, raised to 1
+    with pytest.raises(ConfigError, match="`mask_count` must be one of 'floor', 'at_least_one', got 'ceil'"):
+        MEAPConfig(mask_count="ceil")  # type: ignore[arg-type]

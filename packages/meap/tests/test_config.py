@@ -18,11 +18,12 @@ def test_defaults_follow_the_paper_and_official_code() -> None:
     [
         ("mask_ratio", 1.0, r"`mask_ratio` must be in \[0, 1\), got 1.0"),
         ("mask_ratio", -0.1, r"`mask_ratio` must be in \[0, 1\)"),
+        ("mask_ratio", float("nan"), "`mask_ratio` must be a finite number, got nan"),
         ("sft_mask_ratio", 2, r"`sft_mask_ratio` must be in \[0, 1\)"),
         ("min_answer_tokens", -1, "`min_answer_tokens` must be >= 0"),
         ("min_answer_tokens", 2.5, "`min_answer_tokens` must be an integer"),
         ("sft_layout", "interleaved", "`sft_layout` must be one of 'separate', 'concat', got 'interleaved'"),
-        ("per_row_positions", "yes", "`per_row_positions` must be True or False"),
+        ("per_row_positions", "yes", "`per_row_positions` must be true or false"),
         ("mask_token", "", "`mask_token` must be a non-empty string"),
         ("seed", -3, "`seed` must be >= 0"),
     ],

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from paperpack.core.demo import DemoContext
+from paperpack.core.testing.contracts import check_demo
 from paperpack.meap import demo
-from paperpack.meap.demo import DemoSettings, RecallTask, accuracy_by_depth
+from paperpack.meap.experiment import RecallSettings, RecallTask, accuracy_by_depth, run_recall
 
 
 def test_records_have_the_documented_layout() -> None:
@@ -50,18 +50,38 @@ def test_accuracy_by_depth_scores_each_depth() -> None:
     assert accuracy == [1.0, 0.0, 0.0, 1.0, 0.0, 0.0]
 
 
+def test_the_task_model_is_sized_to_the_task_tokenizer() -> None:
+    task = RecallTask(num_pairs=4, num_keys=8, num_values=8)
+    model = task.model(3)
+    assert model.config.vocab_size == task.vocab_size == len(task.tokenizer())
+    assert model.config.max_position_embeddings == 2 * task.length
+    assert (model.config.hidden_size, model.config.num_hidden_layers) == (64, 2)
+    assert torch.equal(model.lm_head.weight, task.model(3).lm_head.weight)  # the seed fixes the init
+
+
+TINY = RecallSettings(
+    pretrain_steps=2, sft_steps=2, eval_records=8, task=RecallTask(num_pairs=4, num_keys=8, num_values=8)
+)
+
+
+@pytest.mark.slow
+def test_experiment_results_are_typed_and_reproducible() -> None:
+    first = run_recall(TINY, [0], arms=("NTP", "MEAP-SFT"))
+    assert [(run.arm, run.seed, run.steps) for run in first.runs] == [("NTP", 0, 2), ("MEAP-SFT", 0, 2)]
+    assert first.arms() == ["NTP", "MEAP-SFT"] and len(first.accuracy("NTP")) == 4
+    again = run_recall(TINY, [0], arms=("NTP", "MEAP-SFT"))
+    assert [run.accuracy for run in again.runs] == [run.accuracy for run in first.runs]
+
+
 @pytest.mark.slow
 def test_run_demo_reports_claims_tables_and_plots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    tiny = DemoSettings(
-        seeds=1,
-        pretrain_steps=2,
-        sft_steps=2,
-        eval_records=8,
-        task=RecallTask(num_pairs=4, num_keys=8, num_values=8),
-    )
-    monkeypatch.setattr(DemoSettings, "for_context", classmethod(lambda cls, ctx: tiny))
-    report = demo.run_demo(DemoContext(name="meap", output_dir=tmp_path, scale="quick", seed=0))
+    monkeypatch.setattr(RecallSettings, "for_scale", classmethod(lambda cls, scale: TINY))
+    report = check_demo(demo.run_demo, tmp_path, name="meap")
     assert [claim.method for claim in report.claims] == ["MEAP", "MEAP", "MEAP-SFT", "MEAP-SFT"]
     assert all(0 <= claim.method_value <= 1 for claim in report.claims)
-    assert [row[0] for row in report.tables[0].rows] == ["NTP", "MEAP", "SFT", "MEAP-SFT"]
-    assert all(path.is_file() and path.parent == tmp_path for path in report.plots)
+    thirds = report.table("Retrieval accuracy by depth third")
+    assert thirds.column("arm") == ["NTP", "MEAP", "SFT", "MEAP-SFT"]
+    for arm in ("NTP", "MEAP", "SFT", "MEAP-SFT"):
+        assert 0 <= thirds.row(arm)["all depths"] <= 1
+    assert report.table("Retrieval accuracy at each depth").row("MEAP")["4"] >= 0
+    assert len(report.plots) == 2

@@ -14,7 +14,7 @@ SCRIPT = textwrap.dedent(
     """
     import json, os, sys
     from paperpack.meap import MEAPCollator, MEAPConfig
-    from paperpack.meap.demo import RecallTask
+    from paperpack.meap.experiment import RecallTask
 
     tokenizer = RecallTask().tokenizer()
     collator = MEAPCollator(tokenizer, MEAPConfig(seed=5))

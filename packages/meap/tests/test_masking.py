@@ -2,52 +2,12 @@
 
 from __future__ import annotations
 
-import math
-from decimal import Decimal
-
 import pytest
 import torch
 
 from paperpack.core.errors import ConfigError
 from paperpack.meap import mask_inputs, sample_mask
-
-
-def reference_mask(
-    input_ids: torch.Tensor,
-    *,
-    ratio: float,
-    generator: torch.Generator,
-    protected: torch.Tensor | None = None,
-    segment_ids: torch.Tensor | None = None,
-    per_row_positions: bool = True,
-) -> torch.Tensor:
-    """The MEAP draw written out position by position.
-
-    It consumes the same random integers as the vectorised code (one score per position, or per column
-    when the pattern is shared), then, for every sequence, lists its eligible positions (not protected, not
-    its last), sorts them by (score, position) and masks the first floor(ratio * E).
-    """
-    if ratio == 0:
-        return torch.zeros(input_ids.shape, dtype=torch.bool)
-    rows_ids = input_ids.reshape(-1, input_ids.shape[-1])
-    rows, length = rows_ids.shape
-    scores = torch.randint(0, 1 << 24, (rows if per_row_positions else 1, length), generator=generator)
-    prot = None if protected is None else protected.reshape(rows, length)
-    segs = None if segment_ids is None else segment_ids.reshape(rows, length)
-    mask = torch.zeros((rows, length), dtype=torch.bool)
-    for row in range(rows):
-        row_scores = scores[row if per_row_positions else 0].tolist()
-        runs, start = [], 0
-        for t in range(1, length + 1):
-            if t == length or (segs is not None and segs[row, t] != segs[row, t - 1]):
-                runs.append((start, t))
-                start = t
-        for first, end in runs:
-            eligible = [t for t in range(first, end - 1) if prot is None or not prot[row, t]]
-            count = math.floor(Decimal(str(ratio)) * len(eligible))
-            for t in sorted(eligible, key=lambda t: (row_scores[t], t))[:count]:
-                mask[row, t] = True
-    return mask.reshape(input_ids.shape)
+from paperpack.meap._reference import reference_mask
 
 
 def random_case(seed: int) -> dict[str, object]:
@@ -64,6 +24,8 @@ def random_case(seed: int) -> dict[str, object]:
         "protected": protected,
         "segment_ids": segment_ids,
         "per_row_positions": seed % 4 != 0,
+        "keep_last": [2, 1, 0, 3][seed % 4],
+        "at_least_one": seed % 5 == 0,
     }
 
 
@@ -93,6 +55,7 @@ def test_padded_rows_match_literal_reference(seed: int) -> None:
         "protected": padding | (torch.rand((rows, width), generator=rng) < 0.1),
         "segment_ids": padding.long(),
         "per_row_positions": seed % 3 != 0,
+        "at_least_one": seed % 2 == 0,
     }
     fast = sample_mask(generator=torch.Generator().manual_seed(seed), **case)  # type: ignore[arg-type]
     slow = reference_mask(generator=torch.Generator().manual_seed(seed), **case)  # type: ignore[arg-type]
@@ -105,20 +68,48 @@ def test_exact_count_protected_and_last_positions() -> None:
     protected = torch.rand((64, 40), generator=generator) < 0.25
     for _ in range(20):
         mask = sample_mask(input_ids, ratio=0.15, generator=generator, protected=protected)
-        eligible = (~protected[:, :-1]).sum(dim=1)
+        eligible = (~protected[:, :-2]).sum(dim=1)
         assert torch.equal(mask.sum(dim=1), (eligible * 15) // 100)
         assert not (mask & protected).any()
-        assert not mask[:, -1].any()
+        assert not mask[:, -2:].any()
 
 
-def test_segments_get_their_own_count_and_keep_their_last_token() -> None:
-    segment_ids = torch.tensor([[0] * 11 + [1] * 21 + [2] * 6])
-    input_ids = torch.arange(38).unsqueeze(0)
+def test_the_last_position_with_a_target_is_never_masked() -> None:
+    """Issue 14: with labels = input_ids the last position has no target, and the official code never masks
+    the last one that has (it samples from the first L − 1 of its L input positions). The earlier rule kept
+    only the last position, so the one before it was masked at the rate P."""
+    input_ids = torch.zeros((2000, 20), dtype=torch.long)
+    mask = sample_mask(input_ids, ratio=0.15, generator=torch.Generator().manual_seed(3))
+    assert not mask[:, -2:].any()
+    assert torch.equal(mask.sum(dim=1), torch.full((2000,), 2))  # ⌊0.15 · 18⌋
+    assert mask[:, :-2].float().mean(dim=0).min() > 0.05  # every other position is drawn
+    sft = sample_mask(input_ids, ratio=0.15, generator=torch.Generator().manual_seed(3), keep_last=1)
+    assert not sft[:, -1].any() and sft[:, -2].any()  # the official SFT rule masks every answer position
+
+
+def test_at_least_one_mask_per_sequence() -> None:
+    """The official count ``max(1, int(L·P))``: sequences with fewer than 1/P eligible positions get one mask."""
+    segment_ids = torch.tensor([[0] * 5 + [1] * 3 + [2] * 2 + [3] * 40])  # E = 3, 1, 0, 38
+    input_ids = torch.arange(50).unsqueeze(0)
+    counts = {}
+    for rule in (False, True):
+        mask = sample_mask(
+            input_ids, ratio=0.15, generator=torch.Generator().manual_seed(0), segment_ids=segment_ids,
+            at_least_one=rule,
+        )[0]  # fmt: skip
+        counts[rule] = [int(mask[a:b].sum()) for a, b in ((0, 5), (5, 8), (8, 10), (10, 50))]
+    assert counts[False] == [0, 0, 0, 5]
+    assert counts[True] == [1, 1, 0, 5]  # the same where ⌊P·E⌋ >= 1; nothing where nothing is eligible
+
+
+def test_segments_get_their_own_count_and_keep_their_last_tokens() -> None:
+    segment_ids = torch.tensor([[0] * 12 + [1] * 22 + [2] * 7])
+    input_ids = torch.arange(41).unsqueeze(0)
     generator = torch.Generator().manual_seed(0)
     for _ in range(50):
         mask = sample_mask(input_ids, ratio=0.2, generator=generator, segment_ids=segment_ids)[0]
-        assert [int(mask[:11].sum()), int(mask[11:32].sum()), int(mask[32:].sum())] == [2, 4, 1]
-        assert not mask[[10, 31, 37]].any()
+        assert [int(mask[:12].sum()), int(mask[12:34].sum()), int(mask[34:].sum())] == [2, 4, 1]
+        assert not mask[[10, 11, 32, 33, 39, 40]].any()
 
 
 def test_realized_ratio_over_many_rows() -> None:
@@ -134,18 +125,18 @@ def test_realized_ratio_over_many_rows() -> None:
         protected=padding,
         segment_ids=segment_ids,
     )
-    realized = mask.sum().item() / (lengths - 1).sum().item()
+    realized = mask.sum().item() / (lengths - 2).sum().item()
     assert 0.15 - 1 / 100 <= realized <= 0.15  # ⌊P·E⌋ loses less than one token per row
     assert not (mask & padding).any()
 
 
 def test_positions_are_uniform() -> None:
     generator = torch.Generator().manual_seed(2)
-    input_ids = torch.zeros((4000, 21), dtype=torch.long)
+    input_ids = torch.zeros((4000, 22), dtype=torch.long)
     frequency = sample_mask(input_ids, ratio=0.25, generator=generator).float().mean(dim=0)
-    assert frequency[-1] == 0
+    assert (frequency[-2:] == 0).all()
     # 5 of 20 eligible positions: each is masked with probability 0.25 (3σ over 4000 rows is 0.02).
-    assert torch.allclose(frequency[:-1], torch.full((20,), 0.25), atol=0.025)
+    assert torch.allclose(frequency[:-2], torch.full((20,), 0.25), atol=0.025)
 
 
 def test_ratio_zero_is_plain_ntp_and_input_is_untouched() -> None:
@@ -155,7 +146,7 @@ def test_ratio_zero_is_plain_ntp_and_input_is_untouched() -> None:
     assert torch.equal(out, before) and out.data_ptr() != input_ids.data_ptr()
     masked = mask_inputs(input_ids, mask_token_id=999, ratio=0.5, generator=torch.Generator().manual_seed(0))
     assert torch.equal(input_ids, before)
-    assert int((masked == 999).sum()) == 3 * 8
+    assert int((masked == 999).sum()) == 3 * 7  # ⌊0.5 · 15⌋ per row
     assert torch.equal(masked[masked != 999], input_ids[masked != 999])
 
 
@@ -182,7 +173,7 @@ def test_one_dimensional_input() -> None:
     out = mask_inputs(
         torch.arange(1, 42), mask_token_id=0, ratio=0.1, generator=torch.Generator().manual_seed(0)
     )
-    assert out.shape == (41,) and int((out == 0).sum()) == 4 and out[-1] == 41
+    assert out.shape == (41,) and int((out == 0).sum()) == 3 and out[-2:].tolist() == [40, 41]
 
 
 @pytest.mark.parametrize("ratio", [1.0, 1.5, -0.1, float("nan"), True, "0.1"])
@@ -207,6 +198,10 @@ def test_bad_tensors() -> None:
         sample_mask(ids, ratio=0.1, generator=0)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="`mask_token_id` must be >= 0"):
         mask_inputs(ids, mask_token_id=-1, ratio=0.1)
+    with pytest.raises(ConfigError, match="`keep_last` must be >= 0"):
+        sample_mask(ids, ratio=0.1, keep_last=-1)
+    with pytest.raises(TypeError, match="`at_least_one` must be a bool"):
+        sample_mask(ids, ratio=0.1, at_least_one=1)  # type: ignore[arg-type]
 
 
 @pytest.mark.gpu

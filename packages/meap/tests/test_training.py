@@ -14,9 +14,9 @@ from transformers import Trainer
 from trl import SFTConfig, SFTTrainer
 
 from paperpack.core.hf import default_corpus, training_args
-from paperpack.core.testing.contracts import assert_state_dicts_equal
-from paperpack.core.testing.resume import StopAtStep
-from paperpack.meap import MEAPCollator, MEAPConfig, MEAPSFTCollator
+from paperpack.core.testing.contracts import assert_parameters_changed, snapshot_parameters
+from paperpack.core.testing.resume import check_trainer_resume
+from paperpack.meap import MEAPCollator, MEAPConfig, MEAPEpochCallback, MEAPSFTCollator
 
 
 class Recording:
@@ -52,17 +52,13 @@ def sft_rows(count: int = 24) -> list[dict[str, str]]:
     return [{"prompt": lines[2 * i], "completion": " " + lines[2 * i + 1]} for i in range(count)]
 
 
-def changed_parameters(before: dict[str, torch.Tensor], model: Any) -> list[str]:
-    return [name for name, p in model.named_parameters() if p.requires_grad and torch.equal(before[name], p)]
-
-
 @pytest.mark.slow
 def test_trainer_steps_decrease_the_loss(meap_lm: tuple[Any, Any, int], tmp_path: Path) -> None:
     model, tokenizer, mask_id = copy.deepcopy(meap_lm[0]), meap_lm[1], meap_lm[2]
     blocks = pretraining_blocks(tokenizer)
     held_out = {key: torch.tensor(blocks[-4:]) for key in ("input_ids", "labels")}
     collator = Recording(MEAPCollator(tokenizer, MEAPConfig(mask_ratio=0.15)))
-    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    before = snapshot_parameters(model)
     loss_before = clean_loss(model, held_out)
     args = training_args(
         tmp_path,
@@ -81,50 +77,61 @@ def test_trainer_steps_decrease_the_loss(meap_lm: tuple[Any, Any, int], tmp_path
     trainer.train()
     assert clean_loss(model, held_out) < loss_before - 0.3
     assert all("loss" in entry for entry in trainer.state.log_history[:-1])
-    assert changed_parameters(before, model) == []
+    assert_parameters_changed(before, model)
     special = torch.tensor(tokenizer.all_special_ids)
     for batch in collator.batches:
-        eligible = (~torch.isin(batch["labels"], special))[:, :-1].sum(dim=1)
+        eligible = (~torch.isin(batch["labels"], special))[:, :-2].sum(dim=1)
         assert torch.equal((batch["input_ids"] == mask_id).sum(dim=1), eligible * 15 // 100)
 
 
 @pytest.mark.slow
-def test_resumed_pretraining_matches_the_uninterrupted_run(
+def test_masks_change_every_epoch_and_resume_reproduces_them(
     meap_lm: tuple[Any, Any, int], tmp_path: Path
 ) -> None:
-    # The collator keeps no random state: after resuming from the checkpoint at step 3, steps 4-6 see the
-    # same masked batches, so the weights equal those of a run that was never interrupted.
-    tokenizer = meap_lm[1]
-    data = Dataset.from_dict({"input_ids": pretraining_blocks(tokenizer)[:48]})
+    """Issue 14: at one example per batch, every example came back in every epoch with the same masks.
 
-    def train(folder: str, *, stop: int | None = None, resume: str | None = None) -> tuple[Any, Recording]:
-        model = copy.deepcopy(meap_lm[0])
-        collator = Recording(MEAPCollator(tokenizer, MEAPConfig(mask_ratio=0.3, seed=7)))
+    With ``MEAPEpochCallback`` the masks of an example differ between epochs, and a run resumed from a
+    checkpoint in the middle of the second epoch sees the uninterrupted run's masked batches and ends with
+    its weights (the collator keeps no random state; the epoch comes from the Trainer's state).
+    """
+    tokenizer, mask_id = meap_lm[1], meap_lm[2]
+    data = Dataset.from_dict({"input_ids": pretraining_blocks(tokenizer)[:4]})
+
+    def make_trainer(settings: dict[str, Any], callbacks: list[Any]) -> Trainer:
+        meap = MEAPCollator(tokenizer, MEAPConfig(mask_ratio=0.3, seed=7))
+        settings = dict(settings)
         args = training_args(
-            tmp_path / folder,
-            max_steps=6,
-            per_device_train_batch_size=4,
+            settings.pop("output_dir"),
+            per_device_train_batch_size=1,
             learning_rate=3e-3,
-            save_strategy="steps",
-            save_steps=3,
             seed=0,
             data_seed=0,
+            **settings,
         )
-        callbacks = [StopAtStep(stop)] if stop else []
-        trainer = Trainer(
-            model=model, args=args, train_dataset=data, data_collator=collator, callbacks=callbacks
+        return Trainer(
+            model=copy.deepcopy(meap_lm[0]),
+            args=args,
+            train_dataset=data,
+            data_collator=Recording(meap),
+            callbacks=[MEAPEpochCallback(meap), *callbacks],
         )
-        trainer.train(resume_from_checkpoint=resume)
-        return model, collator
 
-    full, full_batches = train("full")
-    train("interrupted", stop=3)
-    resumed, resumed_batches = train("resumed", resume=str(tmp_path / "interrupted" / "checkpoint-3"))
-    # Steps 4-6 of the uninterrupted run and the three steps of the resumed one: the same masked inputs.
-    for ours, theirs in zip(resumed_batches.batches[-3:], full_batches.batches[-3:], strict=True):
+    # 12 steps = 4 examples x 3 epochs; interrupted in the middle of the second epoch.
+    check = check_trainer_resume(make_trainer, tmp_path, max_steps=12, interrupt_at=6)
+    full_batches = check.full.data_collator.batches
+    assert len(full_batches) == 12
+    masks: dict[tuple[int, ...], list[tuple[bool, ...]]] = {}
+    for batch in full_batches:
+        masks.setdefault(tuple(batch["labels"][0].tolist()), []).append(
+            tuple((batch["input_ids"][0] == mask_id).tolist())
+        )
+    assert len(masks) == 4
+    assert all(len(set(per_epoch)) == 3 for per_epoch in masks.values()), "an example kept its masks"
+    # Steps 7-12 of the uninterrupted run and the six steps of the resumed one: the same masked inputs.
+    resumed_batches = check.resumed.data_collator.batches
+    assert len(resumed_batches) == 6
+    for ours, theirs in zip(resumed_batches, full_batches[-6:], strict=True):
         assert torch.equal(ours["input_ids"], theirs["input_ids"])
-    assert (full_batches.batches[-1]["input_ids"] == meap_lm[2]).any()
-    assert_state_dicts_equal(resumed.state_dict(), full.state_dict())
 
 
 @pytest.mark.slow
@@ -143,7 +150,7 @@ def test_sft_trainer_steps_decrease_the_loss(meap_lm: tuple[Any, Any, int], tmp_
         save_strategy="no",
         max_length=128,
     )
-    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    before = snapshot_parameters(model)
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -157,7 +164,7 @@ def test_sft_trainer_steps_decrease_the_loss(meap_lm: tuple[Any, Any, int], tmp_
     loss_before = clean_loss(trainer.model, held_out)
     trainer.train()
     assert clean_loss(trainer.model, held_out) < loss_before - 0.3
-    assert changed_parameters(before, model) == []
+    assert_parameters_changed(before, model)
     for batch in collator.batches:
         rows_in_batch = batch["input_ids"].shape[0]
         assert rows_in_batch > 4  # masked copies joined the batch

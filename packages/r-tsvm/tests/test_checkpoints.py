@@ -307,9 +307,9 @@ def test_yaml_config_validation(model_dirs, tmp_path):
         ({**good, "parameters": {"density": 3}}, ConfigError, r"`density` must be in \[0, 1\]"),
         ({**good, "base_model": str(tmp_path / "nope")}, CheckpointNotFoundError, "does not exist"),
         (
-            {**good, "models": [{"model": "x", "parameters": {"density": 0.2}}]},
+            {**good, "models": [{"model": "x", "parameters": {"scaling": 0.2}}]},
             ConfigError,
-            "per-model parameter",
+            "not a per-model parameter",
         ),
         ({**good, "merge": "ties"}, ConfigError, "unknown merge config key 'merge'"),
         ({**good, "base_model": None}, ConfigError, "'ties' works on task vectors and needs a base model"),
@@ -336,5 +336,26 @@ def test_merging_again_into_the_same_folder_replaces_the_report(tmp_path):
         assert report["merge_method"] == method
         assert MergeConfig.from_yaml(out / "merge_config.yaml").merge_method == method
     assert report["layers"] == {}
-    with pytest.raises(OutputExistsError, match="earlier output of `r-tsvm merge`.*pass overwrite=True"):
+    with pytest.raises(OutputExistsError, match="earlier output of `merge`.*pass overwrite=True"):
         merge_checkpoints(recipe("ties", base, models), tmp_path / "out", progress=False)
+
+
+def test_an_existing_folder_is_refused_unless_it_is_an_earlier_merge(model_dirs, tmp_path):
+    """Before: merging into a folder deleted the user's *.safetensors there and kept every other file."""
+    from paperpack.core.testing.contracts import snapshot_tree
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "fisher_stats.safetensors").write_bytes(b"user data")
+    (folder / "adapter_config.json").write_text("{}")
+    before = snapshot_tree([folder])
+    data = recipe("task_arithmetic", model_dirs["base"], [model_dirs["expert0"]])
+    with pytest.raises(OutputExistsError, match="not empty and that paperpack did not write"):
+        merge_checkpoints(data, folder, progress=False, overwrite=True)
+    assert snapshot_tree([folder]) == before
+    out = merge_checkpoints(data, tmp_path / "out", progress=False)
+    with pytest.raises(OutputExistsError, match="pass overwrite=True to replace it"):
+        merge_checkpoints(data, out, progress=False)
+    with pytest.raises(OutputExistsError, match="an output of `merge`, not of `r-tsvm merge`"):
+        merge_checkpoints(data, out, progress=False, overwrite=True, command="r-tsvm merge")
+    assert merge_checkpoints(data, out, progress=False, overwrite=True) == out

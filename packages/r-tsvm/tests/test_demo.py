@@ -1,4 +1,4 @@
-"""The synthetic tasks, the sparse-layer round's helpers and a miniature run of the demo."""
+"""The synthetic tasks, the experiment's sparse-layer helpers and a miniature run of the demo."""
 
 from __future__ import annotations
 
@@ -7,7 +7,16 @@ import copy
 import pytest
 import torch
 
+from paperpack.core.testing.contracts import check_demo
 from paperpack.r_tsvm import demo, merge_tensors, synthetic
+from paperpack.r_tsvm.experiment import (
+    SPARSE_KEY,
+    SPARSE_MERGES,
+    ExperimentSettings,
+    kept_ranks,
+    masked_gradient,
+    update_mask,
+)
 from paperpack.r_tsvm.methods._common import numerical_rank
 
 
@@ -34,20 +43,20 @@ def test_task_rules():
 
 
 def test_update_mask_holds_the_requested_fraction_of_entries():
-    mask = demo._update_mask((64, 256), 0.1, seed=3)
+    mask = update_mask((64, 256), 0.1, seed=3)
     assert mask.dtype == torch.bool and mask.shape == (64, 256)
     assert int(mask.sum()) == int(0.1 * 64 * 256)
-    assert torch.equal(mask, demo._update_mask((64, 256), 0.1, seed=3))
-    assert not torch.equal(mask, demo._update_mask((64, 256), 0.1, seed=4))
-    assert not demo._update_mask((8, 8), 0.0, seed=0).any()
+    assert torch.equal(mask, update_mask((64, 256), 0.1, seed=3))
+    assert not torch.equal(mask, update_mask((64, 256), 0.1, seed=4))
+    assert not update_mask((8, 8), 0.0, seed=0).any()
 
 
 def test_masked_gradient_leaves_the_layer_sparse_and_is_removed_afterwards(tiny_lm):
     model, tokenizer = tiny_lm
     model = copy.deepcopy(model)
-    key = demo._SPARSE_KEY
+    key = SPARSE_KEY
     before = model.state_dict()[key].clone()
-    mask = demo._update_mask(before.shape, 0.1, seed=0)
+    mask = update_mask(before.shape, 0.1, seed=0)
     batch = tokenizer(["help river apple river = river"] * 4, return_tensors="pt")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
 
@@ -56,7 +65,7 @@ def test_masked_gradient_leaves_the_layer_sparse_and_is_removed_afterwards(tiny_
         model(**batch, labels=batch["input_ids"]).loss.backward()
         optimizer.step()
 
-    with demo._masked_gradient(model, key, mask):
+    with masked_gradient(model, key, mask):
         for _ in range(3):
             step()
     delta = model.state_dict()[key] - before
@@ -74,11 +83,11 @@ def test_kept_ranks_cap_each_methods_rank_at_the_tasks_numerical_rank():
     base = {"w": torch.zeros(12, 12)}
     low_rank = torch.randn(12, 2, generator=g) @ torch.randn(2, 12, generator=g)
     experts = [{"w": low_rank}, {"w": torch.zeros(12, 12)}, {"w": torch.randn(12, 12, generator=g)}]
-    fixed = demo._kept_ranks(base, experts, "w", "tsv_m", {})
+    fixed = kept_ranks(base, experts, "w", "tsv_m", {})
     # k_cap = 12 // 3 = 4; s_p = (0 + 1 + 0) / 3, so the rule keeps round(4 * 2 / 3) = 3 per task.
-    adaptive = demo._kept_ranks(base, experts, "w", "r_tsvm", {"rank_mode": "sparsity"})
+    adaptive = kept_ranks(base, experts, "w", "r_tsvm", {"rank_mode": "sparsity"})
     assert fixed == [2, 0, 4]
-    assert demo._kept_ranks(base, experts, "w", "r_tsvm", {"rank_mode": "fixed"}) == fixed
+    assert kept_ranks(base, experts, "w", "r_tsvm", {"rank_mode": "fixed"}) == fixed
     assert adaptive == [2, 0, 3]
     # The merged matrix has exactly as many directions as the triplets counted.
     tensors = [e["w"] for e in experts]
@@ -91,23 +100,25 @@ def test_kept_ranks_cap_each_methods_rank_at_the_tasks_numerical_rank():
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path, monkeypatch):
-    from paperpack.core.demo import DemoContext
-
-    tiny = demo._Budget(seeds=1, pretrain_steps=4, expert_steps=2, num_train=64, num_eval=16, grid=(1.0,))
-    monkeypatch.setattr(demo, "_QUICK", tiny)
-    report = demo.run_demo(DemoContext(name="r-tsvm", output_dir=tmp_path, scale="quick", seed=0))
+    tiny = ExperimentSettings(pretrain_steps=4, expert_steps=2, num_train=64, num_eval=16, grid=(1.0,))
+    monkeypatch.setattr(demo, "QUICK", tiny)
+    report = check_demo(demo.run_demo, tmp_path, name="r-tsvm")
     assert len(report.claims) == 6
     # The planted-outlier claim states whether the outliers hurt TSV-M at all.
-    assert "TSV-M (" in report.claims[1].note and any(report.claims[1].note in note for note in report.notes)
-    rows = {row[0] for row in report.tables[0].rows}
-    assert {"tsv_m", "r_tsvm", "data mixture (uniform)", "fisher", "regmean"} <= rows
-    assert all(plot.is_file() for plot in report.plots)
+    planted = report.claim("R-TSVM's outlier handling helps when outliers are planted")
+    assert "TSV-M (" in planted.note and any(planted.note in note for note in report.notes)
+    clean = report.table("Clean experts")
+    assert {"tsv_m", "r_tsvm", "data mixture (uniform)", "fisher", "regmean"} <= set(clean.column("model"))
+    assert clean.row("base model")["scale (per seed)"] == "-"
+    assert clean.row("r_tsvm")["scale (per seed)"] == "1"
+    assert report.table("One layer of the honest expert").row("masked 10 %: tsv_m")["mean (per seed)"]
     # The sparse-layer round: the honest task matrix is 90 % zeros but of full rank, so TSV-M keeps its whole
     # budget of every task there while the adaptive rule keeps less, of every task.
-    ranks = {row[1]: row for row in report.tables[3].rows}
-    assert len(ranks) == len(demo._SPARSE_ROWS)
-    assert ranks["tsv_m"][6] == "0.900"
-    assert ranks["tsv_m"][2] == ranks["r_tsvm (rank fixed)"][2] == "21/21/21"
-    adaptive = [int(k) for k in ranks["r_tsvm (adaptive on the sparse layer only)"][2].split("/")]
+    ranks = {record["merge"]: record for record in report.table("Sparse-layer round").records()}
+    assert list(ranks) == list(SPARSE_MERGES)
+    assert ranks["tsv_m"]["zeros in the honest task matrix (per seed)"] == "0.900"
+    kept = "kept per task (seed mean)"
+    assert ranks["tsv_m"][kept] == ranks["r_tsvm (rank fixed)"][kept] == "21/21/21"
+    adaptive = [int(k) for k in ranks["r_tsvm (adaptive on the sparse layer only)"][kept].split("/")]
     assert len(set(adaptive)) == 1 and adaptive[0] < 21
-    assert report.claims[5].held is None
+    assert report.claim("Sparsity-adaptive rank no worse").held is None

@@ -6,7 +6,6 @@ import copy
 from collections import Counter
 
 import pytest
-import torch
 from datasets import Dataset
 
 from paperpack.core.errors import ConfigError
@@ -69,42 +68,37 @@ def sft_args(folder, **overrides):
     return training_args(folder, cls=SFTConfig, **settings)
 
 
-def train_mixture(model, tokenizer, args, **kwargs):
-    """Train ``model`` in place on the 1:3 mixture of two tiny datasets."""
-    data = [dataset("river", 8), dataset("apple", 8)]
-    return train_on_mixture(model, data, args, processing_class=tokenizer, ratios=[1, 3], **kwargs)
+def mixture_data():
+    """Two tiny datasets, mixed 1:3 by the tests below."""
+    return [dataset("river", 8), dataset("apple", 8)]
 
 
 @pytest.mark.slow
 def test_train_on_mixture_trains_with_sft_trainer(tiny_lm, tmp_path):
+    from paperpack.core.testing.contracts import assert_parameters_changed, snapshot_parameters
+
     model, tokenizer = copy.deepcopy(tiny_lm[0]), tiny_lm[1]
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = snapshot_parameters(model)
     args = sft_args(tmp_path, max_steps=3, save_strategy="no", logging_steps=1)
-    trainer = train_mixture(model, tokenizer, args)
+    trainer = train_on_mixture(model, mixture_data(), args, processing_class=tokenizer, ratios=[1, 3])
     assert trainer.state.global_step == 3
     assert any("loss" in entry for entry in trainer.state.log_history)
-    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
-    assert len(changed) == len(before)
+    assert_parameters_changed(before, model)
 
 
 @pytest.mark.slow
 def test_resumed_mixture_training_matches_the_uninterrupted_run(tiny_lm, tmp_path):
-    from paperpack.core.testing.contracts import assert_state_dicts_equal
-    from paperpack.core.testing.resume import StopAtStep
+    from paperpack.core.testing.resume import check_trainer_resume
+    from paperpack.r_tsvm import mixture_trainer
 
     model, tokenizer = tiny_lm
 
-    def train(folder, stop=None, resume=None):
-        args = sft_args(
-            tmp_path / folder, max_steps=6, save_strategy="steps", save_steps=3, seed=0, data_seed=0
+    def make(settings, callbacks):
+        folder, rest = settings["output_dir"], {k: v for k, v in settings.items() if k != "output_dir"}
+        args = sft_args(folder, seed=0, data_seed=0, **rest)
+        data = mixture_data()
+        return mixture_trainer(
+            copy.deepcopy(model), data, args, processing_class=tokenizer, ratios=[1, 3], callbacks=callbacks
         )
-        trained = copy.deepcopy(model)
-        callbacks = [StopAtStep(stop)] if stop else None
-        train_mixture(trained, tokenizer, args, callbacks=callbacks, resume_from_checkpoint=resume)
-        return trained
 
-    full = train("full")
-    train("interrupted", stop=3)
-    resumed = train("resumed", resume=str(tmp_path / "interrupted" / "checkpoint-3"))
-    assert not all(torch.equal(v, model.state_dict()[k]) for k, v in full.state_dict().items())
-    assert_state_dicts_equal(resumed.state_dict(), full.state_dict())
+    check_trainer_resume(make, tmp_path)

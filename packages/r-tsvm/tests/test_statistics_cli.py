@@ -15,7 +15,10 @@ from safetensors import safe_open
 from paperpack.core.checkpoints import load_state_dict
 from paperpack.core.cli import main
 from paperpack.core.hf import load_model_and_tokenizer, tiny_causal_lm
-from paperpack.core.testing.contracts import assert_no_partial_output, assert_state_dicts_equal
+from paperpack.core.testing.contracts import (
+    assert_state_dicts_equal,
+    check_cli_fails_cleanly,
+)
 from paperpack.r_tsvm import MergeConfig, compute_fisher, compute_gram, merge_checkpoints, merge_state_dicts
 
 TEXTS = [
@@ -45,13 +48,26 @@ def folders(tiny_lm, tmp_path_factory):
     return {"a": root / "a", "b": root / "b", "data": data}
 
 
+def statistics_args(folders, model, kind, output, *extra):
+    args = [
+        "r-tsvm",
+        "statistics",
+        "--model",
+        str(folders[model]),
+        "--data",
+        str(folders["data"]),
+        "--kind",
+        kind,
+    ]
+    return [*args, "--output", str(output), "--device", "cpu", *extra]
+
+
 def run_statistics(folders, model, kind, output, *extra):
-    args = ["r-tsvm", "statistics", str(folders[model]), "--data", str(folders["data"]), "--kind", kind]
-    return main([*args, "--output", str(output), "--device", "cpu", *extra])
+    return main(statistics_args(folders, model, kind, output, *extra))
 
 
 def python_batches(folder, texts, *, batch_size, max_length):
-    """The batches the command should build: padded, truncated, padding labelled -100."""
+    """The batches the command should build: padded, truncated, padding labelled -100 (written out here)."""
     model, tokenizer = load_model_and_tokenizer(folder, device="cpu", dtype="float32")
     batches = []
     for start in range(0, len(texts), batch_size):
@@ -146,14 +162,20 @@ def test_fisher_of_tied_weights_is_written_under_both_names(folders, tmp_path):
         ("missing-data", "does not exist"),
         ("empty-data", "holds no records"),
         ("no-text", "needs a string field 'text'"),
+        ("not-utf8", r"data.jsonl:2 is not UTF-8 text \(byte 0xe9"),
         ("output-inside-model", "overlaps input"),
         ("output-is-data", "overlaps input"),
-        ("output-not-safetensors", "--output must be a .safetensors file"),
-        ("true-fisher-gram", "--true-fisher applies to --kind fisher only"),
-        ("zero-batch-size", "`--batch-size` must be >= 1"),
+        ("output-not-safetensors", "`--output` must be a .safetensors file"),
+        ("output-is-the-users", "already exists; pass --overwrite to replace it"),
+        ("overwrite-the-users", "already exists and is not an earlier output of `r-tsvm statistics`"),
+        ("true-fisher-gram", "`--true-fisher` applies to `--kind` fisher only"),
+        ("zero-batch-size", "`--batch-size` must be an integer >= 1, got 0"),
+        ("zero-max-examples", "`--max-examples` must be >= 1, got 0"),
+        ("nan-seed", "`--seed` must be a non-negative integer"),
     ],
 )
-def test_statistics_command_reports_bad_inputs(folders, tmp_path, capsys, case, message):
+def test_statistics_command_reports_bad_inputs(folders, tmp_path, case, message):
+    """Each bad input: exit 2, one line naming the flag as typed, the file system exactly as before."""
     folders = dict(folders)
     output = tmp_path / "stats.safetensors"
     kind, extra = "fisher", []
@@ -167,6 +189,9 @@ def test_statistics_command_reports_bad_inputs(folders, tmp_path, capsys, case, 
     elif case == "no-text":
         folders["data"] = tmp_path / "prompts.jsonl"
         folders["data"].write_text('{"text": "fine"}\n{"prompt": "no text here"}\n')
+    elif case == "not-utf8":
+        folders["data"] = tmp_path / "data.jsonl"
+        folders["data"].write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
     elif case == "output-inside-model":
         output = folders["a"] / "stats.safetensors"
     elif case == "output-is-data":
@@ -175,23 +200,52 @@ def test_statistics_command_reports_bad_inputs(folders, tmp_path, capsys, case, 
         output = folders["data"]
     elif case == "output-not-safetensors":
         output = tmp_path / "stats"
+    elif case in ("output-is-the-users", "overwrite-the-users"):
+        output.write_bytes(b"the user's own file")
+        extra = ["--overwrite"] if case == "overwrite-the-users" else []
     elif case == "true-fisher-gram":
         kind, extra = "gram", ["--true-fisher"]
     elif case == "zero-batch-size":
         extra = ["--batch-size", "0"]
-    before = output.read_text() if output.exists() else None
-    assert run_statistics(folders, "a", kind, output, *extra) == 2
-    assert message in capsys.readouterr().err
-    if before is None:
-        assert_no_partial_output(output)
-    else:
-        assert output.read_text() == before
+    elif case == "zero-max-examples":
+        extra = ["--max-examples", "0"]
+    elif case == "nan-seed":
+        extra = ["--seed", "nan"]
+    check_cli_fails_cleanly(
+        statistics_args(folders, "a", kind, output, *extra),
+        message,
+        paths=[tmp_path, folders["a"]],
+        output=output,
+    )
 
 
-def test_statistics_command_refuses_an_unknown_kind(folders, tmp_path, capsys):
-    assert run_statistics(folders, "a", "hessian", tmp_path / "stats.safetensors") == 2
-    assert "invalid choice: 'hessian'" in capsys.readouterr().err
-    assert_no_partial_output(tmp_path / "stats.safetensors")
+def test_statistics_command_replaces_its_own_earlier_output_with_overwrite(folders, tmp_path):
+    output = tmp_path / "stats.safetensors"
+    assert run_statistics(folders, "a", "gram", output, "--max-examples", "2") == 0
+    check_cli_fails_cleanly(
+        statistics_args(folders, "a", "gram", output, "--max-examples", "3"),
+        "already exists; pass --overwrite",
+        paths=[tmp_path],
+        output=output,
+    )
+    assert run_statistics(folders, "a", "gram", output, "--max-examples", "3", "--overwrite") == 0
+    with safe_open(output, "pt") as file:
+        assert json.loads(file.metadata()["paperpack_r_tsvm_statistics"])["examples"] == 3
+
+
+def test_the_model_is_a_flag_not_a_positional(folders, tmp_path):
+    argv = ["r-tsvm", "statistics", str(folders["a"]), "--data", str(folders["data"]), "--kind", "gram"]
+    check_cli_fails_cleanly([*argv, "--output", str(tmp_path / "s.safetensors")], "--model", paths=[tmp_path])
+
+
+def test_statistics_command_refuses_an_unknown_kind(folders, tmp_path):
+    output = tmp_path / "stats.safetensors"
+    check_cli_fails_cleanly(
+        statistics_args(folders, "a", "hessian", output),
+        "`--kind` must be one of 'fisher', 'gram', got 'hessian'",
+        paths=[tmp_path],
+        output=output,
+    )
 
 
 def test_statistics_help_imports_no_torch():

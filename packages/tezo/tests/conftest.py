@@ -1,4 +1,4 @@
-"""Fixtures shared by the trainer, CLI and DDP tests."""
+"""Fixtures of the trainer tests (the tiny model, datasets and collator are the core plugin's)."""
 
 from __future__ import annotations
 
@@ -8,31 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-from datasets import Dataset
-from transformers import DataCollatorForLanguageModeling, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from paperpack.core.hf import default_corpus, training_args
+from paperpack.core.hf import training_args
 from paperpack.tezo import ZOConfig, ZOSFTConfig
-
-
-@pytest.fixture(scope="session")
-def lm_dataset(tiny_lm: tuple[LlamaForCausalLM, PreTrainedTokenizerFast]) -> list[dict[str, list[int]]]:
-    """32 short lines of the built-in corpus, tokenized, of varied lengths."""
-    _, tokenizer = tiny_lm
-    lines = default_corpus(num_lines=32, seed=1)
-    return [{"input_ids": tokenizer(line, truncation=True, max_length=24)["input_ids"]} for line in lines]
-
-
-@pytest.fixture(scope="session")
-def collator(tiny_lm: tuple[LlamaForCausalLM, PreTrainedTokenizerFast]) -> DataCollatorForLanguageModeling:
-    return DataCollatorForLanguageModeling(tiny_lm[1], mlm=False)
-
-
-@pytest.fixture(scope="session")
-def sft_dataset() -> Dataset:
-    """The same 32 lines as ``lm_dataset``, untokenized: a TRL language-modeling dataset of ``text`` records."""
-    return Dataset.from_list([{"text": line} for line in default_corpus(num_lines=32, seed=1)])
 
 
 @pytest.fixture
@@ -70,11 +49,3 @@ def make_sft_args(tmp_path: Path) -> Callable[..., ZOSFTConfig]:
         return training_args(tmp_path / subdir, cls=ZOSFTConfig, **settings)
 
     return make
-
-
-def mean_loss(model: torch.nn.Module, dataset: list[dict[str, list[int]]], collator: Any) -> float:
-    """The model's loss on the whole dataset, in eval mode."""
-    model.eval()
-    with torch.no_grad():
-        batch = collator(dataset)
-        return float(model(**batch).loss)

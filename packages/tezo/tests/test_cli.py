@@ -1,95 +1,141 @@
-"""`paperpack tezo finetune` end to end on the tiny model folder."""
+"""`paperpack tezo finetune` through the real CLI: the one output layout, resume, and every bad input refused
+with a clear message, exit status 2 and the file system exactly as before."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from paperpack.core.cli import main
-from paperpack.core.hf import default_corpus
-from paperpack.core.testing.contracts import assert_no_partial_output
+from paperpack.core.files import OUTPUT_MARKER
+from paperpack.core.testing.contracts import check_cli_fails_cleanly
 
 
 @pytest.fixture
-def data_file(tmp_path: Path) -> Path:
-    path = tmp_path / "train.jsonl"
-    lines = default_corpus(num_lines=16, seed=2)
-    path.write_text("".join(json.dumps({"text": line}) + "\n" for line in lines))
+def data_file(tmp_path: Path, tiny_texts: list[str]) -> Path:
+    path = tmp_path / "inputs" / "train.jsonl"
+    path.parent.mkdir()
+    path.write_text("".join(json.dumps({"text": text}) + "\n" for text in tiny_texts[:16]))
     return path
 
 
-def _finetune(model: Path, data: Path, output: Path, *extra: str) -> list[str]:
+def finetune(model: Path, data: Path, output: Path, *extra: str) -> list[str]:
     return [
-        "tezo", "finetune", str(model), "--data", str(data), "--output", str(output), "--steps", "4",
-        "--batch-size", "4", "--lr", "1e-3", "--rank", "2", "--save-steps", "2", "--device", "cpu", *extra,
+        "tezo", "finetune", "--model", str(model), "--data", str(data), "--output", str(output),
+        "--max-steps", "4", "--per-device-train-batch-size", "4", "--learning-rate", "1e-3", "--zo-rank", "2",
+        "--save-steps", "2", "--device", "cpu", "--no-progress", "--max-length", "24", *extra,
     ]  # fmt: skip
 
 
-def test_finetune_writes_model_checkpoints_and_resumes(
-    tiny_lm_dir: Path, data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.slow
+def test_one_layout_resume_and_no_pickle(
+    tiny_lm_dir: Path, data_file: Path, tmp_path: Path, capsys: Any
 ) -> None:
+    from paperpack.core.hf import load_model_and_tokenizer
+
     output = tmp_path / "run"
     assert (
-        main(_finetune(tiny_lm_dir, data_file, output, "--eval-data", str(data_file), "--eval-steps", "2"))
+        main(finetune(tiny_lm_dir, data_file, output, "--eval-data", str(data_file), "--eval-steps", "2"))
         == 0
     )
-    model = output / "model"
-    assert (model / "model.safetensors").is_file()
-    assert (model / "tokenizer.json").is_file()
-    summary = json.loads((model / "tezo_summary.json").read_text())
-    assert summary["method"] == "tezo_adam"
-    assert summary["steps"] == 4
-    assert summary["zo_state_bytes"] > 0
-    assert "eval_loss" in summary
-    assert (output / "checkpoints" / "checkpoint-4" / "optimizer.pt").is_file()
-    assert_no_partial_output(output / ".model.partial")
     assert "wrote" in capsys.readouterr().out
+    top = {path.name for path in output.iterdir()}
+    expected = {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "training_args.json",
+        "tezo_summary.json",
+    }
+    assert expected | {OUTPUT_MARKER, "checkpoint-2", "checkpoint-4"} <= top
+    assert not list(output.rglob("training_args.bin")), "a pickle was left in the output"
+    assert (output / "checkpoint-4" / "optimizer.pt").is_file()
+    arguments = json.loads((output / "training_args.json").read_text())
+    assert (arguments["zo_rank"], arguments["lr_scheduler_type"], arguments["max_steps"]) == (
+        2,
+        "constant",
+        4,
+    )
+    summary = json.loads((output / "tezo_summary.json").read_text())
+    assert (summary["method"], summary["steps"]) == ("tezo_adam", 4)
+    assert summary["zo_state_bytes"] > 0 and "eval_loss" in summary
+    load_model_and_tokenizer(output, device="cpu")  # the output is the next command's input as it is
 
-    # Continue the same run to 6 steps from its last checkpoint.
-    assert main([*_finetune(tiny_lm_dir, data_file, output, "--resume", "last"), "--steps", "6"]) == 0
-    assert json.loads((model / "tezo_summary.json").read_text())["steps"] == 6
+    # A rerun needs --overwrite or --resume; --resume continues to a longer run.
+    check_cli_fails_cleanly(finetune(tiny_lm_dir, data_file, output), "--overwrite", paths=[tmp_path])
+    longer = finetune(tiny_lm_dir, data_file, output, "--resume")
+    longer[longer.index("--max-steps") + 1] = "6"
+    assert main(longer) == 0
+    assert json.loads((output / "tezo_summary.json").read_text())["steps"] == 6
+    assert (output / "checkpoint-6").is_dir()
 
 
+@pytest.mark.slow
+def test_both_spellings_a_config_file_and_another_architecture(
+    tiny_gpt2_dir: Path, data_file: Path, tmp_path: Path
+) -> None:
+    recipe = tmp_path / "inputs" / "run.yaml"
+    recipe.write_text("zo_method: lozo\nlearning_rate: 5e-4\nzo_lozo_interval: 2\nmax_steps: 3\n")
+    output = tmp_path / "gpt2-run"
+    argv = finetune(
+        tiny_gpt2_dir, data_file, output, "--config", str(recipe), "--zo_eps", "1e-2", "--save_steps", "3"
+    )
+    argv.remove("--max-steps"), argv.remove("4")  # from the config file
+    assert main(argv) == 0
+    arguments = json.loads((output / "training_args.json").read_text())
+    # The file's values, except learning_rate: a flag typed on the command line wins over the file.
+    assert (arguments["zo_method"], arguments["learning_rate"], arguments["zo_eps"]) == ("lozo", 1e-3, 1e-2)
+    assert (arguments["max_steps"], arguments["save_steps"]) == (3, 3)
+    assert (output / "checkpoint-3").is_dir() and (output / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--method", "mezo_lion"], "invalid choice: 'mezo_lion'"),
-        (["--rank", "0"], "`zo_rank` must be >= 1, got 0"),
-        (["--eps", "0"], "`zo_eps` must be > 0, got 0.0"),
-        (["--eval-steps", "2"], "--eval-steps needs --eval-data"),
-        (["--resume", "last"], "--resume last found no checkpoint"),
+        (["--max-steps", "0"], r"`--max-steps` must be >= 1 \(or -1: train `--num-train-epochs`\), got 0"),
+        (["--max-steps", "-5"], r"`--max-steps` must be >= 1 \(or -1: train `--num-train-epochs`\), got -5"),
+        (["--num-train-epochs", "0", "--max-steps", "-1"], r"`--num-train-epochs` must be > 0, got 0"),
+        (["--learning-rate", "nan"], r"`--learning-rate` must be a finite number, got 'nan'"),
+        (["--adam-beta1", "1.5"], r"`--adam-beta1` must be in \[0, 1\), got 1.5"),
+        (["--zo-rank", "0"], r"`--zo-rank` must be >= 1, got 0"),
+        (["--zo_eps", "0"], r"`--zo_eps` must be > 0, got 0"),
+        (["--zo-method", "mezo_lion"], r"`--zo-method` must be one of 'mezo_sgd', .*, got 'mezo_lion'"),
+        (["--fp16"], r"`--fp16` must be False for zeroth-order training"),
+        (["--lr", "1e-5"], r"unrecognized arguments: --lr"),
+        (["--steps", "5"], r"unrecognized arguments: --steps"),
+        (["--resume"], r"`--resume` continues an earlier run of `tezo finetune`"),
     ],
 )
-def test_finetune_rejects_bad_input(
-    tiny_lm_dir: Path,
-    data_file: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    *,
-    extra: list[str],
-    message: str,
+def test_bad_input_leaves_the_file_system_as_it_was(
+    tiny_lm_dir: Path, data_file: Path, extra: list[str], message: str
 ) -> None:
-    output = tmp_path / "bad"
-    try:
-        status = main(_finetune(tiny_lm_dir, data_file, output, *extra))
-    except SystemExit as exit_:  # argparse rejects invalid choices itself
-        status = int(exit_.code or 0)
-    assert status == 2
-    assert message in capsys.readouterr().err
-    assert not (output / "model").exists()
+    root = data_file.parent.parent
+    argv = finetune(tiny_lm_dir, data_file, root / "run", *extra)
+    check_cli_fails_cleanly(argv, message, paths=[root, tiny_lm_dir], output=root / "run")
 
 
-def test_finetune_refuses_overlapping_or_used_outputs(
-    tiny_lm_dir: Path, data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(_finetune(tiny_lm_dir, data_file, tiny_lm_dir / "inside")) == 2
-    assert "overlaps input" in capsys.readouterr().err
+@pytest.mark.slow
+def test_bad_paths_and_data(tiny_lm_dir: Path, data_file: Path, tmp_path: Path) -> None:
+    root = data_file.parent.parent
+    positional = ["tezo", "finetune", str(tiny_lm_dir), "--data", str(data_file), "--output", str(root / "o")]
+    check_cli_fails_cleanly(positional, r"unrecognized arguments|--model", paths=[root])
+    check_cli_fails_cleanly(
+        finetune(tiny_lm_dir, data_file, tiny_lm_dir / "inside"), "overlap|input", paths=[tiny_lm_dir]
+    )
     used = tmp_path / "used"
     used.mkdir()
     (used / "notes.txt").write_text("keep me")
-    assert main(_finetune(tiny_lm_dir, data_file, used)) == 2
-    assert "exists and is not empty" in capsys.readouterr().err
-    assert main(_finetune(tiny_lm_dir, tmp_path / "missing.jsonl", tmp_path / "new")) == 2
-    assert "does not exist" in capsys.readouterr().err
+    check_cli_fails_cleanly(finetune(tiny_lm_dir, data_file, used), "--output", paths=[tmp_path])
+    check_cli_fails_cleanly(
+        finetune(tiny_lm_dir, root / "missing.jsonl", root / "new"), "missing.jsonl", paths=[root]
+    )
+    latin = data_file.parent / "latin.jsonl"
+    latin.write_bytes(b'{"text": "caf\xe9"}\n')
+    check_cli_fails_cleanly(
+        finetune(tiny_lm_dir, latin, root / "new"), r"latin.jsonl:1 is not UTF-8", paths=[root]
+    )
+    check_cli_fails_cleanly(["tezo"], r"usage: paperpack tezo", paths=[root])

@@ -18,20 +18,24 @@ from paperpack.tezo import METHODS, ZOConfig, ZOOptimizer, ZOTrainer, zo_state_b
 pytestmark = pytest.mark.gpu
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("method", METHODS)
-def test_restore_on_cuda(method: str) -> None:
+def test_restore_on_cuda_is_exact(method: str, dtype: torch.dtype) -> None:
+    """Perturb-and-restore on CUDA leaves the weights bit-identical (lr 0: the update adds exact zeros)."""
     model, tokenizer = tiny_causal_lm()
-    model = model.cuda().eval()
+    model = model.to("cuda", dtype).eval()
     start = {k: v.clone() for k, v in model.state_dict().items()}
     ids = tokenizer(["the model and the data"] * 4, return_tensors="pt")["input_ids"].cuda()
     opt = ZOOptimizer(model.parameters(), method=method, lr=0.0, rank=4)
     for _ in range(50):
         opt.step(lambda: model(input_ids=ids, labels=ids).loss)
     for key, value in model.state_dict().items():
-        torch.testing.assert_close(value, start[key], rtol=0, atol=1e-5)
+        assert value.dtype == dtype
+        assert torch.equal(value, start[key]), key
 
 
 def test_bf16_trainer_on_cuda(tmp_path: Path) -> None:
+    """``bf16=True`` really runs the forward passes in bfloat16 (autocast), and the loss stays finite."""
     model, tokenizer = tiny_causal_lm()
     lines = default_corpus(num_lines=32, seed=1)
     data = [{"input_ids": tokenizer(line, truncation=True, max_length=24)["input_ids"]} for line in lines]
@@ -39,6 +43,8 @@ def test_bf16_trainer_on_cuda(tmp_path: Path) -> None:
         tmp_path, cls=ZOConfig, bf16=True, max_steps=5, per_device_train_batch_size=8, learning_rate=1e-3,
         save_strategy="no", zo_method="tezo_adam", zo_rank=4,
     )  # fmt: skip
+    seen: list[torch.dtype] = []
+    model.model.layers[0].mlp.down_proj.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
     trainer = ZOTrainer(
         model=model,
         args=args,
@@ -47,6 +53,7 @@ def test_bf16_trainer_on_cuda(tmp_path: Path) -> None:
     )
     result = trainer.train()
     assert torch.isfinite(torch.tensor(result.training_loss))
+    assert seen and set(seen) == {torch.bfloat16}, seen
 
 
 def _peak(method: str) -> tuple[int, int]:

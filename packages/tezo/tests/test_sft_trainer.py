@@ -17,8 +17,11 @@ from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
 from trl import SFTConfig
 
 from paperpack.core.errors import ConfigError
-from paperpack.core.testing.contracts import assert_state_dicts_equal
-from paperpack.core.testing.resume import StopAtStep
+from paperpack.core.testing.contracts import (
+    assert_parameters_changed,
+    snapshot_parameters,
+)
+from paperpack.core.testing.resume import check_trainer_resume
 from paperpack.tezo import ZOConfig, ZOSFTConfig, ZOSFTTrainer, ZOTrainer
 from paperpack.tezo.optim import unwrap_optimizer
 
@@ -42,7 +45,7 @@ def _sft_trainer(
 
 
 def test_step_equals_zo_trainer_on_the_same_batch(
-    fresh_model, make_sft_args, make_args, sft_dataset, tiny_lm
+    fresh_model, make_sft_args, make_args, tiny_text_dataset, tiny_lm
 ) -> None:
     """One ZOSFTTrainer step (two accumulated micro-batches) applies ZOTrainer's κ and update on the same batch.
 
@@ -62,7 +65,9 @@ def test_step_equals_zo_trainer_on_the_same_batch(
     }
     start = {k: v.clone() for k, v in tiny_lm[0].state_dict().items()}
     sft_model, sft_kappa = fresh_model(), RecordKappa()
-    sft = _sft_trainer(sft_model, make_sft_args(**settings), sft_dataset, tiny_lm[1], callbacks=[sft_kappa])
+    sft = _sft_trainer(
+        sft_model, make_sft_args(**settings), tiny_text_dataset, tiny_lm[1], callbacks=[sft_kappa]
+    )
     sft.train()
 
     zo_model, zo_kappa = fresh_model(), RecordKappa()
@@ -98,7 +103,7 @@ def _span_residual(delta: Tensor, U: Tensor, V: Tensor) -> float:
 
 
 def test_tezo_sgd_run_stays_in_the_factor_span_and_logs_trl_metrics(
-    fresh_model, make_sft_args, sft_dataset, tiny_lm
+    fresh_model, make_sft_args, tiny_text_dataset, tiny_lm
 ) -> None:
     """A real run: each matrix moves only along its fixed U, V; TRL's metrics are logged as training metrics once.
 
@@ -116,7 +121,9 @@ def test_tezo_sgd_run_stays_in_the_factor_span_and_logs_trl_metrics(
         eval_steps=3,
         per_device_eval_batch_size=8,
     )
-    trainer = _sft_trainer(model, args, sft_dataset, tiny_lm[1], eval_dataset=sft_dataset.select(range(8)))
+    trainer = _sft_trainer(
+        model, args, tiny_text_dataset, tiny_lm[1], eval_dataset=tiny_text_dataset.select(range(8))
+    )
     trainer.train()
 
     optimizer = unwrap_optimizer(trainer.optimizer)
@@ -144,46 +151,31 @@ def test_tezo_sgd_run_stays_in_the_factor_span_and_logs_trl_metrics(
     assert {"eval_entropy", "eval_mean_token_accuracy"} <= eval_logs[0].keys()
 
 
-def test_resume_reproduces_the_uninterrupted_run(fresh_model, make_sft_args, sft_dataset, tiny_lm) -> None:
-    common = {"zo_method": "tezo_adam", "max_steps": 6, "lr_scheduler_type": "linear"}
-    full = fresh_model()
-    _sft_trainer(full, make_sft_args("full", **common), sft_dataset, tiny_lm[1]).train()
+def test_resume_reproduces_the_uninterrupted_run(
+    fresh_model, make_sft_args, tiny_text_dataset, tiny_lm, tmp_path: Path
+) -> None:
+    def make(settings: dict[str, Any], callbacks: list[TrainerCallback]) -> ZOSFTTrainer:
+        options = {"zo_method": "tezo_adam", "lr_scheduler_type": "linear", **settings}
+        args = make_sft_args(str(Path(options.pop("output_dir")).relative_to(tmp_path)), **options)
+        return _sft_trainer(fresh_model(), args, tiny_text_dataset, tiny_lm[1], callbacks=callbacks)
 
-    interrupted_args = make_sft_args("cut", save_strategy="steps", save_steps=3, **common)
-    first = fresh_model()
-
-    _sft_trainer(first, interrupted_args, sft_dataset, tiny_lm[1], callbacks=[StopAtStep(3)]).train()
-    checkpoint = Path(interrupted_args.output_dir) / "checkpoint-3"
-    assert (checkpoint / "optimizer.pt").is_file()
-
-    resumed = fresh_model()
-    trainer = _sft_trainer(resumed, interrupted_args, sft_dataset, tiny_lm[1])
-    trainer.train(resume_from_checkpoint=str(checkpoint))
-    assert unwrap_optimizer(trainer.optimizer).zo_step == 6
-    assert_state_dicts_equal(resumed.state_dict(), full.state_dict())
-    at_three = first.state_dict()
-    assert any(not torch.equal(w, at_three[k]) for k, w in resumed.state_dict().items())
+    check = check_trainer_resume(make, tmp_path)
+    assert unwrap_optimizer(check.resumed.optimizer).zo_step == 6
 
 
-def test_peft_config_trains_only_the_adapter(fresh_model, make_sft_args, sft_dataset, tiny_lm) -> None:
-    base = fresh_model()
-    frozen_before = {k: v.clone() for k, v in base.state_dict().items()}
+def test_peft_config_trains_only_the_adapter(fresh_model, make_sft_args, tiny_text_dataset, tiny_lm) -> None:
     lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, task_type="CAUSAL_LM")
-    trainer = _sft_trainer(base, make_sft_args(max_steps=3), sft_dataset, tiny_lm[1], peft_config=lora)
+    trainer = _sft_trainer(
+        fresh_model(), make_sft_args(max_steps=3), tiny_text_dataset, tiny_lm[1], peft_config=lora
+    )
     model = trainer.model
-    adapter_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    assert adapter_before and all("lora_" in n for n in adapter_before)
+    parameters = snapshot_parameters(model)
+    assert all("lora_" in name for name, p in model.named_parameters() if p.requires_grad)
     trainer.train()
     optimizer = unwrap_optimizer(trainer.optimizer)
     trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert trained == {id(p) for p in model.parameters() if p.requires_grad}
-    changed = [
-        n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, adapter_before[n])
-    ]
-    assert len(changed) == len(adapter_before)
-    for name, param in model.get_base_model().named_parameters():
-        if "lora_" not in name:
-            assert torch.equal(param, frozen_before[name.replace(".base_layer", "")]), name
+    assert_parameters_changed(parameters, model)  # every adapter parameter, and no frozen one
 
 
 def test_config_carries_both_parents_fields_and_defaults(tmp_path: Path) -> None:
@@ -201,8 +193,10 @@ def test_config_carries_both_parents_fields_and_defaults(tmp_path: Path) -> None
         64,
         False,
     )
-    # Where the parents disagree: ZOConfig's learning rate and clipping, no checkpointing, SFTConfig's logging.
+    # Where the parents disagree: ZOConfig's learning rate, schedule and clipping, no checkpointing,
+    # SFTConfig's logging.
     assert (args.learning_rate, args.max_grad_norm, args.logging_steps) == (1e-5, 0.0, 10)
+    assert args.lr_scheduler_type == "constant"
     assert args.gradient_checkpointing is False and args.bf16 is False
     # SFTConfig's __post_init__ ran: "auto" padding resolves to None off Neuron; so did _BaseConfig's bf16 default.
     assert args.pad_to_multiple_of is None
@@ -229,24 +223,48 @@ def test_config_rejects_bad_values(overrides: dict[str, Any], message: str, tmp_
 
 
 def test_trainer_rejects_other_arguments_and_optimizers(
-    fresh_model, make_sft_args, make_args, sft_dataset, tiny_lm
+    fresh_model, make_sft_args, make_args, tiny_text_dataset, tiny_lm
 ) -> None:
     model, tokenizer = fresh_model(), tiny_lm[1]
     with pytest.raises(TypeError, match="`args` must be a ZOSFTConfig, got ZOConfig"):
-        _sft_trainer(model, make_args(), sft_dataset, tokenizer)
+        _sft_trainer(model, make_args(), tiny_text_dataset, tokenizer)
     sft_args = SFTConfig(make_args().output_dir, use_cpu=True, bf16=False, report_to="none")
     with pytest.raises(TypeError, match="`args` must be a ZOSFTConfig, got SFTConfig"):
-        _sft_trainer(model, sft_args, sft_dataset, tokenizer)
+        _sft_trainer(model, sft_args, tiny_text_dataset, tokenizer)
     with pytest.raises(TypeError, match="`args` must be a ZOSFTConfig, got NoneType"):
-        ZOSFTTrainer(model=model, train_dataset=sft_dataset, processing_class=tokenizer)
+        ZOSFTTrainer(model=model, train_dataset=tiny_text_dataset, processing_class=tokenizer)
     adam = torch.optim.AdamW(model.parameters())
     with pytest.raises(TypeError, match=r"`optimizers\[0\]` must be a ZOOptimizer, got AdamW"):
-        _sft_trainer(model, make_sft_args(), sft_dataset, tokenizer, optimizers=(adam, None))
+        _sft_trainer(model, make_sft_args(), tiny_text_dataset, tokenizer, optimizers=(adam, None))
     with pytest.raises(TypeError, match="must be ZOOptimizer"):
         _sft_trainer(
             model,
             make_sft_args(),
-            sft_dataset,
+            tiny_text_dataset,
             tokenizer,
             optimizer_cls_and_kwargs=(torch.optim.SGD, {"lr": 0.1}),
         )
+
+
+def test_label_smoothing_and_compute_loss_func(
+    fresh_model, make_sft_args, tiny_text_dataset, tiny_lm
+) -> None:
+    """Every loss evaluation sees the batch as given (``compute_loss`` pops ``labels`` for both)."""
+    seen: list[Any] = []
+
+    def loss_func(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> torch.Tensor:
+        seen.append(labels)
+        logits = outputs.logits[:, :-1].flatten(0, 1)
+        return torch.nn.functional.cross_entropy(logits, labels[:, 1:].flatten(), ignore_index=-100)
+
+    for subdir, extra in (("smoothing", {"label_smoothing_factor": 0.1}), ("func", {})):
+        trainer = ZOSFTTrainer(
+            model=fresh_model(),
+            args=make_sft_args(subdir, max_steps=2, **extra),
+            train_dataset=tiny_text_dataset,
+            processing_class=tiny_lm[1],
+            compute_loss_func=loss_func if subdir == "func" else None,
+        )
+        trainer.train()
+        assert unwrap_optimizer(trainer.optimizer).zo_step == 2
+    assert len(seen) == 4 and all(labels is not None for labels in seen)

@@ -13,31 +13,46 @@ from peft import LoraConfig, get_peft_model
 from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
 
 from paperpack.core.errors import ConfigError
-from paperpack.core.testing.contracts import assert_state_dicts_equal, run_distributed
-from paperpack.core.testing.resume import StopAtStep
+from paperpack.core.hf import training_args
+from paperpack.core.testing.contracts import (
+    assert_parameters_changed,
+    assert_state_dicts_equal,
+    run_distributed,
+    snapshot_parameters,
+)
+from paperpack.core.testing.resume import check_trainer_resume
 from paperpack.tezo import ZOConfig, ZOOptimizer, ZOTrainer, zo_state_bytes
 from paperpack.tezo.optim import unwrap_optimizer
 
 HERE = Path(__file__).parent
+# As make_args's, with LOZO's lazy interval inside the run.
+_TRAINER_SETTINGS: dict[str, Any] = {
+    "per_device_train_batch_size": 4, "learning_rate": 1e-3, "logging_steps": 1, "zo_rank": 4, "seed": 0,
+    "disable_tqdm": True, "zo_lozo_interval": 2,
+}  # fmt: skip
 
 
-def _loss(model: torch.nn.Module, dataset: list[dict[str, list[int]]], collator: Any) -> float:
+def _loss(model: torch.nn.Module, dataset: Any, collator: Any) -> float:
     model.eval()
     with torch.no_grad():
-        return float(model(**collator(dataset)).loss)
+        return float(model(**collator(list(dataset))).loss)
 
 
 @pytest.mark.parametrize("method", ["tezo_adam", "mezo_sgd"])
-def test_training_lowers_the_loss(method: str, fresh_model, make_args, lm_dataset, collator) -> None:
+def test_training_lowers_the_loss(
+    method: str, fresh_model, make_args, tiny_lm_dataset, tiny_collator
+) -> None:
     model = fresh_model()
-    before = _loss(model, lm_dataset, collator)
-    args = make_args(zo_method=method, max_steps=30, learning_rate=1e-3, lr_scheduler_type="constant")
-    trainer = ZOTrainer(model=model, args=args, train_dataset=lm_dataset, data_collator=collator)
+    before = _loss(model, tiny_lm_dataset, tiny_collator)
+    parameters = snapshot_parameters(model)
+    args = make_args(zo_method=method, max_steps=30, learning_rate=1e-3)
+    trainer = ZOTrainer(model=model, args=args, train_dataset=tiny_lm_dataset, data_collator=tiny_collator)
     trainer.train()
-    after = _loss(model, lm_dataset, collator)
+    after = _loss(model, tiny_lm_dataset, tiny_collator)
     # From a random initialisation (loss ≈ ln 512) 30 ZO steps lower the loss by 0.01-0.05; a flipped sign
     # or a broken restore raises it.
     assert after < before - 0.005, (before, after)
+    assert_parameters_changed(parameters, model)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 30
     optimizer = unwrap_optimizer(trainer.optimizer)
@@ -47,40 +62,30 @@ def test_training_lowers_the_loss(method: str, fresh_model, make_args, lm_datase
 
 @pytest.mark.parametrize("method", ["tezo_adam", "lozo"])
 def test_resume_reproduces_the_uninterrupted_run(
-    method: str, fresh_model, make_args, lm_dataset, collator
+    method: str, fresh_model, tiny_lm_dataset, tiny_collator, tmp_path: Path
 ) -> None:
-    common = {"zo_method": method, "max_steps": 6, "zo_lozo_interval": 2, "lr_scheduler_type": "linear"}
-    full = fresh_model()
-    ZOTrainer(
-        model=full, args=make_args("full", **common), train_dataset=lm_dataset, data_collator=collator
-    ).train()
+    """The core's contract: weights, optimizer state (the ZO step counter that fixes the seed sequence, the
+    moments), scheduler and global step of a resumed run equal an uninterrupted one's."""
 
-    interrupted_args = make_args("cut", save_strategy="steps", save_steps=3, **common)
-    first = fresh_model()
+    def make(settings: dict[str, Any], callbacks: list[TrainerCallback]) -> ZOTrainer:
+        options = {**_TRAINER_SETTINGS, "zo_method": method, "lr_scheduler_type": "linear", **settings}
+        args = training_args(options.pop("output_dir"), cls=ZOConfig, **options)
+        return ZOTrainer(
+            model=fresh_model(),
+            args=args,
+            train_dataset=tiny_lm_dataset,
+            data_collator=tiny_collator,
+            callbacks=callbacks,
+        )
 
-    ZOTrainer(
-        model=first,
-        args=interrupted_args,
-        train_dataset=lm_dataset,
-        data_collator=collator,
-        callbacks=[StopAtStep(3)],
-    ).train()
-    checkpoint = Path(interrupted_args.output_dir) / "checkpoint-3"
-    assert (checkpoint / "optimizer.pt").is_file()
-
-    resumed = fresh_model()
-    trainer = ZOTrainer(
-        model=resumed, args=interrupted_args, train_dataset=lm_dataset, data_collator=collator
-    )
-    trainer.train(resume_from_checkpoint=str(checkpoint))
-    assert unwrap_optimizer(trainer.optimizer).zo_step == 6
-    assert_state_dicts_equal(resumed.state_dict(), full.state_dict())
-    # Steps 4-6 moved the weights, so replaying the wrong seeds (a step counter not restored) would show.
-    at_three = first.state_dict()
-    assert any(not torch.equal(w, at_three[k]) for k, w in resumed.state_dict().items())
+    check = check_trainer_resume(make, tmp_path)
+    assert unwrap_optimizer(check.resumed.optimizer).zo_step == 6
+    assert (check.checkpoint / "optimizer.pt").is_file()
 
 
-def test_gradient_accumulation_equals_the_doubled_batch(fresh_model, make_args, lm_dataset, collator) -> None:
+def test_gradient_accumulation_equals_the_doubled_batch(
+    fresh_model, make_args, tiny_lm_dataset, tiny_collator
+) -> None:
     """Two micro-batches of 4 give the κ of one batch of 8, up to float32 rounding of the losses.
 
     The models' loss is float32 (transformers upcasts logits to float32), so κ = (ℓ⁺ − ℓ⁻)/(2ρ) carries an
@@ -99,7 +104,11 @@ def test_gradient_accumulation_equals_the_doubled_batch(fresh_model, make_args, 
     big = fresh_model()
     args = make_args("big", per_device_train_batch_size=8, max_steps=3, zo_method="mezo_adam", zo_eps=1e-2)
     ZOTrainer(
-        model=big, args=args, train_dataset=lm_dataset, data_collator=collator, callbacks=[RecordKappa("big")]
+        model=big,
+        args=args,
+        train_dataset=tiny_lm_dataset,
+        data_collator=tiny_collator,
+        callbacks=[RecordKappa("big")],
     ).train()
     accumulated = fresh_model()
     args = make_args(
@@ -113,8 +122,8 @@ def test_gradient_accumulation_equals_the_doubled_batch(fresh_model, make_args, 
     ZOTrainer(
         model=accumulated,
         args=args,
-        train_dataset=lm_dataset,
-        data_collator=collator,
+        train_dataset=tiny_lm_dataset,
+        data_collator=tiny_collator,
         callbacks=[RecordKappa("accumulated")],
     ).train()
     assert len(kappas["big"]) == 3
@@ -123,23 +132,29 @@ def test_gradient_accumulation_equals_the_doubled_batch(fresh_model, make_args, 
     assert_state_dicts_equal(accumulated.state_dict(), big.state_dict(), atol=1e-5, rtol=0)
 
 
-def test_forward_passes_skip_the_key_value_cache(fresh_model, make_args, lm_dataset, collator) -> None:
+def test_forward_passes_skip_the_key_value_cache(
+    fresh_model, make_args, tiny_lm_dataset, tiny_collator
+) -> None:
     # Eval mode does not switch the cache off: a cache would be memory spent on nothing in ZO training.
     model = fresh_model()
     assert model.config.use_cache
     seen: list[Any] = []
     model.register_forward_pre_hook(lambda module, _args: seen.append(module.config.use_cache))
     trainer = ZOTrainer(
-        model=model, args=make_args(max_steps=2), train_dataset=lm_dataset, data_collator=collator
+        model=model, args=make_args(max_steps=2), train_dataset=tiny_lm_dataset, data_collator=tiny_collator
     )
     trainer.train()
     assert seen == [False] * 4  # two steps, two forward passes each
 
 
-def test_optimizer_follows_args_changed_before_training(fresh_model, make_args, lm_dataset, collator) -> None:
+def test_optimizer_follows_args_changed_before_training(
+    fresh_model, make_args, tiny_lm_dataset, tiny_collator
+) -> None:
     """The optimizer is built from ``trainer.args`` when training starts (as ``hyperparameter_search`` needs)."""
     args = make_args(max_steps=1, zo_method="tezo_adam", zo_rank=4, lr_scheduler_type="constant")
-    trainer = ZOTrainer(model=fresh_model(), args=args, train_dataset=lm_dataset, data_collator=collator)
+    trainer = ZOTrainer(
+        model=fresh_model(), args=args, train_dataset=tiny_lm_dataset, data_collator=tiny_collator
+    )
     trainer.args.learning_rate = 5e-4
     trainer.args.zo_rank = 2
     trainer.train()
@@ -148,14 +163,14 @@ def test_optimizer_follows_args_changed_before_training(fresh_model, make_args, 
     assert [group["lr"] for group in optimizer.param_groups] == [5e-4, 5e-4]
 
 
-def test_evaluation_during_training(fresh_model, make_args, lm_dataset, collator) -> None:
+def test_evaluation_during_training(fresh_model, make_args, tiny_lm_dataset, tiny_collator) -> None:
     args = make_args(max_steps=4, eval_strategy="steps", eval_steps=2, per_device_eval_batch_size=8)
     trainer = ZOTrainer(
         model=fresh_model(),
         args=args,
-        train_dataset=lm_dataset,
-        eval_dataset=lm_dataset[:8],
-        data_collator=collator,
+        train_dataset=tiny_lm_dataset,
+        eval_dataset=tiny_lm_dataset.select(range(8)),
+        data_collator=tiny_collator,
     )
     trainer.train()
     evals = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
@@ -163,25 +178,18 @@ def test_evaluation_during_training(fresh_model, make_args, lm_dataset, collator
     assert all(torch.isfinite(torch.tensor(evals)))
 
 
-def test_peft_model_trains_only_the_adapter(fresh_model, make_args, lm_dataset, collator) -> None:
-    base = fresh_model()
-    frozen_before = {k: v.clone() for k, v in base.state_dict().items()}
-    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
-    adapter_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+def test_peft_model_trains_only_the_adapter(fresh_model, make_args, tiny_lm_dataset, tiny_collator) -> None:
+    model = get_peft_model(
+        fresh_model(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    )
+    parameters = snapshot_parameters(model)
     args = make_args(zo_method="tezo_adam", max_steps=3)
-    trainer = ZOTrainer(model=model, args=args, train_dataset=lm_dataset, data_collator=collator)
+    trainer = ZOTrainer(model=model, args=args, train_dataset=tiny_lm_dataset, data_collator=tiny_collator)
     trainer.train()
     optimizer = unwrap_optimizer(trainer.optimizer)
     trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert trained == {id(p) for p in model.parameters() if p.requires_grad}
-    changed = [
-        n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, adapter_before[n])
-    ]
-    assert changed, "no adapter parameter changed"
-    for name, param in model.get_base_model().named_parameters():
-        if "lora_" not in name:
-            original = name.replace(".base_layer", "")
-            assert torch.equal(param, frozen_before[original]), name
+    assert_parameters_changed(parameters, model)  # every adapter parameter, and no frozen one
 
 
 def test_config_parses_with_hf_argument_parser(tmp_path: Path) -> None:
@@ -240,11 +248,11 @@ def test_trainer_rejects_other_arguments_and_optimizers(fresh_model, make_args, 
         ZOTrainer(model=model, args=make_args(), optimizer_cls_and_kwargs=(torch.optim.SGD, {"lr": 0.1}))
 
 
-def test_trainer_accepts_a_ready_optimizer(fresh_model, make_args, lm_dataset, collator) -> None:
+def test_trainer_accepts_a_ready_optimizer(fresh_model, make_args, tiny_lm_dataset, tiny_collator) -> None:
     model = fresh_model()
     optimizer = ZOOptimizer(model.parameters(), method="lozo", lr=1e-4, rank=2)
     trainer = ZOTrainer(
-        model=model, args=make_args(max_steps=2), train_dataset=lm_dataset, data_collator=collator,
+        model=model, args=make_args(max_steps=2), train_dataset=tiny_lm_dataset, data_collator=tiny_collator,
         optimizers=(optimizer, None),
     )  # fmt: skip
     trainer.train()
@@ -265,3 +273,102 @@ def test_ddp_ranks_agree_and_average_kappa(tmp_path: Path) -> None:
         assert local0 != local1  # each rank saw its own shard of the batch
         assert applied == pytest.approx((local0 + local1) / 2, rel=1e-9)
     assert any(not torch.equal(w, rank0["initial"][k]) for k, w in rank0["weights"].items())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Issue 14: every loss evaluation sees the batch as given; the documented default schedule; one decay rule.
+
+
+def test_label_smoothing_trains(fresh_model, make_args, tiny_lm_dataset, tiny_collator) -> None:
+    """``compute_loss`` pops ``labels`` for label smoothing: the second perturbed pass must still have them."""
+    args = make_args(max_steps=2, label_smoothing_factor=0.1)
+    trainer = ZOTrainer(
+        model=fresh_model(), args=args, train_dataset=tiny_lm_dataset, data_collator=tiny_collator
+    )
+    trainer.train()
+    optimizer = unwrap_optimizer(trainer.optimizer)
+    assert optimizer.zo_step == 2
+    assert optimizer.last_kappa is not None and torch.isfinite(torch.tensor(optimizer.last_kappa))
+
+
+def test_compute_loss_func_sees_the_labels_at_every_evaluation(
+    fresh_model, make_args, tiny_lm_dataset, tiny_collator
+) -> None:
+    seen: list[torch.Tensor | None] = []
+
+    def loss_func(outputs: Any, labels: torch.Tensor | None, num_items_in_batch: Any = None) -> torch.Tensor:
+        seen.append(labels)
+        logits = outputs.logits[:, :-1].flatten(0, 1)
+        return torch.nn.functional.cross_entropy(logits, labels[:, 1:].flatten(), ignore_index=-100)
+
+    args = make_args(max_steps=3, gradient_accumulation_steps=2)
+    trainer = ZOTrainer(
+        model=fresh_model(),
+        args=args,
+        train_dataset=tiny_lm_dataset,
+        data_collator=tiny_collator,
+        compute_loss_func=loss_func,
+    )
+    trainer.train()
+    assert len(seen) == 3 * 2 * 2  # steps x micro-batches x two perturbed passes
+    assert all(labels is not None and labels.shape[0] == 4 for labels in seen)
+
+
+def test_default_schedule_is_the_documented_constant_rate(
+    fresh_model, tmp_path: Path, tiny_lm_dataset, tiny_collator
+) -> None:
+    args = ZOConfig(
+        str(tmp_path), max_steps=4, learning_rate=1e-3, logging_steps=1, use_cpu=True, report_to="none",
+        save_strategy="no", disable_tqdm=True,
+    )  # fmt: skip
+    assert args.lr_scheduler_type == "constant"
+    trainer = ZOTrainer(
+        model=fresh_model(), args=args, train_dataset=tiny_lm_dataset, data_collator=tiny_collator
+    )
+    trainer.train()
+    rates = [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
+    assert rates == [1e-3] * 4
+
+
+class _ScaledLinear(torch.nn.Module):
+    """A bias, a 1-D scale that transformers' name rule would decay, and a matrix."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(6, 6)
+        self.scale = torch.nn.Parameter(torch.ones(6))
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        # A constant loss: κ = 0, so only weight decay moves the weights.
+        return {"loss": (self.linear(x) * self.scale).sum() * 0 + 1.0}
+
+
+@pytest.mark.parametrize("route", ["optimizer", "trainer"])
+def test_one_weight_decay_rule(route: str, tmp_path: Path) -> None:
+    """λ decays the parameters with two or more dimensions, never 1-D ones, used directly or in ZOTrainer."""
+    model = _ScaledLinear()
+    start = {name: p.detach().clone() for name, p in model.named_parameters()}
+    lr, decay, steps = 0.1, 0.5, 3
+    if route == "optimizer":
+        # Even a group that asks for decay on a bias does not get it.
+        optimizer = ZOOptimizer(
+            [{"params": [model.linear.weight, model.linear.bias]}, {"params": [model.scale]}],
+            method="tezo_sgd", lr=lr, weight_decay=decay, rank=2,
+        )  # fmt: skip
+        for _ in range(steps):
+            optimizer.step(lambda: model(torch.ones(2, 6))["loss"])
+    else:
+        args = training_args(
+            tmp_path, cls=ZOConfig, zo_method="tezo_sgd", zo_rank=2, learning_rate=lr, weight_decay=decay,
+            max_steps=steps, per_device_train_batch_size=2, save_strategy="no", disable_tqdm=True,
+        )  # fmt: skip
+        data = [{"x": torch.ones(6), "labels": torch.zeros(1)}] * 4
+        trainer = ZOTrainer(model=model, args=args, train_dataset=data)
+        assert trainer.get_decay_parameter_names(model) == ["linear.weight"]
+        trainer.train()
+    expected = start["linear.weight"].clone()
+    for _ in range(steps):
+        expected.mul_(1.0 - lr * decay)
+    assert torch.equal(model.linear.weight.detach(), expected)
+    assert torch.equal(model.linear.bias.detach(), start["linear.bias"])
+    assert torch.equal(model.scale.detach(), start["scale"])

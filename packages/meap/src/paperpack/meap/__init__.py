@@ -8,30 +8,13 @@ from typing import TYPE_CHECKING
 from paperpack.core.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from paperpack.meap.collator import MEAPCollator, MEAPSFTCollator
-    from paperpack.meap.config import MEAPConfig
-    from paperpack.meap.masking import mask_inputs, sample_mask
-    from paperpack.meap.tokens import add_mask_token, mask_token_id
+    from paperpack.meap.callback import MEAPEpochCallback as MEAPEpochCallback
+    from paperpack.meap.collator import MEAPCollator as MEAPCollator
+    from paperpack.meap.collator import MEAPSFTCollator as MEAPSFTCollator
+    from paperpack.meap.config import MEAPConfig as MEAPConfig
+    from paperpack.meap.masking import mask_inputs as mask_inputs
+    from paperpack.meap.masking import sample_mask as sample_mask
+    from paperpack.meap.tokens import add_mask_token as add_mask_token
+    from paperpack.meap.tokens import mask_token_id as mask_token_id
 
-__all__ = [
-    "MEAPCollator",
-    "MEAPConfig",
-    "MEAPSFTCollator",
-    "add_mask_token",
-    "mask_inputs",
-    "mask_token_id",
-    "sample_mask",
-]
-
-__getattr__, __dir__ = lazy_exports(
-    __name__,
-    {
-        "MEAPCollator": "paperpack.meap.collator",
-        "MEAPSFTCollator": "paperpack.meap.collator",
-        "MEAPConfig": "paperpack.meap.config",
-        "mask_inputs": "paperpack.meap.masking",
-        "sample_mask": "paperpack.meap.masking",
-        "add_mask_token": "paperpack.meap.tokens",
-        "mask_token_id": "paperpack.meap.tokens",
-    },
-)
+__getattr__, __dir__ = lazy_exports(__name__)

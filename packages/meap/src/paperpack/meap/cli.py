@@ -1,8 +1,17 @@
-"""``paperpack meap pretrain`` and ``paperpack meap sft``: MEAP training of a model folder on a jsonl file.
+r"""``paperpack meap pretrain`` and ``paperpack meap sft``: MEAP training of a model folder on a jsonl file.
 
 Thin wrappers over ``transformers.Trainer`` + :class:`MEAPCollator` and ``trl.SFTTrainer`` +
-:class:`MEAPSFTCollator`, for users who do not write Python. Heavy libraries are imported in the handlers so
-that ``paperpack --help`` stays fast.
+:class:`MEAPSFTCollator`, for users who do not write Python::
+
+    paperpack meap pretrain --model ./my-model --data corpus.jsonl --output ./meap-run \
+        --mask-ratio 0.15 --learning-rate 4e-4 --max-steps 1000
+
+The flags follow paperpack's convention: the fields of ``TrainingArguments`` (``pretrain``) or
+``trl.SFTConfig`` (``sft``) in both spellings, the fields of :class:`~paperpack.meap.MEAPConfig`, and the
+shared vocabulary (``--model``, ``--data``, ``--output``, ``--resume``, ...). The output follows the one
+layout of every training command: the trained model and tokenizer at the top of ``--output`` with
+``training_args.json``, the Trainer's ``checkpoint-N`` folders beside them. A subcommand's flags are built
+when it is used, so ``paperpack meap --help`` does not import transformers.
 """
 
 from __future__ import annotations
@@ -12,155 +21,157 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from paperpack.core.arguments import add_config_arguments, add_flag, config_overrides
+from paperpack.core.commands import (
+    SharedFlag,
+    add_shared_arguments,
+    add_training_arguments,
+    check_training_output,
+)
 from paperpack.core.errors import ConfigError
-from paperpack.meap.config import SFT_LAYOUTS, MEAPConfig
+from paperpack.core.subcommands import add_subcommand
 
 __all__ = ["configure_parser"]
 
 logger = logging.getLogger(__name__)
 
-
-def _add_common(parser: argparse.ArgumentParser, *, max_length: int) -> None:
-    parser.add_argument(
-        "--model", required=True, help="model folder to start from (config, safetensors, tokenizer)"
-    )
-    parser.add_argument("--data", required=True, help="training data, a JSON Lines file")
-    parser.add_argument("--output", required=True, help="new folder for the trained model and tokenizer")
-    parser.add_argument("--mask-token", default="[MASK]", help="mask token string (default: %(default)s)")
-    parser.add_argument(
-        "--no-add-mask-token",
-        dest="add_mask_token",
-        action="store_false",
-        help="do not add the mask token or resize the embeddings; the tokenizer must already have it",
-    )
-    parser.add_argument(
-        "--shared-positions",
-        action="store_true",
-        help="one mask pattern shared by all rows of a batch (official-code parity) instead of fresh per row",
-    )
-    parser.add_argument(
-        "--max-length", type=int, default=max_length, help="tokens per sequence (%(default)s)"
-    )
-    parser.add_argument("--batch-size", type=int, default=8, help="sequences per device step (%(default)s)")
-    parser.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (%(default)s)")
-    parser.add_argument("--learning-rate", type=float, default=4e-4, help="peak learning rate (%(default)s)")
-    parser.add_argument("--epochs", type=float, default=1.0, help="passes over the data (%(default)s)")
-    parser.add_argument(
-        "--max-steps", type=int, default=-1, help="stop after this many steps (-1: use --epochs)"
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the masks and the data order (%(default)s)"
-    )
+_SHARED: tuple[SharedFlag, ...] = (
+    "model",
+    "data",
+    "output",
+    "overwrite",
+    "resume",
+    "device",
+    "dtype",
+    "max_length",
+    "progress",
+    "config",
+)
+_MEAP_TITLE = "MEAP masking (paperpack.meap.MEAPConfig; `seed` is the training --seed)"
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the ``pretrain`` and ``sft`` subcommands to ``paperpack meap``."""
     parser.description = "MEAP: mask a fraction of input tokens and train with the plain next-token loss."
     commands = parser.add_subparsers(dest="meap_command", metavar="{pretrain,sft}")
-    pretrain = commands.add_parser(
+    add_subcommand(
+        commands,
         "pretrain",
+        _pretrain_flags,
         help="causal-LM training with MEAP on a jsonl file of {'text': ...} records",
-        description="Tokenize the 'text' field, join the records with EOS, cut blocks of --max-length tokens "
+        description="Tokenize the text field, join the records with EOS, cut blocks of --max-length tokens "
         "and train with transformers.Trainer and MEAPCollator.",
     )
-    _add_common(pretrain, max_length=1024)
-    pretrain.add_argument("--mask-ratio", type=float, default=0.15, help="mask ratio P (paper: %(default)s)")
-    pretrain.add_argument(
-        "--text-field", default="text", help="the jsonl field holding the text (%(default)s)"
-    )
-    pretrain.set_defaults(handler=_pretrain)
-
-    sft = commands.add_parser(
+    add_subcommand(
+        commands,
         "sft",
+        _sft_flags,
         help="supervised fine-tuning with MEAP on a jsonl file of prompt/completion or messages records",
         description="Train with trl.SFTTrainer and MEAPSFTCollator: records are {'prompt', 'completion'} "
         "(loss on the completion) or {'messages': [...]} (loss on the assistant turns; the tokenizer needs a "
         "chat template with generation markers).",
     )
-    _add_common(sft, max_length=1024)
-    sft.add_argument(
-        "--sft-mask-ratio", type=float, default=0.1, help="answer mask ratio (official: %(default)s)"
-    )
-    sft.add_argument(
-        "--min-answer-tokens",
-        type=int,
-        default=51,
-        help="answers shorter than this stay unmasked (%(default)s)",
-    )
-    sft.add_argument(
-        "--layout", choices=SFT_LAYOUTS, default="separate", help="masked-copy layout (%(default)s)"
-    )
-    sft.set_defaults(handler=_sft)
-    parser.set_defaults(handler=lambda _args: parser.print_help())
 
 
-def _config(args: argparse.Namespace, **fields: Any) -> MEAPConfig:
-    return MEAPConfig(
-        mask_token=args.mask_token, per_row_positions=not args.shared_positions, seed=args.seed, **fields
+def _common_flags(
+    parser: argparse.ArgumentParser, args_class: type[Any], *, meap_exclude: tuple[str, ...]
+) -> None:
+    from paperpack.meap.config import MEAPConfig
+
+    training = add_training_arguments(parser, args_class)
+    meap = add_config_arguments(parser, MEAPConfig, exclude=("seed", *meap_exclude), title=_MEAP_TITLE)
+    add_flag(
+        parser,
+        "add_mask_token",
+        bool,
+        default=True,
+        help="add the mask token to the tokenizer and resize the embeddings; with --no-add-mask-token the "
+        "tokenizer must already have it",
     )
+    add_shared_arguments(
+        parser,
+        *_SHARED,
+        required=("model", "data", "output"),
+        defaults={"max_length": 1024, "dtype": "float32"},
+    )
+    parser.set_defaults(training_fields=training, meap_fields=meap)
 
 
-def _prepare(args: argparse.Namespace, config: MEAPConfig) -> tuple[Any, Any, Path]:
-    """Check the paths, load the model and make sure it has the mask token."""
-    from paperpack.core.checkpoints import check_output_path
+def _pretrain_flags(parser: argparse.ArgumentParser) -> None:
+    from transformers import TrainingArguments
+
+    _common_flags(
+        parser, TrainingArguments, meap_exclude=("sft_mask_ratio", "min_answer_tokens", "sft_layout")
+    )
+    add_flag(parser, "text_field", str, default="text", help="the jsonl field holding the text")
+    parser.set_defaults(handler=_pretrain)
+
+
+def _sft_flags(parser: argparse.ArgumentParser) -> None:
+    from trl.trainer.sft_config import SFTConfig
+
+    _common_flags(parser, SFTConfig, meap_exclude=("mask_ratio",))
+    parser.set_defaults(handler=_sft)
+
+
+def _check(
+    args: argparse.Namespace, command: str, args_class: type[Any], **fixed: Any
+) -> tuple[Any, Any, Any]:
+    """Every check before the first side effect: the output rule, the training arguments, the MEAP config."""
+    from paperpack.core.hf import command_training_args
+    from paperpack.meap.config import MEAPConfig
+
+    output = check_training_output(
+        args.output,
+        command=command,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        inputs=[args.model, args.data],
+    )
+    arguments = command_training_args(
+        args, args.training_fields, cls=args_class, output=args.output, logging_steps=10, **fixed
+    )
+    config = MEAPConfig(**config_overrides(args, args.meap_fields), seed=arguments.seed)
+    return output, arguments, config
+
+
+def _load(args: argparse.Namespace, config: Any) -> tuple[Any, Any]:
+    """Load the model and make sure its tokenizer has the mask token."""
     from paperpack.core.hf import load_model_and_tokenizer
     from paperpack.meap.tokens import add_mask_token, mask_token_id
 
-    output = Path(args.output)
-    check_output_path(output, [args.model, args.data])
-    if output.exists():  # checked again when writing; failing here saves loading the model
-        raise FileExistsError(f"--output {str(output)!r} already exists; choose a new folder")
-    for name in ("max_length", "batch_size", "grad_accum"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"`--{name.replace('_', '-')}` must be >= 1, got {getattr(args, name)}")
-    model, tokenizer = load_model_and_tokenizer(args.model, dtype="float32")
+    model, tokenizer = load_model_and_tokenizer(args.model, device=args.device, dtype=args.dtype)
     if args.add_mask_token:
         add_mask_token(tokenizer, model, config.mask_token)
     else:
         mask_token_id(tokenizer, config.mask_token)
-    return model, tokenizer, output
+    return model, tokenizer
 
 
-def _run(args: argparse.Namespace, build: Any) -> int:
-    from paperpack.core.files import atomic_folder, remove_path
+def _train(trainer: Any, output: Any, tokenizer: Any) -> int:
+    from paperpack.core.hf import save_trained_model
+    from paperpack.core.validation import check_finite
 
-    output = Path(args.output)
-    # The Trainer writes into a hidden sibling that becomes --output only once training has finished.
-    with atomic_folder(output) as staging:
-        trainer, tokenizer = build(staging / "trainer")
-        trainer.train()
-        remove_path(staging / "trainer")
-        trainer.save_model(str(staging))
-        tokenizer.save_pretrained(str(staging))
-    logger.info("saved the trained model to %s", output)
-    print(f"saved {output}")
+    trainer.train(resume_from_checkpoint=str(output.resume_from) if output.resume_from is not None else None)
+    check_finite("the trained weights", trainer.model.state_dict(), hint="lower `learning_rate`")
+    save_trained_model(trainer, output.folder, tokenizer=tokenizer)
+    logger.info("saved the trained model to %s", output.folder)
+    print(f"saved {output.folder}")
     return 0
-
-
-def _training_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "per_device_train_batch_size": args.batch_size,
-        "gradient_accumulation_steps": args.grad_accum,
-        "learning_rate": args.learning_rate,
-        "num_train_epochs": args.epochs,
-        "max_steps": args.max_steps,
-        "seed": args.seed,
-        "save_strategy": "no",
-        "logging_steps": 10,
-    }
 
 
 def _pretrain(args: argparse.Namespace) -> int:
     from datasets import Dataset
-    from transformers import Trainer
+    from transformers import Trainer, TrainingArguments
 
     from paperpack.core.data import read_jsonl
-    from paperpack.core.hf import training_args
+    from paperpack.core.hf import ArgumentsAsJson
+    from paperpack.meap.callback import MEAPEpochCallback
     from paperpack.meap.collator import MEAPCollator
 
-    config = _config(args, mask_ratio=args.mask_ratio)
+    output, arguments, config = _check(args, "meap pretrain", TrainingArguments)
     records = read_jsonl(args.data, required=(args.text_field,))
-    model, tokenizer, _ = _prepare(args, config)
+    model, tokenizer = _load(args, config)
     if tokenizer.eos_token_id is None:
         raise ConfigError("the tokenizer has no EOS token to separate the records with")
     stream: list[int] = []
@@ -171,17 +182,16 @@ def _pretrain(args: argparse.Namespace) -> int:
     blocks = [block for block in blocks if len(block) > 1]
     logger.info("%d records -> %d blocks of up to %d tokens", len(records), len(blocks), args.max_length)
 
-    def build(trainer_dir: Path) -> tuple[Any, Any]:
-        arguments = training_args(trainer_dir, **_training_kwargs(args))
-        trainer = Trainer(
-            model=model,
-            args=arguments,
-            train_dataset=Dataset.from_dict({"input_ids": blocks}),
-            data_collator=MEAPCollator(tokenizer, config),
-        )
-        return trainer, tokenizer
-
-    return _run(args, build)
+    collator = MEAPCollator(tokenizer, config)
+    trainer = Trainer(
+        model=model,
+        args=arguments,
+        train_dataset=Dataset.from_dict({"input_ids": blocks}),
+        data_collator=collator,
+        callbacks=[MEAPEpochCallback(collator), ArgumentsAsJson()],
+    )
+    output.open()  # the first side effect
+    return _train(trainer, output, tokenizer)
 
 
 def _sft_records(path: str) -> tuple[list[dict[str, Any]], bool]:
@@ -194,13 +204,19 @@ def _sft_records(path: str) -> tuple[list[dict[str, Any]], bool]:
             raise ConfigError(
                 f"{path}: record {number} needs a 'messages' list like record 1; it has {sorted(record)}"
             )
+        if conversational and not any(
+            isinstance(turn, dict) and turn.get("role") == "assistant" for turn in record["messages"]
+        ):
+            raise ConfigError(
+                f"{path}: record {number} has no assistant turn, so nothing to learn from: the loss falls on "
+                "the assistant turns only"
+            )
         if not conversational and not all(
             isinstance(record.get(key), str) for key in ("prompt", "completion")
         ):
             raise ConfigError(
                 f"{path}: record {number} needs string fields 'prompt' and 'completion' (or a 'messages' "
-                "list); "
-                f"it has {sorted(record)}"
+                f"list); it has {sorted(record)}"
             )
     keep = ("messages",) if conversational else ("prompt", "completion")
     return [{key: record[key] for key in keep} for record in records], conversational
@@ -211,34 +227,42 @@ def _sft(args: argparse.Namespace) -> int:
     from trl.trainer.sft_config import SFTConfig
     from trl.trainer.sft_trainer import SFTTrainer
 
-    from paperpack.core.hf import training_args
+    from paperpack.core.hf import ArgumentsAsJson
+    from paperpack.meap.callback import MEAPEpochCallback
     from paperpack.meap.collator import MEAPSFTCollator
 
-    config = _config(
-        args,
-        sft_mask_ratio=args.sft_mask_ratio,
-        min_answer_tokens=args.min_answer_tokens,
-        sft_layout=args.layout,
-    )
     records, conversational = _sft_records(args.data)
-    model, tokenizer, _ = _prepare(args, config)
-
-    def build(trainer_dir: Path) -> tuple[Any, Any]:
-        arguments = training_args(
-            trainer_dir,
-            cls=SFTConfig,
-            max_length=args.max_length,
-            assistant_only_loss=conversational,
-            completion_only_loss=None if conversational else True,
-            **_training_kwargs(args),
-        )
+    output, arguments, config = _check(
+        args,
+        "meap sft",
+        SFTConfig,
+        assistant_only_loss=conversational,
+        completion_only_loss=None if conversational else True,
+    )
+    model, tokenizer = _load(args, config)
+    collator = MEAPSFTCollator(tokenizer, config)
+    folder = Path(args.output)
+    existed = folder.exists()
+    try:
         trainer = SFTTrainer(
             model=model,
             args=arguments,
             train_dataset=Dataset.from_list(records),
             processing_class=tokenizer,
-            data_collator=MEAPSFTCollator(tokenizer, config),
+            data_collator=collator,
+            callbacks=[MEAPEpochCallback(collator), ArgumentsAsJson()],
         )
-        return trainer, tokenizer
-
-    return _run(args, build)
+        train_dataset: Any = trainer.train_dataset  # a datasets.Dataset here: the records are a list
+        if len(train_dataset) == 0:
+            raise ConfigError(
+                f"`max_length` {arguments.max_length} leaves no example of {args.data} with a token to "
+                "learn: TRL drops the examples whose completion (or assistant turns) truncation removed; "
+                "raise it"
+            )
+    except BaseException:
+        # Building the trainer creates its output_dir; a refusal leaves the file system as it was.
+        if not existed and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+    output.open()  # the first side effect of ours: the trainer above has tokenized and checked the data
+    return _train(trainer, output, tokenizer)

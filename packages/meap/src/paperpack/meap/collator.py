@@ -11,39 +11,32 @@ slower than ``numpy.asarray``, and TRL converts what it is given); the masks are
 once and the SFT copies are built with tensor operations, without Python loops over tokens or sequences.
 
 Randomness (ours; the official code draws from a global stream): the masks of a batch are drawn from a
-generator seeded by ``config.seed``, the process rank and a digest of the batch's tokens. A collator keeps no
-random state, so a run resumed from a checkpoint, a run with any number of data-loader workers and a rerun
-all draw the same masks for the same batches, and every rank draws its own. The same batch collated twice
-gets the same masks: with the Trainer's default shuffling a batch does not repeat across epochs.
+generator seeded by ``config.seed``, the process rank, the collator's epoch and a digest of the batch's
+tokens. A collator keeps no random state, so a run resumed from a checkpoint, a run with any number of
+data-loader workers and a rerun all draw the same masks for the same batches, and every rank draws its own.
+The epoch is what makes a batch that comes back in a later epoch (always, at one example per batch) get new
+masks: ``set_epoch`` sets it, and :class:`~paperpack.meap.MEAPEpochCallback` calls it at the start of every
+``Trainer`` epoch. Without it the epoch stays 0 and a repeated batch gets its earlier masks.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from paperpack.core.data import IGNORE_INDEX
+from paperpack.core.distributed import rank
 from paperpack.core.errors import ConfigError
+from paperpack.core.validation import check_int
 from paperpack.meap.config import MEAPConfig
 from paperpack.meap.masking import sample_mask
 from paperpack.meap.tokens import mask_token_id
 
 __all__ = ["MEAPCollator", "MEAPSFTCollator"]
-
-IGNORE_INDEX = -100
-
-
-def _process_rank() -> int:
-    rank = os.environ.get("RANK")
-    if rank is not None and rank.isdigit():
-        return int(rank)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return int(torch.distributed.get_rank())
-    return 0
 
 
 class _MEAPBase:
@@ -80,22 +73,37 @@ class _MEAPBase:
             pad_to_multiple_of=pad_to_multiple_of,
         )
         self.special_token_ids = torch.tensor(sorted(set(tokenizer.all_special_ids) | {self.mask_token_id}))
+        self.epoch = 0
+        """The epoch the masks are drawn for (part of every batch's seed); see :meth:`set_epoch`."""
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(config={self.config!r}, mask_token_id={self.mask_token_id}, "
-            f"pad_token_id={self.pad_token_id}, padding_free={self.padding_free})"
+            f"pad_token_id={self.pad_token_id}, padding_free={self.padding_free}, epoch={self.epoch})"
         )
 
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the masks of the following batches for ``epoch``, so a batch seen again gets new masks.
+
+        :class:`~paperpack.meap.MEAPEpochCallback` calls it at the start of every ``Trainer`` epoch (resumed
+        runs included); call it yourself in a loop of your own. Data-loader workers take a copy of the
+        collator when an epoch's iterator starts, so they see the new epoch unless they are persistent.
+
+        Raises:
+            ConfigError: when ``epoch`` is not an integer >= 0.
+        """
+        check_int("epoch", epoch, minimum=0)
+        self.epoch = epoch
+
     def _generator(self, examples: Sequence[Mapping[str, Any]]) -> torch.Generator:
-        """The batch's random stream, seeded from (seed, rank, the batch's tokens and sequence lengths)."""
+        """The batch's random stream, seeded from (seed, rank, epoch, the batch's tokens and lengths)."""
         digest = hashlib.blake2b(digest_size=16)
         for example in examples:
             digest.update(np.asarray(example.get("seq_lengths", ()), dtype=np.int64).tobytes())
             digest.update(example["input_ids"].tobytes())
             digest.update(b"|")
         words = np.frombuffer(digest.digest(), dtype=np.uint32).tolist()
-        entropy = [self.config.seed, _process_rank(), *words]
+        entropy = [self.config.seed, rank(), self.epoch, *words]
         seed = int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
         return torch.Generator().manual_seed(seed)
 
@@ -193,15 +201,18 @@ class MEAPCollator(_MEAPBase):
 
     Pads a list of tokenized examples like TRL's ``DataCollatorForLanguageModeling`` (labels = the unmasked
     ``input_ids``, ``-100`` on padding), then replaces ``⌊P·E⌋`` of the ``E`` eligible input positions of
-    every sequence with ``[MASK]`` (``P = config.mask_ratio``). Padding, special tokens and the last token of
-    each sequence are never masked; the labels are never changed, so the loss is the plain next-token loss on
-    the original tokens over all positions, as in the official code.
+    every sequence with ``[MASK]`` (``P = config.mask_ratio``; ``max(1, ⌊P·E⌋)`` with
+    ``config.mask_count="at_least_one"``). Padding, special tokens and the last two positions of each
+    sequence are never masked (the last has no target; the official code never masks the last position that
+    has one); the labels are never changed, so the loss is the plain next-token loss on the original tokens
+    over all positions, as in the official code.
 
     Examples may carry ``labels`` (used as they are), an ``attention_mask`` (zeros mark pre-padding, which is
     dropped and re-padded), and for packed rows ``seq_lengths`` (as TRL's packing writes; pass
     ``remove_unused_columns=False`` to the Trainer so that the column survives). The masks are a function of
-    ``config.seed``, the process rank and the batch's tokens, so a resumed run draws the same masks as an
-    uninterrupted one.
+    ``config.seed``, the process rank, the epoch (:meth:`set_epoch`; pass
+    ``MEAPEpochCallback(collator)`` to the Trainer) and the batch's tokens, so a resumed run draws the same
+    masks as an uninterrupted one and a batch seen again in a later epoch gets new ones.
 
     Args:
         tokenizer: the tokenizer; it must hold ``config.mask_token`` (see :func:`add_mask_token`).
@@ -218,8 +229,8 @@ class MEAPCollator(_MEAPBase):
         >>> mask_id = add_mask_token(tokenizer, model)
         >>> collator = MEAPCollator(tokenizer, MEAPConfig(mask_ratio=0.15))
         >>> batch = collator([{"input_ids": list(range(10, 51))}, {"input_ids": list(range(10, 31))}])
-        >>> int((batch["input_ids"] == mask_id).sum(dim=1)[0])  # ⌊0.15 · 40⌋
-        6
+        >>> int((batch["input_ids"] == mask_id).sum(dim=1)[0])  # ⌊0.15 · 39⌋
+        5
         >>> bool((batch["labels"][0] == torch.arange(10, 51)).all())
         True
     """
@@ -248,6 +259,7 @@ class MEAPCollator(_MEAPBase):
             protected=protected,
             segment_ids=segments,
             per_row_positions=self.config.per_row_positions,
+            at_least_one=self.config.mask_count == "at_least_one",
         )
         batch["input_ids"] = input_ids.masked_fill(mask, self.mask_token_id)
         return batch
@@ -321,6 +333,10 @@ class MEAPSFTCollator(_MEAPBase):
             protected=~(answer & long_enough),
             segment_ids=segments,
             per_row_positions=self.config.per_row_positions,
+            # The official SFT code samples from every answer position; only a final position (EOS, or the
+            # last token of a truncated answer) has no target.
+            keep_last=1,
+            at_least_one=self.config.mask_count == "at_least_one",
         )
         masked_ids = input_ids.masked_fill(mask, self.mask_token_id)
         masked_labels = labels.masked_fill(~mask, IGNORE_INDEX)

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from paperpack.core.errors import ConfigError
-from paperpack.core.validation import check_choice, check_int, check_range
+from paperpack.core.validation import check_bool, check_int, check_literal_fields, check_number
 
-__all__ = ["SFT_LAYOUTS", "MEAPConfig"]
+__all__ = ["MASK_COUNTS", "SFT_LAYOUTS", "MEAPConfig", "MaskCount", "SFTLayout"]
 
-SFT_LAYOUTS = ("separate", "concat")
+SFTLayout = Literal["separate", "concat"]
+"""Where an SFT example's masked copy goes: its own row, or appended to the clean sequence."""
+SFT_LAYOUTS: tuple[SFTLayout, ...] = get_args(SFTLayout)
+
+MaskCount = Literal["floor", "at_least_one"]
+"""How many of a sequence's E eligible positions are masked: ⌊P·E⌋, or max(1, ⌊P·E⌋)."""
+MASK_COUNTS: tuple[MaskCount, ...] = get_args(MaskCount)
 
 
 @dataclass
@@ -24,7 +30,9 @@ class MEAPConfig:
     ``sft_mask_ratio=0.1`` and ``min_answer_tokens=51`` (the official SFT script masks answers longer than 50
     tokens), ``mask_token="[MASK]"``. Ours: ``sft_layout="separate"`` (the layout of the official code; the
     paper's concatenated layout is ``"concat"``), ``per_row_positions=True`` (fresh positions for every
-    sequence; the official pretraining code shares one pattern across the batch) and ``seed=0``.
+    sequence; the official pretraining code shares one pattern across the batch), ``mask_count="floor"``
+    (the official code's ``max(1, int(L·P))`` is ``"at_least_one"``; the two agree wherever the paper's
+    settings put at least ``1/P`` eligible positions in a sequence) and ``seed=0``.
 
     Examples:
         >>> from paperpack.meap import MEAPConfig
@@ -57,12 +65,21 @@ class MEAPConfig:
             "and no masked copy (official code: answers longer than 50 tokens are masked, i.e. 51)."
         },
     )
-    sft_layout: Literal["separate", "concat"] = field(
+    sft_layout: SFTLayout = field(
         default="separate",
         metadata={
             "help": "SFT layout of the masked copy: 'separate' adds it as its own row whose loss is on the "
             "masked positions only (official code; our default); 'concat' appends it to the clean sequence, "
             "loss on the answer and the masked positions (the paper's description; doubles the length)."
+        },
+    )
+    mask_count: MaskCount = field(
+        default="floor",
+        metadata={
+            "help": "Masks per sequence from its E eligible positions: 'floor' masks ⌊P·E⌋ (ours: never more "
+            "than the fraction P, so sequences with fewer than 1/P eligible positions stay unmasked); "
+            "'at_least_one' masks max(1, ⌊P·E⌋), the official code's max(1, int(L·P)). They agree at the "
+            "paper's settings (4096-token blocks; answers over 50 tokens at ratio 0.1)."
         },
     )
     per_row_positions: bool = field(
@@ -83,20 +100,17 @@ class MEAPConfig:
         default=0,
         metadata={
             "help": "Seed of the mask sampler (ours). A batch's masks are drawn from (seed, process rank, "
-            "the batch's tokens): reproducible, the same after resuming, different across ranks."
+            "epoch, the batch's tokens): reproducible, the same after resuming, different across ranks and "
+            "epochs (the epoch comes from the collator's set_epoch, which MEAPEpochCallback calls)."
         },
     )
 
     def __post_init__(self) -> None:
-        check_range("mask_ratio", self.mask_ratio, 0.0, 1.0, high_inclusive=False)
-        check_range("sft_mask_ratio", self.sft_mask_ratio, 0.0, 1.0, high_inclusive=False)
+        check_literal_fields(self)
+        check_number("mask_ratio", self.mask_ratio, minimum=0, less_than=1)
+        check_number("sft_mask_ratio", self.sft_mask_ratio, minimum=0, less_than=1)
         check_int("min_answer_tokens", self.min_answer_tokens, minimum=0)
-        check_choice("sft_layout", self.sft_layout, SFT_LAYOUTS)
-        if not isinstance(self.per_row_positions, bool):
-            raise ConfigError(
-                f"`per_row_positions` must be True or False, got {self.per_row_positions!r} "
-                f"({type(self.per_row_positions).__name__})"
-            )
+        check_bool("per_row_positions", self.per_row_positions)
         if not isinstance(self.mask_token, str) or not self.mask_token:
             raise ConfigError(f"`mask_token` must be a non-empty string, got {self.mask_token!r}")
         check_int("seed", self.seed, minimum=0)

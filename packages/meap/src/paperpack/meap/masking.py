@@ -5,6 +5,12 @@ For a token sequence ``x_1 … x_T`` MEAP draws a set ``M`` of positions, replac
 ``-Σ_t log p(x_{t+1} | x̃_{≤t})`` on the original tokens. The logit at ``t-1`` still predicts the true
 ``x_t``; position ``t`` must predict ``x_{t+1}`` without seeing ``x_t``.
 
+Positions are counted as in transformers (labels = input_ids, the model shifts): the last position of a
+sequence has no target. The official pretraining code feeds ``x_1 … x_L`` and predicts ``x_2 … x_{L+1}``,
+and samples masks from its first ``L − 1`` input positions, so the last position that *has* a target is never
+masked either: here, the last two positions of every sequence (``keep_last=2``). Its SFT code samples from
+every answer position, so the SFT collator keeps only the last position (``keep_last=1``).
+
 These functions draw ``M``; they know nothing about tokenizers or trainers.
 """
 
@@ -41,45 +47,16 @@ def _check_tensor(name: str, value: object, shape: torch.Size, *, boolean: bool)
     return value
 
 
-def sample_mask(
-    input_ids: torch.Tensor,
+def _check_arguments(
+    input_ids: object,
     *,
     ratio: float,
-    generator: torch.Generator | None = None,
-    protected: torch.Tensor | None = None,
-    segment_ids: torch.Tensor | None = None,
-    per_row_positions: bool = True,
-) -> torch.Tensor:
-    """Draw the MEAP mask positions ``M``: a boolean tensor shaped like ``input_ids``.
-
-    Every sequence (a row, or a segment of a packed row) has ``E`` eligible positions: those not
-    ``protected`` and not its last position. Exactly ``n = ⌊P·E⌋`` of them are drawn uniformly without
-    replacement (``P`` = ``ratio``; the official code uses ``int(P·L)``, the same floor).
-
-    Args:
-        input_ids: integer tensor ``(batch, length)`` or ``(length,)``; only its shape and device are used.
-        ratio: the mask ratio ``P`` in ``[0, 1)``: the fraction of each sequence's eligible positions masked.
-        generator: random generator (its device is used for the draw); ``None`` uses torch's global one.
-        protected: boolean tensor shaped like ``input_ids``; ``True`` positions are never masked.
-        segment_ids: integer tensor shaped like ``input_ids`` for packed rows: each run of equal ids in a
-            row is one sequence, which gets its own count and whose last position is never masked.
-        per_row_positions: ``False`` draws one random score per column shared by all rows, so rows with
-            the same eligible positions get the same pattern (the official pretraining code's behaviour).
-
-    Returns:
-        A new boolean tensor, ``True`` where the input is to be replaced by ``[MASK]``.
-
-    Raises:
-        TypeError: for a non-tensor or a tensor of the wrong dtype.
-        ConfigError: for a ratio outside ``[0, 1)`` or a shape mismatch.
-
-    Examples:
-        >>> import torch
-        >>> from paperpack.meap import sample_mask
-        >>> ids = torch.arange(21).unsqueeze(0)
-        >>> int(sample_mask(ids, ratio=0.5, generator=torch.Generator().manual_seed(0)).sum())  # ⌊0.5·20⌋
-        10
-    """
+    generator: object,
+    protected: torch.Tensor | None,
+    segment_ids: torch.Tensor | None,
+    flags: dict[str, object],
+    keep_last: int,
+) -> None:
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(f"`input_ids` must be a torch.Tensor, got {type(input_ids).__name__}")
     if input_ids.dim() not in (1, 2):
@@ -91,9 +68,71 @@ def sample_mask(
         _check_tensor("protected", protected, input_ids.shape, boolean=True)
     if segment_ids is not None:
         _check_tensor("segment_ids", segment_ids, input_ids.shape, boolean=False)
-    if not isinstance(per_row_positions, bool):
-        raise TypeError(f"`per_row_positions` must be a bool, got {type(per_row_positions).__name__}")
+    for name, flag in flags.items():
+        if not isinstance(flag, bool):
+            raise TypeError(f"`{name}` must be a bool, got {type(flag).__name__}")
+    check_int("keep_last", keep_last, minimum=0)
 
+
+def sample_mask(
+    input_ids: torch.Tensor,
+    *,
+    ratio: float,
+    generator: torch.Generator | None = None,
+    protected: torch.Tensor | None = None,
+    segment_ids: torch.Tensor | None = None,
+    per_row_positions: bool = True,
+    keep_last: int = 2,
+    at_least_one: bool = False,
+) -> torch.Tensor:
+    """Draw the MEAP mask positions ``M``: a boolean tensor shaped like ``input_ids``.
+
+    Every sequence (a row, or a segment of a packed row) has ``E`` eligible positions: those not
+    ``protected`` and not among its last ``keep_last``. ``n = ⌊P·E⌋`` of them are drawn uniformly without
+    replacement (``P`` = ``ratio``), or ``n = max(1, ⌊P·E⌋)`` with ``at_least_one`` (the official code's
+    ``max(1, int(L·P))``; it differs only for sequences with fewer than ``1/P`` eligible positions).
+
+    Args:
+        input_ids: integer tensor ``(batch, length)`` or ``(length,)``; only its shape and device are used.
+        ratio: the mask ratio ``P`` in ``[0, 1)``: the fraction of each sequence's eligible positions masked.
+        generator: random generator (its device is used for the draw); ``None`` uses torch's global one.
+        protected: boolean tensor shaped like ``input_ids``; ``True`` positions are never masked.
+        segment_ids: integer tensor shaped like ``input_ids`` for packed rows: each run of equal ids in a
+            row is one sequence, which gets its own count and whose last position is never masked.
+        per_row_positions: ``False`` draws one random score per column shared by all rows, so rows with
+            the same eligible positions get the same pattern (the official pretraining code's behaviour).
+        keep_last: how many final positions of every sequence are never masked. 2 (default): the last
+            position, which has no target when labels = input_ids, and the last one that has a target, as the
+            official pretraining code; 1: the last only, as the official SFT code.
+        at_least_one: mask at least one position of every sequence that has an eligible one (the official
+            code's rule) instead of ``⌊P·E⌋``, which is 0 when ``E < 1/P``.
+
+    Returns:
+        A new boolean tensor, ``True`` where the input is to be replaced by ``[MASK]``.
+
+    Raises:
+        TypeError: for a non-tensor or a tensor of the wrong dtype.
+        ConfigError: for a ratio outside ``[0, 1)`` or a shape mismatch.
+
+    Examples:
+        >>> import torch
+        >>> from paperpack.meap import sample_mask
+        >>> ids = torch.arange(22).unsqueeze(0)
+        >>> int(sample_mask(ids, ratio=0.5, generator=torch.Generator().manual_seed(0)).sum())  # ⌊0.5·20⌋
+        10
+        >>> short = torch.arange(6).unsqueeze(0)  # 4 eligible positions: ⌊0.15·4⌋ = 0, or at least one
+        >>> [int(sample_mask(short, ratio=0.15, at_least_one=rule).sum()) for rule in (False, True)]
+        [0, 1]
+    """
+    _check_arguments(
+        input_ids,
+        ratio=ratio,
+        generator=generator,
+        protected=protected,
+        segment_ids=segment_ids,
+        flags={"per_row_positions": per_row_positions, "at_least_one": at_least_one},
+        keep_last=keep_last,
+    )
     device = input_ids.device
     if ratio == 0 or input_ids.numel() == 0:
         return torch.zeros(input_ids.shape, dtype=torch.bool, device=device)
@@ -104,19 +143,24 @@ def sample_mask(
     if segment_ids is not None:
         segments = segment_ids.reshape(rows, length).to(device)
         starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
-    ends = torch.ones_like(starts)
-    ends[:, :-1] = starts[:, 1:]
-    eligible = ~ends
+    # Every sequence is a contiguous run of the flattened batch: number the runs, find each position's
+    # distance to the end of its run, count E per run, and give every position the n of its own sequence.
+    flat_starts = starts.reshape(-1)
+    sequence = torch.cumsum(flat_starts, 0) - 1
+    size = torch.bincount(sequence)
+    positions = torch.arange(flat_starts.numel(), device=device)
+    first = torch.cummax(torch.where(flat_starts, positions, 0), 0).values
+    to_end = size.index_select(0, sequence) - 1 - (positions - first)
+    eligible = (to_end >= keep_last).reshape(rows, length)
     if protected is not None:
         eligible &= ~protected.reshape(rows, length).to(device)
 
-    # Every sequence is a contiguous run of the flattened batch: number the runs, count E per run, and give
-    # every position the n = ⌊P·E⌋ of its own sequence.
-    sequence = torch.cumsum(starts.reshape(-1), 0) - 1
-    eligible_count = torch.zeros(int(sequence[-1]) + 1, dtype=torch.long, device=device)
+    eligible_count = torch.zeros(size.numel(), dtype=torch.long, device=device)
     eligible_count.scatter_add_(0, sequence, eligible.reshape(-1).long())
     fraction = Fraction(ratio).limit_denominator(_MAX_DENOMINATOR)
     count = (eligible_count * fraction.numerator) // fraction.denominator  # exact integer floor
+    if at_least_one:
+        count = torch.maximum(count, eligible_count.clamp(max=1))
     count_at = count.index_select(0, sequence).reshape(rows, length)
 
     draw_device = generator.device if generator is not None else device
@@ -188,13 +232,16 @@ def mask_inputs(
     protected: torch.Tensor | None = None,
     segment_ids: torch.Tensor | None = None,
     per_row_positions: bool = True,
+    keep_last: int = 2,
+    at_least_one: bool = False,
 ) -> torch.Tensor:
     """Return a copy of ``input_ids`` with the MEAP mask applied: ``x̃_t = [MASK]`` for ``t ∈ M``.
 
     The labels of a MEAP batch are the *unmasked* ``input_ids``; only the model input changes. ``M`` is drawn
-    by :func:`sample_mask` (see there for ``protected``, ``segment_ids`` and ``per_row_positions``):
-    protected positions and the last position of every sequence are never masked, and ``⌊P·E⌋`` of the
-    ``E`` eligible positions of each sequence are.
+    by :func:`sample_mask` (see there for ``protected``, ``segment_ids``, ``per_row_positions``,
+    ``keep_last`` and ``at_least_one``): protected positions and the last two positions of every sequence
+    (the last has no target; the official code never masks the last that has one) are never masked, and
+    ``⌊P·E⌋`` of the ``E`` eligible positions of each sequence are.
 
     Args:
         input_ids: integer tensor ``(batch, length)`` or ``(length,)``; never modified.
@@ -204,6 +251,8 @@ def mask_inputs(
         protected: boolean tensor shaped like ``input_ids``; ``True`` positions are never masked.
         segment_ids: segment ids of packed rows (see :func:`sample_mask`).
         per_row_positions: ``False`` shares one random pattern across rows (official pretraining parity).
+        keep_last: final positions of every sequence never masked (see :func:`sample_mask`).
+        at_least_one: at least one mask per sequence, the official count (see :func:`sample_mask`).
 
     Returns:
         A new tensor like ``input_ids``.
@@ -211,10 +260,10 @@ def mask_inputs(
     Examples:
         >>> import torch
         >>> from paperpack.meap import mask_inputs
-        >>> ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]])
+        >>> ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]])
         >>> out = mask_inputs(ids, mask_token_id=0, ratio=0.2, generator=torch.Generator().manual_seed(0))
-        >>> int((out == 0).sum()), int(out[0, -1])  # ⌊0.2·10⌋ masks; the last position is kept
-        (2, 15)
+        >>> int((out == 0).sum()), out[0, -2:].tolist()  # ⌊0.2·10⌋ masks; the last two positions are kept
+        (2, [15, 16])
     """
     check_int("mask_token_id", mask_token_id, minimum=0)
     mask = sample_mask(
@@ -224,5 +273,7 @@ def mask_inputs(
         protected=protected,
         segment_ids=segment_ids,
         per_row_positions=per_row_positions,
+        keep_last=keep_last,
+        at_least_one=at_least_one,
     )
     return input_ids.masked_fill(mask, mask_token_id)

@@ -7,93 +7,93 @@ flags from these classes instantly.
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from paperpack.core.errors import ConfigError
 from paperpack.core.validation import (
-    check_choice,
+    check_bool,
     check_int,
+    check_literal_fields,
+    check_number,
+    check_patterns,
     check_positive,
     check_probability,
     check_range,
 )
 
 __all__ = [
+    "DTYPES",
     "OUTLIER_ACTIONS",
     "OUTLIER_MODES",
     "RANK_MODES",
     "SIGN_METHODS",
+    "SVD_MODES",
+    "VOCAB_POLICIES",
     "BreadcrumbsConfig",
+    "BreadcrumbsTiesConfig",
     "ConsensusConfig",
     "DareConfig",
     "DareTiesConfig",
     "DellaConfig",
+    "DellaLinearConfig",
     "FisherConfig",
     "IsoCConfig",
     "IsoCTSConfig",
     "LinearConfig",
+    "MergeOutputOptions",
+    "ModelStockConfig",
+    "NuSlerpConfig",
+    "OutlierAction",
+    "OutlierMode",
+    "OutputDtype",
+    "PassthroughConfig",
     "RTSVMConfig",
+    "RankMode",
     "RegMeanConfig",
+    "SCEConfig",
+    "SVDMode",
+    "SignMethod",
     "SlerpConfig",
     "TSVMConfig",
     "TaskArithmeticConfig",
     "TiesConfig",
-    "check_bool",
-    "check_number",
-    "check_patterns",
+    "VocabPolicy",
 ]
 
-
-def check_number(name: str, value: object) -> None:
-    """Check that a config value is a finite real number (not a bool).
-
-    Raises:
-        ConfigError: naming the field and the value.
-    """
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"`{name}` must be a finite number, got {value!r}")
-
-
-def check_bool(name: str, value: object) -> None:
-    """Check that a config value is a bool.
-
-    Raises:
-        ConfigError: naming the field and the value.
-    """
-    if not isinstance(value, bool):
-        raise ConfigError(f"`{name}` must be true or false, got {value!r}")
-
-
-def check_patterns(name: str, patterns: object) -> None:
-    """Check a list of regular expressions (``exclude_keys``).
-
-    Raises:
-        ConfigError: for a non-list or an invalid pattern.
-    """
-    if isinstance(patterns, str) or not isinstance(patterns, list | tuple):
-        raise ConfigError(f"`{name}` must be a list of regular expressions, got {patterns!r}")
-    for pattern in patterns:
-        if not isinstance(pattern, str):
-            raise ConfigError(f"`{name}` must hold strings, got {pattern!r}")
-        try:
-            re.compile(pattern)
-        except re.error as error:
-            raise ConfigError(f"`{name}` holds an invalid regular expression {pattern!r}: {error}") from None
-
-
 #: How TIES elects a sign per entry: by total mass ("sum", the paper) or by vote count ("count").
-SIGN_METHODS = ("sum", "count")
+SignMethod = Literal["sum", "count"]
+#: How R-TSVM computes robust z-scores ("none": no outlier handling).
+OutlierMode = Literal["none", "mad", "sigma"]
+#: What R-TSVM does with outliers.
+OutlierAction = Literal["downweight", "clip", "both"]
+#: How R-TSVM picks each layer's rank.
+RankMode = Literal["fixed", "sparsity", "energy"]
+#: How TSV-M, R-TSVM and Iso compute singular triplets and polar factors (see ``methods.spectral``).
+SVDMode = Literal["fast", "exact"]
+
+SIGN_METHODS: tuple[str, ...] = get_args(SignMethod)
+OUTLIER_MODES: tuple[str, ...] = get_args(OutlierMode)
+OUTLIER_ACTIONS: tuple[str, ...] = get_args(OutlierAction)
+RANK_MODES: tuple[str, ...] = get_args(RankMode)
+SVD_MODES: tuple[str, ...] = get_args(SVDMode)
+
+_SVD_HELP = (
+    "'fast' (default, ours: Gram-matrix eigendecompositions, the SVD where those would lose accuracy) or "
+    "'exact' (full SVDs, the papers' construction; for checking)."
+)
+_PARALLEL_HELP = (
+    "Task matrices whose directions differ by at most this (‖Δ_i/‖Δ_i‖ − Δ_j/‖Δ_j‖‖_F, about the angle in "
+    "radians; a sign flip counts as parallel) are merged into their mean before the decomposition (ours: "
+    "1e-3; 0 merges only exactly parallel ones)."
+)
 
 
-OUTLIER_MODES = ("none", "mad", "sigma")
-
-
-OUTLIER_ACTIONS = ("downweight", "clip", "both")
-
-
-RANK_MODES = ("fixed", "sparsity", "energy")
+def _check_spectral(config: TSVMConfig | IsoCConfig | RTSVMConfig) -> None:
+    check_literal_fields(config)
+    tolerance = getattr(config, "parallel_tol", None)
+    if tolerance is not None:
+        check_range("parallel_tol", tolerance, 0.0, 2.0)
 
 
 @dataclass
@@ -165,7 +165,7 @@ class TiesConfig:
         default=True,
         metadata={"help": "Disjoint mean over agreeing tasks (True, the paper's) or disjoint sum (False)."},
     )
-    majority_sign: str = field(
+    majority_sign: SignMethod = field(
         default="sum",
         metadata={"help": "Sign election γ: 'sum' of masses (the paper's) or 'count' of votes."},
     )
@@ -174,7 +174,7 @@ class TiesConfig:
         check_probability("density", self.density)
         check_number("scaling", self.scaling)
         check_bool("normalize", self.normalize)
-        check_choice("majority_sign", self.majority_sign, SIGN_METHODS)
+        check_literal_fields(self)
 
 
 @dataclass
@@ -223,13 +223,13 @@ class DareTiesConfig(DareConfig):
         majority_sign: "sum" or "count", as in :class:`~paperpack.r_tsvm.TiesConfig`.
     """
 
-    majority_sign: str = field(
+    majority_sign: SignMethod = field(
         default="sum", metadata={"help": "Sign election: 'sum' of masses (TIES's) or 'count' of votes."}
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_choice("majority_sign", self.majority_sign, SIGN_METHODS)
+        check_literal_fields(self)
 
 
 @dataclass
@@ -268,16 +268,32 @@ class BreadcrumbsConfig:
 
 
 @dataclass
-class DellaConfig:
-    """Parameters of DELLA.
+class BreadcrumbsTiesConfig(BreadcrumbsConfig):
+    """Parameters of Model Breadcrumbs, then TIES's sign election and disjoint merge (mergekit's method).
+
+    Args:
+        majority_sign: "sum" or "count", as in :class:`~paperpack.r_tsvm.TiesConfig`.
+    """
+
+    majority_sign: SignMethod = field(
+        default="sum", metadata={"help": "Sign election: 'sum' of masses (TIES's) or 'count' of votes."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_literal_fields(self)
+
+
+@dataclass
+class DellaLinearConfig:
+    """Parameters of DELLA's MagPrune followed by a plain sum of the task vectors (``della_linear``).
 
     Args:
         density: mean keep probability (1 − p).
         epsilon: ε, the width of the keep-probability range across magnitude ranks.
         rescale: divide each kept entry by its keep probability.
         scaling: λ.
-        normalize: disjoint mean (True) or disjoint sum (False).
-        majority_sign: "sum" or "count".
+        normalize: divide the sum by Σ_t w_t.
         seed: seeds the random masks (combined with the parameter's name).
     """
 
@@ -285,15 +301,15 @@ class DellaConfig:
     epsilon: float = field(
         default=0.1,
         metadata={
-            "help": "ε: keep probabilities span [density − ε/2, density + ε/2] by magnitude rank (0.1: ours)."
+            "help": "ε: keep probabilities span [density − ε/2, density + ε/2] by magnitude rank (0.1: ours; "
+            "mergekit's epsilon is half of this width)."
         },
     )
     rescale: bool = field(default=True, metadata={"help": "Rescale kept entries by 1 / q_i (the paper's)."})
     scaling: float = field(default=1.0, metadata={"help": "λ on the merged task vector (1.0: ours)."})
     normalize: bool = field(
-        default=True, metadata={"help": "Disjoint mean (True, the paper's fuse step) or sum."}
+        default=False, metadata={"help": "Divide Σ_t w_t τ̃_t by Σ_t w_t (default False, as mergekit)."}
     )
-    majority_sign: str = field(default="sum", metadata={"help": "Sign election: 'sum' (TIES's) or 'count'."})
     seed: int = field(default=0, metadata={"help": "Seed of the random masks (ours)."})
 
     def __post_init__(self) -> None:
@@ -308,8 +324,28 @@ class DellaConfig:
         check_bool("rescale", self.rescale)
         check_number("scaling", self.scaling)
         check_bool("normalize", self.normalize)
-        check_choice("majority_sign", self.majority_sign, SIGN_METHODS)
         check_int("seed", self.seed, minimum=0)
+
+
+@dataclass
+class DellaConfig(DellaLinearConfig):
+    """Parameters of DELLA: MagPrune, then TIES's sign election and disjoint merge.
+
+    Args:
+        normalize: disjoint mean (True, the paper's fuse step) or sum.
+        majority_sign: "sum" or "count".
+    """
+
+    normalize: bool = field(
+        default=True, metadata={"help": "Disjoint mean (True, the paper's fuse step) or sum."}
+    )
+    majority_sign: SignMethod = field(
+        default="sum", metadata={"help": "Sign election: 'sum' (TIES's) or 'count'."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_literal_fields(self)
 
 
 @dataclass
@@ -349,6 +385,9 @@ class TSVMConfig:
     Args:
         alpha: α on the merged task matrix.
         exclude_keys: regular expressions; matching parameters are averaged instead of decomposed.
+        svd: "fast" (Gram-matrix eigendecompositions where they are accurate) or "exact" (full SVDs).
+        parallel_tol: task matrices within this distance of each other's direction are merged into their mean
+            before the decomposition.
     """
 
     alpha: float = field(
@@ -358,11 +397,14 @@ class TSVMConfig:
         default_factory=list,
         metadata={"help": "Regexes of parameter names averaged instead of decomposed (none: FusionBench's)."},
     )
+    svd: SVDMode = field(default="fast", metadata={"help": _SVD_HELP})
+    parallel_tol: float = field(default=1e-3, metadata={"help": _PARALLEL_HELP})
 
     def __post_init__(self) -> None:
         check_number("alpha", self.alpha)
         check_patterns("exclude_keys", self.exclude_keys)
         self.exclude_keys = list(self.exclude_keys)
+        _check_spectral(self)
 
 
 @dataclass
@@ -372,6 +414,7 @@ class IsoCConfig:
     Args:
         alpha: α on the isotropic task matrix.
         exclude_keys: regular expressions; matching parameters are averaged.
+        svd: "fast" or "exact" (see :class:`TSVMConfig`).
     """
 
     alpha: float = field(
@@ -381,11 +424,13 @@ class IsoCConfig:
         default_factory=list,
         metadata={"help": "Regexes of parameter names averaged instead (none: FusionBench's)."},
     )
+    svd: SVDMode = field(default="fast", metadata={"help": _SVD_HELP})
 
     def __post_init__(self) -> None:
         check_number("alpha", self.alpha)
         check_patterns("exclude_keys", self.exclude_keys)
         self.exclude_keys = list(self.exclude_keys)
+        _check_spectral(self)
 
 
 @dataclass
@@ -394,12 +439,14 @@ class IsoCTSConfig(IsoCConfig):
 
     Args:
         common_space_fraction: f, the share of the rank given to the common subspace.
+        parallel_tol: the tolerance of the rule for parallel task matrices (see :class:`TSVMConfig`).
     """
 
     common_space_fraction: float = field(
         default=0.8,
         metadata={"help": "f: share of the rank r kept for the common subspace (the paper's 0.8)."},
     )
+    parallel_tol: float = field(default=1e-3, metadata={"help": _PARALLEL_HELP})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -474,23 +521,25 @@ class RTSVMConfig:
         outlier_action: "downweight" (per-task weights), "clip" (winsorise entries) or "both".
         gamma: γ, the strength of the downweighting.
         rank_mode: "fixed" (TSV-M), "sparsity" or "energy".
-        eps_rel: ε_rel, the relative magnitude below which an entry counts as zero.
+        eps_rel: ε_rel, the magnitude (relative to the median nonzero |Δ_t|) below which an entry is zero.
         energy_tau: τ, the spectral energy kept per task in "energy" mode.
         k_min: the smallest rank per task.
         exclude_keys: regular expressions of parameter names averaged instead of decomposed.
+        svd: "fast" or "exact" (see :class:`TSVMConfig`).
+        parallel_tol: the tolerance of the rule for parallel task matrices (see :class:`TSVMConfig`).
     """
 
     alpha: float = field(
         default=1.0, metadata={"help": "α: θ = θ_0 + α Δ (1.0: ours, as TSV-M in FusionBench)."}
     )
-    outlier_mode: str = field(
+    outlier_mode: OutlierMode = field(
         default="mad",
         metadata={
             "help": "Robust z-scores: 'mad' (median/MAD), 'sigma' (mean/std) or 'none' (off). Ours: 'mad'."
         },
     )
     kappa: float = field(default=3.0, metadata={"help": "κ: entries with |z| > κ are outliers (ours: 3.0)."})
-    outlier_action: str = field(
+    outlier_action: OutlierAction = field(
         default="downweight",
         metadata={
             "help": "'downweight' (per-task, per-layer ω_t), 'clip' (winsorise) or 'both' (ours: downweight)."
@@ -500,7 +549,7 @@ class RTSVMConfig:
         default=1.0,
         metadata={"help": "γ in ω_t = 1 / (1 + γ o_t / ō); 0 disables downweighting (ours: 1.0)."},
     )
-    rank_mode: str = field(
+    rank_mode: RankMode = field(
         default="sparsity",
         metadata={
             "help": "Per-layer rank: 'fixed' (TSV-M's ⌊r/T⌋), 'sparsity' or 'energy' (ours: sparsity)."
@@ -508,7 +557,10 @@ class RTSVMConfig:
     )
     eps_rel: float = field(
         default=1e-3,
-        metadata={"help": "ε_rel: |Δ| ≤ ε_rel · max|Δ| counts as zero for the sparsity s_p (ours)."},
+        metadata={
+            "help": "ε_rel: |Δ_t| ≤ ε_rel · median of the nonzero |Δ_t| counts as zero for the sparsity s_p "
+            "(ours; a robust scale that one outlier cannot move)."
+        },
     )
     energy_tau: float = field(
         default=0.9, metadata={"help": "τ: spectral energy kept per task in 'energy' mode (ours: 0.9)."}
@@ -521,16 +573,151 @@ class RTSVMConfig:
             "['embed_tokens', 'lm_head'] saves the two largest SVDs of an LLM)."
         },
     )
+    svd: SVDMode = field(default="fast", metadata={"help": _SVD_HELP})
+    parallel_tol: float = field(default=1e-3, metadata={"help": _PARALLEL_HELP})
 
     def __post_init__(self) -> None:
         check_number("alpha", self.alpha)
-        check_choice("outlier_mode", self.outlier_mode, OUTLIER_MODES)
         check_positive("kappa", self.kappa)
-        check_choice("outlier_action", self.outlier_action, OUTLIER_ACTIONS)
         check_positive("gamma", self.gamma, allow_zero=True)
-        check_choice("rank_mode", self.rank_mode, RANK_MODES)
         check_range("eps_rel", self.eps_rel, 0.0, 1.0, high_inclusive=False)
         check_range("energy_tau", self.energy_tau, 0.0, 1.0, low_inclusive=False)
         check_int("k_min", self.k_min, minimum=1)
         check_patterns("exclude_keys", self.exclude_keys)
         self.exclude_keys = list(self.exclude_keys)
+        _check_spectral(self)
+
+
+@dataclass
+class ModelStockConfig:
+    """Parameters of Model Stock.
+
+    Args:
+        filter_wise: one interpolation ratio per row (per output unit) instead of one per tensor.
+    """
+
+    filter_wise: bool = field(
+        default=False,
+        metadata={"help": "One ratio t per row (filter) instead of per tensor (default False: mergekit's)."},
+    )
+
+    def __post_init__(self) -> None:
+        check_bool("filter_wise", self.filter_wise)
+
+
+@dataclass
+class NuSlerpConfig:
+    """Parameters of NuSLERP (mergekit's SLERP by weights, optionally of task vectors).
+
+    Args:
+        flatten: interpolate the whole tensor as one vector.
+        row_wise: without ``flatten``, interpolate along the first dimension instead of the last.
+    """
+
+    flatten: bool = field(
+        default=True,
+        metadata={
+            "help": "Interpolate the whole tensor as one vector (default True; mergekit's nuslerp_flatten)."
+        },
+    )
+    row_wise: bool = field(
+        default=False,
+        metadata={
+            "help": "Without flatten: interpolate vectors along the first dimension instead of the last "
+            "(default False; mergekit's nuslerp_row_wise)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        check_bool("flatten", self.flatten)
+        check_bool("row_wise", self.row_wise)
+
+
+@dataclass
+class SCEConfig:
+    """Parameters of SCE (select, calculate, erase).
+
+    Args:
+        select_topk: the fraction of entries, by variance across the task vectors, that are kept.
+    """
+
+    select_topk: float = field(
+        default=1.0,
+        metadata={
+            "help": "Fraction of entries kept by their variance across task vectors (1.0 keeps all: "
+            "mergekit's default; the paper tunes it)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        check_probability("select_topk", self.select_topk)
+
+
+@dataclass
+class PassthroughConfig:
+    """Parameters of passthrough (copy one model's tensors, e.g. to stack layer slices).
+
+    Args:
+        scale: a factor on the copied tensor (per model, usually with a filter).
+    """
+
+    scale: float = field(default=1.0, metadata={"help": "Factor on the copied tensor (1.0: unchanged)."})
+
+    def __post_init__(self) -> None:
+        check_number("scale", self.scale)
+
+
+#: Output dtypes by name (None keeps each tensor's dtype in the base model).
+OutputDtype = Literal["float32", "bfloat16", "float16"]
+#: What to do when embeddings / LM heads have different vocabulary sizes (without ``tokenizer_source``).
+VocabPolicy = Literal["error", "base", "truncate"]
+DTYPES: tuple[str, ...] = get_args(OutputDtype)
+VOCAB_POLICIES: tuple[str, ...] = get_args(VocabPolicy)
+
+
+@dataclass(kw_only=True)
+class MergeOutputOptions:
+    """How a merge writes its output: the fields a recipe and ``paperpack r-tsvm merge`` share.
+
+    :class:`~paperpack.r_tsvm.MergeConfig` extends it; the command builds its flags from it (this module
+    imports no torch).
+
+    Args:
+        dtype: the output dtype; None keeps the base model's (the first model's without a base).
+        vocab_mismatch: embeddings / LM heads of another vocabulary size (without ``tokenizer_source``):
+            "error", "base" (keep the base model's tensor) or "truncate" (cut or pad every model's rows to the
+            base's vocabulary, by token id).
+        max_shard_size: the size of output shards.
+        tokenizer_source: None (the base model's tokenizer files are copied), "base", "union" or a model path:
+            the output vocabulary, with embeddings and LM heads aligned by token (as mergekit).
+        chat_template: None (keep the tokenizer's), "auto" (the most common among the inputs), "chatml" or a
+            Jinja template.
+    """
+
+    dtype: OutputDtype | None = field(
+        default=None,
+        metadata={"help": "the output dtype: float32, bfloat16 or float16 (default: the base's)"},
+    )
+    vocab_mismatch: VocabPolicy = field(
+        default="error",
+        metadata={
+            "help": "embeddings / LM heads of another vocabulary size: error, base (keep the base's tensor) "
+            "or truncate (cut or pad every model's rows to the base's vocabulary, by token id)"
+        },
+    )
+    max_shard_size: str = field(
+        default="5GB", metadata={"help": "the size of output shards, e.g. 5GB or 500MB"}
+    )
+    tokenizer_source: str | None = field(
+        default=None,
+        metadata={
+            "help": "the output vocabulary: base, union or a model path, embeddings aligned by token "
+            "(default: the base's tokenizer files are copied)"
+        },
+    )
+    chat_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "auto (the inputs' most common), chatml, or a Jinja template (default: the tokenizer's)"
+        },
+    )

@@ -57,7 +57,7 @@ class LoraAdapter:
         CheckpointNotFoundError: when the folder or its files are missing.
         CheckpointError: for a non-LoRA adapter, DoRA, LoRA biases or keys it cannot place.
 
-    Example:
+    Examples:
         >>> adapter = LoraAdapter("path/to/adapter")  # doctest: +SKIP
         >>> adapter.delta("model.layers.0.self_attn.q_proj.weight").shape  # doctest: +SKIP
         torch.Size([64, 64])
@@ -173,7 +173,7 @@ def lora_delta_state_dict(path: PathLike) -> dict[str, Tensor]:
 
     Tensors the adapter stores in full (``modules_to_save``) are not deltas and are left out.
 
-    Example:
+    Examples:
         >>> deltas = lora_delta_state_dict("path/to/adapter")  # doctest: +SKIP
     """
     adapter = LoraAdapter(path)

@@ -36,9 +36,13 @@ def merge_tensors(
     weights: Sequence[float] | None = None,
     statistics: Sequence[Tensor] | None = None,
     key: str | None = None,
+    model_params: Sequence[Mapping[str, Any]] | None = None,
     **params: Any,
 ) -> Tensor:
     """Merge one parameter of several models.
+
+    This is the stable entry point for code that merges tensors itself (a router, a custom checkpoint walk):
+    every registered method, by name, with its parameters as keywords.
 
     Args:
         method: a registered method name (see :func:`~paperpack.r_tsvm.list_methods`).
@@ -48,6 +52,9 @@ def merge_tensors(
         statistics: for ``fisher`` the diagonal Fishers, for ``regmean`` the input Gram matrices, one
             per model.
         key: the parameter's name: matched against ``exclude_keys`` and mixed into random seeds.
+        model_params: one mapping per model of its own values for the method's per-model parameters
+            (:attr:`MergeMethod.per_model <paperpack.r_tsvm.MergeMethod>`, e.g. ``[{"density": 0.3},
+            {"density": 0.6}]`` for ``ties``); None gives every model the shared values.
         **params: the method's config fields (e.g. ``density=0.2`` for ``ties``).
 
     Returns:
@@ -57,7 +64,7 @@ def merge_tensors(
         ConfigError: for an unknown method or parameter, a bad value, or inputs the method cannot take.
         TypeError: for inputs that are not floating-point tensors.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from paperpack.r_tsvm import merge_tensors
         >>> base = torch.zeros(4)
@@ -67,7 +74,15 @@ def merge_tensors(
     """
     spec = resolve_method(method)
     config = spec.make_config(params)
-    return spec(base, tensors, weights=weights, config=config, key=key, statistics=statistics)
+    return spec(
+        base,
+        tensors,
+        weights=weights,
+        config=config,
+        key=key,
+        statistics=statistics,
+        model_params=model_params,
+    )
 
 
 def _check_state_dicts(
@@ -114,6 +129,7 @@ def merge_state_dicts(
     *,
     weights: Sequence[float] | None = None,
     statistics: Sequence[Mapping[str, Tensor]] | None = None,
+    model_params: Sequence[Mapping[str, Any]] | None = None,
     progress: bool = False,
     **params: Any,
 ) -> dict[str, Tensor]:
@@ -130,6 +146,7 @@ def merge_state_dicts(
         weights: one weight per model.
         statistics: for ``fisher`` / ``regmean``, one mapping per model from parameter name to its Fisher or
             Gram matrix (regmean averages parameters without one).
+        model_params: one mapping per model of its own values for the method's per-model parameters.
         progress: show a progress bar over parameters.
         **params: the method's config fields.
 
@@ -140,7 +157,7 @@ def merge_state_dicts(
         ConfigError: for an unknown method or parameter or a bad value (before any tensor is merged).
         CheckpointError: for state dicts whose keys or shapes differ.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from paperpack.r_tsvm import merge_state_dicts
         >>> base = {"w": torch.zeros(2, 2)}
@@ -156,6 +173,7 @@ def merge_state_dicts(
     spec.check_inputs(
         has_base=base is not None, count=len(state_dicts), has_statistics=statistics is not None
     )
+    spec.model_configs(config, model_params, len(state_dicts))  # checked before any tensor is merged
     if statistics is not None and (
         not isinstance(statistics, Sequence) or len(statistics) != len(state_dicts)
     ):
@@ -174,6 +192,7 @@ def merge_state_dicts(
             config=config,
             key=key,
             statistics=stats,
+            model_params=model_params,
         )
     return merged
 

@@ -34,7 +34,7 @@ def mixture_sizes(sizes: Sequence[int], ratios: Sequence[float] | None, total: i
     Raises:
         ConfigError: for a wrong number of ratios, a negative ratio or ratios summing to zero.
 
-    Example:
+    Examples:
         >>> mixture_sizes([100, 10, 50], None, 90)
         [30, 30, 30]
         >>> mixture_sizes([100, 10, 50], [2, 1, 1], 100)
@@ -169,7 +169,7 @@ def train_on_mixture(
     Returns:
         The trainer, after ``train()``.
 
-    Example:
+    Examples:
         >>> from trl import SFTConfig  # doctest: +SKIP
         >>> args = SFTConfig("out")  # doctest: +SKIP
         >>> trainer = train_on_mixture(model, [a, b, c], args, ratios=[2, 1, 1])  # doctest: +SKIP

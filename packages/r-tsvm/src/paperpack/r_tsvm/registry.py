@@ -41,6 +41,12 @@ class MergeMethod:
         statistic: "fisher" or "gram" when it takes one statistic tensor per model and parameter.
         randomized: whether its result depends on a seed.
         with_report: like ``function`` but also returning a per-parameter report (dict), or None.
+        per_model: the config fields that may differ per model (``density`` for TIES, ...); the function then
+            takes ``model_configs``, one config per model.
+        optional_base: whether it uses a base model when one is given, without needing one (``nuslerp``: task
+            vectors with a base, the models themselves without).
+        base_first: whether a recipe's base model is the first of its models (``slerp``: the base is t = 0).
+        takes_weights: whether it accepts per-model weights w_t.
     """
 
     name: str
@@ -54,10 +60,19 @@ class MergeMethod:
     statistic: str | None = None
     randomized: bool = False
     with_report: Callable[..., tuple[Tensor, dict[str, Any]]] | None = None
+    per_model: tuple[str, ...] = ()
+    optional_base: bool = False
+    base_first: bool = False
+    takes_weights: bool = True
 
     def __post_init__(self) -> None:
         if not dataclasses.is_dataclass(self.config_class):
             raise ConfigError(f"`config_class` of merge method {self.name!r} must be a dataclass")
+        unknown = sorted(set(self.per_model) - set(self.parameters))
+        if unknown:
+            raise ConfigError(
+                f"`per_model` of merge method {self.name!r} names {unknown[0]!r}, not a config field"
+            )
         if self.statistic is not None and self.statistic not in STATISTICS:
             raise ConfigError(
                 f"`statistic` must be one of {', '.join(STATISTICS)} or None, got {self.statistic!r}"
@@ -67,6 +82,18 @@ class MergeMethod:
     def parameters(self) -> list[str]:
         """The names of the method's parameters (its config fields)."""
         return [item.name for item in dataclasses.fields(self.config_class)]
+
+    @property
+    def list_parameters(self) -> list[str]:
+        """The parameters whose value is a list (``exclude_keys``).
+
+        In a recipe, a list given for one of them is the value itself, not a gradient over layers.
+        """
+        return [
+            item.name
+            for item in dataclasses.fields(self.config_class)
+            if item.default_factory is list or str(item.type).startswith("list")
+        ]
 
     def make_config(self, params: Mapping[str, Any] | None = None, /, **kwargs: Any) -> Any:
         """Build and validate the method's config from parameter values.
@@ -83,6 +110,35 @@ class MergeMethod:
                 f"unknown parameter {unknown[0]!r} for merge method {self.name!r}; allowed: {listed}"
             )
         return self.config_class(**values)
+
+    def model_configs(self, config: Any, model_params: Sequence[Mapping[str, Any]] | None, count: int) -> Any:
+        """One config per model from the shared ``config`` and each model's own parameters (or None).
+
+        Raises:
+            ConfigError: for a parameter that is not per model for this method, a bad value, or a wrong count.
+        """
+        if model_params is None:
+            return None
+        if isinstance(model_params, Mapping) or not isinstance(model_params, Sequence):
+            raise TypeError(
+                "`model_params` must be a sequence of mappings (one per model), got "
+                f"{type(model_params).__name__}"
+            )
+        if len(model_params) != count:
+            raise ConfigError(
+                f"`model_params` must hold one mapping per model ({count}), got {len(model_params)}"
+            )
+        for index, params in enumerate(model_params):
+            unknown = sorted(set(params) - set(self.per_model))
+            if unknown:
+                allowed = ", ".join(self.per_model) or "none"
+                raise ConfigError(
+                    f"parameter {unknown[0]!r} of model {index} is not per model for merge method "
+                    f"{self.name!r}; per-model parameters: {allowed}"
+                )
+        if not self.per_model:
+            return None
+        return [dataclasses.replace(config, **params) for params in model_params]
 
     def check_inputs(self, *, has_base: bool, count: int, has_statistics: bool) -> None:
         """Check the number of models, the base model and the statistics against what the method needs.
@@ -115,10 +171,17 @@ class MergeMethod:
         config: Any = None,
         key: str | None = None,
         statistics: Sequence[Tensor] | None = None,
+        model_params: Sequence[Mapping[str, Any]] | None = None,
     ) -> Tensor:
         """Merge one parameter with a validated config (see :func:`~paperpack.r_tsvm.merge_tensors`)."""
         return self.merge_with_report(
-            base, tensors, weights=weights, config=config, key=key, statistics=statistics
+            base,
+            tensors,
+            weights=weights,
+            config=config,
+            key=key,
+            statistics=statistics,
+            model_params=model_params,
         )[0]
 
     def merge_with_report(
@@ -130,8 +193,12 @@ class MergeMethod:
         config: Any = None,
         key: str | None = None,
         statistics: Sequence[Tensor] | None = None,
+        model_params: Sequence[Mapping[str, Any]] | None = None,
     ) -> tuple[Tensor, dict[str, Any]]:
-        """Merge one parameter and return the method's report for it (empty for most methods)."""
+        """Merge one parameter and return the method's report for it (empty for most methods).
+
+        ``model_params`` holds one mapping per model of its own values for the fields in :attr:`per_model`.
+        """
         if config is None:
             config = self.config_class()
         elif not isinstance(config, self.config_class):
@@ -142,9 +209,16 @@ class MergeMethod:
         self.check_inputs(
             has_base=base is not None, count=len(tensors), has_statistics=statistics is not None
         )
+        if weights is not None and not self.takes_weights:
+            raise ConfigError(
+                f"merge method {self.name!r} takes no per-model `weights`, got {list(weights)!r}"
+            )
         kwargs: dict[str, Any] = {"weights": weights, "config": config, "key": key}
         if self.statistic is not None:
             kwargs["statistics"] = statistics
+        model_configs = self.model_configs(config, model_params, len(tensors))
+        if model_configs is not None:
+            kwargs["model_configs"] = model_configs
         if self.with_report is not None:
             return self.with_report(base, tensors, **kwargs)
         return self.function(base, tensors, **kwargs), {}
@@ -159,7 +233,7 @@ def register_method(method: MergeMethod, *, name: str | None = None) -> None:
     Raises:
         ConfigError: for a malformed or taken name.
 
-    Example:
+    Examples:
         >>> from paperpack.r_tsvm import get_method, list_methods
         >>> "ties" in list_methods() and get_method("ties").title
         'TIES'
@@ -199,7 +273,7 @@ def _register_builtin() -> None:
             c.TaskArithmeticConfig,
             m.task_arithmetic_merge,
         ),
-        MergeMethod("ties", "TIES", arxiv + "2306.01708", c.TiesConfig, m.ties_merge),
+        MergeMethod("ties", "TIES", arxiv + "2306.01708", c.TiesConfig, m.ties_merge, per_model=("density",)),
         MergeMethod(
             "dare_linear",
             "DARE + task arithmetic",
@@ -207,6 +281,7 @@ def _register_builtin() -> None:
             c.DareConfig,
             m.dare_linear_merge,
             randomized=True,
+            per_model=("density",),
         ),
         MergeMethod(
             "dare_ties",
@@ -215,11 +290,42 @@ def _register_builtin() -> None:
             c.DareTiesConfig,
             m.dare_ties_merge,
             randomized=True,
+            per_model=("density",),
         ),
         MergeMethod(
-            "breadcrumbs", "Model Breadcrumbs", arxiv + "2312.06795", c.BreadcrumbsConfig, m.breadcrumbs_merge
+            "breadcrumbs",
+            "Model Breadcrumbs",
+            arxiv + "2312.06795",
+            c.BreadcrumbsConfig,
+            m.breadcrumbs_merge,
+            per_model=("density", "gamma"),
         ),
-        MergeMethod("della", "DELLA", arxiv + "2406.11617", c.DellaConfig, m.della_merge, randomized=True),
+        MergeMethod(
+            "breadcrumbs_ties",
+            "Model Breadcrumbs + TIES",
+            arxiv + "2312.06795",
+            c.BreadcrumbsTiesConfig,
+            m.breadcrumbs_ties_merge,
+            per_model=("density", "gamma"),
+        ),
+        MergeMethod(
+            "della",
+            "DELLA",
+            arxiv + "2406.11617",
+            c.DellaConfig,
+            m.della_merge,
+            randomized=True,
+            per_model=("density", "epsilon"),
+        ),
+        MergeMethod(
+            "della_linear",
+            "DELLA (linear)",
+            arxiv + "2406.11617",
+            c.DellaLinearConfig,
+            m.della_linear_merge,
+            randomized=True,
+            per_model=("density", "epsilon"),
+        ),
         MergeMethod(
             "consensus", "Consensus (TALL masks)", arxiv + "2405.07813", c.ConsensusConfig, m.consensus_merge
         ),
@@ -235,6 +341,40 @@ def _register_builtin() -> None:
             uses_base=False,
             min_models=2,
             max_models=2,
+            base_first=True,
+            takes_weights=False,
+        ),
+        MergeMethod(
+            "nuslerp",
+            "NuSLERP",
+            "https://github.com/arcee-ai/mergekit",
+            c.NuSlerpConfig,
+            m.nuslerp_merge,
+            uses_base=False,
+            min_models=2,
+            max_models=2,
+            optional_base=True,
+        ),
+        MergeMethod(
+            "model_stock",
+            "Model Stock",
+            arxiv + "2403.19522",
+            c.ModelStockConfig,
+            m.model_stock_merge,
+            min_models=2,
+            takes_weights=False,
+        ),
+        MergeMethod("sce", "SCE", arxiv + "2408.07990", c.SCEConfig, m.sce_merge, takes_weights=False),
+        MergeMethod(
+            "passthrough",
+            "Passthrough",
+            "https://github.com/arcee-ai/mergekit",
+            c.PassthroughConfig,
+            m.passthrough_merge,
+            uses_base=False,
+            max_models=1,
+            per_model=("scale",),
+            takes_weights=False,
         ),
         MergeMethod(
             "fisher",

@@ -8,33 +8,13 @@ from typing import TYPE_CHECKING
 from paperpack.core.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from paperpack.tezo.config import ZOConfig
-    from paperpack.tezo.methods import METHODS
-    from paperpack.tezo.optim import ZOOptimizer, zo_state_bytes
-    from paperpack.tezo.sft import ZOSFTConfig, ZOSFTTrainer
-    from paperpack.tezo.trainer import ZOTrainer, ZOTrainerMixin
+    from paperpack.tezo.choices import METHODS as METHODS
+    from paperpack.tezo.config import ZOConfig as ZOConfig
+    from paperpack.tezo.optim import ZOOptimizer as ZOOptimizer
+    from paperpack.tezo.optim import zo_state_bytes as zo_state_bytes
+    from paperpack.tezo.sft import ZOSFTConfig as ZOSFTConfig
+    from paperpack.tezo.sft import ZOSFTTrainer as ZOSFTTrainer
+    from paperpack.tezo.trainer import ZOTrainer as ZOTrainer
+    from paperpack.tezo.trainer import ZOTrainerMixin as ZOTrainerMixin
 
-__all__ = [
-    "METHODS",
-    "ZOConfig",
-    "ZOOptimizer",
-    "ZOSFTConfig",
-    "ZOSFTTrainer",
-    "ZOTrainer",
-    "ZOTrainerMixin",
-    "zo_state_bytes",
-]
-
-__getattr__, __dir__ = lazy_exports(
-    __name__,
-    {
-        "METHODS": "paperpack.tezo.methods",
-        "ZOConfig": "paperpack.tezo.config",
-        "ZOOptimizer": "paperpack.tezo.optim",
-        "zo_state_bytes": "paperpack.tezo.optim",
-        "ZOTrainer": "paperpack.tezo.trainer",
-        "ZOTrainerMixin": "paperpack.tezo.trainer",
-        "ZOSFTConfig": "paperpack.tezo.sft",
-        "ZOSFTTrainer": "paperpack.tezo.sft",
-    },
-)
+__getattr__, __dir__ = lazy_exports(__name__)

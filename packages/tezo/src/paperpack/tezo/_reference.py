@@ -3,7 +3,7 @@
 Everything is written as the equations read: each step materialises every direction Z_t in full (TeZO's as
 the sum of r outer products τ_{t,s}·u_s v_sᵀ), evaluates the loss on perturbed copies of θ (never in place),
 and applies the update rules with explicit moments and bias corrections. Only the random draws are shared with
-the fast code (the seeded samplers of :mod:`paperpack.tezo.estimators`), so both see the same Z_t.
+the fast code (the seeded samplers of :mod:`paperpack.tezo.directions`), so both see the same Z_t.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from paperpack.tezo.estimators import dense_noise, lozo_factors, tezo_coefficients, tezo_factors
-from paperpack.tezo.methods import method_parts
+from paperpack.tezo.choices import method_parts
+from paperpack.tezo.directions import dense_noise, lozo_factors, tezo_coefficients, tezo_factors
 
 __all__ = ["ReferenceSettings", "reference_run"]
 
@@ -175,7 +175,8 @@ def reference_run(
             if p.ndim < 2 and cfg.one_dim == "freeze":
                 new_theta.append(p)
                 continue
-            decayed = p * (1 - cfg.lr * cfg.weight_decay)  # W ← W − η·λ·W
+            # W ← W − η·λ·W on matrices only: 1-D parameters (biases, norms) are never decayed.
+            decayed = p * (1 - cfg.lr * cfg.weight_decay) if p.ndim >= 2 else p
             if d.low_rank is not None:
                 step = _low_rank_step(
                     d.low_rank, kappa, index=index, k=t + 1, moments=moments, cfg=cfg

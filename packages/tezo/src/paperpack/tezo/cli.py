@@ -1,12 +1,16 @@
-r"""``paperpack tezo``: zeroth-order fine-tuning of a causal LM from the command line.
+r"""``paperpack tezo finetune``: zeroth-order fine-tuning of a causal LM from the command line.
 
 Example::
 
-    paperpack tezo finetune ./my-model --data train.jsonl --method tezo_adam --rank 8 --lr 1e-5 \\
-        --steps 2000 --batch-size 16 --output ./tezo-run
+    paperpack tezo finetune --model ./my-model --data train.jsonl --output ./tezo-run \\
+        --zo-method tezo_adam --zo-rank 8 --learning-rate 1e-5 --max-steps 2000 \\
+        --per-device-train-batch-size 16
 
-The output folder receives the Trainer checkpoints (``checkpoints/checkpoint-<step>``, each with the ZO state)
-and, at the end, the fine-tuned model in ``model/`` (written to a temporary folder and renamed into place).
+The flags are the fields of :class:`~paperpack.tezo.ZOConfig` (``TrainingArguments`` plus the ``zo_*``
+settings), in both spellings, and paperpack's shared vocabulary (``--model``, ``--data``, ``--output``, ...).
+The output follows the one layout of every training command: the fine-tuned model and tokenizer at the top of
+``--output`` with ``training_args.json`` and ``tezo_summary.json``, and the Trainer's ``checkpoint-N`` folders
+beside them.
 """
 
 from __future__ import annotations
@@ -16,181 +20,155 @@ import json
 from pathlib import Path
 from typing import Any
 
+from paperpack.core.commands import add_shared_arguments, add_training_arguments, check_training_output
 from paperpack.core.errors import ConfigError
-from paperpack.tezo.methods import METHODS, ONE_DIM_MODES
+from paperpack.core.subcommands import add_subcommand
 
 __all__ = ["configure_parser"]
 
+COMMAND = "tezo finetune"
+SUMMARY_FILE = "tezo_summary.json"
+
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Add the ``finetune`` subcommand to ``paperpack tezo``."""
-    commands = parser.add_subparsers(dest="tezo_command", metavar="COMMAND", required=True)
-    tune = commands.add_parser(
+    """Add the ``finetune`` subcommand to ``paperpack tezo`` (its flags are built when it is used)."""
+    commands = parser.add_subparsers(dest="tezo_command", metavar="COMMAND")
+    add_subcommand(
+        commands,
         "finetune",
+        _finetune_flags,
         help="fine-tune a causal LM with TeZO, MeZO or LOZO (forward passes only)",
         description="Zeroth-order fine-tuning: two forward passes per step, no backward, optimizer state of "
         "r-vectors per matrix for TeZO. Data: JSON Lines with a 'text' field (causal-LM loss on all tokens).",
     )
-    tune.add_argument(
-        "model", metavar="MODEL_DIR", help="a local model folder (safetensors, config, tokenizer)"
-    )
-    tune.add_argument(
-        "--data", required=True, metavar="FILE.jsonl", help="training texts, one {'text': ...} a line"
-    )
-    tune.add_argument(
-        "--output", required=True, metavar="DIR", help="new folder for checkpoints and the model"
-    )
-    tune.add_argument("--method", default="tezo_adam", choices=METHODS, help="default: %(default)s")
-    tune.add_argument("--rank", type=int, default=8, help="r of TeZO / LOZO (default: %(default)s)")
-    tune.add_argument("--eps", type=float, default=1e-3, help="perturbation scale ρ (default: %(default)s)")
-    tune.add_argument("--lr", type=float, default=1e-5, help="learning rate η (default: %(default)s)")
-    tune.add_argument("--steps", type=int, default=1000, help="optimizer steps (default: %(default)s)")
-    tune.add_argument(
-        "--batch-size", type=int, default=16, help="texts per step and device (default: %(default)s)"
-    )
-    tune.add_argument("--gradient-accumulation-steps", type=int, default=1, help="micro-batches per step")
-    tune.add_argument("--max-length", type=int, default=256, help="tokens per text (default: %(default)s)")
-    tune.add_argument("--scheduler", default="constant", help="HF lr_scheduler_type (default: %(default)s)")
-    tune.add_argument("--weight-decay", type=float, default=0.0, help="decoupled weight decay λ")
-    tune.add_argument("--beta1", type=float, default=0.9, help="β1 (default: %(default)s)")
-    tune.add_argument("--beta2", type=float, default=0.999, help="β2 (default: %(default)s)")
-    tune.add_argument("--one-sided", action="store_true", help="forward difference (ℓ(θ+ρZ) − ℓ(θ))/ρ")
-    tune.add_argument(
-        "--no-cache-factors", action="store_true", help="regenerate U, V from seeds instead of storing"
-    )
-    tune.add_argument("--scale-by-rank", action="store_true", help="τ ~ N(0, I/r): an unbiased estimate")
-    tune.add_argument(
-        "--one-dim", default="dense", choices=ONE_DIM_MODES, help="1-D parameters (biases, norms)"
-    )
-    tune.add_argument("--lozo-interval", type=int, default=100, help="ν of LOZO (default: %(default)s)")
-    tune.add_argument("--eval-data", default=None, metavar="FILE.jsonl", help="texts to evaluate on")
-    tune.add_argument(
-        "--eval-steps", type=int, default=None, help="evaluate every N steps (with --eval-data)"
-    )
-    tune.add_argument(
-        "--save-steps", type=int, default=500, help="checkpoint every N steps (default: %(default)s)"
-    )
-    tune.add_argument(
-        "--logging-steps", type=int, default=10, help="log every N steps (default: %(default)s)"
-    )
-    tune.add_argument("--resume", default=None, metavar="CHECKPOINT",
-                      help="continue from a checkpoint folder of this run, or 'last'")  # fmt: skip
-    tune.add_argument("--seed", type=int, default=0, help="seed of data order and of every ZO draw")
-    tune.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
-    tune.add_argument("--dtype", default="auto", help="float32, bf16, fp16 or auto (default: %(default)s)")
-    tune.set_defaults(handler=_finetune)
 
 
-def _texts(path: str, tokenizer: Any, max_length: int) -> list[dict[str, list[int]]]:
-    from paperpack.core.data import read_jsonl
+def _finetune_flags(tune: argparse.ArgumentParser) -> None:
+    from paperpack.tezo.config import ZOConfig
 
-    records = read_jsonl(path, required=("text",))
-    return [
-        {"input_ids": tokenizer(r["text"], truncation=True, max_length=max_length)["input_ids"]}
-        for r in records
-    ]
-
-
-def _check_output(args: argparse.Namespace) -> Path:
-    from paperpack.core.checkpoints import check_output_path
-
-    output = Path(args.output)
-    check_output_path(output, [args.model])
-    if args.resume is None and output.exists() and any(output.iterdir()):
-        raise ConfigError(
-            f"--output {str(output)!r} exists and is not empty; choose a new folder or pass --resume"
-        )
-    if args.eval_steps is not None and args.eval_data is None:
-        raise ConfigError("--eval-steps needs --eval-data FILE.jsonl")
-    return output
-
-
-def _resume_point(args: argparse.Namespace, checkpoints: Path) -> str | None:
-    if args.resume is None:
-        return None
-    if args.resume != "last":
-        if not Path(args.resume).is_dir():
-            raise ConfigError(f"--resume {args.resume!r} is not a checkpoint folder")
-        return str(args.resume)
-    from transformers.trainer_utils import get_last_checkpoint
-
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    if last is None:
-        raise ConfigError(f"--resume last found no checkpoint-<step> folder in {str(checkpoints)!r}")
-    return str(last)
+    names = add_training_arguments(tune, ZOConfig)
+    add_shared_arguments(
+        tune,
+        "model",
+        "data",
+        "eval_data",
+        "output",
+        "overwrite",
+        "resume",
+        "device",
+        "dtype",
+        "max_length",
+        "progress",
+        "config",
+        required=("model", "data", "output"),
+    )
+    tune.set_defaults(handler=_finetune, training_fields=names)
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    output = _check_output(args)
-    checkpoints = output / "checkpoints"
-    resume = _resume_point(args, checkpoints)
-
-    from transformers import DataCollatorForLanguageModeling
-
-    from paperpack.core.device import resolve_device
-    from paperpack.core.files import atomic_folder
-    from paperpack.core.hf import load_model_and_tokenizer, training_args
+    from paperpack.core.data import CausalLMCollator, read_jsonl, tokenize_texts
+    from paperpack.core.hf import ArgumentsAsJson, command_training_args, load_model_and_tokenizer
     from paperpack.tezo.config import ZOConfig
-    from paperpack.tezo.optim import zo_state_bytes
+
+    # Every check before the first side effect.
+    inputs = [args.model, args.data, *([args.eval_data] if args.eval_data else [])]
+    output = check_training_output(
+        args.output, command=COMMAND, overwrite=args.overwrite, resume=args.resume, inputs=inputs
+    )
+    fixed: dict[str, Any] = {"save_strategy": "steps", "logging_steps": 10}
+    if args.eval_data:
+        fixed["eval_strategy"] = "steps"
+    config = command_training_args(args, args.training_fields, cls=ZOConfig, output=args.output, **fixed)
+    texts = [record["text"] for record in read_jsonl(args.data)]
+    eval_texts = [record["text"] for record in read_jsonl(args.eval_data)] if args.eval_data else None
+    model, tokenizer = load_model_and_tokenizer(args.model, device=args.device, dtype=args.dtype)
+    collator = CausalLMCollator(tokenizer)
+    train = tokenize_texts(tokenizer, texts, max_length=args.max_length)
+    evaluation = tokenize_texts(tokenizer, eval_texts, max_length=args.max_length) if eval_texts else None
+
+    existed = output.folder.exists()
+    output.open()
+    try:
+        summary = _train(
+            config=config,
+            model=model,
+            tokenizer=tokenizer,
+            collator=collator,
+            train=train,
+            evaluation=evaluation,
+            output=output,
+            arguments_json=ArgumentsAsJson(),
+        )
+    except ConfigError:
+        # A run that diverged leaves nothing behind: not a model of infinities, nor its checkpoints. (A crash
+        # keeps them, for --resume.)
+        _discard(output.folder, existed=existed, resumed=output.resume_from is not None)
+        raise
+    print(
+        f"wrote {output.folder}: {config.zo_method}, {summary['steps']} steps, train loss "
+        f"{summary['train_loss']:.4f}, ZO state {summary['zo_state_bytes']} bytes"
+    )
+    return 0
+
+
+def _train(
+    *,
+    config: Any,
+    model: Any,
+    tokenizer: Any,
+    collator: Any,
+    train: Any,
+    evaluation: Any,
+    output: Any,
+    arguments_json: Any,
+) -> dict[str, Any]:
+    from paperpack.core.files import atomic_write_text
+    from paperpack.core.hf import save_trained_model
+    from paperpack.core.validation import check_finite
+    from paperpack.tezo.optim import unwrap_optimizer, zo_state_bytes
     from paperpack.tezo.trainer import ZOTrainer
 
-    device = resolve_device(args.device)
-    config = training_args(
-        checkpoints,
-        cls=ZOConfig,
-        zo_method=args.method,
-        zo_rank=args.rank,
-        zo_eps=args.eps,
-        zo_cache_factors=not args.no_cache_factors,
-        zo_scale_by_rank=args.scale_by_rank,
-        zo_estimate="one_sided" if args.one_sided else "two_sided",
-        zo_one_dim=args.one_dim,
-        zo_lozo_interval=args.lozo_interval,
-        learning_rate=args.lr,
-        max_steps=args.steps,
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        lr_scheduler_type=args.scheduler,
-        weight_decay=args.weight_decay,
-        adam_beta1=args.beta1,
-        adam_beta2=args.beta2,
-        seed=args.seed,
-        save_strategy="steps",
-        save_steps=args.save_steps,
-        logging_steps=args.logging_steps,
-        eval_strategy="steps" if args.eval_steps else "no",
-        eval_steps=args.eval_steps,
-        use_cpu=device.type == "cpu",
-        bf16=False,
-    )
-    model, tokenizer = load_model_and_tokenizer(args.model, device=device, dtype=args.dtype)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    train = _texts(args.data, tokenizer, args.max_length)
-    evaluation = _texts(args.eval_data, tokenizer, args.max_length) if args.eval_data else None
     trainer = ZOTrainer(
         model=model,
         args=config,
         train_dataset=train,
         eval_dataset=evaluation,
-        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        data_collator=collator,
+        callbacks=[arguments_json],
     )
+    resume = str(output.resume_from) if output.resume_from is not None else None
     result = trainer.train(resume_from_checkpoint=resume)
+    optimizer = unwrap_optimizer(trainer.optimizer)
+    hint = "lower `learning_rate`"
+    check_finite("the training loss", result.training_loss, hint=hint)
+    check_finite("the trained weights", model.state_dict(), hint=hint)
+    if optimizer.zo_skipped:
+        raise ConfigError(
+            f"the run diverged: {optimizer.zo_skipped} of {optimizer.zo_step} steps had a projected gradient "
+            "that is not finite and were skipped; lower `learning_rate`"
+        )
     summary: dict[str, Any] = {
-        "method": args.method,
+        "method": config.zo_method,
         "steps": result.global_step,
         "train_loss": result.training_loss,
-        "zo_state_bytes": zo_state_bytes(trainer),
+        "zo_state_bytes": zo_state_bytes(optimizer),
         "train_runtime_s": result.metrics.get("train_runtime"),
     }
     if evaluation is not None:
         summary["eval_loss"] = trainer.evaluate()["eval_loss"]
-    final = output / "model"
-    with atomic_folder(final, overwrite=True) as staging:
-        trainer.save_model(str(staging))
-        tokenizer.save_pretrained(staging)
-        (staging / "tezo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"wrote {final}: {args.method}, {result.global_step} steps, train loss {result.training_loss:.4f}, "
-          f"ZO state {summary['zo_state_bytes']} bytes")  # fmt: skip
-    return 0
+    save_trained_model(trainer, output.folder, tokenizer=tokenizer)
+    atomic_write_text(Path(output.folder) / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _discard(folder: Path, *, existed: bool, resumed: bool) -> None:
+    """Remove what this run wrote: the folder it created, or what it put in a folder that was there."""
+    from paperpack.core.files import remove_path
+
+    if resumed:
+        return  # the earlier run's checkpoints are the user's to resume from again
+    if not existed:
+        remove_path(folder)
+        return
+    for entry in folder.iterdir():
+        remove_path(entry)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterable
@@ -10,18 +11,28 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
+from paperpack.core.distributed import all_reduce_mean, check_same_across_ranks, is_distributed
 from paperpack.core.errors import CheckpointError, ConfigError
-from paperpack.core.validation import check_choice, check_int, check_positive, check_range
-from paperpack.tezo.estimators import (
+from paperpack.core.validation import check_bool, check_choice, check_int, check_number
+from paperpack.tezo.choices import (
+    ESTIMATES,
+    METHODS,
+    ONE_DIM_MODES,
+    Estimate,
+    Method,
+    OneDimMode,
+    method_parts,
+)
+from paperpack.tezo.directions import (
     DenseDirection,
     Direction,
     LazyLowRankDirection,
     TemporalLowRankDirection,
     UpdateHyperparams,
 )
-from paperpack.tezo.methods import ESTIMATES, METHODS, ONE_DIM_MODES, method_parts
+from paperpack.tezo.perturbation import Patch, perturb_, restore_
 
-__all__ = ["ZOOptimizer", "unwrap_optimizer", "zo_state_bytes"]
+__all__ = ["ZOOptimizer", "decays", "unwrap_optimizer", "zo_state_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +51,17 @@ _GLOBAL_KEYS = (
 _GROUP_KEYS = ("lr", "weight_decay", "betas", "adam_eps")
 
 Closure = Callable[[], Tensor | float]
+
+
+def decays(param: Tensor) -> bool:
+    """Whether weight decay applies to ``param``: it has two or more dimensions.
+
+    The one rule of :class:`ZOOptimizer` and of :class:`~paperpack.tezo.ZOTrainer`: weight matrices,
+    embeddings and convolution kernels are decayed; 1-D parameters (biases, norm weights) never are, whatever
+    their group's ``weight_decay``. On the usual transformer models this is the set that transformers'
+    ``Trainer`` decays by its name rule, and MeZO's.
+    """
+    return param.ndim >= 2
 
 
 class ZOOptimizer(torch.optim.Optimizer):
@@ -67,7 +89,8 @@ class ZOOptimizer(torch.optim.Optimizer):
         betas: (β1, β2) of the momentum and Adam rules.
         seed: seed of every random draw of the run.
         adam_eps: ε of the Adam rules.
-        weight_decay: decoupled weight decay λ (W ← W − η·λ·W), applied to the parameters of a group.
+        weight_decay: decoupled weight decay λ (W ← W − η·λ·W), applied to the parameters of a group that
+            have two or more dimensions, never to 1-D ones (biases, norm weights): see :func:`decays`.
         cache_factors: keep TeZO's U, V (LOZO's V) in memory, or regenerate them from seeds at each use.
         scale_by_rank: draw TeZO's τ_t from N(0, I/r) (LOZO: divide Z_t by √r), which makes the estimate
             unbiased; off by default, as in the peers' code.
@@ -79,7 +102,7 @@ class ZOOptimizer(torch.optim.Optimizer):
     Raises:
         ConfigError: for a bad value, naming it.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from paperpack.tezo import ZOOptimizer
         >>> model = torch.nn.Linear(8, 1)
@@ -93,7 +116,7 @@ class ZOOptimizer(torch.optim.Optimizer):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        method: str = "tezo_adam",
+        method: Method = "tezo_adam",
         lr: float = 1e-5,
         *,
         eps: float = 1e-3,
@@ -104,20 +127,19 @@ class ZOOptimizer(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         cache_factors: bool = True,
         scale_by_rank: bool = False,
-        estimate: str = "two_sided",
-        one_dim: str = "dense",
+        estimate: Estimate = "two_sided",
+        one_dim: OneDimMode = "dense",
         lozo_interval: int = 100,
     ) -> None:
         check_choice("method", method, METHODS)
-        check_positive("eps", eps)
+        check_number("eps", eps, greater_than=0)
         check_int("rank", rank, minimum=1)
         check_int("seed", seed, minimum=0, maximum=2**63 - 1)
         check_choice("estimate", estimate, ESTIMATES)
         check_choice("one_dim", one_dim, ONE_DIM_MODES)
         check_int("lozo_interval", lozo_interval, minimum=1)
-        for name, flag in (("cache_factors", cache_factors), ("scale_by_rank", scale_by_rank)):
-            if not isinstance(flag, bool):
-                raise ConfigError(f"`{name}` must be a bool, got {flag!r}")
+        check_bool("cache_factors", cache_factors)
+        check_bool("scale_by_rank", scale_by_rank)
         _check_group_values(lr, weight_decay, betas, adam_eps)
         defaults: dict[str, Any] = {
             "lr": lr,
@@ -150,6 +172,8 @@ class ZOOptimizer(torch.optim.Optimizer):
         self._pending_count = 0
         self._seed_synced = False
         self._directions: dict[Tensor, Direction] = {}
+        self._patches: dict[Tensor, list[Patch]] = {}
+        self._sign = 0
         index = 0
         for group in self.param_groups:
             for param in group["params"]:
@@ -233,33 +257,37 @@ class ZOOptimizer(torch.optim.Optimizer):
         """
         return self._directions[param]
 
-    def _perturb_(self, alpha: float) -> None:
-        for param, direction in self._directions.items():
-            direction.perturb_(param.data, self.state[param], self.zo_step, alpha)
+    def _move_to_(self, sign: int) -> None:
+        """Move θ from its current point to θ + sign·ρZ_t (sign 0: back to θ, bit for bit).
 
-    def _sync_seed(self) -> None:
-        """Check once that every rank has rank 0's seed, so the directions agree across replicas."""
-        self._seed_synced = True
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        Undoing the current perturbation and applying the next one share one pass over the blocks of ρZ_t
+        (:mod:`paperpack.tezo.perturbation` makes the undo exact).
+        """
+        undo, self._sign = self._sign, sign
+        if not (undo or sign):
             return
-        if torch.distributed.get_world_size() == 1:
-            return
-        device = next(iter(self._directions)).device
-        seed = torch.tensor([self.defaults["seed"]], dtype=torch.int64, device=device)
-        torch.distributed.broadcast(seed, src=0)
-        if int(seed.item()) != self.defaults["seed"]:
-            raise ConfigError(
-                f"`seed` must be the same on every rank, got {self.defaults['seed']} on rank "
-                f"{torch.distributed.get_rank()} and {int(seed.item())} on rank 0"
-            )
+        rho = float(self.defaults["eps"])
+        for param, direction in self._directions.items():
+            flat = param.data.view(-1)
+            undo_patches = self._patches.pop(param, [])
+            patches: list[Patch] = []
+            blocks = direction.deltas(param.data, self.state[param], self.zo_step, rho)
+            for number, (start, stop, delta) in enumerate(blocks):
+                block = flat[start:stop]
+                if undo:
+                    restore_(block, delta, undo, undo_patches[number])
+                if sign:
+                    patches.append(perturb_(block, delta, sign))
+            if sign:
+                self._patches[param] = patches
 
     @torch.no_grad()
     def estimate(self, closure: Closure) -> Tensor:
         """Evaluate the loss around θ with this step's direction and add κ to the pending projected gradient.
 
-        θ is perturbed in place and restored (to float rounding) before returning; the update waits for
-        :meth:`step`. The closure must compute the loss without calling ``backward``; it runs under
-        ``torch.no_grad``.
+        θ is perturbed in place and restored bit for bit before returning (or raising), in any dtype; the
+        update waits for :meth:`step`. The closure must compute the loss without calling ``backward``; it runs
+        under ``torch.no_grad``.
 
         Args:
             closure: returns the loss of the current batch as a scalar tensor or float.
@@ -272,36 +300,36 @@ class ZOOptimizer(torch.optim.Optimizer):
             TypeError: when the closure does not return a scalar.
         """
         if not self._seed_synced:
-            self._sync_seed()
+            # Every rank must draw the directions of rank 0.
+            check_same_across_ranks("seed", self.defaults["seed"])
+            self._seed_synced = True
         rho = float(self.defaults["eps"])
-        if self.defaults["estimate"] == "two_sided":
-            self._perturb_(rho)
-            loss_plus = _scalar(closure())
-            self._perturb_(-2.0 * rho)
-            loss_minus = _scalar(closure())
-            self._perturb_(rho)
-            kappa = (float(loss_plus) - float(loss_minus)) / (2.0 * rho)
-            loss = (loss_plus + loss_minus) / 2
-        else:
-            loss = _scalar(closure())
-            self._perturb_(rho)
-            loss_plus = _scalar(closure())
-            self._perturb_(-rho)
-            kappa = (float(loss_plus) - float(loss)) / rho
+        try:
+            if self.defaults["estimate"] == "two_sided":
+                self._move_to_(+1)
+                loss_plus = _scalar(closure())
+                self._move_to_(-1)
+                loss_minus = _scalar(closure())
+                kappa = (float(loss_plus) - float(loss_minus)) / (2.0 * rho)
+                loss = (loss_plus + loss_minus) / 2
+            else:
+                loss = _scalar(closure())
+                self._move_to_(+1)
+                loss_plus = _scalar(closure())
+                kappa = (float(loss_plus) - float(loss)) / rho
+        finally:
+            self._move_to_(0)
         self._pending_kappa += kappa
         self._pending_count += 1
         return loss.detach()
 
     def _reduced_kappa(self) -> float:
-        kappa = self._pending_kappa
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            world = torch.distributed.get_world_size()
-            if world > 1:
-                device = next(iter(self._directions)).device
-                total = torch.tensor([kappa], dtype=torch.float64, device=device)
-                torch.distributed.all_reduce(total)
-                kappa = float(total.item()) / world
-        return kappa
+        """The pending κ, averaged across processes (where the parameters live: NCCL needs CUDA tensors)."""
+        if not is_distributed():
+            return self._pending_kappa
+        device = next(iter(self._directions)).device
+        total = torch.tensor([self._pending_kappa], dtype=torch.float64)
+        return float(all_reduce_mean(total, device=device).item())
 
     @torch.no_grad()
     def step(self, closure: Closure | None = None) -> Tensor | None:  # type: ignore[override]
@@ -334,7 +362,7 @@ class ZOOptimizer(torch.optim.Optimizer):
     def _update_(self, kappa: float) -> None:
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
-            hp = UpdateHyperparams(
+            decayed = UpdateHyperparams(
                 lr=float(group["lr"]),
                 weight_decay=float(group["weight_decay"]),
                 beta1=float(beta1),
@@ -342,9 +370,11 @@ class ZOOptimizer(torch.optim.Optimizer):
                 adam_eps=float(group["adam_eps"]),
                 update_count=self.zo_updates,
             )
+            undecayed = dataclasses.replace(decayed, weight_decay=0.0)
             for param in group["params"]:
                 direction = self._directions.get(param)
                 if direction is not None:
+                    hp = decayed if decays(param) else undecayed
                     direction.update_(param.data, self.state[param], self.zo_step, kappa, hp)
 
     def state_bytes(self) -> int:
@@ -437,13 +467,13 @@ def _check_param_state(saved_id: int, loaded: dict[str, Tensor], current: dict[s
 
 
 def _check_group_values(lr: Any, weight_decay: Any, betas: Any, adam_eps: Any) -> None:
-    check_positive("lr", lr, allow_zero=True)
-    check_positive("weight_decay", weight_decay, allow_zero=True)
+    check_number("lr", lr, minimum=0)
+    check_number("weight_decay", weight_decay, minimum=0)
     if not isinstance(betas, tuple | list) or len(betas) != 2:
         raise ConfigError(f"`betas` must be a pair (beta1, beta2), got {betas!r}")
-    check_range("betas[0]", betas[0], 0.0, 1.0, high_inclusive=False)
-    check_range("betas[1]", betas[1], 0.0, 1.0, high_inclusive=False)
-    check_positive("adam_eps", adam_eps)
+    check_number("betas[0]", betas[0], minimum=0, less_than=1)
+    check_number("betas[1]", betas[1], minimum=0, less_than=1)
+    check_number("adam_eps", adam_eps, greater_than=0)
 
 
 def _scalar(value: Tensor | float) -> Tensor:
@@ -474,7 +504,7 @@ def zo_state_bytes(optimizer_or_trainer: Any) -> int:
     Raises:
         TypeError: when no ZOOptimizer is found.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from paperpack.tezo import ZOOptimizer, zo_state_bytes
         >>> W = torch.nn.Parameter(torch.zeros(6, 4))

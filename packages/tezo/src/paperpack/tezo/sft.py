@@ -36,7 +36,7 @@ class ZOSFTConfig(ZOConfig, SFTConfig):
             ``loss_type="dft"`` (DFT weights each token's loss by a stop-gradient probability; a zeroth-order
             estimate differentiates the loss value, weight included, so it would minimise another objective).
 
-    Example:
+    Examples:
         >>> from paperpack.tezo import ZOSFTConfig
         >>> args = ZOSFTConfig("out", zo_method="tezo_sgd", max_length=64, bf16=False, report_to="none")
         >>> args.optimizer_kwargs()["method"], args.max_length, args.learning_rate, args.logging_steps
@@ -48,8 +48,8 @@ class ZOSFTConfig(ZOConfig, SFTConfig):
     logging_steps: float = field(
         default=10,
         metadata={
-            "help": "Log every X update steps; a float in [0, 1) is a ratio of the total steps. "
-            "Default 10 (SFTConfig's)."
+            "help": "Log every X update steps; a float in [0, 1) is a ratio of the total steps. The "
+            "default is SFTConfig's."
         },
     )
     bf16: bool | None = field(  # type: ignore[assignment]  # SFTConfig's type: None is resolved in __post_init__
@@ -110,7 +110,7 @@ class ZOSFTTrainer(ZOTrainerMixin, SFTTrainer):
     Raises:
         TypeError: when ``args`` is not a ``ZOSFTConfig`` or the optimizer is not a ``ZOOptimizer``.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from datasets import Dataset
         >>> from paperpack.core.hf import tiny_causal_lm

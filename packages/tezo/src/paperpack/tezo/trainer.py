@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from paperpack.tezo.config import ZOConfig
-from paperpack.tezo.optim import ZOOptimizer, unwrap_optimizer
+from paperpack.tezo.optim import ZOOptimizer, decays, unwrap_optimizer
 
 __all__ = ["ZOTrainer", "ZOTrainerMixin"]
 
@@ -35,9 +35,13 @@ class ZOTrainerMixin(_TrainerBase):
     - checks at construction that ``args`` is a ``zo_config_class`` (a :class:`~paperpack.tezo.ZOConfig`) and
       that an optimizer passed through ``optimizers`` or ``optimizer_cls_and_kwargs`` is a ``ZOOptimizer``;
     - supplies ``get_optimizer_cls_and_kwargs``, the hook HF's ``create_optimizer`` reads, so HF builds a
-      ``ZOOptimizer`` from ``args`` on its weight-decay groups of the trainable parameters;
+      ``ZOOptimizer`` from ``args`` on its weight-decay groups of the trainable parameters, and
+      ``get_decay_parameter_names``, so those groups follow the optimizer's own rule
+      (:func:`~paperpack.tezo.optim.decays`: parameters with two or more dimensions);
     - replaces ``training_step``: eval mode, no autograd, the loss of the micro-batch at θ ± ρZ_t through the
-      trainer's own ``compute_loss`` and κ added to the optimizer; HF's ``optimizer.step()`` applies it.
+      trainer's own ``compute_loss`` (each evaluation on its own shallow copy of the batch, since
+      ``compute_loss`` pops ``labels`` for label smoothing and ``compute_loss_func``) and κ added to the
+      optimizer; HF's ``optimizer.step()`` applies it.
 
     Everything else (the loop, the scheduler, checkpoints, evaluation, logging) is the trainer's. It is
     tested with ``Trainer`` and TRL's ``SFTTrainer`` only. Another trainer needs a ``compute_loss`` whose
@@ -79,6 +83,14 @@ class ZOTrainerMixin(_TrainerBase):
             raise TypeError(f"`args` must be a ZOConfig, got {type(args).__name__}")
         return ZOOptimizer, _without_group_keys(args.optimizer_kwargs())
 
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        """The names of the parameters weight decay applies to: :func:`~paperpack.tezo.optim.decays`.
+
+        The same rule as :class:`~paperpack.tezo.ZOOptimizer` used directly (parameters with two or more
+        dimensions), in place of transformers' name patterns, so there is one rule.
+        """
+        return [name for name, param in model.named_parameters() if decays(param)]
+
     def training_step(
         self,
         model: nn.Module,
@@ -101,8 +113,10 @@ class ZOTrainerMixin(_TrainerBase):
             )
 
         def closure() -> Tensor:
+            # A copy per evaluation: compute_loss pops "labels" for label smoothing and compute_loss_func.
+            batch = dict(inputs)
             with self.compute_loss_context_manager():
-                loss = cast(Tensor, self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch))
+                loss = cast(Tensor, self.compute_loss(model, batch, num_items_in_batch=num_items_in_batch))
             if self.args.n_gpu > 1:
                 loss = loss.mean()
             # The same scaling as before ``backward``: the micro-batch κ then add up to the step's κ.
@@ -139,7 +153,7 @@ class ZOTrainer(ZOTrainerMixin, Trainer):
     Raises:
         TypeError: when ``args`` is not a ``ZOConfig`` or the optimizer is not a ``ZOOptimizer``.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from paperpack.core.hf import tiny_causal_lm
         >>> from paperpack.tezo import ZOConfig, ZOTrainer
@@ -159,5 +173,5 @@ class ZOTrainer(ZOTrainerMixin, Trainer):
 
 
 def _without_group_keys(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Drop ``weight_decay``: HF's ``create_optimizer`` sets it per group (none on biases and norms)."""
+    """Drop ``weight_decay``: HF's ``create_optimizer`` sets it per group (``get_decay_parameter_names``)."""
     return {key: value for key, value in kwargs.items() if key != "weight_decay"}

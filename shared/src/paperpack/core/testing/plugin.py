@@ -2,8 +2,9 @@
 
 It registers the ``gpu`` and ``slow`` markers, skips ``gpu`` tests with a clear reason when CUDA is absent,
 keeps the Hugging Face libraries offline, and provides session-scoped fixtures: a tiny model (``tiny_lm``,
-``tiny_lm_dir``) and tiny data for it (``tiny_texts``, ``tiny_lm_dataset`` with ``tiny_collator``,
-``tiny_text_dataset``, ``tiny_prompt_completion_dataset``; see :mod:`paperpack.core.testing.data`).
+``tiny_lm_dir``; ``tiny_gpt2_dir``, a second architecture) and tiny data for it (``tiny_texts``,
+``tiny_lm_dataset`` with ``tiny_collator``, ``tiny_text_dataset``, ``tiny_prompt_completion_dataset``; see
+:mod:`paperpack.core.testing.data`).
 
 Outside this workspace, enable it with ``pytest_plugins = ["paperpack.core.testing.plugin"]`` in a
 root ``conftest.py``.
@@ -64,6 +65,29 @@ def tiny_lm_dir(
     """A model folder holding ``tiny_lm`` (safetensors weights, config and tokenizer); treat it read-only."""
     model, tokenizer = tiny_lm
     folder = tmp_path_factory.mktemp("tiny_lm")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(
+    tiny_lm: tuple[LlamaForCausalLM, PreTrainedTokenizerFast], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A GPT-2 model folder with ``tiny_lm``'s tokenizer, for commands that take any model folder.
+
+    A second architecture: 2 layers, tied embeddings, ``Conv1D`` weights, learned positions up to 128, built
+    from a config; treat it read-only.
+    """
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = tiny_lm[1]
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=128)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(config)
+    folder = tmp_path_factory.mktemp("tiny_gpt2")
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -10,6 +10,7 @@ import math
 import re
 import zlib
 from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -29,8 +30,11 @@ __all__ = [
     "resolve_weights",
     "stack_task_vectors",
     "stack_tensors",
+    "task_configs",
     "weight_column",
 ]
+
+ConfigT = TypeVar("ConfigT")
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -257,3 +261,25 @@ def combine_task_vectors(
 def is_excluded(key: str | None, patterns: Sequence[str]) -> bool:
     """Whether a parameter name matches one of the ``exclude_keys`` patterns (``re.search``)."""
     return key is not None and any(re.search(pattern, key) for pattern in patterns)
+
+
+def task_configs(config: ConfigT, model_configs: Sequence[Any] | None, count: int) -> list[ConfigT]:
+    """One config per model: ``model_configs`` (each model's own density, ...) or ``config`` for every model.
+
+    Raises:
+        ConfigError: for a wrong number of per-model configs or one of another class.
+    """
+    if model_configs is None:
+        return [config] * count
+    if isinstance(model_configs, str | bytes) or not isinstance(model_configs, Sequence):
+        raise TypeError(f"`model_configs` must be a sequence of configs, got {type(model_configs).__name__}")
+    if len(model_configs) != count:
+        raise ConfigError(
+            f"`model_configs` must hold one config per model ({count}), got {len(model_configs)}"
+        )
+    for index, item in enumerate(model_configs):
+        if type(item) is not type(config):
+            raise TypeError(
+                f"`model_configs[{index}]` must be a {type(config).__name__}, got {type(item).__name__}"
+            )
+    return list(model_configs)

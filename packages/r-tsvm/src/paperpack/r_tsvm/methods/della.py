@@ -10,6 +10,9 @@ probability q_i that grows linearly with its rank, from ``density − ε/2`` (sm
 
 Ours where the paper leaves room: ranks are taken per row (per output unit; 1-D tensors are one row), and
 ``epsilon`` is the full width of the keep-probability range (mergekit's ``epsilon`` is half of it).
+
+``della_linear`` (mergekit's variant) adds the pruned task vectors without the sign election. ``density`` and
+``epsilon`` may differ per model (``model_configs``).
 """
 
 from __future__ import annotations
@@ -19,15 +22,16 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from paperpack.r_tsvm.config import DellaConfig
+from paperpack.r_tsvm.config import DellaConfig, DellaLinearConfig
 from paperpack.r_tsvm.methods._common import (
     combine_task_vectors,
     generator_for,
     resolve_weights,
     stack_task_vectors,
+    task_configs,
 )
 
-__all__ = ["della_merge", "magprune", "magprune_probabilities"]
+__all__ = ["della_linear_merge", "della_merge", "magprune", "magprune_probabilities"]
 
 
 def magprune_probabilities(values: Tensor, density: float, epsilon: float) -> Tensor:
@@ -60,6 +64,30 @@ def magprune(
     return kept / probabilities if rescale else kept
 
 
+def _della(
+    base: Tensor | None,
+    tensors: Sequence[Tensor],
+    weights: Sequence[float] | None,
+    config: DellaLinearConfig,
+    *,
+    key: str | None,
+    model_configs: Sequence[DellaLinearConfig] | None,
+    method: str,
+    sign_method: str | None,
+) -> Tensor:
+    base_c, deltas = stack_task_vectors(base, tensors, method=method)
+    w = resolve_weights(weights, len(tensors))
+    generator = generator_for(config.seed, key)
+    for index, item in enumerate(task_configs(config, model_configs, len(tensors))):
+        deltas[index] = magprune(
+            deltas[index], item.density, item.epsilon, rescale=config.rescale, generator=generator
+        )
+    merged = combine_task_vectors(
+        base_c, deltas, w, scaling=config.scaling, normalize=config.normalize, sign_method=sign_method
+    )
+    return merged.to(tensors[0].dtype)
+
+
 def della_merge(
     base: Tensor | None,
     tensors: Sequence[Tensor],
@@ -67,6 +95,7 @@ def della_merge(
     weights: Sequence[float] | None = None,
     config: DellaConfig | None = None,
     key: str | None = None,
+    model_configs: Sequence[DellaConfig] | None = None,
 ) -> Tensor:
     """DELLA of one parameter: MagPrune each τ_t, elect signs, disjoint merge, scale.
 
@@ -76,24 +105,53 @@ def della_merge(
         weights: w_t; None gives 1 for every model.
         config: :class:`DellaConfig`.
         key: the parameter's name; with ``config.seed`` it seeds this parameter's masks.
+        model_configs: one config per model, for a ``density`` and ``epsilon`` per model.
 
     Returns:
         The merged tensor, in the dtype of ``tensors[0]``.
     """
     config = config or DellaConfig()
-    base_c, deltas = stack_task_vectors(base, tensors, method="della")
-    w = resolve_weights(weights, len(tensors))
-    generator = generator_for(config.seed, key)
-    for index in range(deltas.shape[0]):
-        deltas[index] = magprune(
-            deltas[index], config.density, config.epsilon, rescale=config.rescale, generator=generator
-        )
-    merged = combine_task_vectors(
-        base_c,
-        deltas,
-        w,
-        scaling=config.scaling,
-        normalize=config.normalize,
+    return _della(
+        base,
+        tensors,
+        weights,
+        config,
+        key=key,
+        model_configs=model_configs,
+        method="della",
         sign_method=config.majority_sign,
     )
-    return merged.to(tensors[0].dtype)
+
+
+def della_linear_merge(
+    base: Tensor | None,
+    tensors: Sequence[Tensor],
+    *,
+    weights: Sequence[float] | None = None,
+    config: DellaLinearConfig | None = None,
+    key: str | None = None,
+    model_configs: Sequence[DellaLinearConfig] | None = None,
+) -> Tensor:
+    """MagPrune each τ_t, then add them: θ = θ_0 + λ Σ_t w_t τ̃_t (mergekit's ``della_linear``).
+
+    Args:
+        base: θ_0.
+        tensors: θ_1..θ_T.
+        weights: w_t; None gives 1 for every model.
+        config: :class:`DellaLinearConfig`.
+        key: the parameter's name; with ``config.seed`` it seeds this parameter's masks.
+        model_configs: one config per model, for a ``density`` and ``epsilon`` per model.
+
+    Returns:
+        The merged tensor, in the dtype of ``tensors[0]``.
+    """
+    return _della(
+        base,
+        tensors,
+        weights,
+        config or DellaLinearConfig(),
+        key=key,
+        model_configs=model_configs,
+        method="della_linear",
+        sign_method=None,
+    )

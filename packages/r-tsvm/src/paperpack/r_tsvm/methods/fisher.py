@@ -81,7 +81,7 @@ def fisher_merge(
     Returns:
         θ*, in the dtype of ``tensors[0]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> models = [torch.zeros(2), torch.ones(2)]
         >>> fishers = [torch.tensor([1.0, 3.0]), torch.tensor([3.0, 1.0])]

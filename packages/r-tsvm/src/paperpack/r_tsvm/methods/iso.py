@@ -18,7 +18,10 @@ Ours: only singular directions of numerically nonzero singular values are kept (
 Δ_TA and in each projected task matrix (:func:`~paperpack.r_tsvm.methods._common.numerical_rank`). The paper
 flattens the whole spectrum, which for a rank-deficient Δ_TA (merging LoRA adapters) gives σ̄ to directions
 that are arbitrary: they depend on the SVD routine, the device and the dtype. With full-rank matrices nothing
-changes.
+changes. In Iso-CTS, parallel task matrices are merged into their mean before their task-specific
+directions are taken (``parallel_tol``, as in TSV-M; the common subspace still comes from the sum of all of
+them), and the groups count as the tasks. ``svd="fast"`` (the default) takes the top triplets and polar
+factors from Gram eigendecompositions where those are accurate (:mod:`paperpack.r_tsvm.methods.spectral`).
 """
 
 from __future__ import annotations
@@ -36,9 +39,15 @@ from paperpack.r_tsvm.methods._common import (
     stack_task_vectors,
     weight_column,
 )
-from paperpack.r_tsvm.methods.tsv import orthogonalize
+from paperpack.r_tsvm.methods.spectral import (
+    POLAR_CONDITION,
+    group_means,
+    parallel_groups,
+    polar_factor,
+    top_triplets,
+)
 
-__all__ = ["iso_c_merge", "iso_cts_merge", "iso_cts_spaces"]
+__all__ = ["iso_c_merge", "iso_cts_merge", "iso_cts_spaces", "isotropic"]
 
 
 def _averaged(base: Tensor, deltas: Tensor, alpha: float, dtype: torch.dtype) -> Tensor:
@@ -70,12 +79,30 @@ def iso_c_merge(
     deltas.mul_(weight_column(resolve_weights(weights, len(tensors)), deltas))
     if deltas.dim() != 3 or is_excluded(key, config.exclude_keys):
         return _averaged(base_c, deltas, config.alpha, tensors[0].dtype)
-    left, singular, right = torch.linalg.svd(deltas.sum(dim=0), full_matrices=False)
-    (rank,) = numerical_rank(singular, deltas.shape)
-    if not rank:  # Δ_TA is numerically zero: nothing to add
-        return base_c.to(tensors[0].dtype)
-    merged: Tensor = singular[:rank].mean() * torch.matmul(left[:, :rank], right[:rank])
+    merged = isotropic(deltas.sum(dim=0), config.svd)
     return (base_c + config.alpha * merged).to(tensors[0].dtype)
+
+
+def isotropic(matrix: Tensor, svd: str = "fast") -> Tensor:
+    """σ̄ U_r V_rᵀ: the matrix with its numerically nonzero singular values replaced by their mean.
+
+    The fast path takes σ̄ and U Vᵀ (the polar factor) from the Gram matrix's eigendecomposition when the
+    matrix has full numerical rank and a well-conditioned Gram matrix (see
+    :func:`~paperpack.r_tsvm.methods.spectral.polar_factor`); otherwise, and with ``svd="exact"``, the SVD.
+    """
+    if svd == "fast" and min(matrix.shape) > 0:
+        wide = matrix if matrix.shape[0] <= matrix.shape[1] else matrix.mT
+        values = torch.linalg.eigvalsh(wide @ wide.mT)
+        threshold = POLAR_CONDITION.get(matrix.dtype, POLAR_CONDITION[torch.float32])
+        if float(values[0]) >= threshold * float(values[-1]) > 0:
+            flat: Tensor = values.sqrt().mean() * polar_factor(matrix, "fast")
+            return flat
+    left, singular, right = torch.linalg.svd(matrix, full_matrices=False)
+    (rank,) = numerical_rank(singular, matrix.shape)
+    if not rank:  # numerically zero: nothing to add
+        return torch.zeros_like(matrix)
+    merged: Tensor = singular[:rank].mean() * torch.matmul(left[:, :rank], right[:rank])
+    return merged
 
 
 def iso_cts_spaces(rank: int, num_tasks: int, fraction: float) -> tuple[int, int]:
@@ -111,24 +138,25 @@ def iso_cts_merge(
     deltas.mul_(weight_column(resolve_weights(weights, len(tensors)), deltas))
     if deltas.dim() != 3 or is_excluded(key, config.exclude_keys):
         return _averaged(base_c, deltas, config.alpha, tensors[0].dtype)
-    num_tasks, rows, cols = deltas.shape
+    total = deltas.sum(dim=0)
+    groups = parallel_groups(deltas, config.parallel_tol)
+    tasks = group_means(deltas, groups)
+    num_tasks, rows, cols = tasks.shape
     common, per_task = iso_cts_spaces(min(rows, cols), num_tasks, config.common_space_fraction)
-    left, singular, right = torch.linalg.svd(deltas.sum(dim=0), full_matrices=False)
-    common = min(common, *numerical_rank(singular, deltas.shape))
-    u_parts, s_parts, vh_parts = [left[:, :common]], [singular[:common]], [right[:common]]
+    ((u_common, s_common, vh_common),) = top_triplets(total[None], [max(common, 1)], config.svd)
+    common = min(common, s_common.numel())
+    u_common, s_common, vh_common = u_common[:, :common], s_common[:common], vh_common[:common]
+    u_parts, s_parts, vh_parts = [u_common], [s_common], [vh_common]
     if per_task > 0:
-        u_common = left[:, :common]
-        specific = deltas - u_common @ (u_common.mT @ deltas)
-        t_left, t_singular, t_right = torch.linalg.svd(specific, full_matrices=False)
-        scale = torch.linalg.matrix_norm(deltas)  # the projection's rounding scales with τ_t, not the rest
-        for t, nonzero in enumerate(numerical_rank(t_singular, deltas.shape, scale)):
-            kept = min(per_task, nonzero)
-            u_parts.append(t_left[t, :, :kept])
-            s_parts.append(t_singular[t, :kept])
-            vh_parts.append(t_right[t, :kept])
+        specific = tasks - u_common @ (u_common.mT @ tasks)
+        scale = torch.linalg.matrix_norm(tasks)  # the projection's rounding scales with τ_t, not the rest
+        for left, singular, right in top_triplets(specific, [per_task] * num_tasks, config.svd, scale=scale):
+            u_parts.append(left)
+            s_parts.append(singular)
+            vh_parts.append(right)
     if not sum(part.numel() for part in s_parts):  # every task matrix is numerically zero
         return base_c.to(tensors[0].dtype)
-    u = orthogonalize(torch.cat(u_parts, dim=1))
-    vh = orthogonalize(torch.cat(vh_parts, dim=0))
+    u = polar_factor(torch.cat(u_parts, dim=1), config.svd)
+    vh = polar_factor(torch.cat(vh_parts, dim=0), config.svd)
     merged = torch.cat(s_parts).mean() * (u @ vh)
     return (base_c + config.alpha * merged).to(tensors[0].dtype)

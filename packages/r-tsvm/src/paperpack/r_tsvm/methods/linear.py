@@ -52,7 +52,7 @@ def linear_merge(
     Returns:
         The merged tensor, in the dtype of ``tensors[0]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> linear_merge(None, [torch.zeros(2), torch.ones(2)], weights=[1.0, 3.0]).tolist()
         [0.75, 0.75]
@@ -90,7 +90,7 @@ def task_arithmetic_merge(
     Returns:
         The merged tensor, in the dtype of ``tensors[0]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> base = torch.zeros(2)
         >>> task_arithmetic_merge(base, [torch.ones(2), torch.full((2,), 2.0)]).tolist()

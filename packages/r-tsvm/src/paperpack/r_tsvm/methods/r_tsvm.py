@@ -19,16 +19,20 @@ For each 2-D parameter with task matrices Δ_t = w_t (θ_t − θ_0):
    - ``"clip"``: outlier entries are winsorised to median ± κ · scale before the decomposition.
    - ``"both"``: clip, then downweight.
 
-2. Sparsity-adaptive rank. TSV-M keeps k = ⌊r / T⌋ singular triplets per task in every layer. Here the rank of
+2. Parallel task matrices (after the weights ω_t) are merged into their mean, as in TSV-M
+   (``parallel_tol``); the groups are the tasks of the next steps.
+
+3. Sparsity-adaptive rank. TSV-M keeps k = ⌊r / T⌋ singular triplets per task in every layer. Here the rank of
    layer p is chosen from the task matrices, never above that budget:
 
-   - ``rank_mode="sparsity"``: s_p = mean_t fraction(|Δ_t| ≤ ε_rel · max|Δ_t|),
+   - ``rank_mode="sparsity"``: s_p = mean_t fraction(|Δ_t| ≤ ε_rel · m_t), with m_t the median of the nonzero
+     |Δ_t| (a scale that one outlier cannot move; exact zeros always count), and
      k_p = clip(round(k_cap (1 − s_p)), k_min, k_cap).
    - ``"energy"``: per task, the smallest k_t whose singular values hold a fraction τ of ‖Δ_t‖²_F, clipped to
-     [k_min, k_cap].
+     [k_min, k_cap]; τ = 1 keeps every nonzero singular value.
    - ``"fixed"``: k = k_cap (TSV-M).
 
-3. TSV-M with those ranks and singular-value weights, θ = θ_0 + α Δ. Parameters that are not matrices, and
+4. TSV-M with those ranks and singular-value weights, θ = θ_0 + α Δ. Parameters that are not matrices, and
    keys matching ``exclude_keys`` (none by default), are averaged as in TSV-M.
 """
 
@@ -47,9 +51,17 @@ from paperpack.r_tsvm.methods._common import (
     stack_task_vectors,
     weight_column,
 )
+from paperpack.r_tsvm.methods.spectral import group_means, parallel_groups, singular_values
 from paperpack.r_tsvm.methods.tsv import tsv_budget, tsv_combine
 
-__all__ = ["adaptive_ranks", "outlier_statistics", "r_tsvm_layer", "r_tsvm_merge", "r_tsvm_merge_with_report"]
+__all__ = [
+    "adaptive_ranks",
+    "outlier_statistics",
+    "r_tsvm_layer",
+    "r_tsvm_merge",
+    "r_tsvm_merge_with_report",
+    "zero_fraction",
+]
 
 
 # 1.4826 · MAD estimates the standard deviation of a normal distribution.
@@ -79,6 +91,20 @@ def outlier_statistics(delta: Tensor, mode: str, kappa: float) -> tuple[float, f
     return fraction, center, scale
 
 
+def zero_fraction(delta: Tensor, eps_rel: float) -> float:
+    """The fraction of a task matrix's entries that count as zero: |Δ| ≤ ε_rel · (median of the nonzero |Δ|).
+
+    The scale is the median magnitude of the nonzero entries, so one outlier moves it by at most one rank
+    among them (``max|Δ|``, the scale before, moved with every outlier). Exact zeros always count; an all-zero
+    matrix is all zeros.
+    """
+    magnitudes = delta.abs().reshape(-1)
+    nonzero = magnitudes[magnitudes != 0]
+    if not nonzero.numel():
+        return 1.0
+    return float((magnitudes <= eps_rel * nonzero.median()).float().mean())
+
+
 def adaptive_ranks(
     deltas: Tensor, singular: Tensor, k_cap: int, config: RTSVMConfig
 ) -> tuple[list[int], float]:
@@ -86,26 +112,26 @@ def adaptive_ranks(
 
     Args:
         deltas: ``(T, rows, cols)`` task matrices.
-        singular: their singular values ``(T, r)``, descending.
+        singular: their singular values ``(T, r)``, descending (used by ``rank_mode="energy"`` only).
         k_cap: TSV-M's budget ⌊r / T⌋.
         config: the rank rule.
     """
     num_tasks = deltas.shape[0]
     k_min = min(config.k_min, k_cap)
-    flat = deltas.reshape(num_tasks, -1).abs()
-    peak = flat.amax(dim=1, keepdim=True)
-    sparsity = float((flat <= config.eps_rel * peak).float().mean())
+    sparsity = sum(zero_fraction(delta, config.eps_rel) for delta in deltas) / num_tasks
     if config.rank_mode == "fixed":
         return [k_cap] * num_tasks, sparsity
     if config.rank_mode == "sparsity":
         k = min(max(round(k_cap * (1.0 - sparsity)), k_min), k_cap)
         return [k] * num_tasks, sparsity
-    energy = singular.square()
-    total = energy.sum(dim=1, keepdim=True)
-    reached = energy.cumsum(dim=1) >= config.energy_tau * total
+    cumulative = singular.double().square().cumsum(dim=1)
+    # The total is the running sum's own last entry, so that τ = 1 is reached exactly (a separately summed
+    # total could exceed it in the last bit, and no k would qualify).
+    total = cumulative[:, -1:]
+    reached = cumulative >= config.energy_tau * total
     ranks = []
     for t in range(num_tasks):
-        k = int(reached[t].float().argmax()) + 1 if float(total[t]) > 0 else k_min
+        k = int(reached[t].int().argmax()) + 1 if float(total[t]) > 0 else k_min
         ranks.append(min(max(k, k_min), k_cap))
     return ranks, sparsity
 
@@ -114,13 +140,13 @@ def r_tsvm_layer(deltas: Tensor, config: RTSVMConfig) -> tuple[Tensor, dict[str,
     """R-TSVM of one 2-D parameter's task matrices.
 
     Args:
-        deltas: ``(T, rows, cols)`` task matrices Δ_t (already multiplied by the model weights); clipped in
-            place when the outlier action clips.
+        deltas: ``(T, rows, cols)`` task matrices Δ_t (already multiplied by the model weights); clipped and
+            scaled by ω_t in place.
         config: :class:`RTSVMConfig`.
 
     Returns:
-        The merged task matrix Δ (before α), and a report: the ranks k_t, the budget k_cap, the sparsity s_p,
-        the outlier fractions o_t and the weights ω_t.
+        The merged task matrix Δ (before α), and a report: the ranks k_t (of each task's group), the budget
+        k_cap, the sparsity s_p, the outlier fractions o_t, the weights ω_t and the groups of parallel tasks.
     """
     num_tasks = deltas.shape[0]
     fractions = [0.0] * num_tasks
@@ -136,18 +162,29 @@ def r_tsvm_layer(deltas: Tensor, config: RTSVMConfig) -> tuple[Tensor, dict[str,
         if config.outlier_action in ("downweight", "both") and mean_fraction > 0.0:
             raw = [1.0 / (1.0 + config.gamma * fraction / mean_fraction) for fraction in fractions]
             omega = [value * num_tasks / sum(raw) for value in raw]
-    k_cap = tsv_budget(deltas.shape[1:], num_tasks)
+    # ω_t multiplies task t's singular values: the same as scaling its task matrix.
+    deltas.mul_(weight_column(omega, deltas))
+    groups = parallel_groups(deltas, config.parallel_tol)
+    tasks = group_means(deltas, groups)
+    k_cap = tsv_budget(tasks.shape[1:], tasks.shape[0])
     singular = (
-        torch.linalg.svdvals(deltas) if config.rank_mode == "energy" else deltas.new_zeros(num_tasks, 1)
+        singular_values(tasks, config.svd)
+        if config.rank_mode == "energy"
+        else tasks.new_zeros(len(groups), 1)
     )
-    ranks, sparsity = adaptive_ranks(deltas, singular, k_cap, config)
-    merged = tsv_combine(deltas, ranks, omega)
+    group_ranks, sparsity = adaptive_ranks(tasks, singular, k_cap, config)
+    merged = tsv_combine(tasks, group_ranks, svd=config.svd)
+    ranks = [0] * num_tasks
+    for group, rank in zip(groups, group_ranks, strict=True):
+        for t in group:
+            ranks[t] = rank
     report = {
         "ranks": ranks,
         "k_cap": k_cap,
         "sparsity": sparsity,
         "outlier_fractions": fractions,
         "weights": omega,
+        "groups": groups,
     }
     return merged, report
 
@@ -193,7 +230,7 @@ def r_tsvm_merge(
     Returns:
         θ_0 + α Δ, in the dtype of ``tensors[0]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> g = torch.Generator().manual_seed(0)
         >>> base = torch.zeros(6, 6)

@@ -74,7 +74,7 @@ def slerp_merge(
     Raises:
         ConfigError: for a number of tensors other than two, or for ``weights``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> slerp_merge(None, [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])]).tolist()
         [0.7071067690849304, 0.7071067690849304]

@@ -10,7 +10,7 @@ Per parameter and per task vector τ_t = θ_t − θ_0:
 4. θ = θ_0 + λ τ_m.
 
 With per-model weights w_t the task vectors are weighted before the election and the mean is weighted
-(Σ m_t w_t τ̂_t / Σ m_t w_t), as in mergekit.
+(Σ m_t w_t τ̂_t / Σ m_t w_t), as in mergekit. ``density`` may differ per model (``model_configs``).
 """
 
 from __future__ import annotations
@@ -25,23 +25,25 @@ from paperpack.r_tsvm.methods._common import (
     magnitude_mask,
     resolve_weights,
     stack_task_vectors,
+    task_configs,
 )
 
 __all__ = ["ties_merge", "trim"]
 
 
-def trim(deltas: Tensor, density: float) -> Tensor:
+def trim(deltas: Tensor, density: float | Sequence[float]) -> Tensor:
     """TIES step 1: zero all but the ``density`` fraction of largest-magnitude entries of each τ_t, in place.
 
     Args:
         deltas: the stacked task vectors, shape ``(T, *shape)``.
-        density: k in [0, 1].
+        density: k in [0, 1], or one k per task vector.
 
     Returns:
         ``deltas``, trimmed.
     """
-    for index in range(deltas.shape[0]):
-        deltas[index].mul_(magnitude_mask(deltas[index], density))
+    densities = [density] * deltas.shape[0] if isinstance(density, int | float) else list(density)
+    for index, value in enumerate(densities):
+        deltas[index].mul_(magnitude_mask(deltas[index], value))
     return deltas
 
 
@@ -52,6 +54,7 @@ def ties_merge(
     weights: Sequence[float] | None = None,
     config: TiesConfig | None = None,
     key: str | None = None,
+    model_configs: Sequence[TiesConfig] | None = None,
 ) -> Tensor:
     """TIES merging of one parameter: trim, elect sign, disjoint merge, scale.
 
@@ -61,11 +64,12 @@ def ties_merge(
         weights: w_t; None gives 1 for every model.
         config: :class:`TiesConfig`.
         key: the parameter's name (unused).
+        model_configs: one config per model, for a ``density`` per model; None uses ``config`` for all.
 
     Returns:
         θ_0 + λ τ_m, in the dtype of ``tensors[0]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> base = torch.zeros(3)
         >>> models = [torch.tensor([1.0, -2.0, 0.1]), torch.tensor([3.0, 1.0, 0.0])]
@@ -76,7 +80,7 @@ def ties_merge(
     config = config or TiesConfig()
     base_c, deltas = stack_task_vectors(base, tensors, method="ties")
     w = resolve_weights(weights, len(tensors))
-    trim(deltas, config.density)
+    trim(deltas, [c.density for c in task_configs(config, model_configs, len(tensors))])
     merged = combine_task_vectors(
         base_c,
         deltas,

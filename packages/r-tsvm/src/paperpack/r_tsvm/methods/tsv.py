@@ -20,6 +20,13 @@ Ours:
   are arbitrary, and the polar factor mixes them into every other column, so without this a rank-deficient
   task matrix (a LoRA adapter's B·A of rank 8 when k = 32, say) gave a different merge on a GPU than on the
   CPU, or in float32 than in float64. With full-rank task matrices nothing changes.
+- Parallel task matrices (identical experts, one expert at two scales) make the concatenated bases
+  rank-deficient, and their polar factor has no unique answer: task matrices within ``parallel_tol`` of each
+  other's direction are merged into their mean first, and TSV-M runs on the T' groups, k = ⌊r / T'⌋
+  (:func:`~paperpack.r_tsvm.methods.spectral.parallel_groups`). Three copies of one expert merge to that
+  expert.
+- ``svd="fast"`` (the default) computes the triplets and polar factors from Gram-matrix eigendecompositions
+  where those are accurate (:mod:`paperpack.r_tsvm.methods.spectral`); ``svd="exact"`` uses full SVDs.
 """
 
 from __future__ import annotations
@@ -32,11 +39,11 @@ from torch import Tensor
 from paperpack.r_tsvm.config import TSVMConfig
 from paperpack.r_tsvm.methods._common import (
     is_excluded,
-    numerical_rank,
     resolve_weights,
     stack_task_vectors,
     weight_column,
 )
+from paperpack.r_tsvm.methods.spectral import group_means, parallel_groups, polar_factor, top_triplets
 
 __all__ = ["orthogonalize", "tsv_budget", "tsv_combine", "tsv_m_merge"]
 
@@ -46,14 +53,20 @@ def tsv_budget(shape: Sequence[int], num_tasks: int) -> int:
     return max(1, min(shape[0], shape[1]) // num_tasks)
 
 
-def orthogonalize(matrix: Tensor) -> Tensor:
-    """The nearest matrix with orthonormal columns (or rows, if wide): the polar factor P Qᵀ of P S Qᵀ."""
-    left, _, right = torch.linalg.svd(matrix, full_matrices=False)
-    return torch.matmul(left, right)
+def orthogonalize(matrix: Tensor, svd: str = "exact") -> Tensor:
+    """The nearest matrix with orthonormal columns (or rows, if wide): the polar factor P Qᵀ of P S Qᵀ.
+
+    See :func:`~paperpack.r_tsvm.methods.spectral.polar_factor` for ``svd="fast"``.
+    """
+    return polar_factor(matrix, svd)
 
 
 def tsv_combine(
-    deltas: Tensor, ranks: Sequence[int], singular_scales: Sequence[float] | None = None
+    deltas: Tensor,
+    ranks: Sequence[int],
+    singular_scales: Sequence[float] | None = None,
+    *,
+    svd: str = "fast",
 ) -> Tensor:
     """Concatenate the top ``ranks[t]`` singular triplets of each task matrix, decorrelate, and recombine.
 
@@ -63,20 +76,22 @@ def tsv_combine(
         deltas: ``(T, rows, cols)`` task matrices Δ_t.
         ranks: k_t per task (TSV-M uses the same k for all).
         singular_scales: a factor per task on its singular values (R-TSVM's outlier weights); None for 1.
+        svd: ``"fast"`` or ``"exact"`` (:mod:`~paperpack.r_tsvm.methods.spectral`).
 
     Returns:
         U⊥ Σ V⊥ᵀ, shape ``(rows, cols)``.
     """
-    left, singular, right = torch.linalg.svd(deltas, full_matrices=False)
     scales = singular_scales if singular_scales is not None else [1.0] * deltas.shape[0]
-    nonzero = numerical_rank(singular, deltas.shape)
-    kept = [(t, min(k, nonzero[t])) for t, k in enumerate(ranks) if min(k, nonzero[t]) > 0]
+    kept = [
+        (u, s * scale, vh) for (u, s, vh), scale in zip(top_triplets(deltas, ranks, svd), scales, strict=True)
+    ]
+    kept = [part for part in kept if part[1].numel()]
     if not kept:
         return torch.zeros_like(deltas[0])
-    u = torch.cat([left[t, :, :k] for t, k in kept], dim=1)
-    s = torch.cat([singular[t, :k] * scales[t] for t, k in kept])
-    vh = torch.cat([right[t, :k, :] for t, k in kept], dim=0)
-    return (orthogonalize(u) * s) @ orthogonalize(vh)
+    u = torch.cat([part[0] for part in kept], dim=1)
+    s = torch.cat([part[1] for part in kept])
+    vh = torch.cat([part[2] for part in kept], dim=0)
+    return (polar_factor(u, svd) * s) @ polar_factor(vh, svd)
 
 
 def tsv_m_merge(
@@ -99,7 +114,7 @@ def tsv_m_merge(
     Returns:
         θ_0 + α Δ, in the dtype of ``tensors[0]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> base, delta = torch.zeros(4, 3), torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
         >>> torch.allclose(tsv_m_merge(base, [base + delta]), delta, atol=1e-5)
@@ -111,6 +126,7 @@ def tsv_m_merge(
     if deltas.dim() != 3 or is_excluded(key, config.exclude_keys):
         merged = deltas.mean(dim=0)
     else:
-        k = tsv_budget(deltas.shape[1:], deltas.shape[0])
-        merged = tsv_combine(deltas, [k] * deltas.shape[0])
+        tasks = group_means(deltas, parallel_groups(deltas, config.parallel_tol))
+        k = tsv_budget(tasks.shape[1:], tasks.shape[0])
+        merged = tsv_combine(tasks, [k] * tasks.shape[0], svd=config.svd)
     return (base_c + config.alpha * merged).to(tensors[0].dtype)

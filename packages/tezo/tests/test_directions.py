@@ -1,4 +1,4 @@
-"""The estimators and ZOOptimizer on plain tensors, against the literal reference and known gradients."""
+"""The directions and ZOOptimizer on plain tensors, against the literal reference and known gradients."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from torch import Tensor
 
 from paperpack.core.errors import CheckpointError, ConfigError
 from paperpack.tezo import METHODS, ZOOptimizer, zo_state_bytes
-from paperpack.tezo import estimators as est
+from paperpack.tezo import directions as est
 from paperpack.tezo._reference import ReferenceSettings, reference_run
-from paperpack.tezo.estimators import TemporalLowRankDirection, tezo_factors
-from paperpack.tezo.methods import method_parts
+from paperpack.tezo.choices import method_parts
+from paperpack.tezo.directions import TemporalLowRankDirection, tezo_factors
 
 # ---------------------------------------------------------------------------------------------------------
 # A small nonlinear model: two matrices, a bias and a 3-D tensor (seen as a 2×12 matrix).
@@ -173,8 +173,8 @@ def test_kappa_matches_autograd_directional_derivative() -> None:
     opt.step(lambda: model_loss(list(params)))
     directional = 0.0
     for param, grad in zip(params, grads, strict=True):
-        Z = torch.zeros_like(param)
-        opt.direction(param).perturb_(Z, opt.state[param], 0, 1.0)
+        blocks = opt.direction(param).deltas(param, opt.state[param], 0, 1.0)
+        Z = torch.cat([delta for _, _, delta in blocks]).view(param.shape)
         directional += float((grad * Z).sum())
     assert opt.last_kappa == pytest.approx(directional, rel=1e-6)
 
@@ -344,7 +344,7 @@ def test_gradient_accumulation_sums_kappa() -> None:
         ({"estimate": "three_sided"}, "`estimate` must be one of 'two_sided', 'one_sided'"),
         ({"one_dim": "lowrank"}, "`one_dim` must be one of 'dense', 'freeze'"),
         ({"lozo_interval": 0}, "`lozo_interval` must be >= 1"),
-        ({"cache_factors": "yes"}, "`cache_factors` must be a bool"),
+        ({"cache_factors": "yes"}, "`cache_factors` must be true or false, got 'yes' (str)"),
         ({"seed": -1}, "`seed` must be >= 0"),
     ],
 )

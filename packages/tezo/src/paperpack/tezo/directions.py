@@ -17,8 +17,10 @@ Perturbing and updating therefore see bitwise the same Z_t without keeping it.
 
 Each direction class works on one parameter and keeps its tensors in a ``state`` dict that the optimizer owns
 (and saves). Parameters with two or more dimensions are treated as matrices of shape
-``(shape[0], numel // shape[0])``. Dense work is done in blocks of at most :data:`BLOCK_NUMEL` elements, so no
-temporary is larger than one block whatever the size of the parameter.
+``(shape[0], numel // shape[0])``. A direction hands out its perturbation ρZ_t block by block
+(:meth:`Direction.deltas`), in at least float32, and :mod:`paperpack.tezo.perturbation` applies and undoes it
+exactly. Dense work is done in blocks of at most :data:`BLOCK_NUMEL` elements, so no temporary is larger than
+one block whatever the size of the parameter.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ __all__ = [
     "seeded_normal",
     "tezo_coefficients",
     "tezo_factors",
+    "work_dtype",
 ]
 
 BLOCK_NUMEL = 2**20
@@ -73,7 +76,7 @@ def derive_seed(*keys: int) -> int:
     A chain of SplitMix64 finalisers, so seeds of neighbouring steps or parameters are unrelated; a few
     microseconds per call, which matters because every step derives one seed per parameter and pass.
 
-    Example:
+    Examples:
         >>> derive_seed(0, 1, 2) == derive_seed(0, 1, 2) != derive_seed(0, 2, 1)
         True
     """
@@ -86,7 +89,7 @@ def derive_seed(*keys: int) -> int:
 def seeded_normal(shape: tuple[int, ...], seed: int, *, device: torch.device, dtype: torch.dtype) -> Tensor:
     """Draw a standard normal tensor from a private generator seeded with ``seed`` (no global RNG state).
 
-    Example:
+    Examples:
         >>> a = seeded_normal((3,), 7, device=torch.device("cpu"), dtype=torch.float32)
         >>> torch.equal(a, seeded_normal((3,), 7, device=torch.device("cpu"), dtype=torch.float32))
         True
@@ -231,8 +234,14 @@ class Direction(ABC):
         """The persistent state of this parameter (moments, cached factors) before the first step."""
 
     @abstractmethod
-    def perturb_(self, param: Tensor, state: dict[str, Tensor], step: int, alpha: float) -> None:
-        """In place: θ ← θ + α·Z_t."""
+    def deltas(
+        self, param: Tensor, state: dict[str, Tensor], step: int, scale: float
+    ) -> Iterator[tuple[int, int, Tensor]]:
+        """Yield ``(start, stop, scale·Z_t)`` for consecutive blocks of the flattened parameter.
+
+        Each block of ``scale·Z_t`` is 1-D, holds the entries ``start:stop`` of ``param.view(-1)`` and is in
+        the working dtype (at least float32); the same call yields bitwise the same blocks.
+        """
 
     @abstractmethod
     def update_(
@@ -244,6 +253,11 @@ class Direction(ABC):
     def _decay_(param: Tensor, hp: UpdateHyperparams) -> None:
         if hp.weight_decay != 0.0:
             param.mul_(1.0 - hp.lr * hp.weight_decay)
+
+
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype perturbations are formed in: the parameter's, but at least float32."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 class DenseDirection(Direction):
@@ -260,22 +274,29 @@ class DenseDirection(Direction):
     """
 
     def init_state(self, param: Tensor) -> dict[str, Tensor]:
-        """Dense moments: m for momentum, m and v for Adam (one copy of the parameter each)."""
+        """Dense moments: m for momentum, m and v for Adam, one copy of the parameter each.
+
+        They are kept in at least float32: in float16, v = g² underflows and Adam's ε = 1e-8 rounds to 0.
+        """
         state: dict[str, Tensor] = {}
+        dtype = work_dtype(param.dtype)
         if self.rule in ("momentum", "adam"):
-            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.contiguous_format)
+            state["exp_avg"] = torch.zeros(param.shape, device=param.device, dtype=dtype)
         if self.rule == "adam":
-            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.contiguous_format)
+            state["exp_avg_sq"] = torch.zeros(param.shape, device=param.device, dtype=dtype)
         return state
 
     def _noise(self, step: int, block: int, length: int, like: Tensor) -> Tensor:
-        return _dense_block(self.seed, step, self.index, block, length, device=like.device, dtype=like.dtype)
+        return _dense_block(
+            self.seed, step, self.index, block, length, device=like.device, dtype=work_dtype(like.dtype)
+        )
 
-    def perturb_(self, param: Tensor, state: dict[str, Tensor], step: int, alpha: float) -> None:
-        """θ ← θ + α·Z_t, one block of Z_t at a time."""
-        flat = param.view(-1)
-        for block, start, stop in _blocks(flat.numel(), BLOCK_NUMEL):
-            flat[start:stop].add_(self._noise(step, block, stop - start, flat), alpha=alpha)
+    def deltas(
+        self, param: Tensor, state: dict[str, Tensor], step: int, scale: float
+    ) -> Iterator[tuple[int, int, Tensor]]:
+        """scale·Z_t, one block of Z_t at a time."""
+        for block, start, stop in _blocks(param.numel(), BLOCK_NUMEL):
+            yield start, stop, self._noise(step, block, stop - start, param).mul_(scale)
 
     def update_(
         self, param: Tensor, state: dict[str, Tensor], step: int, kappa: float, hp: UpdateHyperparams
@@ -394,10 +415,17 @@ class TemporalLowRankDirection(_MatrixDirection):
         scaled = (coefficients.to(work_dtype) * alpha).to(U.dtype)
         self._matrix(param).addmm_(U * scaled, V.T)
 
-    def perturb_(self, param: Tensor, state: dict[str, Tensor], step: int, alpha: float) -> None:
-        """W ← W + α·U diag(τ_t) Vᵀ in one ``addmm_``."""
+    def deltas(
+        self, param: Tensor, state: dict[str, Tensor], step: int, scale: float
+    ) -> Iterator[tuple[int, int, Tensor]]:
+        """scale·U diag(τ_t) Vᵀ in row blocks (one matrix product each, r numbers drawn per step)."""
         U, V = self.factors(param, state)
-        self._add_low_rank_(param, U, V, self.coefficients(step, param.device), alpha)
+        work = work_dtype(param.dtype)
+        scaled = self.coefficients(step, param.device).to(work) * scale
+        V_t = V.to(work).T
+        for start, stop in _row_blocks(self.rows, self.cols):
+            block = (U[start:stop].to(work) * scaled) @ V_t
+            yield start * self.cols, stop * self.cols, block.view(-1)
 
     def update_(
         self, param: Tensor, state: dict[str, Tensor], step: int, kappa: float, hp: UpdateHyperparams
@@ -417,12 +445,15 @@ class TemporalLowRankDirection(_MatrixDirection):
             return
         exp_avg_sq = state["exp_avg_sq"]
         exp_avg_sq.mul_(hp.beta2).addcmul_(grad, grad, value=1.0 - hp.beta2)
-        m_hat = (exp_avg / (1.0 - hp.beta1**hp.update_count)).to(U.dtype)
-        v_hat = (exp_avg_sq / (1.0 - hp.beta2**hp.update_count)).to(U.dtype)
+        # M and S in at least float32: in float16, S underflows and ε = 1e-8 rounds to 0.
+        work = work_dtype(param.dtype)
+        m_hat = (exp_avg / (1.0 - hp.beta1**hp.update_count)).to(work)
+        v_hat = (exp_avg_sq / (1.0 - hp.beta2**hp.update_count)).to(work)
+        V = V.to(work)
         V_sq_t = V.square().T
         W = self._matrix(param)
         for start, stop in _row_blocks(self.rows, self.cols):
-            U_block = U[start:stop]
+            U_block = U[start:stop].to(work)
             first = (U_block * m_hat) @ V.T
             second = (U_block.square() * v_hat) @ V_sq_t
             W[start:stop].addcdiv_(first, second.sqrt_().add_(hp.adam_eps), value=-hp.lr)
@@ -470,10 +501,16 @@ class LazyLowRankDirection(_MatrixDirection):
             state["V"].copy_(self._draw_v(param, step // self.interval))
         return U, state["V"]
 
-    def perturb_(self, param: Tensor, state: dict[str, Tensor], step: int, alpha: float) -> None:
-        """W ← W + α·U_t Vᵀ in one ``addmm_``."""
+    def deltas(
+        self, param: Tensor, state: dict[str, Tensor], step: int, scale: float
+    ) -> Iterator[tuple[int, int, Tensor]]:
+        """scale·U_t Vᵀ in row blocks (one matrix product each)."""
         U, V = self.factors(param, state, step)
-        self._matrix(param).addmm_(U, V.T, alpha=alpha * self.scale)
+        work = work_dtype(param.dtype)
+        V_t = V.to(work).T
+        for start, stop in _row_blocks(self.rows, self.cols):
+            block = (U[start:stop].to(work) @ V_t).mul_(scale * self.scale)
+            yield start * self.cols, stop * self.cols, block.view(-1)
 
     def update_(
         self, param: Tensor, state: dict[str, Tensor], step: int, kappa: float, hp: UpdateHyperparams

@@ -1,0 +1,428 @@
+"""``PanaceaTrainer``: a ``transformers.Trainer`` whose training step adds Panacea's two harmful passes.
+
+The Panacea part (argument checks, the harmful batches, ``training_step``, the logged metrics, the state kept
+with each checkpoint and the final perturbation) lives in :class:`PanaceaTrainerMixin`, which
+:class:`PanaceaTrainer` and :class:`~paperpack.panacea.PanaceaSFTTrainer` share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, cast
+
+import torch
+from torch import Tensor, nn
+from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
+
+from paperpack.core.errors import ConfigError
+from paperpack.core.hf import STATE_FOLDER, StatefulCallback, read_callback_state
+from paperpack.panacea.config import PanaceaConfig
+from paperpack.panacea.perturbation import apply_perturbation, epsilon_scale, global_norm, select_parameters
+from paperpack.panacea.sampling import HarmfulBatches
+
+__all__ = ["PanaceaTrainer", "PanaceaTrainerMixin"]
+
+logger = logging.getLogger(__name__)
+
+# Type checkers see the mixin as a Trainer, so its methods may use the Trainer's attributes; at run time it is
+# a plain class placed before Trainer (or SFTTrainer) in the bases.
+if TYPE_CHECKING:
+    _Base = Trainer
+else:
+    _Base = object
+
+
+def _check_harmful_dataset(dataset: Any) -> None:
+    if dataset is None:
+        raise ConfigError(
+            "`harmful_dataset` is required: harmful prompts with harmful answers, in the format of "
+            "`train_dataset`, from which Panacea computes h(w) and ε"
+        )
+    if isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
+        raise ConfigError(
+            f"`harmful_dataset` must be a map-style data set (with __len__ and indexing), got "
+            f"{type(dataset).__name__}"
+        )
+    if len(dataset) == 0:
+        raise ConfigError("`harmful_dataset` is empty; Panacea needs harmful examples to compute ε")
+
+
+class PanaceaTrainerMixin(_Base):
+    """The Panacea training step for a ``transformers.Trainer`` subclass (Alg. 1 of arXiv:2501.18100).
+
+    Mix it in before the trainer class: ``class MyTrainer(PanaceaTrainerMixin, Trainer)``. It overrides
+    ``training_step`` (and ``log``, to add its metrics). Each optimizer step first runs, on a harmful batch
+    of ``harmful_batch_size × gradient_accumulation_steps`` examples per process:
+
+    1. h0 = ∇h(w) (one forward-backward per micro-batch), averaged across processes;
+    2. ε = ρ·h0/‖h0‖₂ over the perturbed parameters; w ← w + ε;
+    3. h1 = ∇ min(h(w+ε), C) (one forward-backward per micro-batch); w ← w − ε;
+    4. the gradient buffers hold λ(h0 − h1), unless the mean harmful loss at w+ε exceeds C (then λh0);
+
+    and then the parent's ``training_step`` adds the task gradient g of each micro-batch, so the optimizer
+    applies g − λ(h1 − h0). Three forward-backward passes per micro-batch; with λ = 0 step 3 is skipped.
+
+    Attributes:
+        harmful_dataset: the harmful data set as the trainer uses it (columns the model does not take removed;
+            tokenized by ``SFTTrainer`` for the TRL variant).
+        applied_perturbation: the ε added to the weights when training ended (None before, or with
+            ``final_perturbation="none"``).
+    """
+
+    args: PanaceaConfig
+    panacea_config_class: ClassVar[type[PanaceaConfig]] = PanaceaConfig
+    """The arguments class the trainer requires."""
+
+    def __init__(
+        self,
+        model: Any = None,
+        args: PanaceaConfig | None = None,
+        *,
+        harmful_dataset: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        expected = self.panacea_config_class
+        if not isinstance(args, expected):
+            raise TypeError(f"`args` must be a {expected.__name__}, got {type(args).__name__}")
+        # Fail before the Trainer sets anything up (it creates output_dir); checked again on what it prepared.
+        _check_harmful_dataset(harmful_dataset)
+        self._harmful_sampler(args, len(harmful_dataset))
+        if isinstance(model, nn.Module):
+            select_parameters(model, args.perturb_parameters)
+        super().__init__(model=model, args=args, **kwargs)
+        select_parameters(self._module, args.perturb_parameters)  # the model as wrapped, e.g. with PEFT
+        self.harmful_dataset, self._harmful_collator = self._prepare_harmful_dataset(harmful_dataset)
+        self._harmful_batches = self._harmful_sampler(args, len(self.harmful_dataset))
+        self._harmful_grad: dict[str, Tensor] = {}  # h0 of every trainable parameter (ε = c·h0)
+        self._epsilon_scale = 0.0  # c = ρ/‖h0‖ over the perturbed parameters
+        self._perturbed: list[str] = []
+        self._epsilon_sum: dict[str, Tensor] = {}
+        self._epsilon_count = 0
+        self._harmful_step: int | None = None
+        self._panacea_metrics: dict[str, list[float]] = defaultdict(list)
+        self.applied_perturbation: dict[str, Tensor] | None = None
+        self.add_callback(PanaceaCallback(cast("PanaceaTrainer", self)))
+
+    # ----------------------------------------------------------------------------------------- data
+    @staticmethod
+    def _harmful_sampler(args: PanaceaConfig, size: int) -> HarmfulBatches:
+        return HarmfulBatches(
+            size,
+            args.harmful_batch_size or args.per_device_train_batch_size,
+            seed=args.data_seed if args.data_seed is not None else args.seed,
+            rank=args.process_index,
+            world_size=args.world_size,
+        )
+
+    def _prepare_harmful_dataset(self, dataset: Any) -> tuple[Any, Any]:
+        """The harmful data set and its collator, as ``Trainer`` prepares a training set."""
+        import datasets
+
+        if isinstance(dataset, datasets.Dataset):
+            return self._remove_unused_columns(dataset, description="harmful"), self.data_collator
+        return dataset, self._get_collator_with_removed_columns(self.data_collator, description="harmful")
+
+    def _harmful_chunks(self) -> list[dict[str, Any]]:
+        """This optimizer step's harmful micro-batches: one per task micro-batch, on this process."""
+        accumulation = self.args.gradient_accumulation_steps
+        count = getattr(self, "current_gradient_accumulation_steps", accumulation)
+        chunks = []
+        for k in range(count):
+            indices = self._harmful_batches.indices(self.state.global_step * accumulation + k)
+            batch = self._harmful_collator([self.harmful_dataset[i] for i in indices])
+            chunks.append(self._prepare_inputs(batch))
+        return chunks
+
+    def _harmful_context(self) -> contextlib.AbstractContextManager[Any]:
+        """A context around the harmful passes (the TRL variant enters its activation offloading here)."""
+        return contextlib.nullcontext()
+
+    def _harmful_loss(self, model: nn.Module, inputs: dict[str, Any], num_items: Any) -> Tensor:
+        """H on one harmful micro-batch, computed as the task loss is (``compute_loss``)."""
+        return cast(Tensor, self.compute_loss(model, dict(inputs), num_items_in_batch=num_items))
+
+    # ----------------------------------------------------------------------------------------- step
+    def training_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Tensor | Any],
+        num_items_in_batch: Tensor | int | None = None,
+    ) -> Tensor:
+        """Run the harmful passes once per optimizer step, then the parent's step on the task micro-batch.
+
+        Returns the task loss (what ``Trainer`` logs as ``loss``); the harmful losses and ‖ε‖ are logged as
+        ``harmful_loss``, ``harmful_loss_perturbed``, ``perturbation_norm``, ``harmful_grad_norm`` and
+        ``harmful_loss_clamped`` (the fraction of steps whose h(w+ε) exceeded the clamp).
+        """
+        if self._harmful_step != self.state.global_step:
+            self._harmful_step = self.state.global_step
+            model.train()
+            train = getattr(self.optimizer, "train", None)  # schedule-free optimizers switch modes
+            if callable(train):
+                train()
+            with self._harmful_context():
+                self._harmful_passes(model)
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    @property
+    def _module(self) -> nn.Module:
+        """The model the Trainer trains (as wrapped, e.g. with PEFT; the Trainer always holds one)."""
+        if self.model is None:
+            raise RuntimeError("the trainer holds no model")
+        return self.model
+
+    def _harmful_passes(self, model: nn.Module) -> None:
+        args = self.args
+        trainable = [(name, p) for name, p in self._module.named_parameters() if p.requires_grad]
+        perturbed = list(select_parameters(self._module, args.perturb_parameters))
+        chunks = self._harmful_chunks()
+        count_items = getattr(self, "_get_num_items_in_batch", None)
+        num_items = count_items(chunks, args.device) if count_items is not None else None
+        lam = args.panacea_lambda
+        # The passes never synchronise gradients: h0 is averaged explicitly below, h1 with the task gradient
+        # by the parent step's backward (or by the last micro-batch's, under gradient accumulation).
+        with self.accelerator.no_sync(model):
+            for _, param in trainable:
+                param.grad = None
+            loss_w = self._harmful_backward(model, chunks, num_items, weight=1.0)
+            h0 = self._keep_harmful_gradient(trainable)
+            grad_norm = global_norm(h0[name] for name in perturbed)
+            scale = epsilon_scale(grad_norm, args.panacea_rho)
+            self._epsilon_scale, self._perturbed = scale, perturbed
+            losses = [loss_w]
+            if lam > 0:
+                selected = set(perturbed)
+                params: list[Tensor] = [p for name, p in trainable if name in selected]
+                eps_directions = [h0[name] for name in perturbed]
+                with torch.no_grad():
+                    torch._foreach_add_(params, eps_directions, alpha=scale)  # w + ε
+                try:
+                    loss_eps = self._harmful_backward(model, chunks, num_items, weight=-lam)
+                finally:
+                    with torch.no_grad():
+                        torch._foreach_add_(params, eps_directions, alpha=-scale)  # back to w
+                losses.append(loss_eps)
+        values = self.accelerator.reduce(torch.stack(losses), reduction="mean").tolist()
+        clamp = args.harmful_loss_clamp
+        clamped = lam > 0 and clamp is not None and values[1] > clamp
+        if lam > 0:
+            with torch.no_grad():
+                for name, param in trainable:
+                    if clamped or param.grad is None:  # min(h, C) is flat above C: h1 = 0
+                        param.grad = h0[name] * lam
+                    else:
+                        param.grad.add_(h0[name], alpha=lam)
+        self._record_step(values, grad_norm, scale, clamped)
+
+    def _harmful_backward(
+        self, model: nn.Module, chunks: Sequence[dict[str, Any]], num_items: Any, *, weight: float
+    ) -> Tensor:
+        """Backpropagate ``weight · h`` over the harmful micro-batches; returns h (the batch's mean)."""
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)
+        if scaled is None:
+            scaled = (
+                self.model_accepts_loss_kwargs and num_items is not None
+            ) or self.compute_loss_func is not None
+        total = torch.zeros((), device=self.args.device)
+        for chunk in chunks:
+            with self.compute_loss_context_manager():
+                loss = self._harmful_loss(model, chunk, num_items)
+            if self.args.n_gpu > 1:
+                loss = loss.mean()
+            if not scaled:
+                loss = loss / len(chunks)
+            self.accelerator.backward(loss * weight)
+            total += loss.detach().float()
+        return total
+
+    @torch.no_grad()
+    def _keep_harmful_gradient(self, trainable: Sequence[tuple[str, nn.Parameter]]) -> dict[str, Tensor]:
+        """Copy the gradient buffers (h0) into the kept buffers, average them across processes, clear them."""
+        kept: dict[str, Tensor] = {}
+        for name, param in trainable:
+            buffer = self._harmful_grad.get(name)
+            if buffer is None or buffer.shape != param.shape or buffer.dtype != param.dtype:
+                buffer = torch.empty_like(param, device=param.device)
+            if param.grad is None:  # a parameter the harmful loss does not reach
+                buffer.zero_()
+            else:
+                buffer.copy_(param.grad)
+            param.grad = None
+            kept[name] = buffer
+        world = self.accelerator.num_processes
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            for buffer in kept.values():
+                torch.distributed.all_reduce(buffer)
+                buffer.div_(world)
+        self._harmful_grad = kept
+        return kept
+
+    def _record_step(self, values: list[float], grad_norm: float, scale: float, clamped: bool) -> None:
+        metrics = self._panacea_metrics
+        metrics["harmful_loss"].append(values[0])
+        if len(values) > 1:
+            metrics["harmful_loss_perturbed"].append(values[1])
+            metrics["harmful_loss_clamped"].append(float(clamped))
+        metrics["harmful_grad_norm"].append(grad_norm)
+        metrics["perturbation_norm"].append(scale * grad_norm)
+        if self.args.final_perturbation == "mean":
+            with torch.no_grad():
+                for name in self._perturbed:
+                    eps = self._harmful_grad[name] * scale
+                    if name in self._epsilon_sum:
+                        self._epsilon_sum[name].add_(eps)
+                    else:
+                        self._epsilon_sum[name] = eps
+            self._epsilon_count += 1
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the mean Panacea metrics since the last training log, then log as the parent does."""
+        if "loss" in logs and self._panacea_metrics:
+            logs.update({key: sum(values) / len(values) for key, values in self._panacea_metrics.items()})
+            self._panacea_metrics.clear()
+        super().log(logs, start_time)
+
+    # ----------------------------------------------------------------------------------------- ε
+    @property
+    def perturbation(self) -> dict[str, Tensor] | None:
+        """The current ε (the last step's ρ·h0/‖h0‖) by parameter name, new tensors; None before training."""
+        if not self._perturbed:
+            return None
+        return {name: self._harmful_grad[name] * self._epsilon_scale for name in self._perturbed}
+
+    def final_perturbation(self) -> dict[str, Tensor] | None:
+        """The ε that ``final_perturbation`` selects: the last step's, the mean of all steps', or None."""
+        rule = self.args.final_perturbation
+        if rule == "none":
+            return None
+        if rule == "mean":
+            if not self._epsilon_count:
+                return None
+            return {name: total / self._epsilon_count for name, total in self._epsilon_sum.items()}
+        return self.perturbation
+
+    def panacea_state(self) -> dict[str, Any]:
+        """What a checkpoint keeps: the last ε and the running sum for ``final_perturbation="mean"``."""
+        epsilon = self.perturbation or {}
+        return {
+            "epsilon": {name: t.detach().cpu() for name, t in epsilon.items()},
+            "epsilon_sum": {name: t.detach().cpu() for name, t in self._epsilon_sum.items()},
+            "epsilon_count": self._epsilon_count,
+        }
+
+    def load_panacea_state(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`panacea_state` (on every process, when training resumes)."""
+        params = dict(self._module.named_parameters())
+        epsilon = cast(dict[str, Tensor], state["epsilon"])
+        self._harmful_grad = {
+            name: t.to(params[name].device, params[name].dtype) for name, t in epsilon.items()
+        }
+        self._epsilon_scale = 1.0
+        self._perturbed = list(epsilon)
+        self._epsilon_sum = {
+            name: t.to(params[name].device, params[name].dtype) for name, t in state["epsilon_sum"].items()
+        }
+        self._epsilon_count = int(state["epsilon_count"])
+
+
+class PanaceaCallback(StatefulCallback):
+    """Keeps a :class:`PanaceaTrainerMixin`'s ε in every checkpoint and adds the final ε when training ends.
+
+    The trainer registers it itself. Its state lives in ``<checkpoint>/paperpack_callbacks/panacea.*``.
+    """
+
+    state_name = "panacea"
+
+    def __init__(self, trainer: PanaceaTrainer) -> None:
+        self.trainer = trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        """The trainer's :meth:`~PanaceaTrainerMixin.panacea_state`."""
+        return self.trainer.panacea_state()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the trainer's state."""
+        self.trainer.load_panacea_state(state)
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """Add the final ε to the weights (w_T + ε_T in the paper), on every process."""
+        trainer = self.trainer
+        if args.load_best_model_at_end and state.best_model_checkpoint:
+            # The weights are the best checkpoint's: take the ε kept with them.
+            folder = Path(state.best_model_checkpoint) / STATE_FOLDER
+            trainer.load_panacea_state(read_callback_state(folder, self.state_name))
+        final = trainer.final_perturbation()
+        if final is None:
+            if trainer.args.final_perturbation != "none":
+                logger.warning("no Panacea step ran, so no perturbation was added to the weights")
+            return
+        apply_perturbation(cast(nn.Module, trainer.model), final)
+        trainer.applied_perturbation = final
+        logger.info(
+            "added the final Panacea perturbation (‖ε‖ = %.4g) to the weights", global_norm(final.values())
+        )
+
+
+class PanaceaTrainer(PanaceaTrainerMixin, Trainer):
+    """Fine-tuning with Panacea's max-max objective on the Hugging Face ``Trainer`` (arXiv:2501.18100).
+
+    The user's fine-tuning data (``train_dataset``, which may hold harmful samples) gives the task loss g; a
+    separate ``harmful_dataset`` (harmful prompts with harmful answers, in the same format) gives h. Each
+    optimizer step computes ε = ρ·∇h(w)/‖∇h(w)‖₂ and descends along g − λ(∇h(w+ε) − ∇h(w)), so the weights
+    learn to let ε raise the harmful loss; when training ends the final ε is added to the weights
+    (``final_perturbation``), and :attr:`perturbation` keeps it for
+    :func:`~paperpack.panacea.save_perturbation`.
+
+    Everything else is the ``Trainer``'s: the optimizer and its schedule, gradient clipping (of the combined
+    gradient), gradient accumulation (the harmful batch grows with it, so accumulating k micro-batches equals
+    one step on the k-times larger batch), evaluation (of the unperturbed weights), checkpoints (each keeps
+    the last ε; resuming reproduces the uninterrupted run's weights) and accelerate DDP (h0 is averaged across
+    processes before ε is formed, so every rank adds the same ε). A PEFT model perturbs its adapter weights
+    (the parameters with ``requires_grad``). The harmful batches are a function of the seed and the step, not
+    of a data loader's position, so they survive a resume.
+
+    Args:
+        model: the model (a ``PreTrainedModel``, a PEFT model, or any module returning a loss).
+        args: a :class:`~paperpack.panacea.PanaceaConfig`.
+        harmful_dataset: harmful examples in the format of ``train_dataset`` (``data_collator`` batches both).
+        **kwargs: any other ``Trainer`` argument.
+
+    Raises:
+        TypeError: when ``args`` is not a ``PanaceaConfig``.
+        ConfigError: for a missing, empty or too small ``harmful_dataset``, or ``perturb_parameters`` that
+            match no trainable parameter.
+
+    Examples:
+        >>> import tempfile
+        >>> from paperpack.core.hf import tiny_causal_lm
+        >>> from paperpack.panacea import PanaceaConfig, PanaceaTrainer
+        >>> model, tokenizer = tiny_causal_lm()
+        >>> task = [{"input_ids": ids, "labels": ids} for ids in tokenizer(["2 + 3 = 5"] * 4)["input_ids"]]
+        >>> def rows(texts):
+        ...     return [{"input_ids": ids, "labels": ids} for ids in tokenizer(texts)["input_ids"]]
+        >>> harmful = rows(["do harm: sure"] * 4)
+        >>> args = PanaceaConfig(tempfile.mkdtemp(), max_steps=2, per_device_train_batch_size=2,
+        ...                      report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True)
+        >>> trainer = PanaceaTrainer(model=model, args=args, train_dataset=task, harmful_dataset=harmful)
+        >>> trainer.train().global_step  # the Trainer prints its summary  # doctest: +ELLIPSIS
+        {'train_runtime': ...}
+        2
+        >>> round(sum(t.norm() ** 2 for t in trainer.perturbation.values()).sqrt().item(), 4)
+        1.0
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args: PanaceaConfig | None = None,
+        *,
+        harmful_dataset: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model=model, args=args, harmful_dataset=harmful_dataset, **kwargs)

@@ -1,0 +1,133 @@
+"""TSV-M, R-TSVM and Iso-CTS on checkpoints: the fast spectral path beside the exact one.
+
+A synthetic Llama base and three fine-tunes (base + 1e-3 noise) are merged with ``svd: fast`` and ``svd: exact``
+(``exclude_keys: [embed_tokens, lm_head]``, as for an LLM), in rounds that alternate the two paths, each merge
+in a fresh child process (medians reported, with each child's own peak RSS). Then, for every decomposed matrix
+and task, the truncation error ‖Δ_t − Δ_t,k‖_F of both paths at TSV-M's rank k = ⌊r/T⌋ is compared (the
+largest excess of the fast path over the exact one is printed), and the two merged models are compared key by
+key.
+
+    uv run --no-sync python packages/r-tsvm/benchmarks/bench_fast_svd.py --layers 8 --hidden 2048 \\
+        --intermediate 5632 --methods tsv_m --rounds 1      # the 2 GB model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+import yaml
+from _harness import HERE, format_bytes, in_child, load_average, load_json_line, run_measured
+
+NUM_EXPERTS = 3
+EXCLUDE = ["embed_tokens", "lm_head"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--workdir", default="/tmp/rtsvm-bench", help="where models and outputs go")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--intermediate", type=int, default=2816)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--methods", nargs="+", default=["tsv_m", "r_tsvm", "iso_cts"])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--skip-truncation", action="store_true", help="skip the per-matrix truncation errors"
+    )
+    args = parser.parse_args()
+    spec = {
+        "name": f"llama-{args.layers}x{args.hidden}x{args.intermediate}",
+        "vocab": args.vocab,
+        "hidden": args.hidden,
+        "intermediate": args.intermediate,
+        "layers": args.layers,
+        "heads": max(1, args.hidden // 128),
+        "experts": NUM_EXPERTS,
+        "noise": 1e-3,
+    }
+    workdir = Path(args.workdir) / spec["name"]
+    built = load_json_line(in_child("models", str(workdir), json.dumps(spec)))
+    folders = built["folders"]
+    print(
+        f"model {spec['name']}: {built['parameters'] / 1e9:.3f} B parameters ({built['parameters'] * 4 / 1e9:.2f} GB)"
+    )
+    in_child("warm", *folders.values())
+    print(f"load average before: {load_average()}", flush=True)
+    samples: dict[str, dict[str, list]] = {}
+    for round_ in range(args.rounds):
+        for method in args.methods:
+            for svd in ("exact", "fast") if round_ % 2 == 0 else ("fast", "exact"):
+                recipe = {
+                    "merge_method": method,
+                    "base_model": folders["base"],
+                    "models": [{"model": folders[f"expert{i}"]} for i in range(NUM_EXPERTS)],
+                    "parameters": {"exclude_keys": EXCLUDE, "svd": svd},
+                    "max_shard_size": "2GB",
+                }
+                path = workdir / f"{method}-{svd}.yaml"
+                path.write_text(yaml.safe_dump(recipe))
+                out = workdir / f"out-{method}-{svd}"
+                shutil.rmtree(out, ignore_errors=True)
+                measured = run_measured(
+                    sys.executable, str(HERE / "_children.py"), ["merge", str(path), str(out)]
+                )
+                samples.setdefault(method, {}).setdefault(svd, []).append(measured)
+                print(
+                    json.dumps(
+                        {
+                            "round": round_,
+                            "method": method,
+                            "svd": svd,
+                            "s": measured.seconds,
+                            "vmhwm": measured.peak,
+                        }
+                    ),
+                    flush=True,
+                )
+            if round_ == 0:
+                compared = load_json_line(
+                    in_child(
+                        "compare", str(workdir / f"out-{method}-fast"), str(workdir / f"out-{method}-exact")
+                    )
+                )
+                samples[method]["diff"] = [compared["max_diff"], compared["worst_key"]]
+            for svd in ("exact", "fast"):
+                shutil.rmtree(workdir / f"out-{method}-{svd}", ignore_errors=True)
+    truncation = None
+    if not args.skip_truncation:
+        truncation = load_json_line(
+            in_child("truncation", str(workdir), json.dumps({"experts": NUM_EXPERTS, "exclude": EXCLUDE}))
+        )
+    print(f"load average after: {load_average()}")
+    print()
+    print(
+        "| method | exact (s) | fast (s) | exact / fast | peak RSS exact | peak RSS fast | max \\|fast − exact\\| |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for method, row in samples.items():
+        exact = statistics.median(m.seconds for m in row["exact"])
+        fast = statistics.median(m.seconds for m in row["fast"])
+        peaks = [statistics.median(m.peak for m in row[svd]) for svd in ("exact", "fast")]
+        diff = row["diff"]
+        print(
+            f"| {method} | {exact:.1f} | {fast:.1f} | {exact / fast:.2f} | {format_bytes(peaks[0])} "
+            f"| {format_bytes(peaks[1])} | {diff[0]:.1e} ({diff[1]}) |"
+        )
+    if truncation is not None:
+        worst = truncation["worst"]
+        print(
+            f"\ntruncation error, {truncation['matrices_x_tasks']} (matrix, task) pairs: the fast path's largest "
+            f"excess over the exact one is {worst['relative_excess']:.2e} (relative; {worst.get('key')}, task "
+            f"{worst.get('task')}: {worst.get('fast', 0):.6g} against {worst.get('exact', 0):.6g})"
+        )
+
+
+if __name__ == "__main__":
+    main()
