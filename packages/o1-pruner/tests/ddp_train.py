@@ -1,0 +1,43 @@
+"""Run by test_trainer.py under ``accelerate launch --num_processes 2``: 3 steps of 2 x 2 samples x 2 accumulated."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from paperpack.core.hf import tiny_causal_lm, training_args
+from paperpack.o1_pruner import O1PrunerConfig, O1PrunerTrainer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import ARGS, weighted_samples
+
+out = Path(sys.argv[1])
+model, tokenizer = tiny_causal_lm()
+args = training_args(
+    out / "run",
+    cls=O1PrunerConfig,
+    **{
+        **ARGS,
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 2,
+        "train_sampling_strategy": "sequential",
+        "optim": "sgd",
+        "learning_rate": 0.1,
+    },
+)
+trainer = O1PrunerTrainer(
+    model=model,
+    args=args,
+    ref_model=copy.deepcopy(model),
+    train_dataset=weighted_samples(tokenizer),
+    processing_class=tokenizer,
+)
+trainer.train()
+if trainer.accelerator.is_main_process:
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(trainer.accelerator.unwrap_model(trainer.model).state_dict(), out / "weights.pt")
+    (out / "ranks.json").write_text(json.dumps({"world_size": trainer.accelerator.num_processes}))
