@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, TrainerCallback
 
 from paperpack.core.errors import ConfigError
 from paperpack.core.testing.contracts import assert_state_dicts_equal, run_distributed
-from paperpack.core.testing.resume import StopAtStep
+from paperpack.core.testing.resume import check_trainer_resume
 from paperpack.o1_pruner import O1PrunerConfig, O1PrunerTrainer
 
 HERE = Path(__file__).parent
@@ -132,37 +133,45 @@ def test_stored_reference_log_probs_train_as_the_reference_pass(
         O1PrunerTrainer(model=fresh_model(), args=make_args(), train_dataset=short)
 
 
-def test_resume_equals_the_uninterrupted_run(fresh_model, make_args, samples, tiny_lm) -> None:
-    common = {"max_steps": 6, "lr_scheduler_type": "linear", "per_device_train_batch_size": 4}
-    full = O1PrunerTrainer(
-        model=fresh_model(),
-        args=make_args("full", **common),
-        train_dataset=samples,
-        processing_class=tiny_lm[1],
-    )
-    full.train()
-    cut_args = make_args("cut", save_strategy="steps", save_steps=3, **common)
-    O1PrunerTrainer(
-        model=fresh_model(),
-        args=cut_args,
-        train_dataset=samples,
-        processing_class=tiny_lm[1],
-        callbacks=[StopAtStep(3)],
-    ).train()
-    checkpoint = Path(cut_args.output_dir) / "checkpoint-3"
-    resumed = O1PrunerTrainer(
-        model=fresh_model(), args=cut_args, train_dataset=samples, processing_class=tiny_lm[1]
-    )
-    resumed.train(resume_from_checkpoint=str(checkpoint))
-    assert_state_dicts_equal(resumed.model.state_dict(), full.model.state_dict())
-    # The reference stays the initial model (the copy is taken before the checkpoint is loaded).
-    assert_state_dicts_equal(resumed.ref_model.state_dict(), fresh_model().state_dict())
-    full_state, resumed_state = full.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
-    assert full_state.keys() == resumed_state.keys()
-    for key in full_state:
-        for name in ("exp_avg", "exp_avg_sq"):
-            torch.testing.assert_close(resumed_state[key][name], full_state[key][name], atol=0, rtol=0)
-    assert _losses(resumed)[-3:] == pytest.approx(_losses(full)[-3:], abs=0)
+@pytest.mark.parametrize("reference", ["initial_copy", "stored", "lora"])
+def test_resume_equals_the_uninterrupted_run(  # noqa: PLR0917
+    reference, fresh_model, make_args, samples, tiny_lm, tmp_path
+) -> None:
+    """Weights, optimizer, scheduler, callbacks (the core's contract), the reference and the losses."""
+    data = samples
+    if reference == "stored":
+        from paperpack.o1_pruner.presampling import reference_log_probs
+
+        logps = reference_log_probs(
+            fresh_model(),
+            [s["prompt_ids"] for s in samples],
+            [s["completion_ids"] for s in samples],
+            batch_size=8,
+            pad_token_id=tiny_lm[1].pad_token_id,
+        )
+        data = [{**sample, "ref_logps": values} for sample, values in zip(samples, logps, strict=True)]
+
+    def model() -> torch.nn.Module:
+        if reference != "lora":
+            return fresh_model()
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return get_peft_model(fresh_model(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+
+    def make_trainer(settings: dict[str, Any], callbacks: list[TrainerCallback]) -> O1PrunerTrainer:
+        folder = Path(settings.pop("output_dir"))  # tmp_path / "full" or "interrupted"
+        args = make_args(folder.name, lr_scheduler_type="linear", **settings)
+        return O1PrunerTrainer(
+            model=model(), args=args, train_dataset=data, processing_class=tiny_lm[1], callbacks=callbacks
+        )
+
+    check = check_trainer_resume(make_trainer, tmp_path)
+    if reference == "initial_copy":
+        # The reference stays the initial model (the copy is taken before the checkpoint is loaded).
+        assert_state_dicts_equal(check.resumed.ref_model.state_dict(), fresh_model().state_dict())
+    else:
+        assert check.resumed.ref_model is None  # stored log-probabilities, or the base without the adapter
+    assert _losses(check.resumed)[-3:] == pytest.approx(_losses(check.full)[-3:], abs=0)
 
 
 def test_peft_reference_is_the_base_with_the_adapter_disabled(
