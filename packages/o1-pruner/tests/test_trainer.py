@@ -12,7 +12,12 @@ from peft import LoraConfig, get_peft_model
 from transformers import HfArgumentParser, TrainerCallback
 
 from paperpack.core.errors import ConfigError
-from paperpack.core.testing.contracts import assert_state_dicts_equal, run_distributed
+from paperpack.core.testing.contracts import (
+    assert_parameters_changed,
+    assert_state_dicts_equal,
+    run_distributed,
+    snapshot_parameters,
+)
 from paperpack.core.testing.resume import check_trainer_resume
 from paperpack.o1_pruner import O1PrunerConfig, O1PrunerTrainer
 
@@ -27,7 +32,7 @@ def test_first_loss_is_minus_mean_weight_and_the_model_moves(
     fresh_model, make_args, samples, tiny_lm
 ) -> None:
     model = fresh_model()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = snapshot_parameters(model)
     reference = fresh_model()
     ref_before = {k: v.clone() for k, v in reference.state_dict().items()}
     args = make_args(max_steps=4, per_device_train_batch_size=16)  # one batch = the whole data set
@@ -41,8 +46,7 @@ def test_first_loss_is_minus_mean_weight_and_the_model_moves(
     assert losses[-1] < losses[0]  # the objective improves on the data it is trained on
     first = next(e for e in trainer.state.log_history if "loss" in e)
     assert first["ratio"] == pytest.approx(1.0) and first["clip_fraction"] == 0.0
-    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
-    assert len(changed) == len(before)
+    assert_parameters_changed(before, model)
     assert_state_dicts_equal(reference.state_dict(), ref_before)  # the reference never changes
     assert all(not p.requires_grad for p in reference.parameters())
 
@@ -74,7 +78,7 @@ def test_gradient_accumulation_equals_the_larger_batch(
     # 12 samples: one step of 12, or 3 micro-batches of 4; then 2 micro-batches of 5 and 1 of 2 (uneven).
     # SGD, so that the update is the gradient itself (Adam's g/√v would magnify float32 rounding of tiny g).
     data = samples[:12]
-    results = []
+    models = []
     for subdir, batch, accumulation in (("big", 12, 1), ("acc", 4, 3), ("uneven", 5, 3)):
         model = fresh_model()
         args = make_args(
@@ -91,11 +95,11 @@ def test_gradient_accumulation_equals_the_larger_batch(
         O1PrunerTrainer(
             model=model, args=args, ref_model=fresh_model(), train_dataset=data, processing_class=tiny_lm[1]
         ).train()
-        results.append(model.state_dict())
-    assert_state_dicts_equal(results[1], results[0], atol=1e-6, rtol=0)
-    assert_state_dicts_equal(results[2], results[0], atol=1e-6, rtol=0)
+        models.append(model)
     # A mean per micro-batch (the trap) would weight the 2-sample micro-batch like the 5-sample ones.
-    assert any(not torch.equal(v, results[0][k]) for k, v in fresh_model().state_dict().items())
+    assert_state_dicts_equal(models[1].state_dict(), models[0].state_dict(), atol=1e-6, rtol=0)
+    assert_state_dicts_equal(models[2].state_dict(), models[0].state_dict(), atol=1e-6, rtol=0)
+    assert_parameters_changed(snapshot_parameters(fresh_model()), models[0])  # the steps did train
 
 
 @pytest.mark.parametrize("ratio_level", ["sequence_mean", "token"])
@@ -178,21 +182,16 @@ def test_peft_reference_is_the_base_with_the_adapter_disabled(
     fresh_model, make_args, samples, tiny_lm
 ) -> None:
     lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, init_lora_weights=False)
-    base = fresh_model()
-    base_before = {k: v.clone() for k, v in base.state_dict().items()}
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = get_peft_model(base, lora)
-    adapter_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        model = get_peft_model(fresh_model(), lora)
+    before = snapshot_parameters(model)
     trainer = O1PrunerTrainer(
         model=model, args=make_args(), train_dataset=samples, processing_class=tiny_lm[1]
     )
     assert trainer.ref_model is None  # no second copy
     trainer.train()
-    assert any(not torch.equal(p, adapter_before[n]) for n, p in model.named_parameters() if p.requires_grad)
-    for name, param in model.get_base_model().named_parameters():
-        if "lora_" not in name:
-            assert torch.equal(param, base_before[name.replace(".base_layer", "")]), name
+    assert_parameters_changed(before, model)  # every adapter weight moved, no weight of the base did
     # Same run with the base as an explicit second reference model: the same adapter weights.
     with torch.random.fork_rng():
         torch.manual_seed(0)
