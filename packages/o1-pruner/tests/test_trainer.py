@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,26 @@ from paperpack.core.testing.contracts import (
     snapshot_parameters,
 )
 from paperpack.core.testing.resume import check_trainer_resume
-from paperpack.o1_pruner import O1PrunerConfig, O1PrunerTrainer
+from paperpack.o1_pruner import O1PrunerConfig, O1PrunerTrainer, reference_log_probs
 
 HERE = Path(__file__).parent
 
 
 def _losses(trainer: O1PrunerTrainer) -> list[float]:
     return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+@pytest.fixture(scope="module")
+def stored_samples(samples, tiny_lm) -> list[dict[str, Any]]:
+    """``samples`` with the initial model's per-token log-probabilities stored, as presample writes them."""
+    logps = reference_log_probs(
+        copy.deepcopy(tiny_lm[0]),
+        [s["prompt_ids"] for s in samples],
+        [s["completion_ids"] for s in samples],
+        batch_size=5,
+        pad_token_id=tiny_lm[1].pad_token_id,
+    )
+    return [{**sample, "ref_logps": values} for sample, values in zip(samples, logps, strict=True)]
 
 
 def test_first_loss_is_minus_mean_weight_and_the_model_moves(
@@ -103,19 +117,10 @@ def test_gradient_accumulation_equals_the_larger_batch(
 
 
 @pytest.mark.parametrize("ratio_level", ["sequence_mean", "token"])
-def test_stored_reference_log_probs_train_as_the_reference_pass(
-    ratio_level, fresh_model, make_args, samples, tiny_lm
+def test_stored_reference_log_probs_train_as_the_reference_pass(  # noqa: PLR0917
+    ratio_level, fresh_model, make_args, samples, stored_samples, tiny_lm
 ) -> None:
-    from paperpack.o1_pruner.presampling import reference_log_probs
-
-    logps = reference_log_probs(
-        fresh_model(),
-        [s["prompt_ids"] for s in samples],
-        [s["completion_ids"] for s in samples],
-        batch_size=5,
-        pad_token_id=tiny_lm[1].pad_token_id,
-    )
-    stored = [{**sample, "ref_logps": values} for sample, values in zip(samples, logps, strict=True)]
+    stored = stored_samples
     models = []
     for subdir, data, ref_model in (("pass", samples, fresh_model()), ("stored", stored, None)):
         args = make_args(subdir, ratio_level=ratio_level, optim="sgd", learning_rate=0.1)
@@ -139,21 +144,10 @@ def test_stored_reference_log_probs_train_as_the_reference_pass(
 
 @pytest.mark.parametrize("reference", ["initial_copy", "stored", "lora"])
 def test_resume_equals_the_uninterrupted_run(  # noqa: PLR0917
-    reference, fresh_model, make_args, samples, tiny_lm, tmp_path
+    reference, fresh_model, make_args, samples, stored_samples, tiny_lm, tmp_path
 ) -> None:
     """Weights, optimizer, scheduler, callbacks (the core's contract), the reference and the losses."""
-    data = samples
-    if reference == "stored":
-        from paperpack.o1_pruner.presampling import reference_log_probs
-
-        logps = reference_log_probs(
-            fresh_model(),
-            [s["prompt_ids"] for s in samples],
-            [s["completion_ids"] for s in samples],
-            batch_size=8,
-            pad_token_id=tiny_lm[1].pad_token_id,
-        )
-        data = [{**sample, "ref_logps": values} for sample, values in zip(samples, logps, strict=True)]
+    data = stored_samples if reference == "stored" else samples
 
     def model() -> torch.nn.Module:
         if reference != "lora":
