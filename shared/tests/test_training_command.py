@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from paperpack.core import cli
-from paperpack.core.commands import add_shared_arguments, add_training_arguments, check_training_output
+from paperpack.core.commands import (
+    TRAINING_COMMAND_FLAGS,
+    TRAINING_COMMAND_REQUIRED,
+    add_shared_arguments,
+    add_training_arguments,
+    check_training_output,
+)
 from paperpack.core.files import OUTPUT_MARKER
 from paperpack.core.testing.contracts import check_cli_fails_cleanly
 
@@ -24,17 +30,9 @@ def configure(parser):
     names = add_training_arguments(train, TrainingArguments)
     add_shared_arguments(
         train,
-        "model",
-        "data",
-        "output",
-        "overwrite",
-        "resume",
-        "device",
-        "dtype",
+        *TRAINING_COMMAND_FLAGS,
         "max_length",
-        "progress",
-        "config",
-        required=("model", "data", "output"),
+        required=TRAINING_COMMAND_REQUIRED,
         defaults={"max_length": 32},
     )
     train.set_defaults(handler=run_train, training_fields=names)

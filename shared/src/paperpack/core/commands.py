@@ -49,6 +49,8 @@ from paperpack.core.files import check_output, output_command, remove_path, writ
 
 __all__ = [
     "DTYPE_NAMES",
+    "TRAINING_COMMAND_FLAGS",
+    "TRAINING_COMMAND_REQUIRED",
     "TRAINING_EXCLUDED",
     "SharedFlag",
     "TrainingOutput",
@@ -74,6 +76,24 @@ SharedFlag = Literal[
     "progress",
     "config",
 ]
+
+#: The shared flags every training command takes, as
+#: ``add_shared_arguments(parser, *TRAINING_COMMAND_FLAGS, ...)``: the model and data in, the one output
+#: layout with ``--overwrite`` and ``--resume``, device, dtype, progress and ``--config``. A command adds what
+#: else it reads (``"eval_data"``; ``"max_length"`` where its config has no ``max_length`` field of its own).
+TRAINING_COMMAND_FLAGS: tuple[SharedFlag, ...] = (
+    "model",
+    "data",
+    "output",
+    "overwrite",
+    "resume",
+    "device",
+    "dtype",
+    "progress",
+    "config",
+)
+#: The flags a training command cannot run without (``required=TRAINING_COMMAND_REQUIRED``).
+TRAINING_COMMAND_REQUIRED: tuple[SharedFlag, ...] = ("model", "data", "output")
 
 #: The names ``--dtype`` accepts (with aliases), as :func:`paperpack.core.device.resolve_dtype` reads them.
 DTYPE_NAMES = (

@@ -23,6 +23,8 @@ from typing import Any
 
 from paperpack.core.arguments import add_config_arguments, add_flag, config_overrides
 from paperpack.core.commands import (
+    TRAINING_COMMAND_FLAGS,
+    TRAINING_COMMAND_REQUIRED,
     SharedFlag,
     add_shared_arguments,
     add_training_arguments,
@@ -35,18 +37,7 @@ __all__ = ["configure_parser"]
 
 logger = logging.getLogger(__name__)
 
-_SHARED: tuple[SharedFlag, ...] = (
-    "model",
-    "data",
-    "output",
-    "overwrite",
-    "resume",
-    "device",
-    "dtype",
-    "max_length",
-    "progress",
-    "config",
-)
+_SHARED: tuple[SharedFlag, ...] = (*TRAINING_COMMAND_FLAGS, "max_length")
 _MEAP_TITLE = "MEAP masking (paperpack.meap.MEAPConfig; `seed` is the training --seed)"
 
 
@@ -91,7 +82,7 @@ def _common_flags(
     add_shared_arguments(
         parser,
         *_SHARED,
-        required=("model", "data", "output"),
+        required=TRAINING_COMMAND_REQUIRED,
         defaults={"max_length": 1024, "dtype": "float32"},
     )
     parser.set_defaults(training_fields=training, meap_fields=meap)

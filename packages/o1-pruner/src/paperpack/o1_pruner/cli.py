@@ -100,20 +100,16 @@ def _grader_flag(sub: argparse.ArgumentParser) -> None:
 
 def _writer_flags(sub: argparse.ArgumentParser, **help: str) -> None:
     """The shared flags of ``presample`` and ``train`` (both write a folder that --resume continues)."""
-    from paperpack.core.commands import add_shared_arguments
+    from paperpack.core.commands import (
+        TRAINING_COMMAND_FLAGS,
+        TRAINING_COMMAND_REQUIRED,
+        add_shared_arguments,
+    )
 
     add_shared_arguments(
         sub,
-        "model",
-        "data",
-        "output",
-        "overwrite",
-        "resume",
-        "device",
-        "dtype",
-        "progress",
-        "config",
-        required=("model", "data", "output"),
+        *TRAINING_COMMAND_FLAGS,
+        required=TRAINING_COMMAND_REQUIRED,
         help=help,
     )
 

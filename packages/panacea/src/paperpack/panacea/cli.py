@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from paperpack.core.arguments import add_flag
-from paperpack.core.commands import add_shared_arguments, add_training_arguments, check_training_output
+from paperpack.core.commands import (
+    TRAINING_COMMAND_FLAGS,
+    TRAINING_COMMAND_REQUIRED,
+    add_shared_arguments,
+    add_training_arguments,
+    check_training_output,
+)
 from paperpack.core.errors import ConfigError
 from paperpack.core.subcommands import add_subcommand
 
@@ -83,17 +89,9 @@ def _train_flags(train: argparse.ArgumentParser) -> None:
     )
     add_shared_arguments(
         train,
-        "model",
-        "data",
-        "output",
-        "overwrite",
-        "resume",
-        "device",
-        "dtype",
+        *TRAINING_COMMAND_FLAGS,
         "max_length",
-        "progress",
-        "config",
-        required=("model", "data", "output"),
+        required=TRAINING_COMMAND_REQUIRED,
     )
     train.set_defaults(handler=_train, training_fields=names)
 

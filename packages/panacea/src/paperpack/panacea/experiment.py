@@ -351,7 +351,7 @@ class _Run:
         ).train()
         return model, time.perf_counter() - start
 
-    def panacea(self, rho: float, lam: float) -> tuple[PanaceaTrainer, float]:
+    def panacea(self, rho: float, lam: float, **overrides: Any) -> tuple[PanaceaTrainer, float]:
         model = copy.deepcopy(self.aligned)
         args = self._args(
             f"panacea-{rho}-{lam}",
@@ -359,7 +359,7 @@ class _Run:
             panacea_rho=rho,
             panacea_lambda=lam,
             final_perturbation="none",  # the demo adds the last step's ε itself, after evaluating without it
-            **self._finetune_settings(),
+            **{**self._finetune_settings(), **overrides},
         )
         start = time.perf_counter()
         trainer = PanaceaTrainer(

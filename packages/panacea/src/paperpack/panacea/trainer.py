@@ -185,6 +185,8 @@ class PanaceaTrainerMixin(_Base):
         lam = args.panacea_lambda
         # The passes never synchronise gradients: h0 is averaged explicitly below, h1 with the task gradient
         # by the parent step's backward (or by the last micro-batch's, under gradient accumulation).
+        # The last step's h0 (its ε) is dropped first, so the harmful passes do not run beside it.
+        self._harmful_grad, self._perturbed = {}, []
         with self.accelerator.no_sync(model):
             for _, param in trainable:
                 param.grad = None
@@ -192,7 +194,6 @@ class PanaceaTrainerMixin(_Base):
             h0 = self._keep_harmful_gradient(trainable)
             grad_norm = global_norm(h0[name] for name in perturbed)
             scale = epsilon_scale(grad_norm, args.panacea_rho)
-            self._epsilon_scale, self._perturbed = scale, perturbed
             losses = [loss_w]
             if lam > 0:
                 selected = set(perturbed)
@@ -216,6 +217,10 @@ class PanaceaTrainerMixin(_Base):
                         param.grad = h0[name] * lam
                     else:
                         param.grad.add_(h0[name], alpha=lam)
+        # Beyond the step only ε = c·h0 is kept (the perturbation, checkpoints, the final ε): h0 of the
+        # parameters ε leaves alone is freed before the task pass.
+        self._harmful_grad = {name: h0[name] for name in perturbed}
+        self._epsilon_scale, self._perturbed = scale, perturbed
         self._record_step(values, grad_norm, scale, clamped)
 
     def _harmful_backward(
@@ -241,24 +246,19 @@ class PanaceaTrainerMixin(_Base):
 
     @torch.no_grad()
     def _keep_harmful_gradient(self, trainable: Sequence[tuple[str, nn.Parameter]]) -> dict[str, Tensor]:
-        """Copy the gradient buffers (h0) into the kept buffers, average them across processes, clear them."""
+        """Copy the gradient buffers (h0), average the copies across processes, clear the buffers."""
         kept: dict[str, Tensor] = {}
         for name, param in trainable:
-            buffer = self._harmful_grad.get(name)
-            if buffer is None or buffer.shape != param.shape or buffer.dtype != param.dtype:
-                buffer = torch.empty_like(param, device=param.device)
             if param.grad is None:  # a parameter the harmful loss does not reach
-                buffer.zero_()
+                kept[name] = torch.zeros_like(param)
             else:
-                buffer.copy_(param.grad)
+                kept[name] = param.grad.clone()
             param.grad = None
-            kept[name] = buffer
         world = self.accelerator.num_processes
         if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             for buffer in kept.values():
                 torch.distributed.all_reduce(buffer)
                 buffer.div_(world)
-        self._harmful_grad = kept
         return kept
 
     def _record_step(self, values: list[float], grad_norm: float, scale: float, clamped: bool) -> None:

@@ -205,21 +205,18 @@ def _synthesize_flags(parser: argparse.ArgumentParser) -> None:
 def _train_flags(parser: argparse.ArgumentParser) -> None:
     from trl.trainer.sft_config import SFTConfig
 
-    from paperpack.core.commands import add_shared_arguments, add_training_arguments
+    from paperpack.core.commands import (
+        TRAINING_COMMAND_FLAGS,
+        TRAINING_COMMAND_REQUIRED,
+        add_shared_arguments,
+        add_training_arguments,
+    )
 
     names = add_training_arguments(parser, SFTConfig)
     add_shared_arguments(
         parser,
-        "model",
-        "data",
-        "output",
-        "overwrite",
-        "resume",
-        "device",
-        "dtype",
-        "progress",
-        "config",
-        required=("model", "data", "output"),
+        *TRAINING_COMMAND_FLAGS,
+        required=TRAINING_COMMAND_REQUIRED,
         help={"data": f"examples: the {TRAIN_FILE} (or {REFUSAL_FILE}) of synthesize, or JSON Lines like it"},
     )
     parser.set_defaults(handler=_train, training_fields=names)

@@ -20,7 +20,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from paperpack.core.commands import add_shared_arguments, add_training_arguments, check_training_output
+from paperpack.core.commands import (
+    TRAINING_COMMAND_FLAGS,
+    TRAINING_COMMAND_REQUIRED,
+    add_shared_arguments,
+    add_training_arguments,
+    check_training_output,
+)
 from paperpack.core.errors import ConfigError
 from paperpack.core.subcommands import add_subcommand
 
@@ -49,18 +55,10 @@ def _finetune_flags(tune: argparse.ArgumentParser) -> None:
     names = add_training_arguments(tune, ZOConfig)
     add_shared_arguments(
         tune,
-        "model",
-        "data",
+        *TRAINING_COMMAND_FLAGS,
         "eval_data",
-        "output",
-        "overwrite",
-        "resume",
-        "device",
-        "dtype",
         "max_length",
-        "progress",
-        "config",
-        required=("model", "data", "output"),
+        required=TRAINING_COMMAND_REQUIRED,
     )
     tune.set_defaults(handler=_finetune, training_fields=names)
 
