@@ -5,9 +5,7 @@ from __future__ import annotations
 import copy
 import random
 
-import torch
-
-from paperpack.core.testing.contracts import check_demo
+from paperpack.core.testing.contracts import assert_parameters_changed, check_demo, snapshot_parameters
 from paperpack.o1_pruner import demo
 from paperpack.o1_pruner.experiment import ARMS, ExperimentSettings, _dpo, _pick, addition_problem
 
@@ -60,9 +58,9 @@ def test_demo_reports_every_arm(tmp_path, monkeypatch) -> None:
 def test_dpo_baseline_trains_with_trl(tiny_lm, tmp_path) -> None:
     model, tokenizer = tiny_lm
     model = copy.deepcopy(model)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = snapshot_parameters(model)
     pairs = [
         {"prompt": "add 1 2 =", "chosen": " s=1 ; answer 3", "rejected": " s=1 ; check 1 ; answer 3"}
     ] * 4
     _dpo(model, tokenizer, pairs, tmp_path, max_steps=1, learning_rate=1e-3, seed=0)
-    assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert_parameters_changed(before, model)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import copy
 
 import pytest
-import torch
 from datasets import Dataset
 
 from paperpack.core.errors import ConfigError
+from paperpack.core.testing.contracts import assert_parameters_changed, snapshot_parameters
 from paperpack.o1_pruner import last_number_grader, length_harmonizing_reward_func
 
 
@@ -44,7 +44,7 @@ def test_short_grpo_run_uses_the_reward(tiny_lm, tmp_path) -> None:
 
     model, tokenizer = tiny_lm
     model = copy.deepcopy(model)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    before = snapshot_parameters(model)
     dataset = Dataset.from_list(
         [
             {
@@ -83,4 +83,4 @@ def test_short_grpo_run_uses_the_reward(tiny_lm, tmp_path) -> None:
     assert len(logged) == 2
     # Untrained completions are wrong (A = 0) and at most 10 tokens: R = 10/L − 1 − 2·0.25 >= −0.5.
     assert all(e["rewards/length_harmonizing_reward/mean"] >= -0.5 - 1e-6 for e in logged)
-    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert_parameters_changed(before, model)

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, TrainerCallback
 
 from paperpack.core.errors import ConfigError
-from paperpack.core.testing.contracts import assert_state_dicts_equal, run_distributed
-from paperpack.core.testing.resume import StopAtStep
-from paperpack.o1_pruner import O1PrunerConfig, O1PrunerTrainer
+from paperpack.core.testing.contracts import (
+    assert_parameters_changed,
+    assert_state_dicts_equal,
+    run_distributed,
+    snapshot_parameters,
+)
+from paperpack.core.testing.resume import check_trainer_resume
+from paperpack.o1_pruner import O1PrunerConfig, O1PrunerTrainer, reference_log_probs
 
 HERE = Path(__file__).parent
 
@@ -22,11 +29,24 @@ def _losses(trainer: O1PrunerTrainer) -> list[float]:
     return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
 
+@pytest.fixture(scope="module")
+def stored_samples(samples, tiny_lm) -> list[dict[str, Any]]:
+    """``samples`` with the initial model's per-token log-probabilities stored, as presample writes them."""
+    logps = reference_log_probs(
+        copy.deepcopy(tiny_lm[0]),
+        [s["prompt_ids"] for s in samples],
+        [s["completion_ids"] for s in samples],
+        batch_size=5,
+        pad_token_id=tiny_lm[1].pad_token_id,
+    )
+    return [{**sample, "ref_logps": values} for sample, values in zip(samples, logps, strict=True)]
+
+
 def test_first_loss_is_minus_mean_weight_and_the_model_moves(
     fresh_model, make_args, samples, tiny_lm
 ) -> None:
     model = fresh_model()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = snapshot_parameters(model)
     reference = fresh_model()
     ref_before = {k: v.clone() for k, v in reference.state_dict().items()}
     args = make_args(max_steps=4, per_device_train_batch_size=16)  # one batch = the whole data set
@@ -40,8 +60,7 @@ def test_first_loss_is_minus_mean_weight_and_the_model_moves(
     assert losses[-1] < losses[0]  # the objective improves on the data it is trained on
     first = next(e for e in trainer.state.log_history if "loss" in e)
     assert first["ratio"] == pytest.approx(1.0) and first["clip_fraction"] == 0.0
-    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
-    assert len(changed) == len(before)
+    assert_parameters_changed(before, model)
     assert_state_dicts_equal(reference.state_dict(), ref_before)  # the reference never changes
     assert all(not p.requires_grad for p in reference.parameters())
 
@@ -73,7 +92,7 @@ def test_gradient_accumulation_equals_the_larger_batch(
     # 12 samples: one step of 12, or 3 micro-batches of 4; then 2 micro-batches of 5 and 1 of 2 (uneven).
     # SGD, so that the update is the gradient itself (Adam's g/√v would magnify float32 rounding of tiny g).
     data = samples[:12]
-    results = []
+    models = []
     for subdir, batch, accumulation in (("big", 12, 1), ("acc", 4, 3), ("uneven", 5, 3)):
         model = fresh_model()
         args = make_args(
@@ -90,27 +109,18 @@ def test_gradient_accumulation_equals_the_larger_batch(
         O1PrunerTrainer(
             model=model, args=args, ref_model=fresh_model(), train_dataset=data, processing_class=tiny_lm[1]
         ).train()
-        results.append(model.state_dict())
-    assert_state_dicts_equal(results[1], results[0], atol=1e-6, rtol=0)
-    assert_state_dicts_equal(results[2], results[0], atol=1e-6, rtol=0)
+        models.append(model)
     # A mean per micro-batch (the trap) would weight the 2-sample micro-batch like the 5-sample ones.
-    assert any(not torch.equal(v, results[0][k]) for k, v in fresh_model().state_dict().items())
+    assert_state_dicts_equal(models[1].state_dict(), models[0].state_dict(), atol=1e-6, rtol=0)
+    assert_state_dicts_equal(models[2].state_dict(), models[0].state_dict(), atol=1e-6, rtol=0)
+    assert_parameters_changed(snapshot_parameters(fresh_model()), models[0])  # the steps did train
 
 
 @pytest.mark.parametrize("ratio_level", ["sequence_mean", "token"])
-def test_stored_reference_log_probs_train_as_the_reference_pass(
-    ratio_level, fresh_model, make_args, samples, tiny_lm
+def test_stored_reference_log_probs_train_as_the_reference_pass(  # noqa: PLR0917
+    ratio_level, fresh_model, make_args, samples, stored_samples, tiny_lm
 ) -> None:
-    from paperpack.o1_pruner.presampling import reference_log_probs
-
-    logps = reference_log_probs(
-        fresh_model(),
-        [s["prompt_ids"] for s in samples],
-        [s["completion_ids"] for s in samples],
-        batch_size=5,
-        pad_token_id=tiny_lm[1].pad_token_id,
-    )
-    stored = [{**sample, "ref_logps": values} for sample, values in zip(samples, logps, strict=True)]
+    stored = stored_samples
     models = []
     for subdir, data, ref_model in (("pass", samples, fresh_model()), ("stored", stored, None)):
         args = make_args(subdir, ratio_level=ratio_level, optim="sgd", learning_rate=0.1)
@@ -132,58 +142,50 @@ def test_stored_reference_log_probs_train_as_the_reference_pass(
         O1PrunerTrainer(model=fresh_model(), args=make_args(), train_dataset=short)
 
 
-def test_resume_equals_the_uninterrupted_run(fresh_model, make_args, samples, tiny_lm) -> None:
-    common = {"max_steps": 6, "lr_scheduler_type": "linear", "per_device_train_batch_size": 4}
-    full = O1PrunerTrainer(
-        model=fresh_model(),
-        args=make_args("full", **common),
-        train_dataset=samples,
-        processing_class=tiny_lm[1],
-    )
-    full.train()
-    cut_args = make_args("cut", save_strategy="steps", save_steps=3, **common)
-    O1PrunerTrainer(
-        model=fresh_model(),
-        args=cut_args,
-        train_dataset=samples,
-        processing_class=tiny_lm[1],
-        callbacks=[StopAtStep(3)],
-    ).train()
-    checkpoint = Path(cut_args.output_dir) / "checkpoint-3"
-    resumed = O1PrunerTrainer(
-        model=fresh_model(), args=cut_args, train_dataset=samples, processing_class=tiny_lm[1]
-    )
-    resumed.train(resume_from_checkpoint=str(checkpoint))
-    assert_state_dicts_equal(resumed.model.state_dict(), full.model.state_dict())
-    # The reference stays the initial model (the copy is taken before the checkpoint is loaded).
-    assert_state_dicts_equal(resumed.ref_model.state_dict(), fresh_model().state_dict())
-    full_state, resumed_state = full.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
-    assert full_state.keys() == resumed_state.keys()
-    for key in full_state:
-        for name in ("exp_avg", "exp_avg_sq"):
-            torch.testing.assert_close(resumed_state[key][name], full_state[key][name], atol=0, rtol=0)
-    assert _losses(resumed)[-3:] == pytest.approx(_losses(full)[-3:], abs=0)
+@pytest.mark.parametrize("reference", ["initial_copy", "stored", "lora"])
+def test_resume_equals_the_uninterrupted_run(  # noqa: PLR0917
+    reference, fresh_model, make_args, samples, stored_samples, tiny_lm, tmp_path
+) -> None:
+    """Weights, optimizer, scheduler, callbacks (the core's contract), the reference and the losses."""
+    data = stored_samples if reference == "stored" else samples
+
+    def model() -> torch.nn.Module:
+        if reference != "lora":
+            return fresh_model()
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return get_peft_model(fresh_model(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+
+    def make_trainer(settings: dict[str, Any], callbacks: list[TrainerCallback]) -> O1PrunerTrainer:
+        folder = Path(settings.pop("output_dir"))  # tmp_path / "full" or "interrupted"
+        args = make_args(folder.name, lr_scheduler_type="linear", **settings)
+        return O1PrunerTrainer(
+            model=model(), args=args, train_dataset=data, processing_class=tiny_lm[1], callbacks=callbacks
+        )
+
+    check = check_trainer_resume(make_trainer, tmp_path)
+    if reference == "initial_copy":
+        # The reference stays the initial model (the copy is taken before the checkpoint is loaded).
+        assert_state_dicts_equal(check.resumed.ref_model.state_dict(), fresh_model().state_dict())
+    else:
+        assert check.resumed.ref_model is None  # stored log-probabilities, or the base without the adapter
+    assert _losses(check.resumed)[-3:] == pytest.approx(_losses(check.full)[-3:], abs=0)
 
 
 def test_peft_reference_is_the_base_with_the_adapter_disabled(
     fresh_model, make_args, samples, tiny_lm
 ) -> None:
     lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, init_lora_weights=False)
-    base = fresh_model()
-    base_before = {k: v.clone() for k, v in base.state_dict().items()}
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = get_peft_model(base, lora)
-    adapter_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        model = get_peft_model(fresh_model(), lora)
+    before = snapshot_parameters(model)
     trainer = O1PrunerTrainer(
         model=model, args=make_args(), train_dataset=samples, processing_class=tiny_lm[1]
     )
     assert trainer.ref_model is None  # no second copy
     trainer.train()
-    assert any(not torch.equal(p, adapter_before[n]) for n, p in model.named_parameters() if p.requires_grad)
-    for name, param in model.get_base_model().named_parameters():
-        if "lora_" not in name:
-            assert torch.equal(param, base_before[name.replace(".base_layer", "")]), name
+    assert_parameters_changed(before, model)  # every adapter weight moved, no weight of the base did
     # Same run with the base as an explicit second reference model: the same adapter weights.
     with torch.random.fork_rng():
         torch.manual_seed(0)

@@ -47,41 +47,42 @@ class O1PrunerConfig(TrainingArguments):
         default=16,
         metadata={
             "help": "K: samples per problem from the reference model; L_ref and A_ref are their mean length "
-            "and accuracy. Default 16 (the paper's Marco-o1 run; 12 for QwQ)."
+            "and accuracy. The default is the paper's Marco-o1 run (12 for QwQ)."
         },
     )
     samples_per_problem: int = field(
         default=2,
         metadata={
             "help": "Training samples kept per problem (the first ones after a seeded shuffle of the K). "
-            "Default 2 (the official code's used_count_per_problem)."
+            "The default is the official code's used_count_per_problem."
         },
     )
     lam: float = field(
         default=2.0,
         metadata={
-            "help": "λ: weight of the accuracy term λ(A(y) − A_ref) of the reward. Default 2 (Marco-o1; 5 "
-            "for QwQ)."
+            "help": "λ: weight of the accuracy term λ(A(y) − A_ref) of the reward. The default is the "
+            "paper's Marco-o1 run (5 for QwQ)."
         },
     )
     weight_clip: list[float] = field(
         default_factory=lambda: [-2.0, 4.0],
         metadata={
-            "help": "Clip interval [low, high] of the reward before normalization. Default -2 4 (the "
-            "official code)."
+            "help": "Clip interval [low, high] of the reward before normalization. The default is the "
+            "official code's."
         },
     )
     normalize_weights: Literal["zscore", "none"] = field(
         default="zscore",
         metadata={
             "help": "zscore: subtract the data set's mean reward and divide by its standard deviation (after "
-            "clipping); none: use the clipped reward. Default zscore (the official code)."
+            "clipping); none: use the clipped reward. The default is the official code's."
         },
     )
     cliprange: float = field(
         default=0.2,
         metadata={
-            "help": "ε of the PPO-clip loss: the ratio is clipped to [1−ε, 1+ε]. Default 0.2 (the code)."
+            "help": "ε of the PPO-clip loss: the ratio is clipped to [1−ε, 1+ε]. The default is the "
+            "official code's."
         },
     )
     ratio_level: Literal["sequence_mean", "token"] = field(
@@ -89,35 +90,36 @@ class O1PrunerConfig(TrainingArguments):
         metadata={
             "help": "sequence_mean: one ratio per sample, exp of the difference of the length-normalized "
             "sequence log-probabilities (the official code); token: one ratio per token, clipped per token "
-            "and averaged over the sample's tokens (ours). Default sequence_mean."
+            "and averaged over the sample's tokens (ours). The default is the official code's."
         },
     )
     presample_temperature: float = field(
         default=0.5,
-        metadata={"help": "Sampling temperature of pre-sampling. Default 0.5 (the official code)."},
+        metadata={"help": "Sampling temperature of pre-sampling. The default is the official code's."},
     )
     presample_top_p: float = field(
-        default=0.8, metadata={"help": "Nucleus mass of pre-sampling. Default 0.8 (the official code)."}
+        default=0.8,
+        metadata={"help": "Nucleus mass of pre-sampling. The default is the official code's."},
     )
     presample_max_new_tokens: int = field(
         default=8192,
         metadata={
-            "help": "Length limit of each pre-sample; prompt plus this must fit the model's context. Default "
-            "8192 (the official code)."
+            "help": "Length limit of each pre-sample; prompt plus this must fit the model's context. The "
+            "default is the official code's."
         },
     )
     presample_batch_size: int = field(
         default=8,
         metadata={
             "help": "Problems per generate call during pre-sampling (each with K samples, so K times as many "
-            "sequences); also the unit a resumed pre-sampling keeps. Default 8 (ours)."
+            "sequences); also the unit a resumed pre-sampling keeps. The default is ours."
         },
     )
     chat_template: bool = field(
         default=False,
         metadata={
             "help": "Wrap each problem as a user turn with the tokenizer's chat template (the paper's models "
-            "are chat models). Default False: the prompt is used as written (ours)."
+            "are chat models); without it the prompt is used as written (our default)."
         },
     )
     store_ref_logps: bool = field(
@@ -125,12 +127,13 @@ class O1PrunerConfig(TrainingArguments):
         metadata={
             "help": "Pre-sampling also stores the reference's per-token log-probabilities of every sample "
             "(`ref_logps`), so training needs no reference forward pass (the reference is frozen and the "
-            "samples fixed: the same loss). Default True (ours; the official code recomputes them each step)."
+            "samples fixed: the same loss). The default is ours; the official code recomputes them each "
+            "step."
         },
     )
     remove_unused_columns: bool = field(
         default=False,
-        metadata={"help": "Keep the data set's columns (the trainer reads `weight`). Default False."},
+        metadata={"help": "Keep the data set's columns (the trainer reads `weight`)."},
     )
 
     def __post_init__(self) -> None:
