@@ -121,6 +121,45 @@ def test_loss_on_some_keys_of_mixed_dtypes_matches_literal_reference(regression,
     )
 
 
+def test_backward_per_sample_gives_the_same_result_bit_for_bit(regression) -> None:
+    """One backward call for the M losses or one per sample: the samples' gradients do not mix."""
+    model, inputs, targets = regression
+    window = _window(6, bad=(2,))
+    for snapshot in window:
+        snapshot["unused"] = snapshot["0.bias"].clone()
+        snapshot["2.bias"] = snapshot["2.bias"].float()
+    full = _loss(model, inputs, targets)
+
+    def loss_fn(params):
+        return full({key: value.double() for key, value in params.items() if key != "unused"})
+
+    results = [
+        select_snapshots(
+            window, loss_fn, SeWAConfig(k=2, iterations=8, mc_samples=3, backward_per_sample=flag)
+        )
+        for flag in (False, True)
+    ]
+    assert results[0].indices == results[1].indices
+    assert torch.equal(results[0].probabilities, results[1].probabilities)
+    assert results[0].loss_history == results[1].loss_history
+
+
+def test_loss_that_misses_the_averaged_parameters_names_the_sample() -> None:
+    other = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    calls = []
+
+    def loss_fn(params):
+        calls.append(None)
+        return (params["w"] ** 2).sum() if len(calls) != 2 else (other**2).sum()
+
+    for per_sample in (False, True):
+        calls.clear()
+        with pytest.raises(
+            ConfigError, match=r"any of the averaged parameters \(iteration 0, Monte Carlo sample 1\)"
+        ):
+            select_snapshots(_simple_window(), loss_fn, SeWAConfig(k=1, backward_per_sample=per_sample))
+
+
 def test_state_dict_is_exact_mean_of_selected(regression) -> None:
     model, inputs, targets = regression
     window = _window(8, bad=(3,), dtype=torch.float32)

@@ -307,6 +307,7 @@ def _search(
             sample_params,
             fixed=fixed,
             loss_fn=loss_fn,
+            per_sample=config.backward_per_sample,
             iteration=iteration,
         )
         # Chain rule from ∂F/∂coef (M × K) back to s: through the average, then through the mask, summed over
@@ -372,14 +373,16 @@ def _loss_gradients(
     *,
     fixed: dict[str, Tensor],
     loss_fn: LossFn,
+    per_sample: bool,
     iteration: int,
 ) -> tuple[float, Tensor]:
     """Mean loss of the M soft averages and ∂F_j/∂coef_ji, shape (M, K), float64 on the CPU.
 
     One product with the window gives all M averages, one flat row per sample and dtype. Without vmap
     (``sample_params`` given) the rows are written into fixed buffers whose views are the samples' parameter
-    leaves, the M losses are computed one ``loss_fn`` call each, and one backward call for their sum hands back
-    every leaf's gradient (sample j's loss reaches only sample j's leaves, so the gradients do not mix). With
+    leaves, the M losses are computed one ``loss_fn`` call each, and one backward call for the M losses hands
+    back every leaf's gradient (sample j's loss reaches only sample j's leaves, so the gradients do not mix;
+    ``per_sample``: one backward call after each loss, holding one sample's graph at a time). With
     vmap each row is one leaf and the parameters are batched views of it. Either way one more product with the
     window contracts the M gradients into the K partial derivatives.
     """
@@ -396,18 +399,23 @@ def _loss_gradients(
         return float(losses.detach().mean()), window.contract(gradients)
     sample_params.fill(coefficients)
     values: list[Tensor] = []
+    grads: list[Tensor | None] = []
     for sample, params in enumerate(sample_params.params):
         loss = loss_fn(dict(params))  # a new mapping at every call, as the loss may change it
         _check_losses(loss, (), iteration, sample, finite=False)
         _check_differentiable(loss)
         values.append(loss)
-    grads = torch.autograd.grad(values, sample_params.all_leaves, allow_unused=True)
-    per_sample = len(grads) // samples
+        if per_sample or sample == samples - 1:
+            first = sample if per_sample else 0
+            targets = sample_params.leaves[sample] if per_sample else sample_params.all_leaves
+            grads.extend(torch.autograd.grad(values[first:], targets, allow_unused=True))
+            values[first:] = [value.detach() for value in values[first:]]
+    count = len(sample_params.leaves[0])
     for sample in range(samples):
-        if all(grad is None for grad in grads[sample * per_sample : (sample + 1) * per_sample]):
+        if all(grad is None for grad in grads[sample * count : (sample + 1) * count]):
             _raise_unused(sample, iteration)
     # One device synchronisation per iteration for the losses; a non-finite one is traced to its sample.
-    loss_values = torch.stack([value.detach() for value in values]).tolist()
+    loss_values = torch.stack(values).tolist()
     for sample, value in enumerate(loss_values):
         if not math.isfinite(value):
             _check_losses(values[sample], (), iteration, sample)
@@ -425,7 +433,9 @@ def _check_differentiable(loss: Tensor) -> None:
 
 def _raise_unused(sample: int | None = None, iteration: int | None = None) -> None:
     where = "" if sample is None else f" (iteration {iteration}, Monte Carlo sample {sample})"
-    raise ConfigError(f"`loss_fn` returned a loss that does not depend on any of the averaged parameters{where}")
+    raise ConfigError(
+        f"`loss_fn` returned a loss that does not depend on any of the averaged parameters{where}"
+    )
 
 
 def _gradients(loss: Tensor, leaves: dict[torch.dtype, Tensor]) -> dict[torch.dtype, Tensor]:

@@ -245,7 +245,7 @@ class SampleParameters:
         self.all_leaves = [leaf for leaves in self.leaves for leaf in leaves]
 
     def fill(self, coefficients: Tensor) -> None:
-        """Write Σ_i c_ji w_i into row j of the buffers, for coefficients of shape (M, K) (``combine``'s sums)."""
+        """Write Σ_i c_ji w_i into row j of the buffers, for coefficients of shape (M, K) (as ``combine``)."""
         with torch.no_grad():
             for dtype, matrix in self.window.matrices.items():
                 buffer = self.buffers[dtype]
@@ -256,7 +256,7 @@ class SampleParameters:
                     buffer.copy_(converted @ matrix)
 
     def gradients(self, grads: Sequence[Tensor | None]) -> dict[torch.dtype, Tensor]:
-        """The gradients of ``all_leaves`` (``None``: unused, read as zeros) as one (M, P) matrix per dtype."""
+        """The gradients of ``all_leaves`` (``None``: unused, read as 0) as one (M, P) matrix per dtype."""
         leaf_count = len(self.leaves[0])
         result: dict[torch.dtype, Tensor] = {}
         start = 0
