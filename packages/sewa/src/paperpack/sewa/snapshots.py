@@ -243,6 +243,10 @@ class SampleParameters:
         for params in self.params:
             params.update(fixed)
         self.all_leaves = [leaf for leaves in self.leaves for leaf in leaves]
+        # positions[dtype]: where that dtype's leaves sit in ``all_leaves``, sample by sample.
+        self.positions: dict[torch.dtype, list[int]] = {}
+        for position, leaf in enumerate(self.all_leaves):
+            self.positions.setdefault(leaf.dtype, []).append(position)
 
     def fill(self, coefficients: Tensor) -> None:
         """Write Σ_i c_ji w_i into row j of the buffers, for coefficients of shape (M, K) (as ``combine``)."""
@@ -257,19 +261,11 @@ class SampleParameters:
 
     def gradients(self, grads: Sequence[Tensor | None]) -> dict[torch.dtype, Tensor]:
         """The gradients of ``all_leaves`` (``None``: unused, read as 0) as one (M, P) matrix per dtype."""
-        leaf_count = len(self.leaves[0])
-        result: dict[torch.dtype, Tensor] = {}
-        start = 0
-        for dtype, entries in self.window.layout.items():
-            flat = [
-                (leaf.new_zeros(leaf.numel()) if grad is None else grad.reshape(-1))
-                for sample in range(self.samples)
-                for leaf, grad in zip(
-                    self.leaves[sample][start : start + len(entries)],
-                    grads[sample * leaf_count + start : sample * leaf_count + start + len(entries)],
-                    strict=True,
-                )
-            ]
-            result[dtype] = torch.cat(flat).view(self.samples, -1)
-            start += len(entries)
-        return result
+        flat = [
+            leaf.new_zeros(leaf.numel()) if grad is None else grad.reshape(-1)
+            for leaf, grad in zip(self.all_leaves, grads, strict=True)
+        ]
+        return {
+            dtype: torch.cat([flat[position] for position in positions]).view(self.samples, -1)
+            for dtype, positions in self.positions.items()
+        }
