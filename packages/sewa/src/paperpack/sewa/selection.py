@@ -15,14 +15,18 @@ Symbols (paper arXiv:2502.10119 and the reconstruction in the paper note, which 
   later snapshots, with a ``MaskTieWarning`` and the count in ``SeWAResult.tie_broken``: never silently.
 
 Vectorisation: the M masks of an iteration are drawn together; the window is stacked once into one (K × P)
-matrix per dtype, so the M soft averages of all parameters are one (M × K)(K × P) product per iteration. The
-network passes are either M calls of ``loss_fn`` (each may draw its own minibatch) or one ``torch.func.vmap``
+matrix per dtype, so the M soft averages of all parameters are one (M × K)(K × P) product per iteration,
+written in place into buffers built once per search (``SampleParameters``), whose views are each sample's
+parameter leaves. The network passes are either M calls of ``loss_fn`` (each may draw its own minibatch)
+followed by one backward call for the M losses (sample j's loss reaches only sample j's leaves, so their
+gradients do not mix; ``backward_per_sample``: one backward call after each loss), or one ``torch.func.vmap``
 call (``vmap_loss=True``). The chain rule is split so that the network's backward pass stops at the averaged
 parameters: ∂F/∂coef_ji = <∂F/∂w̄_j, w_i>, one more product of the M gradients with the stacked window; the
 rest, through the average's normalisation and the mask formula to s, is on K numbers per sample and written
 out (``_relaxed_mask_and_slope``), as are Adam and the projection, in float64 numpy (the tests check all of it
-against a literal autograd reference). Memory during the search: the window (K × P) plus the M averages and
-their M gradients (2M × P).
+against a literal autograd reference). Memory during the search: the window (K × P), the M averages and their
+M gradients (2M × P), and the activations of the M passes until the backward call (of one pass with
+``backward_per_sample``).
 """
 
 from __future__ import annotations
