@@ -99,9 +99,8 @@ def test_vmap_loss_matches_literal_reference(regression) -> None:
     )
 
 
-@pytest.mark.parametrize("vmap_loss", [False, True], ids=["per-sample", "vmap"])
-def test_loss_on_some_keys_of_mixed_dtypes_matches_literal_reference(regression, vmap_loss) -> None:
-    """Keys the loss never reads get no gradient; a float32 key beside float64 ones is its own matrix."""
+def _mixed_dtype_problem(regression):
+    """A window with a key the loss never reads and a float32 key beside float64 ones, and that loss."""
     model, inputs, targets = regression
     window = _window(6, bad=(2,))
     for snapshot in window:
@@ -112,6 +111,13 @@ def test_loss_on_some_keys_of_mixed_dtypes_matches_literal_reference(regression,
     def loss_fn(params):
         return full({key: value.double() for key, value in params.items() if key != "unused"})
 
+    return window, loss_fn
+
+
+@pytest.mark.parametrize("vmap_loss", [False, True], ids=["per-sample", "vmap"])
+def test_loss_on_some_keys_of_mixed_dtypes_matches_literal_reference(regression, vmap_loss) -> None:
+    """Keys the loss never reads get no gradient; a float32 key beside float64 ones is its own matrix."""
+    window, loss_fn = _mixed_dtype_problem(regression)
     config = SeWAConfig(k=2, iterations=8, mc_samples=3, seed=3, vmap_loss=vmap_loss)
     result = select_snapshots(window, loss_fn, config)
     indices, probabilities, _ = reference_select(window, loss_fn, config)
@@ -123,16 +129,7 @@ def test_loss_on_some_keys_of_mixed_dtypes_matches_literal_reference(regression,
 
 def test_backward_per_sample_gives_the_same_result_bit_for_bit(regression) -> None:
     """One backward call for the M losses or one per sample: the samples' gradients do not mix."""
-    model, inputs, targets = regression
-    window = _window(6, bad=(2,))
-    for snapshot in window:
-        snapshot["unused"] = snapshot["0.bias"].clone()
-        snapshot["2.bias"] = snapshot["2.bias"].float()
-    full = _loss(model, inputs, targets)
-
-    def loss_fn(params):
-        return full({key: value.double() for key, value in params.items() if key != "unused"})
-
+    window, loss_fn = _mixed_dtype_problem(regression)
     results = [
         select_snapshots(
             window, loss_fn, SeWAConfig(k=2, iterations=8, mc_samples=3, backward_per_sample=flag)
