@@ -164,7 +164,8 @@ def select_snapshots(
         loss_fn: ``loss_fn(params)`` returns the scalar loss F of a model whose parameters are ``params`` (a
             mapping with the snapshots' keys, on ``device``); compute it with
             ``torch.func.functional_call(model, params, batch)`` so gradients reach ``params``. It may draw a
-            new minibatch at each call (one per Monte Carlo sample, as the paper does).
+            new minibatch at each call (one per Monte Carlo sample, as the paper does). The parameter tensors
+            are the same objects at every iteration, rewritten in place: use them within the call only.
         config: The hyperparameters (``SeWAConfig()`` when ``None``).
         device: Where the window is stacked and averaged (``"cpu"``, ``"cuda:0"``, ``"auto"``, a
             ``torch.device``); ``None``: the device of the snapshots' tensors.
