@@ -46,6 +46,7 @@ def test_parses_with_hf_argument_parser() -> None:
         ({"projection": "l1"}, r"`projection` must be one of 'sum_eq_k', 'sum_le_k'"),
         ({"selection_data": "test"}, r"`selection_data` must be one of 'train', 'eval', got 'test'"),
         ({"vmap_loss": "yes"}, r"`vmap_loss` must be true or false, got 'yes'"),
+        ({"backward_per_sample": 1}, r"`backward_per_sample` must be true or false, got 1"),
         ({"seed": -1}, r"`seed` must be >= 0"),
     ],
 )

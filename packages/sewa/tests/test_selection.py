@@ -99,9 +99,8 @@ def test_vmap_loss_matches_literal_reference(regression) -> None:
     )
 
 
-@pytest.mark.parametrize("vmap_loss", [False, True], ids=["per-sample", "vmap"])
-def test_loss_on_some_keys_of_mixed_dtypes_matches_literal_reference(regression, vmap_loss) -> None:
-    """Keys the loss never reads get no gradient; a float32 key beside float64 ones is its own matrix."""
+def _mixed_dtype_problem(regression):
+    """A window with a key the loss never reads and a float32 key beside float64 ones, and that loss."""
     model, inputs, targets = regression
     window = _window(6, bad=(2,))
     for snapshot in window:
@@ -112,6 +111,13 @@ def test_loss_on_some_keys_of_mixed_dtypes_matches_literal_reference(regression,
     def loss_fn(params):
         return full({key: value.double() for key, value in params.items() if key != "unused"})
 
+    return window, loss_fn
+
+
+@pytest.mark.parametrize("vmap_loss", [False, True], ids=["per-sample", "vmap"])
+def test_loss_on_some_keys_of_mixed_dtypes_matches_literal_reference(regression, vmap_loss) -> None:
+    """Keys the loss never reads get no gradient; a float32 key beside float64 ones is its own matrix."""
+    window, loss_fn = _mixed_dtype_problem(regression)
     config = SeWAConfig(k=2, iterations=8, mc_samples=3, seed=3, vmap_loss=vmap_loss)
     result = select_snapshots(window, loss_fn, config)
     indices, probabilities, _ = reference_select(window, loss_fn, config)
@@ -119,6 +125,36 @@ def test_loss_on_some_keys_of_mixed_dtypes_matches_literal_reference(regression,
     torch.testing.assert_close(
         result.probabilities, torch.tensor(probabilities, dtype=torch.float64), rtol=0, atol=1e-6
     )
+
+
+def test_backward_per_sample_gives_the_same_result_bit_for_bit(regression) -> None:
+    """One backward call for the M losses or one per sample: the samples' gradients do not mix."""
+    window, loss_fn = _mixed_dtype_problem(regression)
+    results = [
+        select_snapshots(
+            window, loss_fn, SeWAConfig(k=2, iterations=8, mc_samples=3, backward_per_sample=flag)
+        )
+        for flag in (False, True)
+    ]
+    assert results[0].indices == results[1].indices
+    assert torch.equal(results[0].probabilities, results[1].probabilities)
+    assert results[0].loss_history == results[1].loss_history
+
+
+def test_loss_that_misses_the_averaged_parameters_names_the_sample() -> None:
+    other = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    calls = []
+
+    def loss_fn(params):
+        calls.append(None)
+        return (params["w"] ** 2).sum() if len(calls) != 2 else (other**2).sum()
+
+    for per_sample in (False, True):
+        calls.clear()
+        with pytest.raises(
+            ConfigError, match=r"any of the averaged parameters \(iteration 0, Monte Carlo sample 1\)"
+        ):
+            select_snapshots(_simple_window(), loss_fn, SeWAConfig(k=1, backward_per_sample=per_sample))
 
 
 def test_state_dict_is_exact_mean_of_selected(regression) -> None:

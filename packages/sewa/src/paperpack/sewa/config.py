@@ -121,6 +121,14 @@ class SeWAConfig:
             "vmappable loss_fn; all samples then see the same data). Off: one loss_fn call per sample. Ours."
         },
     )
+    backward_per_sample: bool = field(
+        default=False,
+        metadata={
+            "help": "Run one backward pass per Monte Carlo sample, holding one sample's activations at a "
+            "time. Off: one backward pass for the M samples' losses (faster for small models; holds the M "
+            "samples' activations until it). The results are the same. Ours."
+        },
+    )
     seed: int = field(
         default=0,
         metadata={"help": "Seed of the relaxed-Bernoulli noise (and of nothing else)."},
@@ -140,4 +148,5 @@ class SeWAConfig:
         check_positive("mask_lr", self.mask_lr)
         check_literal_fields(self)
         check_bool("vmap_loss", self.vmap_loss)
+        check_bool("backward_per_sample", self.backward_per_sample)
         check_int("seed", self.seed, minimum=0)

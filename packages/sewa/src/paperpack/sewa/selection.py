@@ -15,14 +15,18 @@ Symbols (paper arXiv:2502.10119 and the reconstruction in the paper note, which 
   later snapshots, with a ``MaskTieWarning`` and the count in ``SeWAResult.tie_broken``: never silently.
 
 Vectorisation: the M masks of an iteration are drawn together; the window is stacked once into one (K × P)
-matrix per dtype, so the M soft averages of all parameters are one (M × K)(K × P) product per iteration. The
-network passes are either M calls of ``loss_fn`` (each may draw its own minibatch) or one ``torch.func.vmap``
+matrix per dtype, so the M soft averages of all parameters are one (M × K)(K × P) product per iteration,
+written in place into buffers built once per search (``SampleParameters``), whose views are each sample's
+parameter leaves. The network passes are either M calls of ``loss_fn`` (each may draw its own minibatch)
+followed by one backward call for the M losses (sample j's loss reaches only sample j's leaves, so their
+gradients do not mix; ``backward_per_sample``: one backward call after each loss), or one ``torch.func.vmap``
 call (``vmap_loss=True``). The chain rule is split so that the network's backward pass stops at the averaged
 parameters: ∂F/∂coef_ji = <∂F/∂w̄_j, w_i>, one more product of the M gradients with the stacked window; the
 rest, through the average's normalisation and the mask formula to s, is on K numbers per sample and written
 out (``_relaxed_mask_and_slope``), as are Adam and the projection, in float64 numpy (the tests check all of it
-against a literal autograd reference). Memory during the search: the window (K × P) plus the M averages and
-their M gradients (2M × P).
+against a literal autograd reference). Memory during the search: the window (K × P), the M averages and their
+M gradients (2M × P), and the activations of the M passes until the backward call (of one pass with
+``backward_per_sample``).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from paperpack.core.device import resolve_device
 from paperpack.core.errors import ConfigError
 from paperpack.sewa.config import SeWAConfig
 from paperpack.sewa.projection import project
-from paperpack.sewa.snapshots import StackedWindow, check_snapshots, mean_of
+from paperpack.sewa.snapshots import SampleParameters, StackedWindow, check_snapshots, mean_of
 
 __all__ = [
     "LossFn",
@@ -160,7 +164,8 @@ def select_snapshots(
         loss_fn: ``loss_fn(params)`` returns the scalar loss F of a model whose parameters are ``params`` (a
             mapping with the snapshots' keys, on ``device``); compute it with
             ``torch.func.functional_call(model, params, batch)`` so gradients reach ``params``. It may draw a
-            new minibatch at each call (one per Monte Carlo sample, as the paper does).
+            new minibatch at each call (one per Monte Carlo sample, as the paper does). The parameter tensors
+            are the same objects at every iteration, rewritten in place: use them within the call only.
         config: The hyperparameters (``SeWAConfig()`` when ``None``).
         device: Where the window is stacked and averaged (``"cpu"``, ``"cuda:0"``, ``"auto"``, a
             ``torch.device``); ``None``: the device of the snapshots' tensors.
@@ -285,6 +290,7 @@ def _search(
 ) -> tuple[Tensor, list[float]]:
     size, k, samples = len(snapshots), config.k, config.mc_samples
     window = StackedWindow(snapshots, keys, device)
+    sample_params = None if config.vmap_loss else SampleParameters(window, samples, fixed)
     generator = torch.Generator().manual_seed(config.seed)
     # The mask's bookkeeping is on K numbers: float64 numpy arrays, a microsecond per operation.
     s = np.full(size, k / size)
@@ -303,9 +309,10 @@ def _search(
         loss, coefficient_grads = _loss_gradients(
             torch.from_numpy(coefficients.astype(window.coefficient_dtype)),
             window,
+            sample_params,
             fixed=fixed,
             loss_fn=loss_fn,
-            vmap_loss=config.vmap_loss,
+            per_sample=config.backward_per_sample,
             iteration=iteration,
         )
         # Chain rule from ∂F/∂coef (M × K) back to s: through the average, then through the mask, summed over
@@ -367,22 +374,26 @@ def _adam_direction(
 def _loss_gradients(
     coefficients: Tensor,
     window: StackedWindow,
+    sample_params: SampleParameters | None,
     *,
     fixed: dict[str, Tensor],
     loss_fn: LossFn,
-    vmap_loss: bool,
+    per_sample: bool,
     iteration: int,
 ) -> tuple[float, Tensor]:
     """Mean loss of the M soft averages and ∂F_j/∂coef_ji, shape (M, K), float64 on the CPU.
 
-    One product with the window gives all M averages, one flat row per sample and dtype. Each row is an
-    autograd leaf and the parameters are views of it (``StackedWindow.unflatten``), so the network's backward
-    pass ends there and hands back the row's gradient whole (O(P): the views' backward is one concatenation),
-    and one more product with the window contracts the M gradients into the K partial derivatives.
+    One product with the window gives all M averages, one flat row per sample and dtype. Without vmap
+    (``sample_params`` given) the rows are written into fixed buffers whose views are the samples' parameter
+    leaves, the M losses are computed one ``loss_fn`` call each, and one backward call for the M losses hands
+    back every leaf's gradient (sample j's loss reaches only sample j's leaves, so the gradients do not mix;
+    ``per_sample``: one backward call after each loss, holding one sample's graph at a time). With
+    vmap each row is one leaf and the parameters are batched views of it. Either way one more product with the
+    window contracts the M gradients into the K partial derivatives.
     """
     samples = coefficients.shape[0]
-    averages = window.combine(coefficients)
-    if vmap_loss:
+    if sample_params is None:
+        averages = window.combine(coefficients)
         leaves = {dtype: flat.requires_grad_(True) for dtype, flat in averages.items()}
         batched_fixed = {key: value.expand(samples, *value.shape) for key, value in fixed.items()}
         losses = torch.func.vmap(loss_fn, randomness="different")(
@@ -391,38 +402,54 @@ def _loss_gradients(
         _check_losses(losses, (samples,), iteration)
         gradients = _gradients(losses.sum(), leaves)
         return float(losses.detach().mean()), window.contract(gradients)
+    sample_params.fill(coefficients)
     values: list[Tensor] = []
-    rows: dict[torch.dtype, list[Tensor]] = {dtype: [] for dtype in averages}
-    for sample in range(samples):
-        leaves = {dtype: flat[sample].requires_grad_(True) for dtype, flat in averages.items()}
-        params = window.unflatten(leaves)
-        loss = loss_fn({**params, **fixed} if fixed else params)
+    grads: list[Tensor | None] = []
+    for sample, params in enumerate(sample_params.params):
+        loss = loss_fn(dict(params))  # a new mapping at every call, as the loss may change it
         _check_losses(loss, (), iteration, sample, finite=False)
-        for dtype, gradient in _gradients(loss, leaves).items():
-            rows[dtype].append(gradient)
-        values.append(loss.detach())
+        _check_differentiable(loss)
+        values.append(loss)
+        if per_sample or sample == samples - 1:
+            first = sample if per_sample else 0
+            targets = sample_params.leaves[sample] if per_sample else sample_params.all_leaves
+            grads.extend(torch.autograd.grad(values[first:], targets, allow_unused=True))
+            values[first:] = [value.detach() for value in values[first:]]
+    count = len(sample_params.leaves[0])
+    for sample in range(samples):
+        if all(grad is None for grad in grads[sample * count : (sample + 1) * count]):
+            _raise_unused(sample, iteration)
     # One device synchronisation per iteration for the losses; a non-finite one is traced to its sample.
     loss_values = torch.stack(values).tolist()
     for sample, value in enumerate(loss_values):
         if not math.isfinite(value):
             _check_losses(values[sample], (), iteration, sample)
-    return sum(loss_values) / samples, window.contract(
-        {dtype: torch.stack(row) for dtype, row in rows.items()}
-    )
+    return sum(loss_values) / samples, window.contract(sample_params.gradients(grads))
 
 
-def _gradients(loss: Tensor, leaves: dict[torch.dtype, Tensor]) -> dict[torch.dtype, Tensor]:
-    """∂loss/∂leaves, one flat gradient per dtype (zeros for a dtype the loss does not use)."""
+def _check_differentiable(loss: Tensor) -> None:
     if not loss.requires_grad:
         raise ConfigError(
             "`loss_fn` returned a loss that does not depend on the averaged parameters: compute it from "
             "`params` (e.g. with torch.func.functional_call) inside autograd, without .detach() or "
             "torch.no_grad()"
         )
+
+
+def _raise_unused(sample: int | None = None, iteration: int | None = None) -> None:
+    where = "" if sample is None else f" (iteration {iteration}, Monte Carlo sample {sample})"
+    raise ConfigError(
+        f"`loss_fn` returned a loss that does not depend on any of the averaged parameters{where}"
+    )
+
+
+def _gradients(loss: Tensor, leaves: dict[torch.dtype, Tensor]) -> dict[torch.dtype, Tensor]:
+    """∂loss/∂leaves, one flat gradient per dtype (zeros for a dtype the loss does not use)."""
+    _check_differentiable(loss)
     dtypes = list(leaves)
     grads = torch.autograd.grad(loss, [leaves[dtype] for dtype in dtypes], allow_unused=True)
     if all(grad is None for grad in grads):
-        raise ConfigError("`loss_fn` returned a loss that does not depend on any of the averaged parameters")
+        _raise_unused()
     return {
         dtype: torch.zeros_like(leaves[dtype]) if grad is None else grad
         for dtype, grad in zip(dtypes, grads, strict=True)

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from paperpack.core.errors import CheckpointError, ConfigError
 
-__all__ = ["StackedWindow", "check_snapshots", "mean_of", "weighted_average"]
+__all__ = ["SampleParameters", "StackedWindow", "check_snapshots", "mean_of", "weighted_average"]
 
 Snapshot = Mapping[str, Tensor]
 
@@ -205,3 +205,67 @@ class StackedWindow:
             for (key, _, _, shape), part in zip(entries, parts, strict=True):
                 params[key] = part.view(*batch, *shape)
         return params
+
+
+class SampleParameters:
+    """M soft averages of a window in fixed buffers, with each sample's parameters as autograd leaves on them.
+
+    Built once per search, so that an iteration creates no leaves and no views: ``fill`` writes the M averages
+    into the buffers in place (outside autograd), ``params[j]`` hands sample j's parameters to the loss (the
+    same tensors at every iteration, leaves that view row j of their dtype's buffer), and ``gradients``
+    gathers the gradients of those leaves back into one (M, P) matrix per dtype, ready for
+    ``StackedWindow.contract``.
+
+    Args:
+        window: The stacked window.
+        samples: M, the number of soft averages.
+        fixed: Tensors handed to every sample's loss as they are (integer buffers, not averaged).
+    """
+
+    def __init__(self, window: StackedWindow, samples: int, fixed: Mapping[str, Tensor]) -> None:
+        self.window = window
+        self.samples = samples
+        self.buffers: dict[torch.dtype, Tensor] = {}
+        # leaves[j]: sample j's leaves, dtype by dtype in the window's layout order (that of ``gradients``).
+        self.leaves: list[list[Tensor]] = [[] for _ in range(samples)]
+        self.params: list[dict[str, Tensor]] = [{} for _ in range(samples)]
+        with torch.no_grad():
+            for dtype, entries in window.layout.items():
+                matrix = window.matrices[dtype]
+                buffer = torch.zeros((samples, matrix.shape[1]), dtype=dtype, device=matrix.device)
+                self.buffers[dtype] = buffer
+                for sample in range(samples):
+                    parts = buffer[sample].split([numel for _, _, numel, _ in entries])
+                    for (key, _, _, shape), part in zip(entries, parts, strict=True):
+                        leaf = part.view(shape).requires_grad_(True)
+                        self.leaves[sample].append(leaf)
+                        self.params[sample][key] = leaf
+        for params in self.params:
+            params.update(fixed)
+        self.all_leaves = [leaf for leaves in self.leaves for leaf in leaves]
+        # positions[dtype]: where that dtype's leaves sit in ``all_leaves``, sample by sample.
+        self.positions: dict[torch.dtype, list[int]] = {}
+        for position, leaf in enumerate(self.all_leaves):
+            self.positions.setdefault(leaf.dtype, []).append(position)
+
+    def fill(self, coefficients: Tensor) -> None:
+        """Write Σ_i c_ji w_i into row j of the buffers, for coefficients of shape (M, K) (as ``combine``)."""
+        with torch.no_grad():
+            for dtype, matrix in self.window.matrices.items():
+                buffer = self.buffers[dtype]
+                converted = coefficients.to(device=matrix.device, dtype=matrix.dtype)
+                if buffer.dtype == matrix.dtype:
+                    torch.matmul(converted, matrix, out=buffer)
+                else:
+                    buffer.copy_(converted @ matrix)
+
+    def gradients(self, grads: Sequence[Tensor | None]) -> dict[torch.dtype, Tensor]:
+        """The gradients of ``all_leaves`` (``None``: unused, read as 0) as one (M, P) matrix per dtype."""
+        flat = [
+            leaf.new_zeros(leaf.numel()) if grad is None else grad.reshape(-1)
+            for leaf, grad in zip(self.all_leaves, grads, strict=True)
+        ]
+        return {
+            dtype: torch.cat([flat[position] for position in positions]).view(self.samples, -1)
+            for dtype, positions in self.positions.items()
+        }
