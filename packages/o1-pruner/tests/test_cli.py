@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from paperpack.core.cli import main
 from paperpack.core.files import OUTPUT_MARKER
@@ -27,26 +26,9 @@ def problems_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def qwen_dir(tiny_lm, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A Qwen2 model with tied embeddings and the tiny tokenizer: a second architecture."""
-    _, tokenizer = tiny_lm
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
-    folder = tmp_path_factory.mktemp("qwen")
-    Qwen2ForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+def qwen_dir(tiny_qwen2_dir: Path) -> Path:
+    """The second architecture: the core's tiny Qwen2 with tied embeddings."""
+    return tiny_qwen2_dir
 
 
 @pytest.fixture(scope="module")

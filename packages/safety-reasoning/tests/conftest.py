@@ -7,7 +7,6 @@ import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -84,20 +83,6 @@ def stub() -> Iterator[Callable[[Callable[[int, dict], object]], Stub]]:
 
 
 @pytest.fixture(scope="session")
-def qwen2_dir(tiny_lm: tuple[Any, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A second architecture: a tiny Qwen2 with tied embeddings and tiny_lm's tokenizer (chat template)."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    tokenizer = tiny_lm[1]
-    config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("qwen2")
-    Qwen2ForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+def qwen2_dir(tiny_qwen2_dir: Path) -> Path:
+    """A second architecture: the core's tiny Qwen2 with tied embeddings and tiny_lm's tokenizer (chat template)."""
+    return tiny_qwen2_dir

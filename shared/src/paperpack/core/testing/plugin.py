@@ -2,9 +2,9 @@
 
 It registers the ``gpu`` and ``slow`` markers, skips ``gpu`` tests with a clear reason when CUDA is absent,
 keeps the Hugging Face libraries offline, and provides session-scoped fixtures: a tiny model (``tiny_lm``,
-``tiny_lm_dir``; ``tiny_gpt2_dir``, a second architecture) and tiny data for it (``tiny_texts``,
-``tiny_lm_dataset`` with ``tiny_collator``, ``tiny_text_dataset``, ``tiny_prompt_completion_dataset``; see
-:mod:`paperpack.core.testing.data`).
+``tiny_lm_dir``; ``tiny_gpt2_dir`` and ``tiny_qwen2_dir``, other architectures) and tiny data for it
+(``tiny_texts``, ``tiny_lm_dataset`` with ``tiny_collator``, ``tiny_text_dataset``,
+``tiny_prompt_completion_dataset``; see :mod:`paperpack.core.testing.data`).
 
 Outside this workspace, enable it with ``pytest_plugins = ["paperpack.core.testing.plugin"]`` in a
 root ``conftest.py``.
@@ -88,6 +88,42 @@ def tiny_gpt2_dir(
         torch.manual_seed(0)
         model = GPT2LMHeadModel(config)
     folder = tmp_path_factory.mktemp("tiny_gpt2")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_dir(
+    tiny_lm: tuple[LlamaForCausalLM, PreTrainedTokenizerFast], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A Qwen2 model folder with ``tiny_lm``'s tokenizer and chat template, for commands that take any folder.
+
+    A third architecture: 2 layers, tied embeddings, q/k/v biases, grouped-query attention (4 heads, 2
+    key-value heads), positions up to 512, the tokenizer's special token ids, built from a config; treat it
+    read-only.
+    """
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = tiny_lm[1]
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = Qwen2ForCausalLM(config)
+    folder = tmp_path_factory.mktemp("tiny_qwen2")
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
