@@ -98,6 +98,11 @@ def main() -> None:
                     )
                 )
                 samples[method]["diff"] = [compared["max_diff"], compared["worst_key"]]
+                print(
+                    json.dumps(
+                        {"method": method, "max_diff": compared["max_diff"], "key": compared["worst_key"]}
+                    )
+                )
             for svd in ("exact", "fast"):
                 shutil.rmtree(workdir / f"out-{method}-{svd}", ignore_errors=True)
     truncation = None
