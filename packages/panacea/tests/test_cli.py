@@ -17,7 +17,7 @@ from paperpack.core.files import OUTPUT_MARKER
 from paperpack.core.testing.contracts import assert_state_dicts_equal, check_cli_fails_cleanly
 from paperpack.panacea import global_norm, load_perturbation, save_perturbation
 
-from .conftest import HARMFUL_LINES, tiny_classifier, tiny_qwen2
+from .conftest import HARMFUL_LINES, tiny_classifier
 
 SUMS = [(a, b) for a in range(6) for b in range(4)]
 
@@ -70,14 +70,9 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def qwen2_dir(tiny_lm, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A Qwen2 model folder with tied embeddings and q/k/v biases, with tiny_lm's tokenizer."""
-    tokenizer = tiny_lm[1]
-    model = tiny_qwen2(tokenizer)
-    folder = tmp_path_factory.mktemp("qwen2")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+def qwen2_dir(tiny_qwen2_dir: Path) -> Path:
+    """The core's Qwen2 model folder: tied embeddings and q/k/v biases, with tiny_lm's tokenizer."""
+    return tiny_qwen2_dir
 
 
 def _train(model: Path, inputs: Path, output: Path, *extra: str) -> list[str]:

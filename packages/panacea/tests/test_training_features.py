@@ -8,12 +8,13 @@ from typing import Any
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from transformers import Qwen2ForCausalLM
 
 from paperpack.core.testing.contracts import assert_state_dicts_equal, assert_states_equal
 from paperpack.core.testing.resume import StopAtStep, check_trainer_resume
 from paperpack.panacea import PanaceaTrainer, global_norm
 
-from .conftest import tiny_qwen2, trainable_state
+from .conftest import trainable_state
 from .test_trainer import _assert_close, _train
 
 
@@ -140,8 +141,8 @@ def test_evaluation_during_training_sees_the_unperturbed_weights(
     assert logged == [pytest.approx(trainer.evaluate()["eval_loss"], rel=1e-6)]
 
 
-def test_qwen2_with_tied_embeddings(make_args, task_data, harmful_data, collator, tiny_lm) -> None:
-    model = tiny_qwen2(tiny_lm[1])
+def test_qwen2_with_tied_embeddings(make_args, task_data, harmful_data, collator, tiny_qwen2_dir) -> None:
+    model = Qwen2ForCausalLM.from_pretrained(tiny_qwen2_dir)
     before = trainable_state(model)
     trainer, capture = _train(model, make_args(max_steps=2), task_data, harmful_data, collator)
     assert "lm_head.weight" not in capture.epsilons[-1]  # the tied head is the embedding, perturbed once
