@@ -100,7 +100,9 @@ def main() -> None:
     model, tokenizer = tiny_causal_lm()
     encoded = encode_prompts(tokenizer, prompts, chat=True)
     lengths = [len(ids) for ids in encoded]
-    print(f"prompt tokens {min(lengths)}-{max(lengths)}, shared prefix {shared_prefix_length(encoded)} tokens")
+    print(
+        f"prompt tokens {min(lengths)}-{max(lengths)}, shared prefix {shared_prefix_length(encoded)} tokens"
+    )
     settings = {"max_new_tokens": options.max_new_tokens, "seed": 0}
     teachers = {
         (size, share): TransformersTeacher(model, tokenizer, batch_size=size, share_prefix=share, **settings)
