@@ -15,8 +15,10 @@ from paperpack.core.hf.generation import (
     shared_prefix_length,
 )
 from paperpack.core.hf.tiny import (
+    BENCHMARK_LLAMA,
     CHAT_TEMPLATE,
     SPECIAL_TOKENS,
+    benchmark_llama,
     default_corpus,
     tiny_causal_lm,
     tiny_tokenizer,
@@ -34,12 +36,14 @@ from paperpack.core.hf.training import (
 
 __all__ = [
     "ARGUMENTS_FILE",
+    "BENCHMARK_LLAMA",
     "CHAT_TEMPLATE",
     "SPECIAL_TOKENS",
     "STATE_FOLDER",
     "ArgumentsAsJson",
     "Completion",
     "StatefulCallback",
+    "benchmark_llama",
     "check_training_args",
     "command_training_args",
     "context_length",
