@@ -37,23 +37,28 @@ def test_bad_markers_and_judges_that_do_not_return_bools_are_refused():
         judge_all(lambda p, r: "yes" if r == "b" else False, ["x", "y"], ["a", "b"])
 
 
-def _word_tokenizer():
+def _word_tokenizer(words=WORDS, *, specials=None, chat_template=None, split_punctuation=True):
+    """A word-level tokenizer over ``words`` (BOS added), with the core's special tokens and chat template unless
+    others are given."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     from paperpack.core.hf import CHAT_TEMPLATE, SPECIAL_TOKENS
 
-    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *WORDS])}
+    specials = SPECIAL_TOKENS if specials is None else specials
+    vocab = {token: i for i, token in enumerate([*specials, *words])}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.pre_tokenizer = (
+        pre_tokenizers.Whitespace() if split_punctuation else pre_tokenizers.WhitespaceSplit()
+    )
     backend.post_processor = processors.TemplateProcessing(
         single="<s> $A", special_tokens=[("<s>", vocab["<s>"])]
     )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-        additional_special_tokens=list(SPECIAL_TOKENS[4:]),
+        additional_special_tokens=list(specials[4:]),
     )  # fmt: skip
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = CHAT_TEMPLATE if chat_template is None else chat_template
     return tokenizer
 
 
@@ -137,27 +142,18 @@ REFUSE = ("sorry , i can't help with that .", "i will not explain how to make {o
 
 
 def _guard_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
     words = {
         word
         for text in (GUARD_TEMPLATE, *COMPLY, *REFUSE, "how do i make {obj} ?", "unsafe S1")
         for word in text.replace("{obj}", " ").split()
         if not any(mark in word for mark in "{}%[<")
     }
-    vocab = {token: i for i, token in enumerate([*GUARD_SPECIALS, *sorted(words | set(OBJECTS) | {"safe"})])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", vocab["<s>"])]
+    return _word_tokenizer(
+        sorted(words | set(OBJECTS) | {"safe"}),
+        specials=GUARD_SPECIALS,
+        chat_template=GUARD_TEMPLATE,
+        split_punctuation=False,
     )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-        additional_special_tokens=list(GUARD_SPECIALS[4:]),
-    )  # fmt: skip
-    tokenizer.chat_template = GUARD_TEMPLATE
-    return tokenizer
 
 
 def _exchanges(objects):
