@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from paperpack.core.device import MemoryMeter
-from paperpack.core.hf import sample_completions, tiny_causal_lm, training_args
+from paperpack.core.hf import benchmark_llama, sample_completions, tiny_causal_lm, training_args
 
 ARMS = ("sft", "o1_second_model", "o1_stored", "lora_sft", "o1_lora_base", "o1_lora_stored")
 
@@ -58,21 +58,8 @@ def presample_throughput(rounds: int, problems: int, k: int, new_tokens: int) ->
 
 
 def llama_50m() -> Any:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=32000,
-        hidden_size=512,
-        intermediate_size=1408,
-        num_hidden_layers=8,
-        num_attention_heads=8,
-        num_key_value_heads=8,
-        max_position_embeddings=1024,
-        tie_word_embeddings=False,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return LlamaForCausalLM(config)
+    """The core's benchmark Llama with this benchmark's MLP width and context (58.5M parameters, as measured)."""
+    return benchmark_llama(intermediate_size=1408, max_position_embeddings=1024)
 
 
 def with_ref_logps(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
