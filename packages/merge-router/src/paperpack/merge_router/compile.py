@@ -4,8 +4,9 @@ Two streaming passes over the checkpoints (memory: one tensor per expert at a ti
 needs for that tensor), then the router:
 
 1. d_l for every unit (:func:`~paperpack.merge_router.layer_conflicts`); the units past the threshold are
-   routed (:func:`~paperpack.merge_router.select_routed`); the input embeddings and the LM head only with
-   ``route_embeddings``.
+   routed (:func:`~paperpack.merge_router.select_routed`). Only the units inside the decoder blocks (the
+   paper's layers) compete; the tensors outside the blocks (the embeddings, the final norm, the LM head) are
+   averaged unless ``route_embeddings``, and their d_l is still reported.
 2. Per tensor: in an averaged unit θ* = mean_i θ_i (r-tsvm's ``linear``); in a routed unit the dense expert
    D = ``dense_method``(θ_0, θ_1..θ_n) and, per task, S_i = TopK(θ_i − D, δ). D (or θ*) goes to the dense
    model, S_i to the task's sparse expert file, each written as it is computed.
@@ -54,7 +55,7 @@ from paperpack.merge_router.router import (
     train_router,
 )
 from paperpack.merge_router.sparse import INDEX_SUFFIX, VALUE_SUFFIX, extract_sparse
-from paperpack.merge_router.units import unit_of
+from paperpack.merge_router.units import in_block, unit_of
 
 __all__ = [
     "COMPILE_COMMAND",
@@ -351,8 +352,7 @@ def compile_mediator(
     run_device = resolve_device(device)
 
     conflicts = layer_conflicts(base, experts, config, device=run_device, progress=progress)
-    vocabulary_units = {unit_of(key, config.unit) for key in skeleton.vocabulary_keys}
-    routable = [unit for unit in conflicts if config.route_embeddings or unit not in vocabulary_units]
+    routable = [unit for unit in conflicts if config.route_embeddings or in_block(unit)]
     routed_units = select_routed(conflicts, config, routable)
     logger.info("routing %d of %d units: %s", len(routed_units), len(conflicts), routed_units)
 
