@@ -202,7 +202,10 @@ def test_chunked_terms_equal_the_reference_with_ties(chunk_size, dtype):
     whole = l2_var_terms(base[key], tensors, chunk_size=2**18)
     assert l2_var_terms(base[key], tensors, chunk_size=chunk_size) == pytest.approx(whole, rel=1e-12)
     torch.testing.assert_close(
-        gram_terms(base[key], tensors, chunk_size=chunk_size), gram_terms(base[key], tensors), rtol=1e-12, atol=0
+        gram_terms(base[key], tensors, chunk_size=chunk_size),
+        gram_terms(base[key], tensors),
+        rtol=1e-12,
+        atol=0,
     )
     for density in (0.05, 0.5):
         indices, values = extract_sparse(tensors[0], base[key], density, chunk_size=chunk_size)

@@ -1,4 +1,4 @@
-"""Exact top-k by magnitude over a tensor read in chunks: the trim of the sign conflict and the sparse experts.
+"""Exact top-k by magnitude over a tensor read in chunks: the sign conflict's trim and the sparse experts.
 
 Both keep the k = ⌈δN⌉ largest-magnitude entries of a difference of tensors (τ_i = θ_i − θ_0, or θ_i − D).
 ``torch.topk`` over the whole difference needs it in float32 plus topk's own buffers (about 25 bytes per
@@ -92,9 +92,8 @@ def magnitude_threshold(
     prefix, remaining = 0, k
     for shift in range(width - _DIGIT, -1, -_DIGIT):
         counts = torch.zeros(bins, dtype=torch.int64)
-        for bits in bits_of_chunks():
-            if shift + _DIGIT < width:
-                bits = bits[(bits >> (shift + _DIGIT)) == prefix]
+        for chunk in bits_of_chunks():
+            bits = chunk[(chunk >> (shift + _DIGIT)) == prefix] if shift + _DIGIT < width else chunk
             counts += torch.bincount(((bits >> shift) & (bins - 1)).cpu(), minlength=bins)
         at_least = counts.flip(0).cumsum(0)  # at_least[j]: entries whose digit is >= bins - 1 - j
         j = int(torch.searchsorted(at_least, torch.tensor(remaining)))
