@@ -184,7 +184,7 @@ def tied_states(count=3, seed=0, numel=300):
     return base, experts
 
 
-@pytest.mark.parametrize("chunk_size", [1, 7, 64, 2**18])
+@pytest.mark.parametrize("chunk_size", [5, 64, 2**18])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_chunked_terms_equal_the_reference_with_ties(chunk_size, dtype):
     """In chunks of any size, the trim keeps exactly ⌈δN⌉ entries with ties to the lower index."""

@@ -240,7 +240,7 @@ def test_bad_input_fails_cleanly_and_writes_nothing(llama_dirs, gpt2_dirs, promp
             routed_units=["x.9"],
         ),
         ConfigError,
-        r"`routed_units` names 'x.9', which is not a unit of the model; its units are model.embed_tokens",
+        r"`routed_units` names 'x.9', which is not a unit of the model; its units are lm_head, model.embed_tokens",
         inputs=inputs,
         output=output,
     )
