@@ -17,14 +17,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from paperpack.merge_router.topk import (
-    CHUNK_SIZE,
-    KeptMask,
-    chunks,
-    kept_count,
-    magnitude_bits,
-    magnitude_threshold,
-)
+from paperpack.merge_router import topk
 
 __all__ = ["INDEX_SUFFIX", "VALUE_SUFFIX", "add_sparse", "extract_sparse", "index_dtype"]
 
@@ -39,7 +32,7 @@ def index_dtype(numel: int) -> torch.dtype:
 
 
 def extract_sparse(
-    expert: Tensor, dense: Tensor, density: float, *, chunk_size: int = CHUNK_SIZE
+    expert: Tensor, dense: Tensor, density: float, *, chunk_size: int = topk.CHUNK_SIZE
 ) -> tuple[Tensor, Tensor]:
     """S_i = TopK(θ_i − D, ⌈δN⌉) by magnitude: (flat indices in ascending order, values in D's dtype).
 
@@ -55,22 +48,22 @@ def extract_sparse(
     dtype = torch.float64 if dense.dtype == torch.float64 else torch.float32
     flat_expert, flat_dense = expert.reshape(-1), dense.reshape(-1)
     numel = flat_dense.numel()
-    pieces = chunks(numel, chunk_size)
+    pieces = topk.chunks(numel, chunk_size)
 
     def delta(piece: slice) -> Tensor:
         return flat_expert[piece].to(dtype) - flat_dense[piece].to(dtype)
 
-    threshold = magnitude_threshold(
-        lambda: (magnitude_bits(delta(piece)) for piece in pieces),
+    threshold = topk.magnitude_threshold(
+        lambda: (topk.magnitude_bits(delta(piece)) for piece in pieces),
         numel,
-        kept_count(numel, density) if numel else 0,
+        topk.kept_count(numel, density) if numel else 0,
         width=64 if dtype == torch.float64 else 32,
     )
-    kept = KeptMask(threshold)
+    kept = topk.KeptMask(threshold)
     indices, values = [], []
     for piece in pieces:
         difference = delta(piece)
-        where = kept(magnitude_bits(difference)).nonzero().reshape(-1)
+        where = kept(topk.magnitude_bits(difference)).nonzero().reshape(-1)
         indices.append((where + piece.start).to(index_dtype(numel)))
         values.append(difference[where].to(dense.dtype))
     if not pieces:
