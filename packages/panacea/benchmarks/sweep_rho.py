@@ -7,13 +7,13 @@ fine-tuning 150 steps) is fine-tuned in each ``--finetuning`` setting:
 - ``full``: every weight, ε and noise on every weight (embeddings included);
 
 and, in each setting, SFT once, then for every ρ of ``--rhos``: SFT's weights plus random noise of norm ρ, and
-Panacea (ρ, ``--lam``) evaluated before and after its last-step ε. Each row gives ρ relative to the norm of
+Panacea (ρ, λ) for every λ of ``--lams``, evaluated before and after its last-step ε. Each row gives ρ relative to the norm of
 the weights ε perturbs, HS, HS+ and accuracy (the demo's metrics). Rows are printed as they come and appended
 to ``--output`` (JSON lines), so an interrupted sweep keeps what it measured.
 
 Usage:
     python packages/panacea/benchmarks/sweep_rho.py [--seeds 0 1] [--finetuning lora full]
-        [--rhos 0.25 0.5 1 2] [--lam 1] [--output sweep.jsonl]
+        [--rhos 0.25 0.5 1 2] [--lams 1] [--output sweep.jsonl]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import itertools
 import json
 import tempfile
 import time
@@ -37,7 +38,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--finetuning", nargs="+", choices=["lora", "full"], default=["lora", "full"])
     parser.add_argument("--rhos", type=float, nargs="*", default=[0.25, 0.5, 1.0, 2.0])
-    parser.add_argument("--lam", type=float, default=1.0)
+    parser.add_argument("--lams", type=float, nargs="+", default=[1.0], help="λ of the Panacea runs")
+    parser.add_argument("--no-noise", action="store_true", help="skip the noise arms")
     parser.add_argument("--learning-rate", type=float, nargs="+", default=None, help="one per --finetuning")
     parser.add_argument("--align-steps", type=int, default=300)
     parser.add_argument("--finetune-steps", type=int, default=150)
@@ -50,14 +52,22 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|", flush=True)
 
     def report(
-        run: _Run, model: nn.Module, setting: str, arm: str, *, rho: float, weights: float, cpu: float
+        run: _Run,
+        model: nn.Module,
+        setting: str,
+        arm: str,
+        *,
+        rho: float,
+        weights: float,
+        cpu: float,
+        lam: float = 0.0,
     ) -> None:
         row = run.evaluate(model, arm, "sweep", rho, 0.0)
         record: dict[str, Any] = {
             "seed": run.seed,
             "setting": setting,
             "learning_rate": run.settings.learning_rate,
-            "lam": args.lam,
+            "lam": lam,
             "arm": arm,
             "rho": rho,
             "relative_rho": rho / weights if weights else 0.0,
@@ -88,19 +98,30 @@ def main() -> None:
                 cpu = time.process_time() - start
                 weights = global_norm(p.detach() for p in sft.parameters() if p.requires_grad)
                 report(run, sft, setting, "SFT", rho=0.0, weights=weights, cpu=cpu)
-                for rho in args.rhos:
+                for rho in [] if args.no_noise else args.rhos:
                     noisy = copy.deepcopy(sft)
                     apply_perturbation(noisy, random_perturbation(noisy, rho, seed=seed))
                     report(run, noisy, setting, "SFT + noise", rho=rho, weights=weights, cpu=0.0)
-                for rho in args.rhos:
+                for rho, lam in itertools.product(args.rhos, args.lams):
                     start = time.process_time()
-                    trainer, _ = run.panacea(rho, args.lam)
+                    trainer, _ = run.panacea(rho, lam)
                     cpu = time.process_time() - start
                     model = cast(nn.Module, trainer.model)
                     weights = global_norm(p.detach() for p in model.parameters() if p.requires_grad)
-                    report(run, model, setting, "Panacea before ε", rho=rho, weights=weights, cpu=cpu)
+                    report(
+                        run,
+                        model,
+                        setting,
+                        f"Panacea λ={lam:g} before ε",
+                        rho=rho,
+                        weights=weights,
+                        cpu=cpu,
+                        lam=lam,
+                    )
                     apply_perturbation(model, trainer.perturbation or {})
-                    report(run, model, setting, "Panacea", rho=rho, weights=weights, cpu=cpu)
+                    report(
+                        run, model, setting, f"Panacea λ={lam:g}", rho=rho, weights=weights, cpu=cpu, lam=lam
+                    )
 
 
 if __name__ == "__main__":
