@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 __all__ = ["run_demo"]
 
 QUICK = ExperimentSettings(
-    seeds=(0, 1), align_steps=300, finetune_steps=150, panacea=((1.0, 1.0),), noise_norms=(0.5, 1.0, 2.0)
+    seeds=(0, 1), align_steps=300, finetune_steps=150, panacea=((1.0, 1e-3),), noise_norms=(0.5, 1.0, 2.0)
 )
 FULL = ExperimentSettings()
 

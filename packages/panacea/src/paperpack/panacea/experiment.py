@@ -131,7 +131,8 @@ class ExperimentSettings:
         finetune_samples: the fine-tuning set size n.
         batch_size: task batch size of every fine-tuning arm (and Panacea's harmful batch size).
         learning_rate: of every fine-tuning arm (AdamW, constant schedule).
-        panacea: the (ρ, λ) pairs of the Panacea arms; the first is the one the claims use.
+        panacea: the (ρ, λ) pairs of the Panacea arms; the first is the one the claims use (the paper's
+            ρ = 1, λ = 1e-3).
         noise_norms: norms of the random perturbations added to SFT's weights.
         gradient_rhos: ρ of the "SFT + ∇h" arms.
         num_layers: decoder layers of the tiny model.
@@ -155,7 +156,7 @@ class ExperimentSettings:
     finetune_samples: int = 400
     batch_size: int = 16
     learning_rate: float = 3e-3
-    panacea: tuple[tuple[float, float], ...] = ((1.0, 1.0), (0.5, 1.0), (1.0, 0.1))
+    panacea: tuple[tuple[float, float], ...] = ((1.0, 1e-3), (1.0, 0.1), (1.0, 1.0))
     noise_norms: tuple[float, ...] = (0.5, 1.0, 2.0)
     gradient_rhos: tuple[float, ...] = (1.0,)
     num_layers: int = 4
