@@ -121,13 +121,13 @@ JUDGE = KeywordJudge(refusals=(REFUSAL,), harmful=("SURE",), ignore_case=False)
 
 @dataclass(frozen=True)
 class ExperimentSettings:
-    """The experiment's scale and hyperparameters (every default is ours; see the docs' results page).
+    """The experiment's scale and settings: ours, except those marked as the paper's (see the results page).
 
     Attributes:
         seeds: one aligned model, data split and set of arms per seed.
         align_steps: optimizer steps of the alignment SFT.
         finetune_steps: optimizer steps of every fine-tuning arm.
-        harmful_ratio: the fraction p of harmful samples in the fine-tuning data (the paper's default 0.1).
+        harmful_ratio: the fraction p of harmful samples in the fine-tuning data (the paper's default, 0.1).
         finetune_samples: the fine-tuning set size n.
         batch_size: task batch size of every fine-tuning arm (and Panacea's harmful batch size).
         learning_rate: of every fine-tuning arm (AdamW, constant schedule).
