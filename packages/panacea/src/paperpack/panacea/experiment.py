@@ -28,7 +28,8 @@
 
 The harmful requests are built from 12 verbs and 12 objects; their 144 combinations are split between the
 alignment set, the fine-tuning poison, Panacea's harmful set and the evaluation prompts, so none is seen
-twice.
+twice in the chat template (the base's untemplated knowledge covers all of them, as a pretrained model's
+would).
 """
 
 from __future__ import annotations
