@@ -164,7 +164,7 @@ class ExperimentSettings:
     finetuning: Literal["lora", "full"] = "lora"
     base_knowledge: bool = True
     lora_rank: int = 32
-    lora_alpha: float = 4.0
+    lora_alpha: int = 4
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
 
 
