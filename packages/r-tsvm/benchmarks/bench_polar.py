@@ -106,11 +106,11 @@ def main() -> None:
             for name, x in (("U", u), ("Vt", vh)):
                 values = torch.linalg.svdvals(x.double())
                 bounds[name] = (float(values[0]), float(values[-1]))
-            candidates: dict[str, Callable[[Tensor, str], tuple[Tensor, int | None]]] = {
+            candidates: dict[str, Callable[[Tensor, tuple[float, float]], tuple[Tensor, int | None]]] = {
                 "svd": lambda x, _: (svd_polar(x), None),
                 "gram64": lambda x, _: (gram_polar(x, torch.float64), None),
                 "gram32": lambda x, _: (gram_polar(x, torch.float32), None),
-                "newton-schulz": lambda x, name: newton_schulz(x, *bounds[name]),
+                "newton-schulz": lambda x, bound: newton_schulz(x, *bound),
             }
             seconds: dict[str, list[float]] = {name: [] for name in candidates}
             results: dict[str, dict[str, tuple[Tensor, int | None]]] = {}
@@ -119,8 +119,8 @@ def main() -> None:
                 for name in order:
                     start = time.process_time()
                     results[name] = {
-                        "U": candidates[name](u, "U"),
-                        "Vt": candidates[name](vh, "Vt"),
+                        "U": candidates[name](u, bounds["U"]),
+                        "Vt": candidates[name](vh, bounds["Vt"]),
                     }
                     seconds[name].append(time.process_time() - start)
             truth = {name: svd_polar(x.double()) for name, x in (("U", u), ("Vt", vh))}
@@ -129,7 +129,11 @@ def main() -> None:
                 (pu, steps_u), (pv, steps_v) = results[name]["U"], results[name]["Vt"]
                 merged = (pu.double() * s.double()) @ pv.double()
                 orth = max(
-                    float(torch.linalg.matrix_norm(p.double().mT @ p.double() - torch.eye(p.shape[1], dtype=torch.float64)))
+                    float(
+                        torch.linalg.matrix_norm(
+                            p.double().mT @ p.double() - torch.eye(p.shape[1], dtype=torch.float64)
+                        )
+                    )
                     for p in (pu, pv.mT)
                 )
                 cpu = statistics.median(seconds[name])

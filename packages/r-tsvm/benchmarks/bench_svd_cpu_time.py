@@ -90,7 +90,11 @@ def main() -> None:
             print(json.dumps(row), flush=True)
         deltas = torch.stack([expert - base for expert in experts])
         for mode in MODES:
-            print(json.dumps({"shape": f"{name} {shape[0]}x{shape[1]}", "tsv_m steps": mode, **steps(deltas, mode)}))
+            print(
+                json.dumps(
+                    {"shape": f"{name} {shape[0]}x{shape[1]}", "tsv_m steps": mode, **steps(deltas, mode)}
+                )
+            )
 
 
 if __name__ == "__main__":
