@@ -6,6 +6,7 @@ import torch
 from paperpack.core.errors import CheckpointError, CheckpointNotFoundError, ConfigError
 from paperpack.core.hf import (
     SPECIAL_TOKENS,
+    benchmark_llama,
     context_length,
     encode_prompts,
     load_model_and_tokenizer,
@@ -48,6 +49,23 @@ def test_tiny_causal_lm_overrides_and_bad_input():
         tiny_causal_lm(vocab_size=10)
     with pytest.raises(ConfigError, match="`num_layers`"):
         tiny_causal_lm(num_layers=0)
+
+
+def test_benchmark_llama_size_and_seed():
+    with torch.device("meta"):
+        model = benchmark_llama()
+    assert 50e6 <= sum(p.numel() for p in model.parameters()) <= 60e6
+    assert model.lm_head.weight is not model.model.embed_tokens.weight
+    small = [benchmark_llama(seed=seed, num_hidden_layers=1, vocab_size=64) for seed in (3, 3, 4)]
+    assert torch.equal(
+        small[0].model.layers[0].mlp.up_proj.weight, small[1].model.layers[0].mlp.up_proj.weight
+    )
+    assert not torch.equal(
+        small[0].model.layers[0].mlp.up_proj.weight, small[2].model.layers[0].mlp.up_proj.weight
+    )
+    assert small[0].config.hidden_size == 512 and small[0].training
+    with pytest.raises(ConfigError, match="`seed`"):
+        benchmark_llama(seed=-1)
 
 
 def test_chat_template_marks_assistant_tokens(tiny_lm):

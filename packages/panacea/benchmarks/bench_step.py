@@ -1,6 +1,7 @@
 """Step time and peak memory of PanaceaTrainer against plain Trainer SFT on the same batches, side by side.
 
-A Llama-style causal LM of about 58M parameters is built from a config (random weights, nothing downloaded).
+The model is the core's ``benchmark_llama()``: a Llama of about 58M parameters built from a config (random
+weights, nothing downloaded).
 Both arms train it with HF's ``Trainer`` machinery (AdamW, the default ``optim``, no gradient clipping) on the
 same random token batches; Panacea also draws harmful batches of the same shape. Each measurement runs in a
 subprocess of its own, and the arms alternate round by round, so machine load hits both alike.
@@ -42,22 +43,9 @@ ARMS = ("sft", "panacea")
 
 
 def build_model(device: str, lora: bool) -> Any:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from paperpack.core.hf import benchmark_llama
 
-    config = LlamaConfig(
-        vocab_size=32000,
-        hidden_size=512,
-        intermediate_size=1376,
-        num_hidden_layers=8,
-        num_attention_heads=8,
-        num_key_value_heads=8,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(config)
+    model = benchmark_llama(seed=0)
     if lora:
         from peft import LoraConfig, get_peft_model
 

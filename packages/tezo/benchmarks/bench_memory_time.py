@@ -1,6 +1,7 @@
 """Persistent state, peak memory and step time of every zeroth-order method, side by side.
 
-A Llama-style causal LM of about 58M parameters is built from a config (random weights, nothing downloaded).
+The model is the core's ``benchmark_llama()``: a Llama of about 58M parameters built from a config (random
+weights, nothing downloaded).
 Each method runs in two subprocesses of its own, each building the model and the optimizer and stepping on a
 fixed random batch: one measures memory, one time (``--steps`` timed steps after a warm-up step).
 
@@ -56,23 +57,9 @@ METHODS = [
 
 
 def build_model(device: str):  # type: ignore[no-untyped-def]
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from paperpack.core.hf import benchmark_llama
 
-    config = LlamaConfig(
-        vocab_size=32000,
-        hidden_size=512,
-        intermediate_size=1376,
-        num_hidden_layers=8,
-        num_attention_heads=8,
-        num_key_value_heads=8,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(config)
-    return model.to(device).eval()
+    return benchmark_llama(seed=0).to(device).eval()
 
 
 def chunked_loss(model, input_ids, chunk: int):  # type: ignore[no-untyped-def]

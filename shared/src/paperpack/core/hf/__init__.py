@@ -14,8 +14,10 @@ from paperpack.core.hf.generation import (
     sample_completions,
 )
 from paperpack.core.hf.tiny import (
+    BENCHMARK_LLAMA,
     CHAT_TEMPLATE,
     SPECIAL_TOKENS,
+    benchmark_llama,
     default_corpus,
     tiny_causal_lm,
     tiny_tokenizer,
@@ -33,12 +35,14 @@ from paperpack.core.hf.training import (
 
 __all__ = [
     "ARGUMENTS_FILE",
+    "BENCHMARK_LLAMA",
     "CHAT_TEMPLATE",
     "SPECIAL_TOKENS",
     "STATE_FOLDER",
     "ArgumentsAsJson",
     "Completion",
     "StatefulCallback",
+    "benchmark_llama",
     "check_training_args",
     "command_training_args",
     "context_length",

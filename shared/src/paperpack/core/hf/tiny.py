@@ -13,7 +13,15 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase,
 from paperpack.core.errors import ConfigError
 from paperpack.core.validation import check_int
 
-__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "default_corpus", "tiny_causal_lm", "tiny_tokenizer"]
+__all__ = [
+    "BENCHMARK_LLAMA",
+    "CHAT_TEMPLATE",
+    "SPECIAL_TOKENS",
+    "benchmark_llama",
+    "default_corpus",
+    "tiny_causal_lm",
+    "tiny_tokenizer",
+]
 
 #: The tokenizer's special tokens: padding, begin and end of sequence, unknown, and the chat roles.
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
@@ -218,3 +226,45 @@ def tiny_causal_lm(
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.train()
     return model, tokenizer
+
+
+BENCHMARK_LLAMA: dict[str, Any] = {
+    "vocab_size": 32000,
+    "hidden_size": 512,
+    "intermediate_size": 1376,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 512,
+    "tie_word_embeddings": False,
+}
+"""The ``LlamaConfig`` fields of :func:`benchmark_llama`: about 58M parameters, 32k vocabulary, untied."""
+
+
+def benchmark_llama(*, seed: int = 0, **config_overrides: Any) -> LlamaForCausalLM:
+    """The Llama-style causal LM of about 58M parameters that the packages' benchmarks measure on.
+
+    The issues ask for step-time and memory figures on "a Llama of at least 50M parameters built from a
+    config"; one shared model keeps those figures comparable across packages. Random weights, built in code,
+    nothing downloaded; no tokenizer (benchmarks feed random token ids).
+
+    Args:
+        seed: seeds the weight initialization without touching the global random state.
+        **config_overrides: any ``LlamaConfig`` field that replaces one of :data:`BENCHMARK_LLAMA`'s.
+
+    Returns:
+        The model in float32 on the CPU, in training mode.
+
+    Examples:
+        >>> from paperpack.core.hf import benchmark_llama
+        >>> model = benchmark_llama(num_hidden_layers=1)
+        >>> model.config.vocab_size, model.config.tie_word_embeddings
+        (32000, False)
+    """
+    check_int("seed", seed, minimum=0)
+    config = LlamaConfig(**{**BENCHMARK_LLAMA, **config_overrides})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.train()
+    return model
