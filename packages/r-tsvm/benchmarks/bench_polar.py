@@ -10,8 +10,8 @@ noise, the fast path's triplets) and takes their polar factor P Qᵀ four ways:
   number costs about ε·κ² of accuracy, so float32 is not enough; float64 is);
 - ``gram32``: the same in the input's dtype (what the fast path does where the Gram matrix is well-conditioned),
   to show the accuracy it would lose here;
-- ``newton-schulz``: the cubic Newton–Schulz iteration X ← X (a I − b XᵀX) with the optimal scaling of Chen and
-  Chow (2014) for singular values in [ℓ, 1], given the true σ_max and σ_min for free (from an untimed SVD), so
+- ``newton-schulz``: the scaled cubic Newton–Schulz iteration X ← X (a I − b XᵀX), each step the cubic with
+  equal error at ℓ and 1 for singular values in [ℓ, 1], given the true σ_max and σ_min for free (from an untimed SVD), so
   its count of iterations is the smallest the cubic can reach; then plain steps until ‖XᵀX − I‖_F is below
   10 ε n. Each iteration costs two n × n matrix products.
 
@@ -57,7 +57,7 @@ def gram_polar(x: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def newton_schulz(x: Tensor, sigma_max: float, sigma_min: float) -> tuple[Tensor, int]:
-    """Scaled cubic Newton–Schulz with the optimal scaling for [ℓ, 1] (σ_max and σ_min given)."""
+    """Scaled cubic Newton–Schulz, each step the cubic with p(ℓ) = p(1) on [ℓ, 1] (σ_max and σ_min given)."""
     wide = x.shape[0] < x.shape[1]
     y = (x.mT if wide else x) / (sigma_max * (1 + 1e-6))
     eye = torch.eye(y.shape[1], dtype=y.dtype)
