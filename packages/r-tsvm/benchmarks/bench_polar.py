@@ -8,7 +8,7 @@ noise, the fast path's triplets) and takes their polar factor P Qᵀ four ways:
 - ``svd``: ``torch.linalg.svd`` (what both paths use here);
 - ``gram64``: X (XᵀX)^(-1/2) from a float64 eigendecomposition of the Gram matrix (squaring the condition
   number costs about ε·κ² of accuracy, so float32 is not enough; float64 is);
-- ``gram32``: the same in the input's dtype (what the fast path does where the Gram matrix is well-conditioned),
+- ``gram32``: the same in float32 (what the fast path does for float32 input where the Gram matrix is well-conditioned),
   to show the accuracy it would lose here;
 - ``newton-schulz``: the scaled cubic Newton–Schulz iteration X ← X (a I − b XᵀX), each step the cubic with
   equal error at ℓ and 1 for singular values in [ℓ, 1], given the true σ_max and σ_min for free (from an untimed SVD), so
