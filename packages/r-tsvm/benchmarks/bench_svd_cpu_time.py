@@ -5,8 +5,9 @@ Three experts (base + 1e-3 noise) of the decoder's two matrix shapes, hidden × 
 intermediate × hidden (MLP): by default those of ``bench_fast_svd.py``'s default model (1024, 2816); the 2 GB
 model's are ``--hidden 2048 --intermediate 5632``. The two paths alternate their order in each round; prints
 the median ratio exact / fast and the largest difference of the merged tensors, then where TSV-M's time goes on
-each path, step by step (the parallel-task check, the per-task triplets, the two polar factors). Run from the
-workspace root:
+each path, step by step (the parallel-task check, the per-task triplets, the two polar factors), and each task's
+truncation error ‖Δ_t − Δ_t,k‖_F at TSV-M's rank on both paths (the largest relative excess of the fast path's
+over the exact one's). ``--methods`` with no name prints only the steps. Run from the workspace root:
 
     OMP_NUM_THREADS=1 uv run --no-sync python packages/r-tsvm/benchmarks/bench_svd_cpu_time.py
 """
@@ -33,8 +34,9 @@ def load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def steps(deltas: torch.Tensor, mode: str) -> dict[str, float]:
-    """CPU seconds of each step of TSV-M's merge of one matrix on one path (as ``tsv_m_merge`` runs them)."""
+def steps(deltas: torch.Tensor, mode: str) -> tuple[dict[str, float], list[float]]:
+    """CPU seconds of each step of TSV-M's merge of one matrix on one path (as ``tsv_m_merge`` runs them), and
+    each task's truncation error ‖Δ_t − U_t diag(σ_t) V_tᵀ‖_F."""
     seconds = {}
     start = time.process_time()
     parallel_groups(deltas, 1e-3)
@@ -49,7 +51,8 @@ def steps(deltas: torch.Tensor, mode: str) -> dict[str, float]:
         start = time.process_time()
         polar_factor(matrix, mode)
         seconds[name] = time.process_time() - start
-    return {name: round(value, 2) for name, value in seconds.items()}
+    errors = [float((delta - (u * s) @ vh).norm()) for delta, (u, s, vh) in zip(deltas, kept, strict=True)]
+    return {name: round(value, 2) for name, value in seconds.items()}, errors
 
 
 def main() -> None:
@@ -58,7 +61,7 @@ def main() -> None:
     )
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--intermediate", type=int, default=2816)
-    parser.add_argument("--methods", nargs="+", default=["tsv_m", "r_tsvm", "iso_cts"])
+    parser.add_argument("--methods", nargs="*", default=["tsv_m", "r_tsvm", "iso_cts"])
     parser.add_argument("--rounds", type=int, default=1, help="rounds alternating the order of the paths")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -89,12 +92,15 @@ def main() -> None:
             }
             print(json.dumps(row), flush=True)
         deltas = torch.stack([expert - base for expert in experts])
+        errors = {}
         for mode in MODES:
-            print(
-                json.dumps(
-                    {"shape": f"{name} {shape[0]}x{shape[1]}", "tsv_m steps": mode, **steps(deltas, mode)}
-                )
-            )
+            seconds, errors[mode] = steps(deltas, mode)
+            print(json.dumps({"shape": f"{name} {shape[0]}x{shape[1]}", "tsv_m steps": mode, **seconds}))
+        excess = max(f / e - 1 for f, e in zip(errors["fast"], errors["exact"], strict=True))
+        truncation = {"exact": errors["exact"], "fast": errors["fast"], "largest relative excess": excess}
+        print(
+            json.dumps({"shape": f"{name} {shape[0]}x{shape[1]}", "truncation": truncation, "load": load()})
+        )
 
 
 if __name__ == "__main__":
