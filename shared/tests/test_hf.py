@@ -12,6 +12,7 @@ from paperpack.core.hf import (
     load_model_and_tokenizer,
     machine_defaults,
     sample_completions,
+    shared_prefix_length,
     tiny_causal_lm,
     training_args,
 )
@@ -159,6 +160,77 @@ def test_left_padded_batches_match_unbatched_greedy(tiny_lm):
         sample_completions(model, tokenizer, [p], do_sample=False, max_new_tokens=6)[0] for p in prompts
     ]
     assert [s[0].token_ids for s in batched] == [s[0].token_ids for s in single]
+
+
+_SHARED = "You answer questions about colors, rivers and numbers. Be brief and exact; say why. " * 2
+_REQUESTS = ["the red apple?", "a river", "what is 2 + 3 and why is that so", "one", "north", "garden window"]
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2", "gpt2"])
+def test_a_shared_prefix_cached_once_gives_the_plain_completions(
+    architecture, tiny_lm, tiny_qwen2_dir, tiny_gpt2_dir
+):
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = tiny_lm
+    if architecture != "llama":
+        folder = tiny_qwen2_dir if architecture == "qwen2" else tiny_gpt2_dir
+        model = AutoModelForCausalLM.from_pretrained(folder)
+    prompts = [_SHARED + request for request in _REQUESTS]
+    lengths: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    try:
+        for settings in (
+            {"do_sample": False, "chat": True},
+            {"do_sample": False, "chat": False},
+            {"num_samples": 3, "seed": 5, "temperature": 1.5, "chat": True},
+        ):
+            # batches of 4 and 2 rows, each padded to its own longest rest
+            plain = sample_completions(model, tokenizer, prompts, max_new_tokens=10, batch_size=4, **settings)
+            lengths.clear()
+            shared = sample_completions(
+                model, tokenizer, prompts, max_new_tokens=10, batch_size=4, share_prefix=True, **settings
+            )
+            assert [[c.token_ids for c in s] for s in shared] == [[c.token_ids for c in s] for s in plain]
+            ids = encode_prompts(tokenizer, prompts, chat=settings["chat"])
+            prefix = shared_prefix_length(ids)
+            # the prefix went through the model once; each batch's first pass read only the rest
+            assert prefix > 20 and lengths[0] == prefix
+            assert max(lengths[1:]) == max(len(i) for i in ids[:4]) - prefix
+    finally:
+        hook.remove()
+
+
+def test_shared_prefix_length_keeps_a_token_of_every_prompt_and_odd_models_take_the_plain_path(tiny_lm):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from paperpack.core.hf.generation import _SharedPrefix
+
+    assert shared_prefix_length([]) == 0
+    assert shared_prefix_length([[1, 2, 3]]) == 2
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3, 9]]) == 2
+    assert shared_prefix_length([[1, 2], [1, 2, 3]]) == 1
+    assert shared_prefix_length([[7], [7, 8]]) == 0
+    assert shared_prefix_length([[1, 2], [3, 2]]) == 0
+    model, tokenizer = tiny_lm
+    assert _SharedPrefix.build(model, [[1, 5, 6], [1, 5, 7]]) is not None
+    assert _SharedPrefix.build(model, [[1, 5], [2, 5]]) is None
+    sliding = Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=1, use_sliding_window=True, sliding_window=4,
+            max_window_layers=0,
+        )
+    ).eval()  # fmt: skip
+    assert _SharedPrefix.build(sliding, [[1, 5, 6, 7, 8, 9], [1, 5, 6, 7, 8, 10]]) is None
+    prompts = [_SHARED + request for request in _REQUESTS[:3]]
+    plain = sample_completions(sliding, tokenizer, prompts, do_sample=False, max_new_tokens=4, batch_size=2)
+    shared = sample_completions(
+        sliding, tokenizer, prompts, do_sample=False, max_new_tokens=4, batch_size=2, share_prefix=True
+    )
+    assert [s[0].token_ids for s in shared] == [s[0].token_ids for s in plain]
 
 
 def test_encode_prompts_gives_the_ids_sample_completions_generates_from(tiny_lm):

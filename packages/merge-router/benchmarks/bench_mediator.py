@@ -56,21 +56,33 @@ def build(work: Path) -> None:
         model.save_pretrained(work / task)
 
 
-def arm(name: str, work: Path, output: Path, threshold: float) -> dict[str, float]:
+def arm(name: str, work: Path, output: Path, threshold: float, *, warm: bool) -> dict[str, float]:
     """One arm in this (fresh) process: wall time and peak memory growth.
 
     Both arms import the same modules (torch, transformers' auto classes, r-tsvm, merge-router) before the
-    meter starts, so that the peak compares the work, not the imports.
+    meter starts, so that the peak compares the work, not the imports. With ``warm`` they also import the
+    architecture's modeling code (``modeling_llama``, which pulls in sympy, scipy, torch._dynamo, ...: about
+    200 MB of resident memory whatever the model's size), which the compile needs for the model class (its
+    vocabulary tensors) and the TIES merge does not; the arm ``import`` measures that import alone.
     """
-    import transformers.models.auto.modeling_auto  # noqa: F401
+    import transformers.models.auto.modeling_auto as auto
 
     from paperpack.core.device import MemoryMeter
     from paperpack.merge_router import MediatorConfig, compile_mediator
     from paperpack.r_tsvm import MergeConfig, ModelSpec, merge_checkpoints
 
+    def import_model_class() -> None:
+        from transformers import AutoConfig
+
+        auto.MODEL_FOR_CAUSAL_LM_MAPPING[type(AutoConfig.from_pretrained(work / "base"))]
+
+    if warm and name != "import":
+        import_model_class()
     with MemoryMeter("cpu") as meter:
         start = time.perf_counter()
-        if name == "mediator":
+        if name == "import":
+            import_model_class()
+        elif name == "mediator":
             prompts = {task: [f"{task} prompt {i}" for i in range(16)] for task in TASKS}
             config = MediatorConfig(threshold_mode="topk", threshold=threshold, router_steps=100)
             compile_mediator(work / "base", {t: work / t for t in TASKS}, prompts, config, output)
@@ -96,13 +108,16 @@ def throughput(work: Path, rounds: int) -> tuple[float, float]:
     from paperpack.merge_router import MediatorModel
 
     torch.set_num_threads(1)
-    mediator = MediatorModel.from_pretrained(work / "mediator-0", device="cpu")
-    dense = AutoModelForCausalLM.from_pretrained(work / "mediator-0").eval()
+    mediator = MediatorModel.from_pretrained(work / "mediator-0-0", device="cpu")
+    dense = AutoModelForCausalLM.from_pretrained(work / "mediator-0-0").eval()
     tokenizer = mediator.tokenizer
     tokenizer.padding_side = "left"
     batch = tokenizer([f"first prompt {i}" for i in range(4)], return_tensors="pt", padding=True)
     new = 16
     rates: dict[str, list[float]] = {"mediator": [], "dense": []}
+    with torch.no_grad():  # one untimed call each: first-call costs (allocations, kernels) are not throughput
+        mediator.generate(**batch, task="first", max_new_tokens=2, do_sample=False)
+        dense.generate(**batch, max_new_tokens=2, do_sample=False)
     for _ in range(rounds):
         for name in ("mediator", "dense"):
             start = time.perf_counter()
@@ -122,25 +137,33 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--threshold", type=float, default=0.25, help="the routed fraction of units (topk)")
-    parser.add_argument("--arm", choices=["mediator", "ties"], help=argparse.SUPPRESS)
+    parser.add_argument("--arm", choices=["mediator", "ties", "import"], help=argparse.SUPPRESS)
+    parser.add_argument("--warm", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.arm:
-        print(json.dumps(arm(args.arm, args.work, args.output, args.threshold)))
+        print(json.dumps(arm(args.arm, args.work, args.output, args.threshold, warm=args.warm)))
         return
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-mediator-"))
+    arms = {
+        "mediator": ("mediator", False),
+        "mediator (model class imported first)": ("mediator", True),
+        "ties": ("ties", False),
+        "import of the model class alone": ("import", False),
+    }
     try:
         build(work)
-        results: dict[str, list[dict[str, float]]] = {"mediator": [], "ties": []}
+        results: dict[str, list[dict[str, float]]] = {label: [] for label in arms}
         for round_ in range(args.rounds):
-            for name in ("mediator", "ties"):
-                output = work / f"{name}-{round_}"
+            for index, (label, (name, warm)) in enumerate(arms.items()):
+                output = work / f"{name}-{round_}-{index}"
                 done = subprocess.run(
                     [
                         sys.executable,
                         __file__,
                         "--arm",
                         name,
+                        *(["--warm"] if warm else []),
                         "--work",
                         str(work),
                         "--output",
@@ -153,24 +176,25 @@ def main() -> None:
                     text=True,
                     env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
                 )
-                results[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+                results[label].append(json.loads(done.stdout.strip().splitlines()[-1]))
+        compiled = work / "mediator-0-0"
         one = folder_bytes(work / "base", "*.safetensors")
-        mediator = folder_bytes(work / "mediator-0")
-        sparse = folder_bytes(work / "mediator-0" / "mediator", "experts-*")
-        description = json.loads((work / "mediator-0" / "mediator_config.json").read_text())
+        mediator = folder_bytes(compiled)
+        sparse = folder_bytes(compiled / "mediator", "experts-*")
+        description = json.loads((compiled / "mediator_config.json").read_text())
         print(f"routed units: {description['routed_units']}")
         print(
             f"storage: one model {one} B; Mediator folder {mediator} B = {mediator / one:.3f} x one model "
             f"(sparse experts {sparse} B); four full models = 4.000 x; plain averaging = 1.000 x"
         )
-        for key in ("seconds", "peak_bytes"):
-            med = statistics.median(r[key] for r in results["mediator"])
-            ties = statistics.median(r[key] for r in results["ties"])
-            print(
-                f"compile {key}: Mediator {med:.3g}, TIES {ties:.3g}, ratio {med / ties:.3f} "
-                f"(medians of {args.rounds}; rounds: {[round(r[key], 3) for r in results['mediator']]} vs "
-                f"{[round(r[key], 3) for r in results['ties']]})"
-            )
+        ties = {key: statistics.median(r[key] for r in results["ties"]) for key in ("seconds", "peak_bytes")}
+        for label, runs in results.items():
+            for key, unit, scale in (("seconds", "s", 1), ("peak_bytes", "MiB", 2**20)):
+                median = statistics.median(r[key] for r in runs)
+                print(
+                    f"{label}: {key} {median / scale:.1f} {unit} = {median / ties[key]:.3f} x TIES "
+                    f"(median of {args.rounds}: {[round(r[key] / scale, 1) for r in runs]})"
+                )
         routed, dense = throughput(work, args.rounds)
         print(
             f"generate (batch 4, one routing choice, 16 new tokens): Mediator {routed:.1f} tok/s, dense model "

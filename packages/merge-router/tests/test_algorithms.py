@@ -171,3 +171,44 @@ def test_router_learns_separable_tasks_and_is_deterministic():
         assert torch.equal(a, b), name
     _, none = train_router(features, labels, 3, MediatorConfig(router_steps=5, router_holdout=0.0))
     assert none is None
+
+
+def tied_states(count=3, seed=0, numel=300):
+    """Task vectors of a few distinct magnitudes (many exact ties at every trim threshold)."""
+    g = torch.Generator().manual_seed(seed)
+    base = {"model.layers.0.mlp.up_proj.weight": torch.zeros(numel), "model.norm.weight": torch.zeros(7)}
+    experts = [
+        {key: torch.randint(-3, 4, value.shape, generator=g).float() / 4 for key, value in base.items()}
+        for _ in range(count)
+    ]
+    return base, experts
+
+
+@pytest.mark.parametrize("chunk_size", [5, 64, 2**18])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_chunked_terms_equal_the_reference_with_ties(chunk_size, dtype):
+    """In chunks of any size, the trim keeps exactly ⌈δN⌉ entries with ties to the lower index."""
+    from paperpack.merge_router.conflicts import gram_terms, l2_var_terms, sign_terms
+
+    base, experts = tied_states()
+    base = {key: value.to(dtype) for key, value in base.items()}
+    experts = [{key: value.to(dtype) for key, value in expert.items()} for expert in experts]
+    key = "model.layers.0.mlp.up_proj.weight"
+    tensors = [expert[key] for expert in experts]
+    for trim in (0.1, 0.35, 1.0):
+        conflicted, voted = sign_terms(base[key], tensors, trim, chunk_size=chunk_size)
+        slow = reference_conflicts({key: base[key]}, [{key: t} for t in tensors], "sign", trim_density=trim)
+        assert conflicted / voted == slow["model.layers.0"]  # exact: counts of the same coordinates
+    whole = l2_var_terms(base[key], tensors, chunk_size=2**18)
+    assert l2_var_terms(base[key], tensors, chunk_size=chunk_size) == pytest.approx(whole, rel=1e-12)
+    torch.testing.assert_close(
+        gram_terms(base[key], tensors, chunk_size=chunk_size),
+        gram_terms(base[key], tensors),
+        rtol=1e-12,
+        atol=0,
+    )
+    for density in (0.05, 0.5):
+        indices, values = extract_sparse(tensors[0], base[key], density, chunk_size=chunk_size)
+        expected = reference_sparse(tensors[0], base[key], density)
+        assert indices.tolist() == sorted(expected)
+        assert values.tolist() == [expected[i] for i in sorted(expected)]

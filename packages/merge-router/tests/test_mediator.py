@@ -15,7 +15,8 @@ from paperpack.core.testing.contracts import check_fails_cleanly
 from paperpack.merge_router import MediatorConfig, MediatorModel, compile_mediator
 from paperpack.merge_router._reference import reference_average
 from paperpack.merge_router.compile import CONFIG_NAME, expert_file
-from paperpack.merge_router.conflicts import kept_count
+from paperpack.merge_router.topk import kept_count
+from paperpack.merge_router.units import in_block
 
 TASKS = ("sort", "reverse", "count")
 ARCHITECTURES = ["llama_dirs", "gpt2_dirs"]
@@ -25,10 +26,15 @@ def experts_of(dirs):
     return {task: dirs[task] for task in TASKS}
 
 
-def compile_in(tmp_path, dirs, prompts, name="out", **config):
+def compile_in(tmp_path, dirs, prompts, name="out", routed_units=None, **config):
     config.setdefault("router_steps", 50)
     return compile_mediator(
-        dirs["base"], experts_of(dirs), prompts, MediatorConfig(**config), tmp_path / name
+        dirs["base"],
+        experts_of(dirs),
+        prompts,
+        MediatorConfig(**config),
+        tmp_path / name,
+        routed_units=routed_units,
     )
 
 
@@ -53,6 +59,10 @@ def test_dense_model_loads_alone_and_averages_the_unrouted_units(family, prompts
 
     dirs = request.getfixturevalue(family)
     report = compile_in(tmp_path, dirs, prompts, threshold_mode="topk", threshold=0.5)
+    blocks = [unit for unit in report.conflicts if in_block(unit)]
+    assert len(blocks) < len(report.conflicts)  # the embeddings, the final norm (and the head) are units too
+    assert len(report.routed_units) == -(-len(blocks) // 2)  # but only the decoder blocks compete
+    assert all(in_block(unit) for unit in report.routed_units)
     dense = AutoModelForCausalLM.from_pretrained(report.output)  # loads alone, as any transformers model
     assert type(dense).__name__ == json.loads((dirs["base"] / "config.json").read_text())["architectures"][0]
     states = [load_state_dict(dirs[task]) for task in TASKS]
@@ -184,6 +194,14 @@ def test_save_pretrained_round_trips(mediator_dir, tmp_path):
     mediator.save_pretrained(tmp_path / "copy", overwrite=True)
 
 
+def test_routed_units_given_override_the_rule(llama_dirs, prompts, tmp_path):
+    chosen = ["model.layers.1", "model.norm"]
+    report = compile_in(tmp_path, llama_dirs, prompts, routed_units=chosen[::-1])
+    assert report.routed_units == chosen  # in the model's order
+    assert "model.norm.weight" in report.routed_keys
+    assert all(key.startswith(("model.layers.1.", "model.norm.")) for key in report.routed_keys)
+
+
 def test_bad_input_fails_cleanly_and_writes_nothing(llama_dirs, gpt2_dirs, prompts, tmp_path):
     inputs = [llama_dirs[name] for name in ("base", *TASKS)]
     output = tmp_path / "out"
@@ -209,6 +227,20 @@ def test_bad_input_fails_cleanly_and_writes_nothing(llama_dirs, gpt2_dirs, promp
         lambda: compile_mediator(llama_dirs["base"], experts_of(llama_dirs), empty, MediatorConfig(), output),
         ConfigError,
         "task 'count' has no prompts",
+        inputs=inputs,
+        output=output,
+    )
+    check_fails_cleanly(
+        lambda: compile_mediator(
+            llama_dirs["base"],
+            experts_of(llama_dirs),
+            prompts,
+            MediatorConfig(),
+            output,
+            routed_units=["x.9"],
+        ),
+        ConfigError,
+        r"`routed_units` names 'x.9', which is not a unit of the model; its units are lm_head, model.embed_tokens",
         inputs=inputs,
         output=output,
     )

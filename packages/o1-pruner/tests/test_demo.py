@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 
 from paperpack.core.testing.contracts import assert_parameters_changed, check_demo, snapshot_parameters
 from paperpack.o1_pruner import demo
-from paperpack.o1_pruner.experiment import ARMS, ExperimentSettings, _dpo, _pick, addition_problem
+from paperpack.o1_pruner.experiment import ARMS, ExperimentSettings, _dpo, _pick, addition_problem, run_seed
 
 TINY = ExperimentSettings(
     sft_problems=64, sft_steps=4, train_problems=4, eval_problems=4, num_presamples=2, epochs=1
@@ -53,6 +54,16 @@ def test_demo_reports_every_arm(tmp_path, monkeypatch) -> None:
     assert [record["arm"] for record in table.records()] == list(ARMS)
     assert report.claim("O1-Pruner cuts the mean length").baseline_value > 0  # the reference's mean length
     assert report.claim("a smaller λ shortens more").held in (True, False)
+
+
+def test_every_arm_trained_at_learning_rate_zero_is_the_reference() -> None:
+    # The training path shared by the arms (data formatting, collators, trainers, stored reference
+    # log-probabilities, evaluation) changes nothing by itself: what moves an arm is its optimizer steps.
+    result = run_seed(0, dataclasses.replace(TINY, learning_rate=0.0, sft_steps=30, sft_learning_rate=1e-2))
+    assert result.sft_samples > 0  # the arms had data to train on
+    reference = result.arms["reference"]
+    for arm in ARMS:
+        assert result.arms[arm] == reference, arm
 
 
 def test_dpo_baseline_trains_with_trl(tiny_lm, tmp_path) -> None:

@@ -183,7 +183,12 @@ def main() -> None:
             results[arm]["cpu_s"].append(measured["cpu_s"])
             results[arm]["peak"].append(measured["peak"])
             results[arm]["info"].append(measured)
-            print(f"  round {number + 1} {arm}: {json.dumps(measured)}", file=sys.stderr, flush=True)
+            load = " ".join(f"{value:.2f}" for value in os.getloadavg())
+            print(
+                f"  round {number + 1} {arm} (load {load}): {json.dumps(measured)}",
+                file=sys.stderr,
+                flush=True,
+            )
     info = results["sft"]["info"][0]
     load = os.getloadavg()
     print(
@@ -192,16 +197,20 @@ def main() -> None:
         f"{info['device']}, {args.rounds} rounds x {args.steps} timed steps; load average at the end "
         f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n"
     )
-    print("| arm | step s (wall) | vs SFT | step CPU s | vs SFT | peak MiB | vs SFT | wall s per round |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| arm | step s (wall) | vs SFT | step CPU s | vs SFT | peak MiB | vs SFT | CPU s per round "
+        "| peak MiB per round |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     base = {key: statistics.median(results["sft"][key]) for key in ("step_s", "cpu_s", "peak")}
     for arm in ARMS:
         value = {key: statistics.median(results[arm][key]) for key in ("step_s", "cpu_s", "peak")}
-        rounds = ", ".join(f"{t:.2f}" for t in results[arm]["step_s"])
+        rounds = ", ".join(f"{t:.2f}" for t in results[arm]["cpu_s"])
+        peaks = ", ".join(f"{p / 2**20:.0f}" for p in results[arm]["peak"])
         print(
             f"| {arm} | {value['step_s']:.3f} | {value['step_s'] / base['step_s']:.2f} | {value['cpu_s']:.3f} "
             f"| {value['cpu_s'] / base['cpu_s']:.2f} | {value['peak'] / 2**20:.0f} | {value['peak'] / base['peak']:.3f} "
-            f"| {rounds} |"
+            f"| {rounds} | {peaks} |"
         )
 
 

@@ -1,6 +1,7 @@
 """Where the demo's accuracy goes: HS and accuracy along Panacea's ε, and with ε restricted to parameter groups.
 
-One seed of the demo at its quick scale (alignment 300 steps, fine-tuning 150 steps; see
+One seed of the demo's earlier setting at its quick scale (every weight fine-tuned and perturbed, no
+``base_knowledge``, learning rate 1e-3; alignment 300 steps, fine-tuning 150 steps; see
 ``paperpack.panacea.experiment``): Panacea (ρ=1, λ=1) is trained once, then its last-step ε is
 
 - scaled: the weights w + s·ε for s in ``--scales`` (‖s·ε‖ = s·ρ), no retraining;
@@ -38,7 +39,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scales", type=float, nargs="+", default=[0.0, 0.1, 0.25, 0.5, 0.75, 1.0])
     args = parser.parse_args()
-    settings = ExperimentSettings(seeds=(args.seed,), align_steps=300, finetune_steps=150)
+    settings = ExperimentSettings(  # the demo's earlier setting: every weight fine-tuned and perturbed
+        seeds=(args.seed,),
+        align_steps=300,
+        finetune_steps=150,
+        finetuning="full",
+        base_knowledge=False,
+        learning_rate=1e-3,
+    )
     print("| weights | ‖ε‖ | HS % | HS+ % | accuracy % |\n|---|---|---|---|---|", flush=True)
 
     def report(model: LlamaForCausalLM, label: str, norm: float) -> None:

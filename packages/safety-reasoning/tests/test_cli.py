@@ -119,6 +119,38 @@ def test_sft_training_resumes_exactly(tiny_lm, sft_data, tmp_path):
     assert result.resumed.state.global_step == 4
 
 
+def test_sft_trains_only_a_lora_adapter_given_a_peft_config(tiny_lm, sft_data, tmp_path):
+    import copy
+
+    import torch
+    from peft import LoraConfig, PeftModel
+
+    from paperpack.core.data import read_jsonl
+    from paperpack.core.testing.contracts import assert_parameters_changed, snapshot_parameters
+    from paperpack.safety_reasoning.training import sft_config, sft_trainer
+
+    model, tokenizer = copy.deepcopy(tiny_lm[0]), tiny_lm[1]
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    args = sft_config(tmp_path / "out", max_steps=3, per_device_train_batch_size=4, learning_rate=1e-2,
+                      save_strategy="no", seed=3)  # fmt: skip
+    trainer = sft_trainer(model, tokenizer, read_jsonl(sft_data, required=()), args, peft_config=lora)
+    assert isinstance(trainer.model, PeftModel)
+    trainable = [name for name, weight in trainer.model.named_parameters() if weight.requires_grad]
+    assert trainable and all("lora_" in name for name in trainable)
+    before = snapshot_parameters(trainer.model)
+    trainer.train()
+    assert_parameters_changed(before, trainer.model)  # every LoRA weight moved, no base weight did
+    trainer.save_model(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "adapter" / "model.safetensors").exists()
+    loaded = PeftModel.from_pretrained(copy.deepcopy(tiny_lm[0]), tmp_path / "adapter").eval()
+    ids = tokenizer(["How do I make a kite?"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        expected = trainer.model.eval()(ids).logits
+        assert torch.allclose(loaded(ids).logits, expected)
+        assert not torch.allclose(tiny_lm[0](ids).logits, expected)
+
+
 @pytest.fixture(scope="module")
 def bad_sft_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_jsonl(

@@ -10,6 +10,7 @@ import pytest
 
 from paperpack.core.errors import ConfigError
 from paperpack.safety_reasoning import (
+    Guideline,
     GuidelineSet,
     KeywordJudge,
     OpenAITeacher,
@@ -19,6 +20,7 @@ from paperpack.safety_reasoning import (
     synthesize,
 )
 from paperpack.safety_reasoning.config import DEFAULT_REFUSAL
+from paperpack.safety_reasoning.synthesis import teacher_prompt
 
 KEY = "sk-test-secret-0123456789"  # the stub's key (conftest.py)
 
@@ -145,3 +147,33 @@ def test_transformers_teacher_answers_each_prompt_and_samples_anew_on_each_call(
         teacher(["a", 3])  # type: ignore[list-item]
     with pytest.raises(ConfigError, match="`batch_size` must be"):
         TransformersTeacher(model, tokenizer, batch_size=0)
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2"])
+def test_the_shared_guideline_prefix_cached_once_gives_the_same_answers(architecture, tiny_lm, qwen2_dir):
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = tiny_lm
+    if architecture == "qwen2":
+        model = AutoModelForCausalLM.from_pretrained(qwen2_dir)  # positions up to 512: two guidelines
+    intent, context = list(GuidelineSet.default())[:2]
+    guidelines = GuidelineSet([intent, context, Guideline("check", "Answer only if safe.")])
+    queries = [
+        "How do I make a kite?",
+        "Explain how to pick a lock",
+        "hi",
+        "Write a poem about rivers at dusk",
+    ]
+    prompts = [teacher_prompt(query, guidelines, SynthesisConfig()) for query in queries for _ in range(2)]
+    for settings in ({"do_sample": False}, {"do_sample": True, "temperature": 1.5, "seed": 3}):
+        answers = {}
+        for share in (False, True):
+            teacher = TransformersTeacher(
+                model, tokenizer, max_new_tokens=8, batch_size=3, share_prefix=share, **settings
+            )
+            answers[share] = teacher(prompts) + teacher(prompts[:5])  # two calls: the seed moves on
+        assert answers[True] == answers[False]
+        if settings["do_sample"]:
+            assert answers[True][0] != answers[True][1] or answers[True][2] != answers[True][3]
+    with pytest.raises(ConfigError, match="`share_prefix` must be true or false"):
+        TransformersTeacher(model, tokenizer, share_prefix="yes")  # type: ignore[arg-type]

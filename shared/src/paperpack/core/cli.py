@@ -138,7 +138,9 @@ def _build_parser(argv: Sequence[str]) -> ArgumentParser:
         description="Run each installed demo on built-in tiny models and data; print one table of the "
         "papers' claimed directions and whether they held; write results.json, results.md and plots.",
     )
-    demo.add_argument("--quick", action="store_true", help="fewer seeds and steps: under a minute per demo")
+    demo.add_argument(
+        "--quick", action="store_true", help="fewer seeds and steps: a smoke run, seconds to minutes per demo"
+    )
     demo.add_argument("--only", nargs="+", metavar="NAME", default=[], help="run only these demos")
     add_shared_arguments(
         demo,

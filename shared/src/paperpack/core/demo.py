@@ -49,8 +49,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: How much a demo runs: ``quick`` finishes well under a minute on two CPU cores (a smoke run, its verdicts
-#: often only reported); ``full`` is what a package's results page reports.
+#: How much a demo runs: ``quick`` is a smoke run of fewer seeds and steps (seconds to several minutes on two
+#: CPU cores; each package's results page gives its time; its verdicts often only reported); ``full`` is what
+#: a package's results page reports.
 Scale = Literal["quick", "full"]
 SCALES: tuple[Scale, ...] = get_args(Scale)
 

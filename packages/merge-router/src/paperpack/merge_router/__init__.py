@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from paperpack.merge_router.router import Router as Router
     from paperpack.merge_router.router import Routing as Routing
     from paperpack.merge_router.sparse import extract_sparse as extract_sparse
+    from paperpack.merge_router.units import in_block as in_block
     from paperpack.merge_router.units import unit_of as unit_of
 
 __getattr__, __dir__ = lazy_exports(__name__)

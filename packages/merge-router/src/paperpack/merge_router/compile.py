@@ -4,8 +4,9 @@ Two streaming passes over the checkpoints (memory: one tensor per expert at a ti
 needs for that tensor), then the router:
 
 1. d_l for every unit (:func:`~paperpack.merge_router.layer_conflicts`); the units past the threshold are
-   routed (:func:`~paperpack.merge_router.select_routed`); the input embeddings and the LM head only with
-   ``route_embeddings``.
+   routed (:func:`~paperpack.merge_router.select_routed`). Only the units inside the decoder blocks (the
+   paper's layers) compete; the tensors outside the blocks (the embeddings, the final norm, the LM head) are
+   averaged unless ``route_embeddings``, and their d_l is still reported.
 2. Per tensor: in an averaged unit θ* = mean_i θ_i (r-tsvm's ``linear``); in a routed unit the dense expert
    D = ``dense_method``(θ_0, θ_1..θ_n) and, per task, S_i = TopK(θ_i − D, δ). D (or θ*) goes to the dense
    model, S_i to the task's sparse expert file, each written as it is computed.
@@ -54,7 +55,7 @@ from paperpack.merge_router.router import (
     train_router,
 )
 from paperpack.merge_router.sparse import INDEX_SUFFIX, VALUE_SUFFIX, extract_sparse
-from paperpack.merge_router.units import unit_of
+from paperpack.merge_router.units import in_block, unit_of
 
 __all__ = [
     "COMPILE_COMMAND",
@@ -309,6 +310,7 @@ def compile_mediator(
     device: str | torch.device = "cpu",
     progress: bool = False,
     max_shard_size: int | str = "5GB",
+    routed_units: Sequence[str] | None = None,
 ) -> MediatorReport:
     """Compile experts fine-tuned from one base into a Mediator folder (the layout: the module docstring).
 
@@ -322,6 +324,9 @@ def compile_mediator(
         device: where the arithmetic and the router training run.
         progress: show progress bars over tensors.
         max_shard_size: the dense model's shard size.
+        routed_units: route exactly these units (names as :func:`layer_conflicts` gives them) instead of
+            the ones the threshold rule picks: for ablations such as routing random layers at the same
+            cost. None (the default) applies ``config``'s rule.
 
     Returns:
         A :class:`MediatorReport`.
@@ -351,10 +356,8 @@ def compile_mediator(
     run_device = resolve_device(device)
 
     conflicts = layer_conflicts(base, experts, config, device=run_device, progress=progress)
-    vocabulary_units = {unit_of(key, config.unit) for key in skeleton.vocabulary_keys}
-    routable = [unit for unit in conflicts if config.route_embeddings or unit not in vocabulary_units]
-    routed_units = select_routed(conflicts, config, routable)
-    logger.info("routing %d of %d units: %s", len(routed_units), len(conflicts), routed_units)
+    routed = _routed(conflicts, config, routed_units)
+    logger.info("routing %d of %d units: %s", len(routed), len(conflicts), routed)
 
     routed_keys: list[str] = []
     routed_parameters = total_parameters = 0
@@ -385,7 +388,7 @@ def compile_mediator(
                 writer.add(key, theta0)
                 continue
             total_parameters += theta0.numel()
-            if unit_of(key, config.unit) in routed_units:
+            if unit_of(key, config.unit) in routed:
                 dense = method(theta0, group.tensors, config=method_config, key=key).to(theta0.dtype)
                 _write_sparse(key, dense, dict(zip(tasks, group.tensors, strict=True)), sparse, config)
                 routed_keys.append(key)
@@ -412,7 +415,7 @@ def compile_mediator(
         description = {
             "format_version": FORMAT_VERSION,
             "tasks": tasks,
-            "routed_units": routed_units,
+            "routed_units": routed,
             "routed_keys": routed_keys,
             "conflicts": conflicts,
             "threshold": config.resolved_threshold,
@@ -427,13 +430,29 @@ def compile_mediator(
         output=target,
         tasks=tasks,
         conflicts=conflicts,
-        routed_units=routed_units,
+        routed_units=routed,
         routed_keys=routed_keys,
         routed_parameters=routed_parameters,
         total_parameters=total_parameters,
         router_accuracy=accuracy,
         **_storage(target),
     )
+
+
+def _routed(conflicts: Mapping[str, float], config: MediatorConfig, units: object) -> list[str]:
+    """The routed units: ``config``'s rule among the units inside the blocks, or ``units`` when given."""
+    if units is None:
+        routable = [unit for unit in conflicts if config.route_embeddings or in_block(unit)]
+        return select_routed(conflicts, config, routable)
+    if isinstance(units, str) or not isinstance(units, Sequence):
+        raise ConfigError(f"`routed_units` must be a list of unit names, got {units!r}")
+    unknown = [unit for unit in units if unit not in conflicts]
+    if unknown:
+        raise ConfigError(
+            f"`routed_units` names {unknown[0]!r}, which is not a unit of the model; its units are "
+            f"{', '.join(conflicts)}"
+        )
+    return [unit for unit in conflicts if unit in units]
 
 
 def _write_sparse(

@@ -94,8 +94,10 @@ class MediatorConfig:
     route_embeddings: bool = field(
         default=False,
         metadata={
-            "help": "allow the input embeddings and the LM head to be routed; by default they are always "
-            "averaged (their conflict is still measured and reported). Default ours."
+            "help": "allow the tensors outside the decoder blocks (the input embeddings, the final norm, the "
+            "LM head) to be routed; by default only the units inside the blocks (the paper's layers) compete "
+            "and the others are always averaged (their conflict is still measured and reported). Default "
+            "ours."
         },
     )
     dense_method: str = field(

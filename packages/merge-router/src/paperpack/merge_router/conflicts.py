@@ -22,9 +22,8 @@ A unit whose task vectors are all zero has d_l = 0 under every measure.
 
 from __future__ import annotations
 
-import math
 import statistics
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -32,34 +31,24 @@ from torch import Tensor
 
 from paperpack.merge_router.config import ConflictMeasure, MediatorConfig
 from paperpack.merge_router.inputs import ModelSource, walk_experts
+from paperpack.merge_router.topk import (
+    CHUNK_SIZE,
+    KeptMask,
+    chunks,
+    kept_count,
+    magnitude_bits,
+    magnitude_threshold,
+)
 from paperpack.merge_router.units import unit_of
 
 __all__ = [
     "ConflictAccumulator",
-    "kept_count",
+    "gram_terms",
+    "l2_var_terms",
     "layer_conflicts",
     "select_routed",
-    "top_magnitude_indices",
+    "sign_terms",
 ]
-
-
-def kept_count(numel: int, density: float) -> int:
-    """K = ⌈δ·N⌉ entries of N kept at density δ (at least one; δ·N rounded to 6 decimals first).
-
-    Examples:
-        >>> kept_count(1000, 0.1), kept_count(7, 0.5), kept_count(3, 1e-6)
-        (100, 4, 1)
-    """
-    return min(numel, max(1, math.ceil(round(density * numel, 6))))
-
-
-def top_magnitude_indices(values: Tensor, density: float) -> Tensor:
-    """The flat indices of the ``kept_count(numel, density)`` largest-magnitude entries, ascending."""
-    flat = values.reshape(-1)
-    k = kept_count(flat.numel(), density)
-    if k == flat.numel():
-        return torch.arange(k, device=flat.device)
-    return torch.topk(flat.abs(), k, sorted=False).indices.sort().values
 
 
 def _compute_dtype(tensor: Tensor) -> torch.dtype:
@@ -71,37 +60,62 @@ def _task_vector(base: Tensor, tensor: Tensor) -> Tensor:
     return tensor.to(dtype) - base.to(dtype)
 
 
-def sign_terms(base: Tensor, tensors: Sequence[Tensor], trim_density: float) -> tuple[float, float]:
-    """(coordinates in sign conflict, coordinates voted on) of one tensor, after trimming each τ_i."""
-    positive = torch.zeros(base.numel(), dtype=torch.bool, device=base.device)
-    negative = torch.zeros_like(positive)
-    for tensor in tensors:
-        tau = _task_vector(base, tensor).reshape(-1)
-        kept = torch.zeros_like(positive)
-        kept[top_magnitude_indices(tau, trim_density)] = True
-        positive |= kept & (tau > 0)
-        negative |= kept & (tau < 0)
-    return float((positive & negative).sum()), float((positive | negative).sum())
+def _task_vectors(base: Tensor, tensors: Sequence[Tensor], piece: slice) -> Tensor:
+    """The n task vectors of one chunk of a tensor's flat entries, stacked (n × chunk)."""
+    flat = base.reshape(-1)[piece]
+    return torch.stack([_task_vector(flat, tensor.reshape(-1)[piece]) for tensor in tensors])
 
 
-def l2_var_terms(base: Tensor, tensors: Sequence[Tensor]) -> tuple[float, float]:
-    """(Σ_i ‖τ_i − τ̄‖², Σ_i ‖τ_i‖²) of one tensor, in float64 sums."""
-    mean = torch.zeros(base.shape, dtype=_compute_dtype(tensors[0]), device=base.device)
-    for tensor in tensors:
-        mean += _task_vector(base, tensor)
-    mean /= len(tensors)
+def sign_terms(
+    base: Tensor, tensors: Sequence[Tensor], trim_density: float, *, chunk_size: int = CHUNK_SIZE
+) -> tuple[float, float]:
+    """(coordinates in sign conflict, coordinates voted on) of one tensor, after trimming each τ_i.
+
+    Each τ_i keeps its ⌈δN⌉ largest-magnitude entries (ties: the lower index), found in chunks by
+    :func:`~paperpack.merge_router.topk.magnitude_threshold`; then the votes are counted chunk by chunk, so
+    no temporary holds more than ``chunk_size`` entries per expert.
+    """
+    flat_base = base.reshape(-1)
+    numel = flat_base.numel()
+    pieces = chunks(numel, chunk_size)
+    k = kept_count(numel, trim_density) if numel else 0
+    width = 64 if _compute_dtype(tensors[0]) == torch.float64 else 32
+
+    def bits_of(flat: Tensor) -> Callable[[], Iterator[Tensor]]:
+        return lambda: (magnitude_bits(_task_vector(flat_base[p], flat[p])) for p in pieces)
+
+    flats = [tensor.reshape(-1) for tensor in tensors]
+    masks = [KeptMask(magnitude_threshold(bits_of(flat), numel, k, width=width)) for flat in flats]
+    conflicted = voted = 0
+    for piece in pieces:
+        taus = _task_vectors(base, tensors, piece)
+        kept = torch.stack([mask(magnitude_bits(tau)) for mask, tau in zip(masks, taus, strict=True)])
+        positive = (kept & (taus > 0)).any(dim=0)
+        negative = (kept & (taus < 0)).any(dim=0)
+        conflicted += int((positive & negative).sum())
+        voted += int((positive | negative).sum())
+    return float(conflicted), float(voted)
+
+
+def l2_var_terms(
+    base: Tensor, tensors: Sequence[Tensor], *, chunk_size: int = CHUNK_SIZE
+) -> tuple[float, float]:
+    """(Σ_i ‖τ_i − τ̄‖², Σ_i ‖τ_i‖²) of one tensor, summed chunk by chunk in float64."""
     spread = total = 0.0
-    for tensor in tensors:
-        tau = _task_vector(base, tensor)
-        spread += float((tau - mean).double().square().sum())
-        total += float(tau.double().square().sum())
+    for piece in chunks(base.numel(), chunk_size):
+        taus = _task_vectors(base, tensors, piece)
+        spread += float((taus - taus.mean(dim=0)).double().square().sum())
+        total += float(taus.double().square().sum())
     return spread, total
 
 
-def gram_terms(base: Tensor, tensors: Sequence[Tensor]) -> Tensor:
-    """G_ij = ⟨τ_i, τ_j⟩ of one tensor (n × n, float64)."""
-    taus = torch.stack([_task_vector(base, tensor).reshape(-1) for tensor in tensors])
-    return (taus @ taus.T).double().cpu()
+def gram_terms(base: Tensor, tensors: Sequence[Tensor], *, chunk_size: int = CHUNK_SIZE) -> Tensor:
+    """G_ij = ⟨τ_i, τ_j⟩ of one tensor (n × n, float64), summed chunk by chunk."""
+    gram = torch.zeros(len(tensors), len(tensors), dtype=torch.float64)
+    for piece in chunks(base.numel(), chunk_size):
+        taus = _task_vectors(base, tensors, piece).double()
+        gram += (taus @ taus.T).cpu()
+    return gram
 
 
 @dataclass

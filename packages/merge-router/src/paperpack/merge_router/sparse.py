@@ -4,7 +4,8 @@ For a routed tensor with dense expert D (Mediator's "one dense expert") and expe
 
 \[ S_i = \mathrm{TopK}_{|\cdot|}(\theta_i - D,\ k), \qquad k = \lceil \delta N \rceil \]
 
-kept exactly (k of the N entries, by magnitude, without rescaling) and stored in COO form: the flat indices
+kept exactly (k of the N entries, by magnitude, ties to the lower index, without rescaling; found chunk by
+chunk, :mod:`paperpack.merge_router.topk`) and stored in COO form: the flat indices
 (int32, or int64 for tensors of 2³¹ entries or more) and the values in the dense tensor's dtype. At inference
 a routed tensor becomes \( W = D + \sum_i w_i S_i \).
 """
@@ -16,7 +17,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from paperpack.merge_router.conflicts import top_magnitude_indices
+from paperpack.merge_router import topk
 
 __all__ = ["INDEX_SUFFIX", "VALUE_SUFFIX", "add_sparse", "extract_sparse", "index_dtype"]
 
@@ -30,8 +31,13 @@ def index_dtype(numel: int) -> torch.dtype:
     return torch.int32 if numel < 2**31 else torch.int64
 
 
-def extract_sparse(expert: Tensor, dense: Tensor, density: float) -> tuple[Tensor, Tensor]:
+def extract_sparse(
+    expert: Tensor, dense: Tensor, density: float, *, chunk_size: int = topk.CHUNK_SIZE
+) -> tuple[Tensor, Tensor]:
     """S_i = TopK(θ_i − D, ⌈δN⌉) by magnitude: (flat indices in ascending order, values in D's dtype).
+
+    Ties go to the lower index. The difference is computed in chunks of ``chunk_size`` entries: besides the
+    result, no temporary holds more than a chunk.
 
     Examples:
         >>> import torch
@@ -40,9 +46,29 @@ def extract_sparse(expert: Tensor, dense: Tensor, density: float) -> tuple[Tenso
         ([1, 2], [5.0, -7.0])
     """
     dtype = torch.float64 if dense.dtype == torch.float64 else torch.float32
-    delta = (expert.to(dtype) - dense.to(dtype)).reshape(-1)
-    indices = top_magnitude_indices(delta, density)
-    return indices.to(index_dtype(delta.numel())), delta[indices].to(dense.dtype)
+    flat_expert, flat_dense = expert.reshape(-1), dense.reshape(-1)
+    numel = flat_dense.numel()
+    pieces = topk.chunks(numel, chunk_size)
+
+    def delta(piece: slice) -> Tensor:
+        return flat_expert[piece].to(dtype) - flat_dense[piece].to(dtype)
+
+    threshold = topk.magnitude_threshold(
+        lambda: (topk.magnitude_bits(delta(piece)) for piece in pieces),
+        numel,
+        topk.kept_count(numel, density) if numel else 0,
+        width=64 if dtype == torch.float64 else 32,
+    )
+    kept = topk.KeptMask(threshold)
+    indices, values = [], []
+    for piece in pieces:
+        difference = delta(piece)
+        where = kept(topk.magnitude_bits(difference)).nonzero().reshape(-1)
+        indices.append((where + piece.start).to(index_dtype(numel)))
+        values.append(difference[where].to(dense.dtype))
+    if not pieces:
+        return torch.zeros(0, dtype=index_dtype(numel)), torch.zeros(0, dtype=dense.dtype)
+    return torch.cat(indices), torch.cat(values)
 
 
 def add_sparse(weight: Tensor, experts: Iterable[tuple[Tensor, Tensor, float]]) -> Tensor:

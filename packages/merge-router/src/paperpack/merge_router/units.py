@@ -12,7 +12,7 @@ import re
 
 from paperpack.merge_router.config import Unit
 
-__all__ = ["module_of", "unit_of"]
+__all__ = ["in_block", "module_of", "unit_of"]
 
 _NUMBERED = re.compile(r"^(.*?\.\d+)(\.|$)")
 
@@ -25,6 +25,16 @@ def module_of(key: str) -> str:
         'model.layers.3.self_attn.q_proj'
     """
     return key.rsplit(".", 1)[0] if "." in key else key
+
+
+def in_block(key: str) -> bool:
+    """Whether a parameter (or a unit) lies inside a decoder block: its name has a numbered component.
+
+    Examples:
+        >>> in_block("model.layers.3.mlp.up_proj.weight"), in_block("model.layers.3"), in_block("model.norm")
+        (True, True, False)
+    """
+    return _NUMBERED.match(key) is not None
 
 
 def unit_of(key: str, unit: Unit = "decoder_block") -> str:

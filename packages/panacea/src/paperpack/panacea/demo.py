@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 __all__ = ["run_demo"]
 
 QUICK = ExperimentSettings(
-    seeds=(0, 1), align_steps=300, finetune_steps=150, panacea=((1.0, 1.0),), noise_norms=(0.5, 1.0, 2.0)
+    seeds=(0, 1), align_steps=300, finetune_steps=150, panacea=((1.0, 1e-3),), noise_norms=(0.5, 1.0, 2.0)
 )
 FULL = ExperimentSettings()
 
@@ -210,7 +210,15 @@ def run_demo(ctx: DemoContext) -> DemoReport:
         f"tiny_causal_lm() with {settings.num_layers} layers, aligned for {settings.align_steps} steps, then "
         f"fine-tuned {settings.finetune_steps} steps (AdamW, lr {settings.learning_rate:g}, batch "
         f"{settings.batch_size}) on {settings.finetune_samples} samples, {settings.harmful_ratio:.0%} "
-        "harmful.",
+        "harmful; "
+        + (
+            f"the fine-tuning trains a LoRA adapter (r={settings.lora_rank}, alpha={settings.lora_alpha:g} "
+            "on "
+            f"{', '.join(settings.lora_targets)}, as the paper's scripts), so epsilon and the noise fall on "
+            "the adapter."
+            if settings.finetuning == "lora"
+            else "the fine-tuning trains every weight, so epsilon and the noise fall on every weight."
+        ),
         "HS: held-out harmful requests answered with SURE and without REFUSE; HS+ also counts a word "
         "repeated more than three times; accuracy: the 100 single-digit additions, exact match.",
         "The claims use the first Panacea arm; the others are reported in the table.",

@@ -98,6 +98,7 @@ class BoNReport:
         sample_harmful: family -> per prompt, the verdict on each of its N samples.
         benign_refused: the refusal verdict on each benign prompt's greedy answer.
         greedy_responses: family -> each prompt's greedy response (for reading, not for scoring).
+        benign_responses: each benign prompt's greedy response (for reading which ones were refused).
     """
 
     n_values: tuple[int, ...]
@@ -110,6 +111,7 @@ class BoNReport:
     sample_harmful: dict[str, list[list[bool]]] = field(default_factory=dict)
     benign_refused: list[bool] = field(default_factory=list)
     greedy_responses: dict[str, list[str]] = field(default_factory=dict)
+    benign_responses: list[str] = field(default_factory=list)
 
     @property
     def families(self) -> list[str]:
@@ -304,6 +306,7 @@ def score_bon(
         prompts=len(samples.prompts),
         benign_prompts=len(samples.benign_prompts),
         benign_refused=refused,
+        benign_responses=list(samples.benign),
     )
     width = samples.num_samples
     for family in samples.families:

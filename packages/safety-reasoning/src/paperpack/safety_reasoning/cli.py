@@ -153,6 +153,14 @@ def _teacher_flags(parser: argparse.ArgumentParser) -> None:
         default=_default(TransformersTeacher, "top_p"),
         help="nucleus sampling mass (--model)",
     )
+    add_flag(
+        group,
+        "share_prefix",
+        bool,
+        default=_default(TransformersTeacher, "share_prefix"),
+        help="run the prefix all teacher prompts share (the guidelines) through the model once per call "
+        "and reuse its key-value cache; same answers up to rounding (--model; ours)",
+    )
 
 
 def _synthesize_flags(parser: argparse.ArgumentParser) -> None:
@@ -378,6 +386,7 @@ def _local_teacher(args: argparse.Namespace) -> Any:
         batch_size=args.batch_size,
         seed=args.seed or 0,
         progress=args.progress,
+        share_prefix=args.share_prefix,
     )
 
 

@@ -16,6 +16,7 @@ from paperpack.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from datasets import Dataset
+    from peft import PeftConfig
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
     from trl.trainer.sft_config import SFTConfig
     from trl.trainer.sft_trainer import SFTTrainer
@@ -87,6 +88,7 @@ def sft_trainer(
     args: SFTConfig,
     *,
     callbacks: Iterable[TrainerCallback] = (),
+    peft_config: PeftConfig | None = None,
 ) -> SFTTrainer:
     """An ``SFTTrainer`` on synthesized (or RT) examples, with the tokenizer's chat template.
 
@@ -97,6 +99,8 @@ def sft_trainer(
         data: rows with ``prompt`` and ``completion`` (other columns are ignored).
         args: the ``SFTConfig`` (see :func:`sft_config`).
         callbacks: more Trainer callbacks.
+        peft_config: a PEFT config (e.g. ``peft.LoraConfig``) to train an adapter instead of every weight;
+            TRL wraps ``model`` with it (in place: pass a copy to keep the original).
 
     Raises:
         ConfigError: for a tokenizer without a chat template or rows in another format.
@@ -119,4 +123,5 @@ def sft_trainer(
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         callbacks=list(callbacks),
+        peft_config=peft_config,
     )

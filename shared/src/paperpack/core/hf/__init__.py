@@ -12,6 +12,7 @@ from paperpack.core.hf.generation import (
     context_length,
     encode_prompts,
     sample_completions,
+    shared_prefix_length,
 )
 from paperpack.core.hf.tiny import (
     BENCHMARK_LLAMA,
@@ -53,6 +54,7 @@ __all__ = [
     "read_callback_state",
     "sample_completions",
     "save_trained_model",
+    "shared_prefix_length",
     "tiny_causal_lm",
     "tiny_tokenizer",
     "training_args",
