@@ -41,12 +41,17 @@ finally:
 
 @dataclass
 class Measured:
-    """One child run: wall seconds, its own peak RSS (VmHWM), ``wait4``'s ru_maxrss and its stdout."""
+    """One child run: wall seconds, its own peak RSS (VmHWM), ``wait4``'s ru_maxrss, its stdout and CPU seconds.
+
+    ``cpu`` is the child's user + system time from ``wait4`` (all its threads): unlike the wall time, it hardly
+    moves with the load of a shared machine.
+    """
 
     seconds: float
     peak: int
     maxrss: int
     stdout: str
+    cpu: float = 0.0
 
 
 def run_measured(python: str, script: str, args: list[str], *, env: dict[str, str] | None = None) -> Measured:
@@ -73,7 +78,7 @@ def run_measured(python: str, script: str, args: list[str], *, env: dict[str, st
     os.unlink(peak_file)
     if process.returncode != 0:
         raise RuntimeError(f"{script} {' '.join(args)} failed:\n{err[-4000:]}")
-    return Measured(seconds, peak, usage.ru_maxrss * 1024, out)
+    return Measured(seconds, peak, usage.ru_maxrss * 1024, out, usage.ru_utime + usage.ru_stime)
 
 
 def in_child(module_function: str, *args: str) -> str:

@@ -1,7 +1,8 @@
 """The demo's spectral merges with ``svd: fast`` and ``svd: exact``: are the merged accuracies unchanged?
 
 For each seed, trains the base model and the three experts at the quick demo's budget
-(:data:`paperpack.r_tsvm.demo.QUICK`), then merges them with TSV-M, R-TSVM, Iso-C and Iso-CTS on both paths,
+(:data:`paperpack.r_tsvm.demo.QUICK`, :func:`paperpack.r_tsvm.experiment.prepare_seed`, as the demo's
+:func:`~paperpack.r_tsvm.experiment.run_seed` does), then merges them with TSV-M, R-TSVM, Iso-C and Iso-CTS on both paths,
 each method's scale picked on validation as the demo does, and prints the test accuracies side by side. Run
 from the workspace root:
 
@@ -13,45 +14,22 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from paperpack.core.hf import tiny_causal_lm
 from paperpack.r_tsvm import synthetic
 from paperpack.r_tsvm.demo import QUICK
-from paperpack.r_tsvm.experiment import _copy, _Evaluator, _scores, _sft, _state
+from paperpack.r_tsvm.experiment import prepare_seed
 
 METHODS = ("tsv_m", "r_tsvm", "iso_c", "iso_cts")
 
 
 def seed_rows(seed: int) -> dict[str, tuple[list[float], float | None]]:
     """Row label -> (test accuracy per task, chosen scale) for the base model and every (method, path)."""
-    settings = QUICK
-    model, tokenizer = tiny_causal_lm(seed=seed)
-    pretraining = synthetic.make_pretraining(settings.num_train, seed=seed)
-    _sft(model, tokenizer, [pretraining], steps=settings.pretrain_steps, lr=settings.pretrain_lr, seed=seed)
-    data = {
-        task: synthetic.make_task(task, num_train=settings.num_train, num_eval=settings.num_eval, seed=seed)
-        for task in synthetic.TASKS
-    }
-    validation = {task: synthetic.encode(tokenizer, d.validation) for task, d in data.items()}
-    test = {task: synthetic.encode(tokenizer, d.test) for task, d in data.items()}
-    base = _state(model)
-    experts = []
-    for task in synthetic.TASKS:
-        expert = _copy(model)
-        _sft(
-            expert,
-            tokenizer,
-            [data[task].train],
-            steps=settings.expert_steps,
-            lr=settings.expert_lr,
-            seed=seed,
-        )
-        experts.append(_state(expert))
-    evaluator = _Evaluator(_copy(model), base, validation, test)
-    base_scores = _scores(model, test)
+    setup = prepare_seed(seed, QUICK)
+    evaluator = setup.evaluator()
+    base_scores = evaluator.score(setup.base, "test")
     rows = {"base model": ([base_scores[task] for task in synthetic.TASKS], None)}
     for method in METHODS:
         for svd in ("fast", "exact"):
-            scored = evaluator.best(method, experts, settings.grid, seed=seed, svd=svd)
+            scored = evaluator.best(method, setup.experts, QUICK.grid, seed=seed, svd=svd)
             rows[f"{method} ({svd})"] = ([scored.scores[task] for task in synthetic.TASKS], scored.scale)
     return rows
 

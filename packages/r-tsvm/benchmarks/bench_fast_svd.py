@@ -85,8 +85,10 @@ def main() -> None:
                             "round": round_,
                             "method": method,
                             "svd": svd,
-                            "s": measured.seconds,
+                            "s": round(measured.seconds, 1),
+                            "cpu_s": round(measured.cpu, 1),
                             "vmhwm": measured.peak,
+                            "load": load_average(),
                         }
                     ),
                     flush=True,
@@ -113,16 +115,20 @@ def main() -> None:
     print(f"load average after: {load_average()}")
     print()
     print(
-        "| method | exact (s) | fast (s) | exact / fast | peak RSS exact | peak RSS fast | max \\|fast − exact\\| |"
+        "| method | exact (s) | fast (s) | exact / fast | exact (CPU s) | fast (CPU s) | exact / fast (CPU) "
+        "| peak RSS exact | peak RSS fast | max \\|fast − exact\\| |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for method, row in samples.items():
         exact = statistics.median(m.seconds for m in row["exact"])
         fast = statistics.median(m.seconds for m in row["fast"])
+        cpu_exact = statistics.median(m.cpu for m in row["exact"])
+        cpu_fast = statistics.median(m.cpu for m in row["fast"])
         peaks = [statistics.median(m.peak for m in row[svd]) for svd in ("exact", "fast")]
         diff = row["diff"]
         print(
-            f"| {method} | {exact:.1f} | {fast:.1f} | {exact / fast:.2f} | {format_bytes(peaks[0])} "
+            f"| {method} | {exact:.1f} | {fast:.1f} | {exact / fast:.2f} | {cpu_exact:.1f} | {cpu_fast:.1f} "
+            f"| {cpu_exact / cpu_fast:.2f} | {format_bytes(peaks[0])} "
             f"| {format_bytes(peaks[1])} | {diff[0]:.1e} ({diff[1]}) |"
         )
     if truncation is not None:

@@ -588,6 +588,55 @@ def test_fast_truncation_error_is_within_one_percent_of_the_exact(kind, shape):
         assert fast <= 1.01 * exact
 
 
+def _polar_input(kind, dtype):
+    """A test matrix for the polar factor: (matrix, its condition number)."""
+    g = torch.Generator().manual_seed(0)
+    shape = {"tall": (60, 20), "wide": (20, 60), "near-square": (40, 39)}.get(kind, (60, 20))
+    rows, cols = shape
+    left = torch.linalg.qr(torch.randn(rows, min(shape), generator=g, dtype=torch.float64))[0]
+    right = torch.linalg.qr(torch.randn(cols, min(shape), generator=g, dtype=torch.float64))[0]
+    if kind == "ill-conditioned":
+        values = torch.logspace(0, -4, min(shape), dtype=torch.float64)
+    elif kind == "rank-deficient":
+        values = torch.cat([torch.linspace(1, 0.5, 5, dtype=torch.float64), torch.zeros(min(shape) - 5)])
+    else:
+        values = torch.linspace(1, 0.3, min(shape), dtype=torch.float64)
+    return ((left * values) @ right.T).to(dtype), float(values[0] / values[-1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", ["tall", "wide", "near-square", "ill-conditioned", "rank-deficient"])
+def test_polar_factor_matches_the_literal_reference(kind, dtype):
+    """Both paths' polar factor against the reference's (numpy SVD in float64) where it is unique: the SVD's to
+    rounding times the condition number κ, the fast path's Gram eigendecomposition to rounding times κ² (the
+    accuracy its thresholds allow). A rank-deficient matrix has no unique answer: orthonormal columns with
+    P (XᵀX)^(1/2) = X. A nearly square, rank-deficient or (in float32) ill-conditioned matrix takes the SVD on the
+    fast path too, so there both paths agree exactly."""
+    from paperpack.r_tsvm.methods.spectral import polar_factor
+
+    matrix, condition = _polar_input(kind, dtype)
+    fast, exact = polar_factor(matrix, "fast"), polar_factor(matrix, "exact")
+    svd = kind in ("near-square", "rank-deficient") or (kind == "ill-conditioned" and dtype == torch.float32)
+    gram = not torch.equal(fast, exact)  # the fast path took the Gram eigendecomposition: error ε κ²
+    assert gram != svd
+    eps = torch.finfo(dtype).eps
+    for polar, power in ((fast, 2 if gram else 1), (exact, 1)):
+        assert polar.dtype == dtype and polar.shape == matrix.shape
+        tall = polar if polar.shape[0] >= polar.shape[1] else polar.T
+        product = tall.double().T @ tall.double()
+        error = float((product - torch.eye(product.shape[0], dtype=torch.float64)).abs().max())
+        assert error < 100 * eps * condition ** (2 * power - 2)
+        if kind == "rank-deficient":
+            x = matrix.double() if matrix.shape[0] >= matrix.shape[1] else matrix.double().T
+            values, vectors = torch.linalg.eigh(x.T @ x)
+            values = torch.where(values > 100 * eps * float(values[-1]), values, 0.0)  # rounding of zero ones
+            root = (vectors * values.sqrt()) @ vectors.T
+            assert float((tall.double() @ root - x).abs().max()) < 100 * eps
+        else:
+            expected = torch.from_numpy(ref._polar(matrix.double().numpy()))
+            assert float((polar.double() - expected).abs().max()) < 100 * eps * condition**power
+
+
 @pytest.mark.parametrize("kind", ["gaussian", "decaying", "low-rank"])
 @pytest.mark.parametrize("shape", [(40, 96), (96, 40), (48, 48)])
 @pytest.mark.parametrize("method", ["tsv_m", "r_tsvm", "iso_c", "iso_cts"])

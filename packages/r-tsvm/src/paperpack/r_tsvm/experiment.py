@@ -50,16 +50,19 @@ __all__ = [
     "SPARSE_MERGES",
     "SPARSE_SETUPS",
     "SPARSE_TASK",
+    "Evaluator",
     "ExperimentResults",
     "ExperimentSettings",
     "Group",
     "Scored",
     "SeedResult",
+    "SeedSetup",
     "SparseRound",
     "kept_ranks",
     "masked_gradient",
     "merged_methods",
     "plant_outliers",
+    "prepare_seed",
     "run_experiment",
     "run_seed",
     "update_mask",
@@ -382,8 +385,15 @@ def kept_ranks(
     return [min(k, n) for k, n in zip(ranks, nonzero, strict=True)]
 
 
-class _Evaluator:
-    """Merges, loads and scores state dicts, picking each method's scale on the validation split."""
+class Evaluator:
+    """Merges, loads and scores state dicts, picking each method's scale on the validation split.
+
+    Args:
+        model: a model of the base's architecture, whose weights each scoring replaces.
+        base: the base model's state dict θ_0.
+        validation: task -> encoded validation split (:func:`~paperpack.r_tsvm.synthetic.encode`).
+        test: task -> encoded test split.
+    """
 
     def __init__(
         self,
@@ -395,6 +405,7 @@ class _Evaluator:
         self.model, self.base, self.validation, self.test = model, base, validation, test
 
     def score(self, state: dict[str, Tensor], split: Literal["validation", "test"]) -> dict[str, float]:
+        """Task -> accuracy of the model with weights ``state`` on ``split``."""
         self.model.load_state_dict(state)
         return _scores(self.model, self.validation if split == "validation" else self.test)
 
@@ -440,7 +451,7 @@ def _sparse_round(
     tokenizer: Any,
     train: list[dict[str, str]],
     experts: list[dict[str, Tensor]],
-    evaluator: _Evaluator,
+    evaluator: Evaluator,
     *,
     density: float,
     seed: int,
@@ -481,6 +492,82 @@ def _loop(progress: Progress | None, items: Sequence[Any], description: str) -> 
     return items if progress is None else progress(items, description)
 
 
+@dataclass
+class SeedSetup:
+    """What every use of a seed starts from: the pretrained base, the task data and the trained experts.
+
+    Attributes:
+        seed: the seed everything was made from.
+        model: the pretrained base model (never trained further).
+        tokenizer: its tokenizer.
+        data: task -> train, validation and test examples.
+        validation: task -> the encoded validation split.
+        test: task -> the encoded test split.
+        base: the base model's state dict θ_0.
+        experts: the experts' state dicts θ_t, in :data:`~paperpack.r_tsvm.synthetic.TASKS` order.
+        expert_models: the trained expert models, in the same order.
+    """
+
+    seed: int
+    model: Any
+    tokenizer: Any
+    data: dict[str, synthetic.TaskData]
+    validation: dict[str, dict[str, Tensor]]
+    test: dict[str, dict[str, Tensor]]
+    base: dict[str, Tensor]
+    experts: list[dict[str, Tensor]]
+    expert_models: list[Any]
+
+    def evaluator(self) -> Evaluator:
+        """An :class:`Evaluator` of merges of these experts, on a copy of the base model."""
+        return Evaluator(_copy(self.model), self.base, self.validation, self.test)
+
+
+def prepare_seed(seed: int, settings: ExperimentSettings, *, progress: Progress | None = None) -> SeedSetup:
+    """Pretrain the base model, make the task data and fine-tune one expert per task, all from ``seed``.
+
+    Args:
+        seed: seeds the model, the data and the training.
+        settings: the budget.
+        progress: wraps the loop over the experts (``items, description -> items``).
+
+    Returns:
+        The base, the data and the experts (the start of :func:`run_seed`).
+    """
+    from paperpack.core.hf import tiny_causal_lm
+
+    model, tokenizer = tiny_causal_lm(seed=seed)
+    pretraining = synthetic.make_pretraining(settings.num_train, seed=seed)
+    _sft(model, tokenizer, [pretraining], steps=settings.pretrain_steps, lr=settings.pretrain_lr, seed=seed)
+    data = {
+        task: synthetic.make_task(task, num_train=settings.num_train, num_eval=settings.num_eval, seed=seed)
+        for task in synthetic.TASKS
+    }
+    expert_models = []
+    for task in _loop(progress, synthetic.TASKS, f"seed {seed}: experts"):
+        expert = _copy(model)
+        _sft(
+            expert,
+            tokenizer,
+            [data[task].train],
+            steps=settings.expert_steps,
+            lr=settings.expert_lr,
+            seed=seed,
+        )
+        expert_models.append(expert)
+    return SeedSetup(
+        seed=seed,
+        model=model,
+        tokenizer=tokenizer,
+        data=data,
+        validation={task: synthetic.encode(tokenizer, d.validation) for task, d in data.items()},
+        test={task: synthetic.encode(tokenizer, d.test) for task, d in data.items()},
+        base=_state(model),
+        experts=[_state(expert) for expert in expert_models],
+        expert_models=expert_models,
+    )
+
+
 def run_seed(seed: int, settings: ExperimentSettings, *, progress: Progress | None = None) -> SeedResult:
     """Train the base, three experts and a mixture from ``seed``; merge with every method; score everything.
 
@@ -493,33 +580,15 @@ def run_seed(seed: int, settings: ExperimentSettings, *, progress: Progress | No
         The seed's scores, planted-outlier round and sparse-layer round.
     """
     from paperpack.core.data import causal_lm_batches
-    from paperpack.core.hf import tiny_causal_lm
     from paperpack.r_tsvm.statistics import compute_fisher, compute_gram
 
-    model, tokenizer = tiny_causal_lm(seed=seed)
-    pretraining = synthetic.make_pretraining(settings.num_train, seed=seed)
-    _sft(model, tokenizer, [pretraining], steps=settings.pretrain_steps, lr=settings.pretrain_lr, seed=seed)
-    data = {
-        task: synthetic.make_task(task, num_train=settings.num_train, num_eval=settings.num_eval, seed=seed)
-        for task in synthetic.TASKS
-    }
-    validation = {task: synthetic.encode(tokenizer, d.validation) for task, d in data.items()}
-    test = {task: synthetic.encode(tokenizer, d.test) for task, d in data.items()}
-    base = _state(model)
+    setup = prepare_seed(seed, settings, progress=progress)
+    model, tokenizer, data, test = setup.model, setup.tokenizer, setup.data, setup.test
+    base, experts = setup.base, setup.experts
     clean: dict[str, Scored] = {"base model": Scored(_scores(model, test))}
-    experts, fishers, grams = [], [], []
-    for task in _loop(progress, synthetic.TASKS, f"seed {seed}: experts"):
-        expert = _copy(model)
-        _sft(
-            expert,
-            tokenizer,
-            [data[task].train],
-            steps=settings.expert_steps,
-            lr=settings.expert_lr,
-            seed=seed,
-        )
+    fishers, grams = [], []
+    for task, expert in zip(synthetic.TASKS, setup.expert_models, strict=True):
         clean[f"expert: {task}"] = Scored(_scores(expert, test))
-        experts.append(_state(expert))
         examples = data[task].train[: settings.statistics_examples]
         batches = causal_lm_batches(
             tokenizer, [e["prompt"] + e["completion"] for e in examples], batch_size=16
@@ -531,7 +600,7 @@ def run_seed(seed: int, settings: ExperimentSettings, *, progress: Progress | No
     _sft(mixture, tokenizer, [d.train for d in data.values()], steps=steps, lr=settings.expert_lr, seed=seed)
     clean["data mixture (uniform)"] = Scored(_scores(mixture, test))
 
-    evaluator = _Evaluator(_copy(model), base, validation, test)
+    evaluator = setup.evaluator()
     for name in _loop(progress, merged_methods(), f"seed {seed}: merges"):
         statistic = get_method(name).statistic
         chosen = fishers if statistic == "fisher" else grams if statistic == "gram" else None

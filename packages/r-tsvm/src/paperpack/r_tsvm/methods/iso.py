@@ -41,6 +41,7 @@ from paperpack.r_tsvm.methods._common import (
 )
 from paperpack.r_tsvm.methods.spectral import (
     POLAR_CONDITION,
+    POLAR_SHAPE,
     group_means,
     parallel_groups,
     polar_factor,
@@ -87,10 +88,12 @@ def isotropic(matrix: Tensor, svd: str = "fast") -> Tensor:
     """σ̄ U_r V_rᵀ: the matrix with its numerically nonzero singular values replaced by their mean.
 
     The fast path takes σ̄ and U Vᵀ (the polar factor) from the Gram matrix's eigendecomposition when the
-    matrix has full numerical rank and a well-conditioned Gram matrix (see
-    :func:`~paperpack.r_tsvm.methods.spectral.polar_factor`); otherwise, and with ``svd="exact"``, the SVD.
+    matrix is clearly rectangular and its Gram matrix well-conditioned (the rules of
+    :func:`~paperpack.r_tsvm.methods.spectral.polar_factor`); otherwise, and with ``svd="exact"``, the SVD. A
+    nearly square matrix goes straight to the SVD (its polar factor would take the SVD anyway).
     """
-    if svd == "fast" and min(matrix.shape) > 0:
+    short, long = sorted(matrix.shape)
+    if svd == "fast" and 0 < short <= POLAR_SHAPE * long:
         wide = matrix if matrix.shape[0] <= matrix.shape[1] else matrix.mT
         values = torch.linalg.eigvalsh(wide @ wide.mT)
         threshold = POLAR_CONDITION.get(matrix.dtype, POLAR_CONDITION[torch.float32])
