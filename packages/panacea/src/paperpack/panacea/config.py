@@ -84,6 +84,17 @@ class PanaceaConfig(TrainingArguments):
             "(The paper's code hard-codes 10, its batch size.)"
         },
     )
+    perturbed_pass_pieces: int | None = field(
+        default=None,
+        metadata={
+            "help": "Pass 2 (the harmful loss at w+ε, run after the task micro-batches) takes each harmful "
+            "micro-batch in this many pieces of rows, so its activations are smaller while the gradient "
+            "buffers hold g; the step is the same up to float rounding. None (ours) picks 2 when at least "
+            "half of the model's parameters are trainable (full fine-tuning: the peak memory falls from "
+            "5W + A to 4W + A) and 1 otherwise (LoRA: nothing to gain). With the clamp on and more than one "
+            "piece, a no-grad forward of all but the last piece decides min(h(w+ε), C) first."
+        },
+    )
 
     def __post_init__(self) -> None:
         check_number("panacea_rho", self.panacea_rho, greater_than=0)
@@ -92,6 +103,12 @@ class PanaceaConfig(TrainingArguments):
             check_number("harmful_loss_clamp", self.harmful_loss_clamp, greater_than=0)
         if self.harmful_batch_size is not None:
             check_number("harmful_batch_size", self.harmful_batch_size, minimum=1, integer=True)
+        pieces = self.perturbed_pass_pieces
+        if pieces is not None and (isinstance(pieces, bool) or not isinstance(pieces, int) or pieces < 1):
+            raise ConfigError(
+                f"`perturbed_pass_pieces` must be an integer >= 1, or None to let Panacea choose (2 when at "
+                f"least half of the parameters are trainable, else 1), got {pieces!r}"
+            )
         check_literal_fields(self)
         if self.perturb_parameters is not None:
             check_patterns("perturb_parameters", self.perturb_parameters)

@@ -8,9 +8,11 @@ with each checkpoint and the final perturbation) lives in :class:`PanaceaTrainer
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
@@ -36,6 +38,78 @@ else:
     _Base = object
 
 
+@dataclass
+class _Unit:
+    """A piece of the harmful batch and the weight of its loss (the units' weighted losses sum to h)."""
+
+    inputs: dict[str, Any]
+    weight: float
+
+
+@dataclass
+class _PanaceaStep:
+    """What pass 1 leaves for pass 2 of the same optimizer step."""
+
+    chunks: list[dict[str, Any]]  # the harmful micro-batches, as prepared for the model
+    num_items: Any  # num_items_in_batch over all of them (and over processes, as the Trainer counts)
+    micro_batches: int  # task micro-batches left before pass 2
+    loss: float  # h(w), mean across processes
+    grad_norm: float  # ‖h0‖ over the perturbed parameters
+    h0: dict[str, Tensor]  # of every trainable parameter
+
+
+def _choose_pieces(setting: int | None, model: nn.Module) -> int:
+    """``perturbed_pass_pieces``, or for None: 2 when half of the parameters or more are trainable, else 1."""
+    if setting is not None:
+        return setting
+    total = trainable = 0
+    for param in model.parameters():
+        total += param.numel()
+        trainable += param.numel() if param.requires_grad else 0
+    return 2 if 2 * trainable >= total else 1
+
+
+def _row_pieces(batch: dict[str, Any], pieces: int) -> list[tuple[dict[str, Any], float]]:
+    """``batch`` cut into at most ``pieces`` slices of rows, each with its share of the rows.
+
+    Every tensor whose first dimension is the batch's is sliced; anything else is passed to each slice.
+    """
+    tensors = [value for value in batch.values() if isinstance(value, Tensor) and value.dim() > 0]
+    first = batch.get("input_ids", tensors[0] if tensors else None)
+    rows = first.shape[0] if isinstance(first, Tensor) and first.dim() > 0 else 1
+    count = max(1, min(pieces, rows))
+    if count == 1:
+        return [(batch, 1.0)]
+    bounds = [rows * k // count for k in range(count + 1)]
+    return [
+        (
+            {
+                key: value[start:stop]
+                if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == rows
+                else value
+                for key, value in batch.items()
+            },
+            (stop - start) / rows,
+        )
+        for start, stop in itertools.pairwise(bounds)
+    ]
+
+
+def _random_state(device: torch.device) -> list[Tensor]:
+    """The CPU's random state, and the accelerator's when ``device`` is one."""
+    states = [torch.get_rng_state()]
+    module = getattr(torch, device.type, None) if device.type != "cpu" else None
+    if module is not None and hasattr(module, "get_rng_state"):
+        states.append(module.get_rng_state(device))
+    return states
+
+
+def _set_random_state(device: torch.device, states: Sequence[Tensor]) -> None:
+    torch.set_rng_state(states[0])
+    if len(states) > 1:
+        getattr(torch, device.type).set_rng_state(states[1], device)
+
+
 def _check_harmful_dataset(dataset: Any) -> None:
     if dataset is None:
         raise ConfigError(
@@ -55,22 +129,29 @@ class PanaceaTrainerMixin(_Base):
     """The Panacea training step for a ``transformers.Trainer`` subclass (Alg. 1 of arXiv:2501.18100).
 
     Mix it in before the trainer class: ``class MyTrainer(PanaceaTrainerMixin, Trainer)``. It overrides
-    ``training_step`` (and ``log``, to add its metrics). Each optimizer step first runs, on a harmful batch
-    of ``harmful_batch_size × gradient_accumulation_steps`` examples per process:
+    ``training_step`` (and ``log``, to add its metrics). Each optimizer step runs, on a harmful batch of
+    ``harmful_batch_size × gradient_accumulation_steps`` examples per process:
 
-    1. h0 = ∇h(w) (one forward-backward per micro-batch), averaged across processes;
-    2. ε = ρ·h0/‖h0‖₂ over the perturbed parameters; w ← w + ε;
-    3. h1 = ∇ min(h(w+ε), C) (one forward-backward per micro-batch); w ← w − ε;
-    4. the gradient buffers hold λ(h0 − h1), unless the mean harmful loss at w+ε exceeds C (then λh0);
+    1. before the first task micro-batch, pass 1: h0 = ∇h(w) (one forward-backward per harmful micro-batch),
+       averaged across processes and kept; the gradient buffers are cleared; ε = ρ·h0/‖h0‖₂ over the
+       perturbed parameters;
+    2. the parent's ``training_step`` on each task micro-batch: the buffers accumulate the task gradient g;
+    3. after the last task micro-batch, pass 2: w ← w + ε; −λ·h1 with h1 = ∇ min(h(w+ε), C) is added to the
+       buffers (each harmful micro-batch in ``perturbed_pass_pieces`` pieces of rows); w ← w − ε; the buffers
+       are averaged across processes and λ·h0 is added.
 
-    and then the parent's ``training_step`` adds the task gradient g of each micro-batch, so the optimizer
-    applies g − λ(h1 − h0). Three forward-backward passes per micro-batch; with λ = 0 step 3 is skipped.
+    The optimizer then applies g − λ(h1 − h0). The clamp is decided on the whole harmful batch's mean loss at
+    w+ε before any of h1 reaches the buffers: when it exceeds C, h1 = 0 and pass 2 has no backward. Three
+    forward-backward passes per micro-batch (plus, with the clamp on and pass 2 in more than one piece, a
+    no-grad forward of all but its last piece); with λ = 0 pass 2 is skipped.
 
     Attributes:
         harmful_dataset: the harmful data set as the trainer uses it (columns the model does not take removed;
             tokenized by ``SFTTrainer`` for the TRL variant).
         applied_perturbation: the ε added to the weights when training ended (None before, or with
             ``final_perturbation="none"``).
+        perturbed_pass_pieces: the pieces pass 2 takes each harmful micro-batch in (``perturbed_pass_pieces``,
+            or what None chose for this model).
     """
 
     args: PanaceaConfig
@@ -97,12 +178,14 @@ class PanaceaTrainerMixin(_Base):
         select_parameters(self._module, args.perturb_parameters)  # the model as wrapped, e.g. with PEFT
         self.harmful_dataset, self._harmful_collator = self._prepare_harmful_dataset(harmful_dataset)
         self._harmful_batches = self._harmful_sampler(args, len(self.harmful_dataset))
-        self._harmful_grad: dict[str, Tensor] = {}  # h0 of every trainable parameter (ε = c·h0)
+        self.perturbed_pass_pieces = _choose_pieces(args.perturbed_pass_pieces, self._module)
+        self._harmful_grad: dict[str, Tensor] = {}  # h0 of the perturbed parameters (ε = c·h0)
         self._epsilon_scale = 0.0  # c = ρ/‖h0‖ over the perturbed parameters
         self._perturbed: list[str] = []
         self._epsilon_sum: dict[str, Tensor] = {}
         self._epsilon_count = 0
         self._harmful_step: int | None = None
+        self._step: _PanaceaStep | None = None  # what pass 1 leaves for pass 2
         self._panacea_metrics: dict[str, list[float]] = defaultdict(list)
         self.applied_perturbation: dict[str, Tensor] | None = None
         self.add_callback(PanaceaCallback(cast("PanaceaTrainer", self)))
@@ -126,16 +209,34 @@ class PanaceaTrainerMixin(_Base):
             return self._remove_unused_columns(dataset, description="harmful"), self.data_collator
         return dataset, self._get_collator_with_removed_columns(self.data_collator, description="harmful")
 
-    def _harmful_chunks(self) -> list[dict[str, Any]]:
-        """This optimizer step's harmful micro-batches: one per task micro-batch, on this process."""
+    def _harmful_chunks(self, count: int) -> list[dict[str, Any]]:
+        """This optimizer step's harmful micro-batches on this process: one per task micro-batch."""
         accumulation = self.args.gradient_accumulation_steps
-        count = getattr(self, "current_gradient_accumulation_steps", accumulation)
         chunks = []
         for k in range(count):
             indices = self._harmful_batches.indices(self.state.global_step * accumulation + k)
             batch = self._harmful_collator([self.harmful_dataset[i] for i in indices])
             chunks.append(self._prepare_inputs(batch))
         return chunks
+
+    def _harmful_units(self, chunks: Sequence[dict[str, Any]], pieces: int, num_items: Any) -> list[_Unit]:
+        """The harmful micro-batches cut into ``pieces`` row slices each, with the weights of their losses.
+
+        The units' weighted losses sum to the harmful batch's mean loss: a loss normalised by the whole
+        batch's ``num_items_in_batch`` (a model taking loss kwargs, or ``compute_loss_func``) is summed as it
+        is; otherwise each unit's mean loss is weighted by its share of the rows (exact for a loss that is a
+        mean over rows; for a mean over tokens, with one piece per micro-batch only).
+        """
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)
+        if scaled is None:
+            scaled = (
+                self.model_accepts_loss_kwargs and num_items is not None
+            ) or self.compute_loss_func is not None
+        units = []
+        for chunk in chunks:
+            for inputs, share in _row_pieces(chunk, pieces):
+                units.append(_Unit(inputs, 1.0 if scaled else share / len(chunks)))
+        return units
 
     def _harmful_context(self) -> contextlib.AbstractContextManager[Any]:
         """A context around the harmful passes (the TRL variant enters its activation offloading here)."""
@@ -152,7 +253,7 @@ class PanaceaTrainerMixin(_Base):
         inputs: dict[str, Tensor | Any],
         num_items_in_batch: Tensor | int | None = None,
     ) -> Tensor:
-        """Run the harmful passes once per optimizer step, then the parent's step on the task micro-batch.
+        """Pass 1 before the step's first task micro-batch, the parent's step, pass 2 after the last one.
 
         Returns the task loss (what ``Trainer`` logs as ``loss``); the harmful losses and ‖ε‖ are logged as
         ``harmful_loss``, ``harmful_loss_perturbed``, ``perturbation_norm``, ``harmful_grad_norm`` and
@@ -160,13 +261,21 @@ class PanaceaTrainerMixin(_Base):
         """
         if self._harmful_step != self.state.global_step:
             self._harmful_step = self.state.global_step
-            model.train()
-            train = getattr(self.optimizer, "train", None)  # schedule-free optimizers switch modes
-            if callable(train):
-                train()
+            self._set_train_mode(model)
             with self._harmful_context():
-                self._harmful_passes(model)
-        return super().training_step(model, inputs, num_items_in_batch)
+                self._harmful_pass(model)
+        step = self._step
+        if step is None:  # λ = 0: no pass 2, the parent's step synchronises the gradient as usual
+            return super().training_step(model, inputs, num_items_in_batch)
+        # The gradient is averaged across processes once, after pass 2 has added to it.
+        with self.accelerator.no_sync(model):
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        step.micro_batches -= 1
+        if step.micro_batches == 0:
+            self._set_train_mode(model)
+            with self._harmful_context():
+                self._perturbed_pass(model, step)
+        return loss
 
     @property
     def _module(self) -> nn.Module:
@@ -175,74 +284,153 @@ class PanaceaTrainerMixin(_Base):
             raise RuntimeError("the trainer holds no model")
         return self.model
 
-    def _harmful_passes(self, model: nn.Module) -> None:
+    def _set_train_mode(self, model: nn.Module) -> None:
+        model.train()
+        train = getattr(self.optimizer, "train", None)  # schedule-free optimizers switch modes
+        if callable(train):
+            train()
+
+    def _harmful_pass(self, model: nn.Module) -> None:
+        """Pass 1: h0 = ∇h(w), averaged across processes; ε's scale; what pass 2 needs, in ``self._step``."""
         args = self.args
         trainable = [(name, p) for name, p in self._module.named_parameters() if p.requires_grad]
         perturbed = list(select_parameters(self._module, args.perturb_parameters))
-        chunks = self._harmful_chunks()
+        count = getattr(self, "current_gradient_accumulation_steps", args.gradient_accumulation_steps)
+        chunks = self._harmful_chunks(count)
         count_items = getattr(self, "_get_num_items_in_batch", None)
         num_items = count_items(chunks, args.device) if count_items is not None else None
-        lam = args.panacea_lambda
-        # The passes never synchronise gradients: h0 is averaged explicitly below, h1 with the task gradient
-        # by the parent step's backward (or by the last micro-batch's, under gradient accumulation).
-        # The last step's h0 (its ε) is dropped first, so the harmful passes do not run beside it.
-        self._harmful_grad, self._perturbed = {}, []
+        # The last step's h0 (its ε) is dropped first, so that pass 1 does not run beside it.
+        self._harmful_grad, self._perturbed, self._step = {}, [], None
         with self.accelerator.no_sync(model):
             for _, param in trainable:
                 param.grad = None
-            loss_w = self._harmful_backward(model, chunks, num_items, weight=1.0)
-            h0 = self._keep_harmful_gradient(trainable)
-            grad_norm = global_norm(h0[name] for name in perturbed)
-            scale = epsilon_scale(grad_norm, args.panacea_rho)
-            losses = [loss_w]
-            if lam > 0:
-                selected = set(perturbed)
-                params: list[Tensor] = [p for name, p in trainable if name in selected]
-                eps_directions = [h0[name] for name in perturbed]
-                with torch.no_grad():
-                    torch._foreach_add_(params, eps_directions, alpha=scale)  # w + ε
-                try:
-                    loss_eps = self._harmful_backward(model, chunks, num_items, weight=-lam)
-                finally:
-                    with torch.no_grad():
-                        torch._foreach_add_(params, eps_directions, alpha=-scale)  # back to w
-                losses.append(loss_eps)
-        values = self.accelerator.reduce(torch.stack(losses), reduction="mean").tolist()
-        clamp = args.harmful_loss_clamp
-        clamped = lam > 0 and clamp is not None and values[1] > clamp
-        if lam > 0:
-            with torch.no_grad():
-                for name, param in trainable:
-                    if clamped or param.grad is None:  # min(h, C) is flat above C: h1 = 0
-                        param.grad = h0[name] * lam
-                    else:
-                        param.grad.add_(h0[name], alpha=lam)
-        # Beyond the step only ε = c·h0 is kept (the perturbation, checkpoints, the final ε): h0 of the
-        # parameters ε leaves alone is freed before the task pass.
+            units = self._harmful_units(chunks, 1, num_items)
+            loss = self._harmful_backward(model, units, num_items, weight=1.0)
+        h0 = self._keep_harmful_gradient(trainable)
+        grad_norm = global_norm(h0[name] for name in perturbed)
         self._harmful_grad = {name: h0[name] for name in perturbed}
-        self._epsilon_scale, self._perturbed = scale, perturbed
-        self._record_step(values, grad_norm, scale, clamped)
+        self._epsilon_scale = epsilon_scale(grad_norm, args.panacea_rho)
+        self._perturbed = perturbed
+        # h0 of every trainable parameter waits for pass 2 (λ·h0); with λ = 0 it is dropped here.
+        step = _PanaceaStep(
+            chunks=chunks,
+            num_items=num_items,
+            micro_batches=count,
+            loss=self._mean_across_processes(loss),
+            grad_norm=grad_norm,
+            h0=h0 if args.panacea_lambda > 0 else {},
+        )
+        if args.panacea_lambda > 0:
+            self._step = step
+        else:
+            self._record_step(step, None, clamped=False)
+
+    def _perturbed_pass(self, model: nn.Module, step: _PanaceaStep) -> None:
+        """Pass 2, after the last task micro-batch: the buffers hold g; they end holding g − λ(h1 − h0)."""
+        args = self.args
+        lam, h0 = args.panacea_lambda, step.h0
+        trainable = [(name, p) for name, p in self._module.named_parameters() if p.requires_grad]
+        selected = set(self._perturbed)
+        params: list[Tensor] = [p for name, p in trainable if name in selected]
+        directions = [h0[name] for name, _ in trainable if name in selected]
+        units = self._harmful_units(step.chunks, self.perturbed_pass_pieces, step.num_items)
+        with self.accelerator.no_sync(model):
+            with torch.no_grad():
+                torch._foreach_add_(params, directions, alpha=self._epsilon_scale)  # w + ε
+            try:
+                loss, clamped = self._perturbed_backward(model, units, step.num_items, lam)
+            finally:
+                with torch.no_grad():
+                    torch._foreach_add_(params, directions, alpha=-self._epsilon_scale)  # back to w
+        with torch.no_grad():
+            if self._distributed:
+                grads = []
+                for _, param in trainable:
+                    if param.grad is None:
+                        param.grad = torch.zeros_like(param)
+                    grads.append(param.grad)
+                self._average_across_processes(grads)
+            for name, param in trainable:
+                if param.grad is None:  # reached by neither g nor h1 (or h1 = 0: above the clamp)
+                    param.grad = h0[name] * lam
+                else:
+                    param.grad.add_(h0[name], alpha=lam)
+        self._step = None  # frees h0 of the parameters ε leaves alone, and the harmful batches
+        self._record_step(step, loss, clamped)
+
+    def _perturbed_backward(
+        self, model: nn.Module, units: Sequence[_Unit], num_items: Any, lam: float
+    ) -> tuple[float, bool]:
+        """Add −λ·∇ min(h(w+ε), C) to the buffers; returns h(w+ε) (mean across processes) and the verdict.
+
+        The clamp is decided on the whole batch's loss before any backward: with one unit its forward gives
+        it; with several, the units but the last are first run without gradients (their random state kept,
+        so that the forward repeated with gradients draws the same dropout), then the last unit's forward is
+        kept for its backward.
+        """
+        clamp = self.args.harmful_loss_clamp
+        if clamp is None:
+            total = self._harmful_backward(model, units, num_items, weight=-lam)
+            return self._mean_across_processes(total), False
+        device = self.args.device
+        states: list[list[Tensor]] = []
+        total = torch.zeros((), device=device)
+        with torch.no_grad():
+            for unit in units[:-1]:
+                states.append(_random_state(device))
+                total += self._unit_loss(model, unit, num_items).float()
+        last = self._unit_loss(model, units[-1], num_items)
+        after = _random_state(device)
+        total += last.detach().float()
+        value = self._mean_across_processes(total)
+        if value > clamp:  # min(h, C) is flat above C: h1 = 0
+            return value, True
+        self.accelerator.backward(last * -lam)
+        del last
+        for unit, state in zip(units[:-1], states, strict=True):
+            _set_random_state(device, state)
+            self.accelerator.backward(self._unit_loss(model, unit, num_items) * -lam)
+        _set_random_state(device, after)
+        return value, False
+
+    def _unit_loss(self, model: nn.Module, unit: _Unit, num_items: Any) -> Tensor:
+        """The weighted harmful loss of one unit (its share of the batch's mean loss)."""
+        with self.compute_loss_context_manager():
+            loss = self._harmful_loss(model, unit.inputs, num_items)
+        if self.args.n_gpu > 1:
+            loss = loss.mean()
+        return loss * unit.weight if unit.weight != 1.0 else loss
 
     def _harmful_backward(
-        self, model: nn.Module, chunks: Sequence[dict[str, Any]], num_items: Any, *, weight: float
+        self, model: nn.Module, units: Sequence[_Unit], num_items: Any, *, weight: float
     ) -> Tensor:
-        """Backpropagate ``weight · h`` over the harmful micro-batches; returns h (the batch's mean)."""
-        scaled = getattr(self, "loss_is_scaled_for_ga", None)
-        if scaled is None:
-            scaled = (
-                self.model_accepts_loss_kwargs and num_items is not None
-            ) or self.compute_loss_func is not None
+        """Backpropagate ``weight · h`` over the units; returns h (the batch's mean, on this process)."""
         total = torch.zeros((), device=self.args.device)
-        for chunk in chunks:
-            with self.compute_loss_context_manager():
-                loss = self._harmful_loss(model, chunk, num_items)
-            if self.args.n_gpu > 1:
-                loss = loss.mean()
-            if not scaled:
-                loss = loss / len(chunks)
+        for unit in units:
+            loss = self._unit_loss(model, unit, num_items)
             self.accelerator.backward(loss * weight)
             total += loss.detach().float()
         return total
+
+    @property
+    def _distributed(self) -> bool:
+        return (
+            self.accelerator.num_processes > 1
+            and torch.distributed.is_available()
+            and torch.distributed.is_initialized()
+        )
+
+    def _average_across_processes(self, tensors: Iterable[Tensor]) -> None:
+        """Replace each tensor by its mean across processes, in place (nothing in one process)."""
+        if not self._distributed:
+            return
+        world = self.accelerator.num_processes
+        for tensor in tensors:
+            torch.distributed.all_reduce(tensor)
+            tensor.div_(world)
+
+    def _mean_across_processes(self, value: Tensor) -> float:
+        return float(self.accelerator.reduce(value.reshape(1), reduction="mean")[0])
 
     @torch.no_grad()
     def _keep_harmful_gradient(self, trainable: Sequence[tuple[str, nn.Parameter]]) -> dict[str, Tensor]:
@@ -254,25 +442,21 @@ class PanaceaTrainerMixin(_Base):
             else:
                 kept[name] = param.grad.clone()
             param.grad = None
-        world = self.accelerator.num_processes
-        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            for buffer in kept.values():
-                torch.distributed.all_reduce(buffer)
-                buffer.div_(world)
+        self._average_across_processes(kept.values())
         return kept
 
-    def _record_step(self, values: list[float], grad_norm: float, scale: float, clamped: bool) -> None:
+    def _record_step(self, step: _PanaceaStep, perturbed_loss: float | None, clamped: bool) -> None:
         metrics = self._panacea_metrics
-        metrics["harmful_loss"].append(values[0])
-        if len(values) > 1:
-            metrics["harmful_loss_perturbed"].append(values[1])
+        metrics["harmful_loss"].append(step.loss)
+        if perturbed_loss is not None:
+            metrics["harmful_loss_perturbed"].append(perturbed_loss)
             metrics["harmful_loss_clamped"].append(float(clamped))
-        metrics["harmful_grad_norm"].append(grad_norm)
-        metrics["perturbation_norm"].append(scale * grad_norm)
+        metrics["harmful_grad_norm"].append(step.grad_norm)
+        metrics["perturbation_norm"].append(self._epsilon_scale * step.grad_norm)
         if self.args.final_perturbation == "mean":
             with torch.no_grad():
                 for name in self._perturbed:
-                    eps = self._harmful_grad[name] * scale
+                    eps = self._harmful_grad[name] * self._epsilon_scale
                     if name in self._epsilon_sum:
                         self._epsilon_sum[name].add_(eps)
                     else:
