@@ -1,5 +1,5 @@
-"""Run by test_distributed.py under `accelerate launch --num_processes 2`: two Panacea steps on two ranks, then
-each rank saves its weights, its ε per step and its final ε."""
+"""Run by test_distributed.py under `accelerate launch --num_processes 2`: two Panacea steps on two ranks for each
+case of pass 2, then each rank saves its weights and its ε per step."""
 
 from __future__ import annotations
 
@@ -22,12 +22,22 @@ SETTINGS: dict[str, Any] = {
     "optim": "sgd",
     "learning_rate": 0.1,
     "max_grad_norm": 0.0,
-    "harmful_loss_clamp": None,
     "panacea_lambda": 0.5,
     "logging_steps": 1,
     "save_strategy": "no",
     "seed": 0,
     "disable_tqdm": True,
+}
+
+
+# Pass 2 (in halves, the default for full fine-tuning, unless said): without a clamp; with the clamp on but not
+# reached (decided first on the mean loss across ranks); in one piece; above the clamp (no backward in pass 2:
+# the task gradient alone is averaged across ranks).
+CASES: dict[str, dict[str, Any]] = {
+    "no-clamp": {"harmful_loss_clamp": None},
+    "clamp-on": {"harmful_loss_clamp": 100.0},
+    "one-piece": {"harmful_loss_clamp": 100.0, "perturbed_pass_pieces": 1},
+    "clamped": {"harmful_loss_clamp": 1.0},
 }
 
 
@@ -41,9 +51,10 @@ class RecordEpsilon(TrainerCallback):
         self.epsilons.append(self.trainer.perturbation)
 
 
-def run(output: Path, batch_size: int) -> dict[str, Any]:
+def run(output: Path, batch_size: int, case: str) -> dict[str, Any]:
     model, tokenizer = tiny_causal_lm()
-    args = training_args(output, cls=PanaceaConfig, per_device_train_batch_size=batch_size, **SETTINGS)
+    settings = {**SETTINGS, **CASES[case]}
+    args = training_args(output, cls=PanaceaConfig, per_device_train_batch_size=batch_size, **settings)
     recorder = RecordEpsilon()
     trainer = PanaceaTrainer(
         model=model,
@@ -58,10 +69,16 @@ def run(output: Path, batch_size: int) -> dict[str, Any]:
     weights = {
         k: v.detach().clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()
     }
-    return {"weights": weights, "epsilons": recorder.epsilons, "rank": trainer.accelerator.process_index}
+    clamped = [entry["harmful_loss_clamped"] for entry in trainer.state.log_history if "loss" in entry]
+    return {
+        "weights": weights,
+        "epsilons": recorder.epsilons,
+        "clamped": clamped,
+        "rank": trainer.accelerator.process_index,
+    }
 
 
 if __name__ == "__main__":
     folder = Path(sys.argv[1])
-    result = run(folder / "run", batch_size=2)
-    torch.save(result, folder / f"rank{result['rank']}.pt")
+    results = {case: run(folder / case, batch_size=2, case=case) for case in CASES}
+    torch.save(results, folder / f"rank{results['no-clamp']['rank']}.pt")

@@ -39,7 +39,7 @@ def test_train_help_shows_the_panacea_knobs_and_the_shared_flags(capsys: pytest.
     assert main(["panacea", "train", "--help"]) == 0
     text = capsys.readouterr().out
     for flag in ("--panacea-rho", "--panacea-lambda", "--harmful-loss-clamp", "--perturb-parameters",
-                 "--final-perturbation", "--harmful-batch-size", "--harmful-data", "--model", "--resume",
+                 "--final-perturbation", "--harmful-batch-size", "--perturbed-pass-pieces", "--harmful-data", "--model", "--resume",
                  "--per-device-train-batch-size"):  # fmt: skip
         assert flag in text, flag
 
@@ -195,6 +195,11 @@ def test_evaluate_with_a_classifier_and_a_perturbation(
         (["--panacea-rho", "0"], r"`--panacea-rho` must be > 0, got 0"),
         (["--panacea_lambda", "-1"], r"`--panacea_lambda` must be >= 0, got -1"),
         (["--harmful-loss-clamp", "0"], r"`--harmful-loss-clamp` must be > 0, got 0"),
+        (
+            ["--perturbed-pass-pieces", "0"],
+            r"`--perturbed-pass-pieces` must be an integer >= 1, or None to let Panacea choose .*, got 0",
+        ),
+        (["--perturbed-pass-pieces", "auto"], r"`--perturbed-pass-pieces` must be an integer, got 'auto'"),
         (
             ["--final-perturbation", "first"],
             r"`--final-perturbation` must be one of 'last_step', 'mean', 'none', got 'first'",

@@ -35,6 +35,8 @@ def test_config_parses_with_hf_argument_parser(tmp_path: Path) -> None:
             "mean",
             "--harmful_batch_size",
             "3",
+            "--perturbed_pass_pieces",
+            "4",
             "--use_cpu",
             "true",
             "--report_to",
@@ -48,9 +50,11 @@ def test_config_parses_with_hf_argument_parser(tmp_path: Path) -> None:
         "mean",
         3,
     )
+    assert args.perturbed_pass_pieces == 4
     defaults = PanaceaConfig(str(tmp_path), use_cpu=True, report_to="none")
     assert (defaults.panacea_rho, defaults.panacea_lambda, defaults.harmful_loss_clamp) == (1.0, 1e-3, 5.0)
     assert defaults.perturb_parameters is None and defaults.harmful_batch_size is None
+    assert defaults.perturbed_pass_pieces is None  # ours: chosen from the model (2 full, 1 LoRA)
     assert defaults.learning_rate == TrainingArguments(str(tmp_path), use_cpu=True).learning_rate
 
 
@@ -63,6 +67,14 @@ def test_config_parses_with_hf_argument_parser(tmp_path: Path) -> None:
         ({"panacea_lambda": -0.1}, "`panacea_lambda` must be >= 0, got -0.1"),
         ({"harmful_loss_clamp": 0.0}, "`harmful_loss_clamp` must be > 0, got 0.0"),
         ({"harmful_batch_size": 0}, "`harmful_batch_size` must be >= 1, got 0"),
+        *[
+            (
+                {"perturbed_pass_pieces": value},
+                "`perturbed_pass_pieces` must be an integer >= 1, or None to let Panacea choose (2 when at "
+                f"least half of the parameters are trainable, else 1), got {value!r}",
+            )
+            for value in (0, -2, 1.5, True, "auto")
+        ],
         (
             {"final_perturbation": "first"},
             "`final_perturbation` must be one of 'last_step', 'mean', 'none', got 'first'",

@@ -73,18 +73,24 @@ def test_resume_from_the_last_checkpoint_adds_the_same_final_epsilon(
     assert_states_equal(trainer.panacea_state(), full_trainer.panacea_state())
 
 
+@pytest.mark.parametrize(
+    "pass_2",
+    [
+        {"harmful_loss_clamp": None},  # pass 2 in halves (the default here), nothing to decide first
+        {"harmful_loss_clamp": 100.0, "perturbed_pass_pieces": 1},  # the first micro-batch run without grad
+        {"harmful_loss_clamp": 100.0, "perturbed_pass_pieces": 2},
+    ],
+    ids=["no-clamp", "clamp-on-one-piece", "clamp-on-halves"],
+)
 def test_gradient_accumulation_equals_the_doubled_batch(
-    fresh_model, make_args, task_data, harmful_data, collator
+    pass_2: dict[str, Any], fresh_model, make_args, task_data, *, harmful_data, collator
 ) -> None:
-    """2 micro-batches of 2 (and 2 harmful micro-batches of 2) give the step of one batch of 4 (and 4)."""
+    """2 micro-batches of 2 (and 2 harmful micro-batches of 2) give the step of one batch of 4 (and 4).
+
+    Pass 2 runs once per optimizer step, after the second task micro-batch, on both harmful micro-batches.
+    """
     # SGD: Adam's first steps turn rounding-level differences of near-zero gradients into ±η moves.
-    common = {
-        "max_steps": 3,
-        "max_grad_norm": 0.0,
-        "harmful_loss_clamp": None,
-        "optim": "sgd",
-        "learning_rate": 0.1,
-    }
+    common = {"max_steps": 3, "max_grad_norm": 0.0, "optim": "sgd", "learning_rate": 0.1, **pass_2}
     big_model = fresh_model()
     _, big = _train(
         big_model,
@@ -104,6 +110,30 @@ def test_gradient_accumulation_equals_the_doubled_batch(
     assert_state_dicts_equal(accumulated_model.state_dict(), big_model.state_dict(), atol=1e-6, rtol=1e-5)
 
 
+def test_pass_2_follows_the_last_micro_batch_of_a_short_step(
+    fresh_model, make_args, task_data, harmful_data, collator
+) -> None:
+    """8 task rows, micro-batches of 2, accumulation 3: the epoch's second step has 1 micro-batch, not 3."""
+    args = make_args(max_steps=2, per_device_train_batch_size=2, gradient_accumulation_steps=3)
+    trainer = _trainer(fresh_model(), args, task_data, harmful_data, collator)
+    events: list[tuple[str, int]] = []
+    step, perturbed_pass = trainer.training_step, trainer._perturbed_pass
+
+    def record_step(*args: Any, **kwargs: Any) -> torch.Tensor:
+        events.append(("task", trainer.state.global_step))
+        return step(*args, **kwargs)
+
+    def record_pass(*args: Any, **kwargs: Any) -> None:
+        events.append(("pass 2", trainer.state.global_step))
+        perturbed_pass(*args, **kwargs)
+
+    trainer.training_step = record_step  # type: ignore[method-assign]
+    trainer._perturbed_pass = record_pass  # type: ignore[method-assign]
+    trainer.train()
+    assert events == [("task", 0), ("task", 0), ("task", 0), ("pass 2", 0), ("task", 1), ("pass 2", 1)]
+    assert all("harmful_loss_perturbed" in entry for entry in trainer.state.log_history[:2])
+
+
 def test_peft_lora_perturbs_the_adapter_weights_only(
     fresh_model, make_args, task_data, harmful_data, collator
 ) -> None:
@@ -115,6 +145,7 @@ def test_peft_lora_perturbs_the_adapter_weights_only(
     )
     adapters = {name for name, p in model.named_parameters() if p.requires_grad}
     assert adapters and all("lora_" in name for name in adapters)
+    assert trainer.perturbed_pass_pieces == 1  # the default: nothing to gain from halves with LoRA
     for epsilon in capture.epsilons:
         assert set(epsilon) == adapters
         assert global_norm(epsilon.values()) == pytest.approx(0.1, rel=1e-5)
@@ -145,6 +176,7 @@ def test_qwen2_with_tied_embeddings(make_args, task_data, harmful_data, collator
     model = Qwen2ForCausalLM.from_pretrained(tiny_qwen2_dir)
     before = trainable_state(model)
     trainer, capture = _train(model, make_args(max_steps=2), task_data, harmful_data, collator)
+    assert trainer.perturbed_pass_pieces == 2  # the default for full fine-tuning
     assert "lm_head.weight" not in capture.epsilons[-1]  # the tied head is the embedding, perturbed once
     assert "model.embed_tokens.weight" in capture.epsilons[-1]
     assert global_norm(capture.epsilons[-1].values()) == pytest.approx(1.0, rel=1e-6)
