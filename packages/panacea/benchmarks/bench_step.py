@@ -16,16 +16,22 @@ subprocess of its own, and the arms alternate round by round, so machine load hi
   transformers hold after import.
 
 ``--lora`` trains LoRA adapters (r=32 on q, k, v, as the paper's scripts) instead of every weight.
+``--pieces`` sets Panacea's ``perturbed_pass_pieces`` (default: the trainer's choice, 2 for full fine-tuning and
+1 for LoRA). The random weights give a harmful loss of about ln 32000 ≈ 10.4, above the default clamp C = 5,
+which would spare pass 2 its backward on every step; the Panacea arm therefore runs with
+``--harmful-loss-clamp 100`` (on, never reached), so that every step does all of its work, the no-grad forward
+that decides the clamp included.
 
 Where the memory goes (full fine-tuning with AdamW, W = the trainable weights' bytes, A = the activation peak
 of one forward-backward): SFT peaks at about weights + Adam (3W) + A, its gradients being allocated while the
-activations are freed. Panacea also keeps h0 (W, from which ε is a scalar multiple, kept between steps for the
-last ε) and, during the task pass, the gradient buffers that already hold λ(h0 − h1) (W): about 5W + A. The
-ratio falls as A grows (larger batches, longer sequences), and is near 1 with LoRA, whose W is small.
+activations are freed. Panacea keeps h0 (W) from pass 1 to pass 2: the task pass runs beside it (4W + A), and
+pass 2, at w + ε after the task pass, beside h0 and the task gradient g (5W + A in one piece, 5W + A/2 in
+halves). The ratio falls as A grows (larger batches, longer sequences), and is near 1 with LoRA, whose W is
+small.
 
 Usage:
     python packages/panacea/benchmarks/bench_step.py [--device auto] [--rounds 3] [--steps 4] [--batch 8]
-        [--seq 128] [--threads 1] [--lora]
+        [--seq 128] [--threads 1] [--lora] [--pieces N] [--harmful-loss-clamp 100]
 """
 
 from __future__ import annotations
@@ -103,15 +109,25 @@ def worker(args: argparse.Namespace) -> None:
         "use_cpu": device.type == "cpu",
         "bf16": False,
     }
+    pieces = None
     with MemoryMeter(device) as meter:
         model = build_model(str(device), args.lora)
         params = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if args.worker == "panacea":
-            config = training_args(args.output, cls=PanaceaConfig, final_perturbation="none", **settings)
-            trainer: Trainer = PanaceaTrainer(
+            config = training_args(
+                args.output,
+                cls=PanaceaConfig,
+                final_perturbation="none",
+                harmful_loss_clamp=args.harmful_loss_clamp,
+                perturbed_pass_pieces=args.pieces,
+                **settings,
+            )
+            panacea = PanaceaTrainer(
                 model=model, args=config, train_dataset=task, harmful_dataset=harmful, callbacks=[Clock()]
             )
+            pieces = panacea.perturbed_pass_pieces
+            trainer: Trainer = panacea
         else:
             config = training_args(args.output, **settings)
             trainer = Trainer(model=model, args=config, train_dataset=task, callbacks=[Clock()])
@@ -122,6 +138,7 @@ def worker(args: argparse.Namespace) -> None:
                 "params": params,
                 "trainable": trainable,
                 "peak": meter.growth_bytes,
+                "pieces": pieces,
                 "device": str(device),
                 "step_s": statistics.median(times[args.warmup :]),
                 "cpu_s": statistics.median(cpu_times[args.warmup :]),
@@ -140,6 +157,10 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--lora", action="store_true", help="train LoRA adapters (r=32 on q, k, v)")
+    parser.add_argument("--pieces", type=int, default=None, help="Panacea's perturbed_pass_pieces")
+    parser.add_argument(
+        "--harmful-loss-clamp", type=float, default=100.0, help="Panacea's C (default: on, never reached)"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--output", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -173,6 +194,9 @@ def main() -> None:
                 "--threads",
                 str(args.threads),
                 *(["--lora"] if args.lora else []),
+                *(["--pieces", str(args.pieces)] if args.pieces is not None else []),
+                "--harmful-loss-clamp",
+                str(args.harmful_loss_clamp),
             ]
             env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "HF_HUB_OFFLINE": "1"}
             with tempfile.TemporaryDirectory(prefix="panacea-bench-") as folder:  # the Trainer's output_dir

@@ -39,8 +39,8 @@ def test_train_help_shows_the_panacea_knobs_and_the_shared_flags(capsys: pytest.
     assert main(["panacea", "train", "--help"]) == 0
     text = capsys.readouterr().out
     for flag in ("--panacea-rho", "--panacea-lambda", "--harmful-loss-clamp", "--perturb-parameters",
-                 "--final-perturbation", "--harmful-batch-size", "--perturbed-pass-pieces", "--harmful-data", "--model", "--resume",
-                 "--per-device-train-batch-size"):  # fmt: skip
+                 "--final-perturbation", "--harmful-batch-size", "--perturbed-pass-pieces", "--harmful-data",
+                 "--model", "--resume", "--per-device-train-batch-size"):  # fmt: skip
         assert flag in text, flag
 
 
