@@ -46,7 +46,18 @@ def test_config_has_both_parents_fields_and_sft_defaults(tmp_path: Path) -> None
         PanaceaSFTConfig(str(tmp_path), panacea_lambda=-1, bf16=False, use_cpu=True, report_to="none")
 
 
-def test_step_equals_the_reference_on_tokenized_text(fresh_model, make_sft_args, tiny_lm, collator) -> None:
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"gradient_checkpointing": False, "harmful_loss_clamp": None},
+        # SFTConfig's default checkpointing, and pass 2 in halves with the clamp on (decided by a no-grad forward)
+        {"gradient_checkpointing": True, "harmful_loss_clamp": 100.0},
+    ],
+    ids=["plain", "checkpointing-clamp-on"],
+)
+def test_step_equals_the_reference_on_tokenized_text(
+    settings: dict[str, Any], fresh_model, make_sft_args, tiny_lm, *, collator
+) -> None:
     model = fresh_model()
     tokenizer = tiny_lm[1]
 
@@ -66,8 +77,8 @@ def test_step_equals_the_reference_on_tokenized_text(fresh_model, make_sft_args,
         max_steps=1,
         harmful_batch_size=4,
         max_grad_norm=0.0,
-        harmful_loss_clamp=None,
         final_perturbation="none",
+        **settings,
     )
     capture = CaptureGradients()
     trainer = PanaceaSFTTrainer(
@@ -80,6 +91,7 @@ def test_step_equals_the_reference_on_tokenized_text(fresh_model, make_sft_args,
     )
     capture.trainer = trainer  # type: ignore[assignment]
     trainer.train()
+    assert trainer.perturbed_pass_pieces == 2
     _assert_close(capture.gradients[0], expected.gradient, rtol=1e-4, atol=1e-6)
     _assert_close(capture.epsilons[0], expected.epsilon, rtol=1e-4, atol=1e-7)
 
@@ -131,6 +143,7 @@ def test_peft_config_puts_epsilon_on_the_adapter(fresh_model, make_sft_args, tin
     )
     capture.trainer = trainer  # type: ignore[assignment]
     trainer.train()
+    assert trainer.perturbed_pass_pieces == 1
     epsilon = capture.epsilons[-1]
     assert epsilon and all("lora_" in name for name in epsilon)
     assert global_norm(epsilon.values()) == pytest.approx(0.2, rel=1e-5)
