@@ -17,7 +17,7 @@ subprocess of its own, and the arms alternate round by round, so machine load hi
 
 ``--lora`` trains LoRA adapters (r=32 on q, k, v, as the paper's scripts) instead of every weight.
 ``--pieces`` sets Panacea's ``perturbed_pass_pieces`` (default: the trainer's choice, 2 for full fine-tuning and
-1 for LoRA). The random weights give a harmful loss of about ln 32000 ≈ 10.4, above the default clamp C = 5,
+1 for LoRA); ``--also-pieces N`` adds a second Panacea arm with ``perturbed_pass_pieces=N`` to the rounds. The random weights give a harmful loss of about ln 32000 ≈ 10.4, above the default clamp C = 5,
 which would spare pass 2 its backward on every step; the Panacea arm therefore runs with
 ``--harmful-loss-clamp 100`` (on, never reached), so that every step does all of its work, the no-grad forward
 that decides the clamp included.
@@ -31,7 +31,7 @@ small.
 
 Usage:
     python packages/panacea/benchmarks/bench_step.py [--device auto] [--rounds 3] [--steps 4] [--batch 8]
-        [--seq 128] [--threads 1] [--lora] [--pieces N] [--harmful-loss-clamp 100]
+        [--seq 128] [--threads 1] [--lora] [--pieces N] [--also-pieces N] [--harmful-loss-clamp 100]
 """
 
 from __future__ import annotations
@@ -44,8 +44,6 @@ import subprocess
 import sys
 import time
 from typing import Any
-
-ARMS = ("sft", "panacea")
 
 
 def build_model(device: str, lora: bool) -> Any:
@@ -159,6 +157,9 @@ def main() -> None:
     parser.add_argument("--lora", action="store_true", help="train LoRA adapters (r=32 on q, k, v)")
     parser.add_argument("--pieces", type=int, default=None, help="Panacea's perturbed_pass_pieces")
     parser.add_argument(
+        "--also-pieces", type=int, default=None, help="a second Panacea arm with this perturbed_pass_pieces"
+    )
+    parser.add_argument(
         "--harmful-loss-clamp", type=float, default=100.0, help="Panacea's C (default: on, never reached)"
     )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -169,16 +170,22 @@ def main() -> None:
         return
     import tempfile
 
+    # arm name -> (worker, perturbed_pass_pieces)
+    arms: dict[str, tuple[str, int | None]] = {"sft": ("sft", None), "panacea": ("panacea", args.pieces)}
+    if args.also_pieces is not None:
+        arms[f"panacea, pieces {args.also_pieces}"] = ("panacea", args.also_pieces)
+    names = list(arms)
     results: dict[str, dict[str, list[Any]]] = {
-        arm: {"step_s": [], "cpu_s": [], "peak": [], "info": []} for arm in ARMS
+        arm: {"step_s": [], "cpu_s": [], "peak": [], "info": []} for arm in names
     }
     for number in range(args.rounds):
-        for arm in ARMS if number % 2 == 0 else ARMS[::-1]:
+        for arm in names if number % 2 == 0 else names[::-1]:
+            kind, pieces = arms[arm]
             command = [
                 sys.executable,
                 __file__,
                 "--worker",
-                arm,
+                kind,
                 "--output",
                 "{output}",
                 "--device",
@@ -194,7 +201,7 @@ def main() -> None:
                 "--threads",
                 str(args.threads),
                 *(["--lora"] if args.lora else []),
-                *(["--pieces", str(args.pieces)] if args.pieces is not None else []),
+                *(["--pieces", str(pieces)] if pieces is not None else []),
                 "--harmful-loss-clamp",
                 str(args.harmful_loss_clamp),
             ]
@@ -227,7 +234,7 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|")
     base = {key: statistics.median(results["sft"][key]) for key in ("step_s", "cpu_s", "peak")}
-    for arm in ARMS:
+    for arm in names:
         value = {key: statistics.median(results[arm][key]) for key in ("step_s", "cpu_s", "peak")}
         rounds = ", ".join(f"{t:.2f}" for t in results[arm]["cpu_s"])
         peaks = ", ".join(f"{p / 2**20:.0f}" for p in results[arm]["peak"])
