@@ -567,9 +567,11 @@ class PanaceaTrainer(PanaceaTrainerMixin, Trainer):
     gradient), gradient accumulation (the harmful batch grows with it, so accumulating k micro-batches equals
     one step on the k-times larger batch), evaluation (of the unperturbed weights), checkpoints (each keeps
     the last ε; resuming reproduces the uninterrupted run's weights) and accelerate DDP (h0 is averaged across
-    processes before ε is formed, so every rank adds the same ε). A PEFT model perturbs its adapter weights
-    (the parameters with ``requires_grad``). The harmful batches are a function of the seed and the step, not
-    of a data loader's position, so they survive a resume.
+    processes before ε is formed, so every rank adds the same ε; the gradient is averaged once, after pass 2).
+    Pass 2 (at w + ε) runs after the task micro-batches, in ``perturbed_pass_pieces`` pieces, so that full
+    fine-tuning peaks at about one more copy of the trainable weights than SFT, not two. A PEFT model perturbs
+    its adapter weights (the parameters with ``requires_grad``). The harmful batches are a function of the
+    seed and the step, not of a data loader's position, so they survive a resume.
 
     Args:
         model: the model (a ``PreTrainedModel``, a PEFT model, or any module returning a loss).
