@@ -134,6 +134,18 @@ def test_pass_2_follows_the_last_micro_batch_of_a_short_step(
     assert all("harmful_loss_perturbed" in entry for entry in trainer.state.log_history[:2])
 
 
+def test_a_second_train_call_runs_the_whole_step_again(
+    fresh_model, make_args, task_data, harmful_data, collator
+) -> None:
+    """``train()`` twice on one trainer (global_step starts at 0 again): each step still runs passes 1 and 2."""
+    trainer = _trainer(fresh_model(), make_args(max_steps=1), task_data, harmful_data, collator)
+    trainer.train()
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logged) == 1 and "harmful_loss_perturbed" in logged[0]
+    assert trainer._step is None  # pass 2 ran: nothing of the step is left
+
+
 def test_peft_lora_perturbs_the_adapter_weights_only(
     fresh_model, make_args, task_data, harmful_data, collator
 ) -> None:

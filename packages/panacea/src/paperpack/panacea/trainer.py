@@ -52,7 +52,6 @@ class _PanaceaStep:
 
     chunks: list[dict[str, Any]]  # the harmful micro-batches, as prepared for the model
     num_items: Any  # num_items_in_batch over all of them (and over processes, as the Trainer counts)
-    micro_batches: int  # task micro-batches left before pass 2
     loss: float  # h(w), mean across processes
     grad_norm: float  # ‖h0‖ over the perturbed parameters
     h0: dict[str, Tensor]  # of every trainable parameter
@@ -185,6 +184,7 @@ class PanaceaTrainerMixin(_Base):
         self._epsilon_sum: dict[str, Tensor] = {}
         self._epsilon_count = 0
         self._harmful_step: int | None = None
+        self._micro_batches_left = 0  # task micro-batches of the current step still to come
         self._step: _PanaceaStep | None = None  # what pass 1 leaves for pass 2
         self._panacea_metrics: dict[str, list[float]] = defaultdict(list)
         self.applied_perturbation: dict[str, Tensor] | None = None
@@ -259,19 +259,19 @@ class PanaceaTrainerMixin(_Base):
         ``harmful_loss``, ``harmful_loss_perturbed``, ``perturbation_norm``, ``harmful_grad_norm`` and
         ``harmful_loss_clamped`` (the fraction of steps whose h(w+ε) exceeded the clamp).
         """
-        if self._harmful_step != self.state.global_step:
+        if self._micro_batches_left == 0 or self._harmful_step != self.state.global_step:
             self._harmful_step = self.state.global_step
             self._set_train_mode(model)
             with self._harmful_context():
                 self._harmful_pass(model)
+        self._micro_batches_left -= 1
         step = self._step
         if step is None:  # λ = 0: no pass 2, the parent's step synchronises the gradient as usual
             return super().training_step(model, inputs, num_items_in_batch)
         # The gradient is averaged across processes once, after pass 2 has added to it.
         with self.accelerator.no_sync(model):
             loss = super().training_step(model, inputs, num_items_in_batch)
-        step.micro_batches -= 1
-        if step.micro_batches == 0:
+        if self._micro_batches_left == 0:
             self._set_train_mode(model)
             with self._harmful_context():
                 self._perturbed_pass(model, step)
@@ -312,10 +312,10 @@ class PanaceaTrainerMixin(_Base):
         self._epsilon_scale = epsilon_scale(grad_norm, args.panacea_rho)
         self._perturbed = perturbed
         # h0 of every trainable parameter waits for pass 2 (λ·h0); with λ = 0 it is dropped here.
+        self._micro_batches_left = count
         step = _PanaceaStep(
             chunks=chunks,
             num_items=num_items,
-            micro_batches=count,
             loss=self._mean_across_processes(loss),
             grad_norm=grad_norm,
             h0=h0 if args.panacea_lambda > 0 else {},
