@@ -32,6 +32,7 @@ small.
 Usage:
     python packages/panacea/benchmarks/bench_step.py [--device auto] [--rounds 3] [--steps 4] [--batch 8]
         [--seq 128] [--threads 1] [--lora] [--pieces N] [--also-pieces N] [--harmful-loss-clamp 100]
+        [--phases]
 """
 
 from __future__ import annotations
@@ -107,6 +108,25 @@ def worker(args: argparse.Namespace) -> None:
         "use_cpu": device.type == "cpu",
         "bf16": False,
     }
+    phases: dict[str, list[float]] = {}
+    if args.phases:
+        from paperpack.panacea import PanaceaTrainerMixin
+
+        def timed(owner: Any, name: str, label: str) -> None:
+            method = getattr(owner, name)
+
+            def run(*a: Any, **k: Any) -> Any:
+                start = time.process_time()
+                result = method(*a, **k)
+                phases.setdefault(label, []).append(time.process_time() - start)
+                return result
+
+            setattr(owner, name, run)
+
+        # In this worker process only: CPU time of each pass (the task pass is the parent's training_step).
+        timed(Trainer, "training_step", "task pass")
+        timed(PanaceaTrainerMixin, "_harmful_pass", "pass 1")
+        timed(PanaceaTrainerMixin, "_perturbed_pass", "pass 2")
     pieces = None
     with MemoryMeter(device) as meter:
         model = build_model(str(device), args.lora)
@@ -137,6 +157,15 @@ def worker(args: argparse.Namespace) -> None:
                 "trainable": trainable,
                 "peak": meter.growth_bytes,
                 "pieces": pieces,
+                **(
+                    {
+                        "phases_cpu_s": {
+                            k: round(statistics.median(v[args.warmup :]), 3) for k, v in phases.items()
+                        }
+                    }
+                    if phases
+                    else {}
+                ),
                 "device": str(device),
                 "step_s": statistics.median(times[args.warmup :]),
                 "cpu_s": statistics.median(cpu_times[args.warmup :]),
@@ -161,6 +190,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--harmful-loss-clamp", type=float, default=100.0, help="Panacea's C (default: on, never reached)"
+    )
+    parser.add_argument(
+        "--phases",
+        action="store_true",
+        help="also time each pass (median CPU s per step, in each round's line)",
     )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--output", default=None, help=argparse.SUPPRESS)
@@ -201,6 +235,7 @@ def main() -> None:
                 "--threads",
                 str(args.threads),
                 *(["--lora"] if args.lora else []),
+                *(["--phases"] if args.phases else []),
                 *(["--pieces", str(pieces)] if pieces is not None else []),
                 "--harmful-loss-clamp",
                 str(args.harmful_loss_clamp),
