@@ -100,7 +100,7 @@ def test_presample_train_evaluate(arch, tiny_lm_dir, qwen_dir, problems_file, tm
     assert main([*evaluate, "--max-new-tokens", "8", "--output", str(report), "--overwrite", *QUIET]) == 0
 
 
-def test_train_with_lora_resume_and_overwrite(tiny_lm_dir, presampled, tmp_path) -> None:
+def test_train_with_lora_resume_and_overwrite(tiny_lm_dir, presampled, problems_file, tmp_path) -> None:
     trained = tmp_path / "lora"
     lora = ["--lora-r", "4", "--lora-target-modules", "q_proj", "v_proj"]
     argv = _train(str(tiny_lm_dir), presampled / "train.jsonl", trained, *lora)
@@ -112,6 +112,11 @@ def test_train_with_lora_resume_and_overwrite(tiny_lm_dir, presampled, tmp_path)
     assert json.loads((trained / "o1_pruner_train.json").read_text())["steps"] == 2
     assert main([*argv, "--overwrite"]) == 0
     assert not (trained / "checkpoint-2").exists() and (trained / "checkpoint-1").is_dir()
+    # The adapter folder is a model to every command: its base with the adapter merged.
+    report = tmp_path / "lora.json"
+    evaluate = ["o1-pruner", "evaluate", "--model", str(trained), "--data", str(problems_file)]
+    assert main([*evaluate, "--max-new-tokens", "4", "--output", str(report), *QUIET]) == 0
+    assert json.loads(report.read_text())["problems"] == 6
 
 
 def test_presample_resume_and_overwrite(tiny_lm_dir, problems_file, presampled, tmp_path) -> None:
@@ -157,7 +162,9 @@ def test_presample_resume_and_overwrite(tiny_lm_dir, problems_file, presampled, 
         (["train", "--max-steps", "1", "--data", "MISSING"], r"neither a presample folder with train.jsonl"),
         (["train", "--cliprange", "2"], r"`--cliprange` must be in \(0, 1\)"),
         (["train", "--max-steps", "0"], r"`--max-steps` must be >= 1"),
-        (["train", "--lora-r", "0"], r"`--lora-r` must be >= 1, got 0"),
+        (["train", "--lora-r", "0"], r"`--lora-r` must be an integer >= 1, got 0"),
+        (["train", "--lora-alpha", "4"], r"--lora-alpha needs --lora-r"),
+        (["train", "--lora-r", "2", "--lora-target-modules", "nope"], r"fits no module of this model"),
         (["train", "--ref-model", "MODEL"], r"`--ref-model` is given but the data carries"),
         (["train", "--lr", "1e-3"], r"unrecognized arguments: --lr"),
         (["train", "--resume"], r"`--resume` continues an earlier run of `o1-pruner train`"),

@@ -139,6 +139,37 @@ def test_train_writes_the_one_layout_and_apply_removes_epsilon(
     assert len(scores["answers"]) == 3 and 0.0 <= scores["harmful_score"] <= scores["harmful_score_plus"]
 
 
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_train_with_lora_perturbs_the_adapter_and_writes_an_adapter_folder(
+    architecture: str, tiny_lm_dir: Path, tiny_gpt2_dir: Path, inputs: Path, tmp_path: Path
+) -> None:
+    model = tiny_lm_dir if architecture == "llama" else tiny_gpt2_dir
+    output = tmp_path / "run"
+    # The paper's scripts: r 32, α 4 on q, k and v (here r 4; GPT-2's fused projection is c_attn).
+    targets = ["q_proj", "k_proj", "v_proj"] if architecture == "llama" else ["c_attn"]
+    lora = ["--lora-r", "4", "--lora-alpha", "4", "--lora-target-modules", *targets]
+    assert main(_train(model, inputs, output, *lora, "--learning-rate", "1e-2")) == 0
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {path.name for path in output.iterdir()}
+    assert not (output / "model.safetensors").exists()
+
+    epsilon = load_perturbation(output / "perturbation.safetensors")
+    assert epsilon and all(".lora_A." in name or ".lora_B." in name for name in epsilon)  # ε on the adapter
+    assert global_norm(epsilon.values()) == pytest.approx(1.0, rel=1e-5)
+    # The adapter at the top is the last checkpoint's plus ε (PEFT drops the adapter's name when saving).
+    trained = load_state_dict(output / "checkpoint-4" / "adapter_model.safetensors")
+    final = load_state_dict(output / "adapter_model.safetensors")
+    moved = {name.replace(".default.", "."): tensor for name, tensor in epsilon.items()}
+    assert set(moved) == set(final)
+    assert_state_dicts_equal(
+        final, {name: trained[name] + moved[name] for name in final}, atol=1e-7, rtol=1e-6
+    )
+
+    results = tmp_path / "scores.json"
+    evaluate = ["panacea", "evaluate", "--model", str(output), "--data", str(inputs / "prompts.jsonl")]
+    assert main([*evaluate, "--output", str(results), "--max-new-tokens", "4", "--device", "cpu"]) == 0
+    assert len(json.loads(results.read_text())["answers"]) == 3
+
+
 def test_resume_through_the_cli_ends_where_the_uninterrupted_run_does(
     tiny_lm_dir: Path, inputs: Path, tmp_path: Path
 ) -> None:
@@ -213,6 +244,9 @@ def test_evaluate_with_a_classifier_and_a_perturbation(
         (["--fsdp", "full_shard"], r"`--fsdp` and `--deepspeed` are not supported by Panacea"),
         (["--max-steps", "0"], r"`--max-steps` must be >= 1"),
         (["--resume"], r"`--resume` continues an earlier run of `panacea train`"),
+        (["--lora-r", "0"], r"`--lora-r` must be an integer >= 1, got 0"),
+        (["--lora-dropout", "0.1"], r"--lora-dropout needs --lora-r"),
+        (["--lora-r", "2", "--lora-target-modules", "c_attn"], r"\(c_attn\) fits no module of this model"),
     ],
 )
 def test_train_refuses_bad_input_before_any_side_effect(

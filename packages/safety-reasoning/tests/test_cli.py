@@ -101,6 +101,20 @@ def test_train_then_evaluate_on_two_architectures(architecture, request, sft_dat
     check_cli_fails_cleanly(argv, "exists.*--overwrite", paths=[output, queries], output=report)
 
 
+def test_train_a_lora_adapter_then_evaluate_it(qwen2_dir, sft_data, queries, tmp_path):
+    output = tmp_path / "lora"
+    argv = ["safety-reasoning", "train", "--model", str(qwen2_dir), "--data", str(sft_data), "--output", str(output),
+            "--max-steps", "2", "--per-device-train-batch-size", "4", "--learning-rate", "1e-2", "--no-progress",
+            "--lora-r", "4", "--lora-target-modules", "q_proj", "v_proj"]  # fmt: skip
+    assert main(argv) == 0
+    assert (output / "adapter_model.safetensors").is_file() and not (output / "model.safetensors").exists()
+    report = tmp_path / "report.json"
+    argv = ["safety-reasoning", "evaluate", "--model", str(output), "--data", str(queries), "--n-values", "1",
+            "--attacks", "caesar", "--max-new-tokens", "4", "--output", str(report), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    assert set(json.loads(report.read_text())["greedy"]) == {"direct", "caesar"}
+
+
 def test_sft_training_resumes_exactly(tiny_lm, sft_data, tmp_path):
     import copy
 
@@ -208,6 +222,38 @@ def test_bad_input_through_the_cli(tiny_lm_dir, queries, sft_data, bad_sft_data,
                 "-1",
             ],
             "`--learning-rate` must be",
+        ),
+        (
+            [
+                "safety-reasoning",
+                "train",
+                "--model",
+                str(tiny_lm_dir),
+                "--data",
+                str(sft_data),
+                "--output",
+                str(out),
+                "--lora-r",
+                "2",
+                "--lora-target-modules",
+                "c_fc",
+            ],
+            "\\(c_fc\\) fits no module of this model.*q_proj",
+        ),
+        (
+            [
+                "safety-reasoning",
+                "train",
+                "--model",
+                str(tiny_lm_dir),
+                "--data",
+                str(sft_data),
+                "--output",
+                str(out),
+                "--lora-alpha",
+                "8",
+            ],
+            "--lora-alpha needs --lora-r",
         ),
         (
             [

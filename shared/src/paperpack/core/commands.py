@@ -54,6 +54,7 @@ __all__ = [
     "TRAINING_EXCLUDED",
     "SharedFlag",
     "TrainingOutput",
+    "add_lora_arguments",
     "add_shared_arguments",
     "add_training_arguments",
     "check_training_output",
@@ -260,6 +261,76 @@ def add_shared_arguments(
                 metavar=spec.metavar,
                 convert=spec.convert,
             )
+
+
+def _real(value: Any, allowed: str, test: Any) -> float:
+    try:
+        number = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not test(number):
+        raise ValueError(f"must be {allowed}, got {value!r}")
+    return number
+
+
+def _positive(value: Any) -> float:
+    return _real(value, "a number > 0", lambda x: 0 < x < float("inf"))
+
+
+def _probability(value: Any) -> float:
+    return _real(value, "a number in [0, 1)", lambda x: 0 <= x < 1)
+
+
+def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the LoRA flags ``--lora-r``, ``--lora-alpha``, ``--lora-dropout``, ``--lora-target-modules``.
+
+    Given ``--lora-r R``, the command trains a PEFT LoRA adapter of rank R instead of every weight and writes
+    the adapter folder; :func:`paperpack.core.hf.lora.lora_config` turns the flags into a ``LoraConfig`` and
+    :func:`paperpack.core.hf.lora.wrap_lora` wraps the model. The names are TRL's (``lora_r``,
+    ``lora_alpha``, ...), spelled with dashes as every flag is.
+
+    Examples:
+        >>> from paperpack.core.arguments import ArgumentParser
+        >>> from paperpack.core.commands import add_lora_arguments
+        >>> parser = ArgumentParser(prog="paperpack thing train")
+        >>> add_lora_arguments(parser)
+        >>> args = parser.parse_args(["--lora-r", "8", "--lora-target-modules", "q_proj", "v_proj"])
+        >>> args.lora_r, args.lora_alpha, args.lora_target_modules
+        (8, None, ['q_proj', 'v_proj'])
+    """
+    group = parser.add_argument_group("LoRA (train an adapter instead of every weight)")
+    add_flag(
+        group,
+        "lora_r",
+        int,
+        metavar="R",
+        help="train a PEFT LoRA adapter of rank R and write the adapter folder (default: train every weight)",
+        convert=_at_least_one,
+    )
+    add_flag(
+        group,
+        "lora_alpha",
+        float,
+        metavar="ALPHA",
+        help="the adapter's scale numerator α (the update is α/r · B A; default: 2r, TRL's ratio)",
+        convert=_positive,
+    )
+    add_flag(
+        group,
+        "lora_dropout",
+        float,
+        metavar="P",
+        help="dropout on the adapter's input (default: 0)",
+        convert=_probability,
+    )
+    add_flag(
+        group,
+        "lora_target_modules",
+        list[str],
+        metavar="NAME",
+        help="the modules the adapter wraps, by the last part of their names, e.g. q_proj v_proj (default: "
+        "PEFT's choice for the architecture)",
+    )
 
 
 #: ``TrainingArguments`` fields a training command sets from the shared flags instead of flags of their own:

@@ -131,7 +131,7 @@ def _presample_flags(sub: argparse.ArgumentParser) -> None:
 
 def _train_flags(sub: argparse.ArgumentParser) -> None:
     from paperpack.core.arguments import add_flag
-    from paperpack.core.commands import add_training_arguments
+    from paperpack.core.commands import add_lora_arguments, add_training_arguments
     from paperpack.o1_pruner.config import O1PrunerConfig
 
     names = add_training_arguments(sub, O1PrunerConfig, exclude=[f for f in PRESAMPLE_FIELDS if f != "seed"])
@@ -144,20 +144,7 @@ def _train_flags(sub: argparse.ArgumentParser) -> None:
         help="the frozen reference when the data holds no ref_logps (default: the base of --lora-r, else "
         "a copy of --model)",
     )
-    add_flag(
-        sub,
-        "lora_r",
-        int,
-        metavar="R",
-        help="train a LoRA adapter of rank R; the reference is the base with the adapter disabled",
-    )
-    add_flag(
-        sub,
-        "lora_target_modules",
-        list[str],
-        metavar="NAME",
-        help="modules the adapter wraps (default: PEFT's choice for the architecture)",
-    )
+    add_lora_arguments(sub)  # the reference is then the base with the adapter disabled
     sub.set_defaults(handler=_train, config_fields=names)
 
 
@@ -295,13 +282,18 @@ def _train_records(path: Path) -> list[dict[str, Any]]:
 
 def _train(args: argparse.Namespace) -> int:
     from paperpack.core.commands import check_training_output
-    from paperpack.core.hf import ArgumentsAsJson, command_training_args, save_trained_model
-    from paperpack.core.validation import check_finite, check_int
+    from paperpack.core.hf import (
+        ArgumentsAsJson,
+        command_training_args,
+        lora_config,
+        save_trained_model,
+        wrap_lora,
+    )
+    from paperpack.core.validation import check_finite
     from paperpack.o1_pruner.config import O1PrunerConfig
     from paperpack.o1_pruner.trainer import O1PrunerTrainer
 
-    if args.lora_r is not None:
-        check_int("lora_r", args.lora_r, minimum=1)
+    lora = lora_config(args)
     inputs = [args.model, args.data] + ([args.ref_model] if args.ref_model else [])
     output = check_training_output(
         args.output, command=TRAIN, overwrite=args.overwrite, resume=args.resume, inputs=inputs
@@ -310,11 +302,8 @@ def _train(args: argparse.Namespace) -> int:
     records = _train_records(Path(args.data))
     model, tokenizer = _load(args.model, args)
     ref_model = _load(args.ref_model, args)[0] if args.ref_model else None
-    if args.lora_r is not None:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules=args.lora_target_modules)
-        model = get_peft_model(model, lora)
+    if lora is not None:
+        model = wrap_lora(model, lora)
     trainer = O1PrunerTrainer(
         model=model,
         args=config,

@@ -22,6 +22,7 @@ from paperpack.core.arguments import add_flag
 from paperpack.core.commands import (
     TRAINING_COMMAND_FLAGS,
     TRAINING_COMMAND_REQUIRED,
+    add_lora_arguments,
     add_shared_arguments,
     add_training_arguments,
     check_training_output,
@@ -93,6 +94,7 @@ def _train_flags(train: argparse.ArgumentParser) -> None:
         "max_length",
         required=TRAINING_COMMAND_REQUIRED,
     )
+    add_lora_arguments(train)  # the paper's setting: an adapter (its scripts: r 32, α 4 on q, k, v), ε on it
     train.set_defaults(handler=_train, training_fields=names)
 
 
@@ -196,7 +198,9 @@ def _train(args: argparse.Namespace) -> int:
         ArgumentsAsJson,
         command_training_args,
         load_model_and_tokenizer,
+        lora_config,
         save_trained_model,
+        wrap_lora,
     )
     from paperpack.core.validation import check_finite
     from paperpack.panacea.config import PanaceaConfig
@@ -204,6 +208,7 @@ def _train(args: argparse.Namespace) -> int:
     from paperpack.panacea.trainer import PanaceaTrainer
 
     # Every check before the first side effect (output.open()).
+    lora = lora_config(args)
     output = check_training_output(
         args.output,
         command=TRAIN,
@@ -216,7 +221,8 @@ def _train(args: argparse.Namespace) -> int:
     )
     task = _training_records(args.data, "data")
     harmful = _training_records(args.harmful_data, "harmful_data")
-    model, tokenizer = load_model_and_tokenizer(args.model, device=args.device, dtype=args.dtype)
+    loaded, tokenizer = load_model_and_tokenizer(args.model, device=args.device, dtype=args.dtype)
+    model = loaded if lora is None else wrap_lora(loaded, lora)
     trainer = PanaceaTrainer(  # checks the harmful set's size and `perturb_parameters` against the model
         model=model,
         args=config,

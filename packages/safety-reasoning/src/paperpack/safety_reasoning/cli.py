@@ -216,6 +216,7 @@ def _train_flags(parser: argparse.ArgumentParser) -> None:
     from paperpack.core.commands import (
         TRAINING_COMMAND_FLAGS,
         TRAINING_COMMAND_REQUIRED,
+        add_lora_arguments,
         add_shared_arguments,
         add_training_arguments,
     )
@@ -227,6 +228,7 @@ def _train_flags(parser: argparse.ArgumentParser) -> None:
         required=TRAINING_COMMAND_REQUIRED,
         help={"data": f"examples: the {TRAIN_FILE} (or {REFUSAL_FILE}) of synthesize, or JSON Lines like it"},
     )
+    add_lora_arguments(parser)
     parser.set_defaults(handler=_train, training_fields=names)
 
 
@@ -454,10 +456,17 @@ def _train(args: argparse.Namespace) -> int:
 
     from paperpack.core.commands import check_training_output
     from paperpack.core.data import read_jsonl
-    from paperpack.core.hf import ArgumentsAsJson, command_training_args, save_trained_model
+    from paperpack.core.hf import (
+        ArgumentsAsJson,
+        command_training_args,
+        lora_config,
+        save_trained_model,
+        wrap_lora,
+    )
     from paperpack.core.validation import check_finite
     from paperpack.safety_reasoning.training import check_sft_rows, sft_trainer
 
+    lora = lora_config(args)
     output = check_training_output(
         args.output,
         command=TRAIN,
@@ -476,6 +485,8 @@ def _train(args: argparse.Namespace) -> int:
             f"the tokenizer in --model {args.model!r} has no chat template; the examples are conversations "
             "rendered with it (add one to its tokenizer_config.json)"
         )
+    if lora is not None:
+        model = wrap_lora(model, lora)
     output.open()
     trainer = sft_trainer(model, tokenizer, rows, arguments, callbacks=[ArgumentsAsJson()])
     result = trainer.train(resume_from_checkpoint=str(output.resume_from) if output.resume_from else None)

@@ -14,6 +14,7 @@ from paperpack.core.hf.generation import (
     sample_completions,
     shared_prefix_length,
 )
+from paperpack.core.hf.lora import lora_config, wrap_lora
 from paperpack.core.hf.tiny import (
     BENCHMARK_LLAMA,
     CHAT_TEMPLATE,
@@ -50,6 +51,7 @@ __all__ = [
     "default_corpus",
     "encode_prompts",
     "load_model_and_tokenizer",
+    "lora_config",
     "machine_defaults",
     "read_callback_state",
     "sample_completions",
@@ -58,6 +60,7 @@ __all__ = [
     "tiny_causal_lm",
     "tiny_tokenizer",
     "training_args",
+    "wrap_lora",
     "write_arguments_json",
     "write_callback_state",
 ]

@@ -14,7 +14,7 @@ import argparse
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, cast, overload
 
 import torch
 from transformers import (
@@ -101,17 +101,29 @@ def load_model_and_tokenizer(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from a local model folder (safetensors only, never the network).
 
+    The folder may also be a PEFT adapter (what a training command writes with ``--lora-r``): its base model,
+    a local folder named in ``adapter_config.json``, is loaded and the adapter merged into it; the tokenizer
+    is the adapter folder's when it holds one, else the base's.
+
     Raises:
-        CheckpointNotFoundError: when the folder is missing or lacks ``config.json``.
+        CheckpointNotFoundError: when the folder is missing or lacks ``config.json`` (and is no adapter), or
+            an adapter's base is not a local model folder.
         CheckpointError: when its weights are pickle files.
     """
+    from paperpack.core.hf.lora import ADAPTER_CONFIG, adapter_base, merge_adapter
+
     folder = Path(path)
+    if not (folder / "config.json").is_file() and (folder / ADAPTER_CONFIG).is_file():
+        model, tokenizer = load_model_and_tokenizer(adapter_base(folder), device=device, dtype=dtype)
+        if (folder / "tokenizer_config.json").is_file():
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        return cast(PreTrainedModel, merge_adapter(model, folder)), tokenizer
     if not (folder / "config.json").is_file():
         raise CheckpointNotFoundError(f"{str(path)!r} is not a model folder (no config.json)")
     LazyStateDict(folder)  # refuses pickle-only folders with instructions, reads headers only
     where = resolve_device(device)
     model = AutoModelForCausalLM.from_pretrained(
-        folder,
+        folder.resolve(),  # recorded as the model's name_or_path: an adapter trained on it finds it anywhere
         dtype=resolve_dtype(dtype, where),
         device_map={"": str(where)},
         local_files_only=True,
