@@ -17,6 +17,14 @@ Two paths compute the same quantities:
   given the exact singular-value bounds), a float64 Gram eigendecomposition costs about what the float32 SVD
   does, and a float32 one loses the orthogonality (‖PᵀP − I‖_F of 0.3 to 0.7).
 
+  Every Gram matrix is computed by symmetric blocks (:func:`gram`), and R-TSVM's energy ranks reuse the
+  eigendecomposition its triplets come from (:func:`gram_eigh`). A randomized range finder or a partial
+  eigensolver in place of the full eigendecomposition was measured and not adopted
+  (``benchmarks/bench_topk.py``): each task keeps k = ⌊r/T⌋, a third of its directions with three tasks, so
+  subspace iteration on a block of k + p columns costs about what the eigendecomposition does before it
+  reaches the 1 % truncation-error target on a flat spectrum (4 to 5 products of the Gram matrix with the
+  block, plus orthonormalizations and a Rayleigh–Ritz step).
+
 The rule for parallel task matrices (:func:`parallel_groups`): the polar factor of a rank-deficient matrix has
 no unique answer, and stacking the singular vectors of task matrices that point the same way (identical
 experts, one expert at two scales, an expert and its negation) makes the stacked bases rank-deficient. Task
