@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 import yaml
-from _harness import in_child, load_average, load_json_line
+from _harness import in_child, llama_spec, load_average, load_json_line
 
 from paperpack.r_tsvm import merge_checkpoints
 from paperpack.r_tsvm.methods import tsv
@@ -56,16 +56,7 @@ def main() -> None:
     parser.add_argument("--order", nargs=2, default=["fast", "exact"], choices=["fast", "exact"])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    spec = {
-        "name": f"llama-{args.layers}x{args.hidden}x{args.intermediate}",
-        "vocab": args.vocab,
-        "hidden": args.hidden,
-        "intermediate": args.intermediate,
-        "layers": args.layers,
-        "heads": max(1, args.hidden // 128),
-        "experts": NUM_EXPERTS,
-        "noise": 1e-3,
-    }
+    spec = llama_spec(args.layers, args.hidden, args.intermediate, args.vocab, NUM_EXPERTS)
     workdir = Path(args.workdir) / spec["name"]
     folders = load_json_line(in_child("models", str(workdir), json.dumps(spec)))["folders"]
     spent: dict[str, float] = {}

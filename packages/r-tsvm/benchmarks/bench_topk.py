@@ -66,14 +66,18 @@ def _ritz(matrix: Tensor, basis: Tensor, k: int) -> Tensor:
     return top
 
 
+def _first_blocks(wide: Tensor, columns: int) -> list[tuple[Tensor, Tensor]]:
+    """Per task: its Gram matrix G and the orthonormalized G Ω for a seeded Gaussian Ω of ``columns`` columns."""
+    generator = torch.Generator().manual_seed(SEED)
+    grams = gram(wide)
+    return [(g, _orth(g @ torch.randn(g.shape[0], columns, generator=generator))) for g in grams]
+
+
 def subspace(oversampling: int, iterations: int) -> Candidate:
     def run(wide: Tensor, k: int) -> list[Tensor]:
-        generator = torch.Generator().manual_seed(SEED)
-        grams = gram(wide)
         out = []
-        for t in range(wide.shape[0]):
-            g = grams[t]
-            block = _orth(g @ torch.randn(g.shape[0], k + oversampling, generator=generator))
+        for g, first in _first_blocks(wide, k + oversampling):
+            block = first
             for _ in range(iterations):
                 block = _orth(g @ block)
             out.append(_ritz(g, block, k))
@@ -84,12 +88,8 @@ def subspace(oversampling: int, iterations: int) -> Candidate:
 
 def chebyshev(oversampling: int, degree: int) -> Candidate:
     def run(wide: Tensor, k: int) -> list[Tensor]:
-        generator = torch.Generator().manual_seed(SEED)
-        grams = gram(wide)
         out = []
-        for t in range(wide.shape[0]):
-            g = grams[t]
-            block = _orth(g @ torch.randn(g.shape[0], k + oversampling, generator=generator))
+        for g, block in _first_blocks(wide, k + oversampling):
             product = g @ block
             cut = float(torch.linalg.eigvalsh(block.mT @ product)[0])  # the smallest Ritz value
             center = half = cut / 2  # the interval [0, cut] mapped to [-1, 1]
