@@ -115,3 +115,18 @@ def format_bytes(count: float) -> str:
             return f"{count:.1f} {unit}" if unit != "B" else f"{int(count)} B"
         count /= 1024
     return f"{count:.1f} TiB"
+
+
+def llama_spec(layers: int, hidden: int, intermediate: int, vocab: int, experts: int) -> dict[str, object]:
+    """The synthetic Llama of the spectral benchmarks: a base and ``experts`` fine-tunes (base + 1e-3 noise),
+    as ``_children.py models`` builds it."""
+    return {
+        "name": f"llama-{layers}x{hidden}x{intermediate}",
+        "vocab": vocab,
+        "hidden": hidden,
+        "intermediate": intermediate,
+        "layers": layers,
+        "heads": max(1, hidden // 128),
+        "experts": experts,
+        "noise": 1e-3,
+    }

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from _harness import HERE, format_bytes, in_child, load_average, load_json_line, run_measured
+from _harness import HERE, format_bytes, in_child, llama_spec, load_average, load_json_line, run_measured
 
 NUM_EXPERTS = 3
 EXCLUDE = ["embed_tokens", "lm_head"]
@@ -42,16 +42,7 @@ def main() -> None:
         "--skip-truncation", action="store_true", help="skip the per-matrix truncation errors"
     )
     args = parser.parse_args()
-    spec = {
-        "name": f"llama-{args.layers}x{args.hidden}x{args.intermediate}",
-        "vocab": args.vocab,
-        "hidden": args.hidden,
-        "intermediate": args.intermediate,
-        "layers": args.layers,
-        "heads": max(1, args.hidden // 128),
-        "experts": NUM_EXPERTS,
-        "noise": 1e-3,
-    }
+    spec = llama_spec(args.layers, args.hidden, args.intermediate, args.vocab, NUM_EXPERTS)
     workdir = Path(args.workdir) / spec["name"]
     built = load_json_line(in_child("models", str(workdir), json.dumps(spec)))
     folders = built["folders"]

@@ -569,23 +569,66 @@ def _spectrum_models(kind, shape, seed=0):
     return base, models
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("kind", ["gaussian", "decaying", "low-rank"])
-@pytest.mark.parametrize("shape", [(40, 96), (96, 40), (48, 48)])
-def test_fast_truncation_error_is_within_one_percent_of_the_exact(kind, shape):
+@pytest.mark.parametrize("shape", [(40, 96), (96, 40), (48, 48), (288, 264), (264, 288)])
+def test_fast_truncation_error_is_within_one_percent_of_the_exact(kind, shape, dtype):
+    """Both paths' truncation error ‖Δ_t − U diag(σ) Vᵀ‖_F at TSV-M's k = ⌊r/3⌋ against the literal optimum
+    (numpy's float64 SVD: the root of the sum of the squared singular values beyond k). The larger shapes take
+    the Gram matrix by blocks (:func:`~paperpack.r_tsvm.methods.spectral.gram`)."""
+    import numpy as np
+
     from paperpack.r_tsvm.methods.spectral import top_triplets
 
     base, models = _spectrum_models(kind, shape)
-    deltas = torch.stack([m - base for m in models])
+    deltas = torch.stack([m - base for m in models]).to(dtype)
     k = min(shape) // 3
-    errors = {
-        mode: [
-            float((d - (u * s) @ vh).norm())
-            for d, (u, s, vh) in zip(deltas, top_triplets(deltas, [k] * 3, mode), strict=True)
-        ]
-        for mode in ("exact", "fast")
-    }
-    for exact, fast in zip(errors["exact"], errors["fast"], strict=True):
-        assert fast <= 1.01 * exact
+    optimum = [
+        float(np.sqrt(np.sum(np.linalg.svd(d.double().numpy(), compute_uv=False)[k:] ** 2))) for d in deltas
+    ]
+    for mode in ("exact", "fast"):
+        for d, (u, s, vh), best in zip(deltas, top_triplets(deltas, [k] * 3, mode), optimum, strict=True):
+            assert u.dtype == s.dtype == vh.dtype == dtype
+            assert float((d - (u * s) @ vh).double().norm()) <= 1.01 * best
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(100, 30), (300, 500), (2, 257, 64), (3, 520, 40)])
+def test_gram_by_blocks_is_the_product(shape, dtype):
+    """The Gram matrix by symmetric blocks (uneven last block included) against the plain product: the same
+    sums, so equal to rounding. A small one (100 rows) is the plain product."""
+    from paperpack.r_tsvm.methods.spectral import gram
+
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    blocked, plain = gram(x), x @ x.mT
+    assert blocked.shape == plain.shape and blocked.dtype == dtype
+    if shape[-2] < 256:
+        assert torch.equal(blocked, plain)
+    scale = float(plain.abs().max())
+    assert float((blocked - plain).abs().max()) <= 10 * torch.finfo(dtype).eps * scale * shape[-1] ** 0.5
+
+
+def test_shared_gram_decomposition_gives_the_same_spectrum_and_triplets():
+    """R-TSVM's energy ranks and its triplets share one Gram eigendecomposition on the fast path: the same
+    energies σ² (to rounding of the largest: the eigenvalues alone are computed otherwise, and the energy rule
+    sums σ²) and the same triplets."""
+    from paperpack.r_tsvm.methods.spectral import gram_eigh, singular_values, top_triplets
+
+    base, models = _spectrum_models("decaying", (264, 288))
+    deltas = torch.stack([m - base for m in models])
+    shared = gram_eigh(deltas)
+    alone = singular_values(deltas, "fast").square()
+    tolerance = {"atol": 1e-5 * float(alone.max()), "rtol": 0}
+    with_shared = singular_values(deltas, "fast", decomposition=shared).square()
+    torch.testing.assert_close(with_shared, alone, **tolerance)
+    torch.testing.assert_close(singular_values(deltas, "exact").square(), alone, **tolerance)
+    for one, other in zip(
+        top_triplets(deltas, [50, 60, 70], "fast", decomposition=shared),
+        top_triplets(deltas, [50, 60, 70], "fast"),
+        strict=True,
+    ):
+        for a, b in zip(one, other, strict=True):
+            assert torch.equal(a, b)
 
 
 def _polar_input(kind, dtype):
@@ -639,11 +682,13 @@ def test_polar_factor_matches_the_literal_reference(kind, dtype):
 
 @pytest.mark.parametrize("kind", ["gaussian", "decaying", "low-rank"])
 @pytest.mark.parametrize("shape", [(40, 96), (96, 40), (48, 48)])
-@pytest.mark.parametrize("method", ["tsv_m", "r_tsvm", "iso_c", "iso_cts"])
+@pytest.mark.parametrize("method", ["tsv_m", "r_tsvm", "r_tsvm energy", "iso_c", "iso_cts"])
 def test_fast_path_gives_the_exact_merge(method, shape, kind):
+    method, *energy = method.split()
+    params = {"rank_mode": "energy", "energy_tau": 0.9} if energy else {}
     base, models = _spectrum_models(kind, shape)
-    exact = merge_tensors(method, base, models, key="w", svd="exact")
-    fast = merge_tensors(method, base, models, key="w", svd="fast")
+    exact = merge_tensors(method, base, models, key="w", svd="exact", **params)
+    fast = merge_tensors(method, base, models, key="w", svd="fast", **params)
     assert float((fast - exact).norm() / (exact - base).norm()) < 1e-4
 
 

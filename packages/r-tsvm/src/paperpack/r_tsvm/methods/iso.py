@@ -42,6 +42,7 @@ from paperpack.r_tsvm.methods._common import (
 from paperpack.r_tsvm.methods.spectral import (
     POLAR_CONDITION,
     POLAR_SHAPE,
+    gram,
     group_means,
     parallel_groups,
     polar_factor,
@@ -95,7 +96,7 @@ def isotropic(matrix: Tensor, svd: str = "fast") -> Tensor:
     short, long = sorted(matrix.shape)
     if svd == "fast" and 0 < short <= POLAR_SHAPE * long:
         wide = matrix if matrix.shape[0] <= matrix.shape[1] else matrix.mT
-        values = torch.linalg.eigvalsh(wide @ wide.mT)
+        values = torch.linalg.eigvalsh(gram(wide))
         threshold = POLAR_CONDITION.get(matrix.dtype, POLAR_CONDITION[torch.float32])
         if float(values[0]) >= threshold * float(values[-1]) > 0:
             flat: Tensor = values.sqrt().mean() * polar_factor(matrix, "fast")

@@ -51,7 +51,12 @@ from paperpack.r_tsvm.methods._common import (
     stack_task_vectors,
     weight_column,
 )
-from paperpack.r_tsvm.methods.spectral import group_means, parallel_groups, singular_values
+from paperpack.r_tsvm.methods.spectral import (
+    gram_eigh,
+    group_means,
+    parallel_groups,
+    singular_values,
+)
 from paperpack.r_tsvm.methods.tsv import tsv_budget, tsv_combine
 
 __all__ = [
@@ -167,13 +172,16 @@ def r_tsvm_layer(deltas: Tensor, config: RTSVMConfig) -> tuple[Tensor, dict[str,
     groups = parallel_groups(deltas, config.parallel_tol)
     tasks = group_means(deltas, groups)
     k_cap = tsv_budget(tasks.shape[1:], tasks.shape[0])
+    # The fast path's energy ranks and triplets come from one eigendecomposition of each Gram matrix.
+    energy = config.rank_mode == "energy"
+    decomposition = gram_eigh(tasks) if energy and config.svd == "fast" else None
     singular = (
-        singular_values(tasks, config.svd)
-        if config.rank_mode == "energy"
+        singular_values(tasks, config.svd, decomposition=decomposition)
+        if energy
         else tasks.new_zeros(len(groups), 1)
     )
     group_ranks, sparsity = adaptive_ranks(tasks, singular, k_cap, config)
-    merged = tsv_combine(tasks, group_ranks, svd=config.svd)
+    merged = tsv_combine(tasks, group_ranks, svd=config.svd, decomposition=decomposition)
     ranks = [0] * num_tasks
     for group, rank in zip(groups, group_ranks, strict=True):
         for t in group:

@@ -17,6 +17,14 @@ Two paths compute the same quantities:
   given the exact singular-value bounds), a float64 Gram eigendecomposition costs about what the float32 SVD
   does, and a float32 one loses the orthogonality (‖PᵀP − I‖_F of 0.3 to 0.7).
 
+  Every Gram matrix is computed by symmetric blocks (:func:`gram`), and R-TSVM's energy ranks reuse the
+  eigendecomposition its triplets come from (:func:`gram_eigh`). A randomized range finder or a partial
+  eigensolver in place of the full eigendecomposition was measured and not adopted
+  (``benchmarks/bench_topk.py``): each task keeps k = ⌊r/T⌋, a third of its directions with three tasks, so
+  subspace iteration on a block of k + p columns costs about what the eigendecomposition does before it
+  reaches the 1 % truncation-error target on a flat spectrum (4 to 5 products of the Gram matrix with the
+  block, plus orthonormalizations and a Rayleigh–Ritz step).
+
 The rule for parallel task matrices (:func:`parallel_groups`): the polar factor of a rank-deficient matrix has
 no unique answer, and stacking the singular vectors of task matrices that point the same way (identical
 experts, one expert at two scales, an expert and its negation) makes the stacked bases rank-deficient. Task
@@ -35,12 +43,16 @@ from paperpack.core.errors import ConfigError
 from paperpack.r_tsvm.methods._common import numerical_rank
 
 __all__ = [
+    "GRAM_BLOCKS",
     "POLAR_CONDITION",
     "POLAR_SHAPE",
     "SVD_MODES",
     "TOP_CONDITION",
+    "GramEigh",
     "Triplets",
     "check_svd_mode",
+    "gram",
+    "gram_eigh",
     "group_means",
     "parallel_groups",
     "polar_factor",
@@ -60,6 +72,12 @@ TOP_CONDITION = {torch.float32: 1e-4, torch.float64: 1e-12}
 
 #: One task's kept triplets: U (m × k), σ (k,), Vᵀ (k × n).
 Triplets = tuple[Tensor, Tensor, Tensor]
+#: The eigendecomposition of each task's Gram matrix (of its wide orientation, m ≤ n): eigenvalues ``(T, m)``
+#: descending and eigenvectors ``(T, m, m)`` in the same order, as :func:`gram_eigh` returns them.
+GramEigh = tuple[Tensor, Tensor]
+
+#: :func:`gram` splits the rows into this many blocks and computes only the blocks on and above the diagonal.
+GRAM_BLOCKS = 4
 
 
 def check_svd_mode(mode: str) -> None:
@@ -68,29 +86,65 @@ def check_svd_mode(mode: str) -> None:
         raise ConfigError(f"`svd` must be one of {', '.join(map(repr, SVD_MODES))}, got {mode!r}")
 
 
-def _gram_eigh(matrices: Tensor) -> tuple[Tensor, Tensor]:
-    """Eigenvalues (descending) and eigenvectors of X Xᵀ for a ``(T, m, n)`` stack with m ≤ n."""
-    values, vectors = torch.linalg.eigh(matrices @ matrices.mT)
+def gram(matrices: Tensor) -> Tensor:
+    """X Xᵀ of each matrix of a ``(..., m, n)`` stack, ``(..., m, m)``.
+
+    The product is symmetric, so it is computed by blocks of rows (:data:`GRAM_BLOCKS` of them): each block
+    above the diagonal once, mirrored below it. That is the same sums as ``X @ X.mT`` (every entry is one
+    row-by-row dot product either way) for about 5/8 of the work at four blocks.
+    """
+    rows = matrices.shape[-2]
+    step = -(-rows // GRAM_BLOCKS)
+    if step >= rows or step < 64:  # small: one product
+        return matrices @ matrices.mT
+    result = matrices.new_empty(*matrices.shape[:-2], rows, rows)
+    for top in range(0, rows, step):
+        for left in range(top, rows, step):
+            block = matrices[..., top : top + step, :] @ matrices[..., left : left + step, :].mT
+            result[..., top : top + step, left : left + step] = block
+            if left != top:
+                result[..., left : left + step, top : top + step] = block.mT
+    return result
+
+
+def gram_eigh(deltas: Tensor) -> GramEigh:
+    """Eigenvalues (descending) and eigenvectors of Δ Δᵀ for each task matrix of a ``(T, m, n)`` stack.
+
+    Δ is taken in its wide orientation (transposed when m > n). This is the fast path's decomposition, which
+    :func:`singular_values` and :func:`top_triplets` can share (R-TSVM's energy ranks and its triplets).
+    """
+    wide = deltas if deltas.shape[-2] <= deltas.shape[-1] else deltas.mT
+    values, vectors = torch.linalg.eigh(gram(wide))
     return values.flip(-1), vectors.flip(-1)
 
 
-def singular_values(deltas: Tensor, mode: str = "fast") -> Tensor:
+def singular_values(deltas: Tensor, mode: str = "fast", *, decomposition: GramEigh | None = None) -> Tensor:
     """All singular values of each task matrix, descending: ``(T, min(m, n))``.
 
     The fast path takes them as square roots of the Gram matrix's eigenvalues (negative rounding clipped to
-    0): accurate for the large ones, which is what an energy fraction needs.
+    0): accurate for the large ones, which is what an energy fraction needs. ``decomposition`` (fast path
+    only) is :func:`gram_eigh` of ``deltas`` when the caller has it already; otherwise only the eigenvalues
+    are computed.
     """
     check_svd_mode(mode)
     if mode == "exact":
         values: Tensor = torch.linalg.svdvals(deltas)
         return values
-    wide = deltas if deltas.shape[-2] <= deltas.shape[-1] else deltas.mT
-    values, _ = _gram_eigh(wide)
+    if decomposition is None:
+        wide = deltas if deltas.shape[-2] <= deltas.shape[-1] else deltas.mT
+        values = torch.linalg.eigvalsh(gram(wide)).flip(-1)
+    else:
+        values = decomposition[0]
     return values.clamp(min=0).sqrt()
 
 
 def top_triplets(
-    deltas: Tensor, ranks: Sequence[int], mode: str = "fast", *, scale: Tensor | None = None
+    deltas: Tensor,
+    ranks: Sequence[int],
+    mode: str = "fast",
+    *,
+    scale: Tensor | None = None,
+    decomposition: GramEigh | None = None,
 ) -> list[Triplets]:
     """The top ``ranks[t]`` singular triplets of each task matrix, at most its numerical rank.
 
@@ -106,6 +160,7 @@ def top_triplets(
         mode: ``"fast"`` or ``"exact"`` (see the module docstring).
         scale: per task, the magnitude the numerical rank's tolerance is relative to (default: σ_1), for task
             matrices that are residuals of a projection.
+        decomposition: :func:`gram_eigh` of ``deltas`` if the caller has it already (fast path only).
 
     Returns:
         Per task (U_t, σ_t, V_tᵀ) with min(k_t, numerical rank) columns / values / rows (the numerical rank of
@@ -121,7 +176,7 @@ def top_triplets(
         ]
     transposed = deltas.shape[-2] > deltas.shape[-1]
     wide = deltas.mT if transposed else deltas
-    values, vectors = _gram_eigh(wide)
+    values, vectors = gram_eigh(deltas) if decomposition is None else decomposition
     threshold = TOP_CONDITION.get(deltas.dtype, TOP_CONDITION[torch.float32])
     result = []
     for t, rank in enumerate(ranks):
@@ -160,8 +215,7 @@ def polar_factor(matrix: Tensor, mode: str = "fast") -> Tensor:
     short, long = sorted(matrix.shape)
     if mode == "fast" and 0 < short <= POLAR_SHAPE * long:
         tall = matrix.shape[0] >= matrix.shape[1]
-        gram = matrix.mT @ matrix if tall else matrix @ matrix.mT
-        values, vectors = torch.linalg.eigh(gram)
+        values, vectors = torch.linalg.eigh(gram(matrix.mT if tall else matrix))
         threshold = POLAR_CONDITION.get(matrix.dtype, POLAR_CONDITION[torch.float32])
         if float(values[0]) >= threshold * float(values[-1]) > 0:
             inverse_root = (vectors * values.rsqrt()) @ vectors.mT
@@ -179,13 +233,13 @@ def _cosines(deltas: Tensor) -> Tensor:
     a zero matrix has cosine 0 with every other.
     """
     flat = deltas.reshape(deltas.shape[0], -1)
-    gram = torch.zeros(flat.shape[0], flat.shape[0], dtype=torch.float64, device=flat.device)
+    products = torch.zeros(flat.shape[0], flat.shape[0], dtype=torch.float64, device=flat.device)
     for start in range(0, flat.shape[1], _CHUNK):
         block = flat[:, start : start + _CHUNK].double()
-        gram += block @ block.T
-    norms = gram.diagonal().sqrt()
+        products += block @ block.T
+    norms = products.diagonal().sqrt()
     scale = torch.outer(norms, norms)
-    return torch.where(scale > 0, gram / torch.where(scale > 0, scale, 1.0), 0.0)
+    return torch.where(scale > 0, products / torch.where(scale > 0, scale, 1.0), 0.0)
 
 
 _CHUNK = 1 << 20

@@ -43,7 +43,13 @@ from paperpack.r_tsvm.methods._common import (
     stack_task_vectors,
     weight_column,
 )
-from paperpack.r_tsvm.methods.spectral import group_means, parallel_groups, polar_factor, top_triplets
+from paperpack.r_tsvm.methods.spectral import (
+    GramEigh,
+    group_means,
+    parallel_groups,
+    polar_factor,
+    top_triplets,
+)
 
 __all__ = ["orthogonalize", "tsv_budget", "tsv_combine", "tsv_m_merge"]
 
@@ -67,6 +73,7 @@ def tsv_combine(
     singular_scales: Sequence[float] | None = None,
     *,
     svd: str = "fast",
+    decomposition: GramEigh | None = None,
 ) -> Tensor:
     """Concatenate the top ``ranks[t]`` singular triplets of each task matrix, decorrelate, and recombine.
 
@@ -77,14 +84,15 @@ def tsv_combine(
         ranks: k_t per task (TSV-M uses the same k for all).
         singular_scales: a factor per task on its singular values (R-TSVM's outlier weights); None for 1.
         svd: ``"fast"`` or ``"exact"`` (:mod:`~paperpack.r_tsvm.methods.spectral`).
+        decomposition: the fast path's :func:`~paperpack.r_tsvm.methods.spectral.gram_eigh` of ``deltas`` if
+            the caller has it already (R-TSVM's energy ranks need it too).
 
     Returns:
         U⊥ Σ V⊥ᵀ, shape ``(rows, cols)``.
     """
     scales = singular_scales if singular_scales is not None else [1.0] * deltas.shape[0]
-    kept = [
-        (u, s * scale, vh) for (u, s, vh), scale in zip(top_triplets(deltas, ranks, svd), scales, strict=True)
-    ]
+    triplets = top_triplets(deltas, ranks, svd, decomposition=decomposition)
+    kept = [(u, s * scale, vh) for (u, s, vh), scale in zip(triplets, scales, strict=True)]
     kept = [part for part in kept if part[1].numel()]
     if not kept:
         return torch.zeros_like(deltas[0])
