@@ -127,9 +127,15 @@ def warm(*folders: str) -> None:
                     pass
 
 
-def merge(recipe: str, output: str) -> None:
+def merge(recipe: str, output: str, lapack: str = "scipy") -> None:
+    """Merge a recipe; ``lapack="torch"`` makes the fast path take torch's eigendecompositions and SVDs (the
+    routes it takes off the CPU) instead of SciPy's, to measure what the library choice is worth."""
     from paperpack.core.device import MemoryMeter
     from paperpack.r_tsvm import merge_checkpoints
+    from paperpack.r_tsvm.methods import spectral
+
+    if lapack == "torch":
+        spectral._lapack_ready = lambda tensor: False
 
     with MemoryMeter("cpu") as meter:
         merge_checkpoints(recipe, output, progress=False)
