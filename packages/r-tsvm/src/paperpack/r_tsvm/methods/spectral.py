@@ -11,19 +11,25 @@ Two paths compute the same quantities:
   the SVD where float32 would lose accuracy: a task whose k-th singular value is below 1 % of its largest
   (:data:`TOP_CONDITION`), and a polar factor whose matrix is nearly square (:data:`POLAR_SHAPE`) or whose
   Gram matrix is ill-conditioned (:data:`POLAR_CONDITION`). TSV-M's stacked singular vectors of a square
-  layer are nearly square, so there only the per-task triplets are fast. Other ways to that polar factor were
+  layer are nearly square, so there the fast path keeps the SVD. Other ways to that polar factor were
   measured and are not cheaper than the SVD there (``benchmarks/bench_polar.py``): with three tasks the stacks
   have σ_max/σ_min ≈ 1e3, where Newton–Schulz needs 11 to 13 iterations of two matrix products each (even
   given the exact singular-value bounds), a float64 Gram eigendecomposition costs about what the float32 SVD
   does, and a float32 one loses the orthogonality (‖PᵀP − I‖_F of 0.3 to 0.7).
 
-  Every Gram matrix is computed by symmetric blocks (:func:`gram`), and R-TSVM's energy ranks reuse the
-  eigendecomposition its triplets come from (:func:`gram_eigh`). A randomized range finder or a partial
-  eigensolver in place of the full eigendecomposition was measured and not adopted
-  (``benchmarks/bench_topk.py``): each task keeps k = ⌊r/T⌋, a third of its directions with three tasks, so
-  subspace iteration on a block of k + p columns costs about what the eigendecomposition does before it
-  reaches the 1 % truncation-error target on a flat spectrum (4 to 5 products of the Gram matrix with the
-  block, plus orthonormalizations and a Rayleigh–Ritz step).
+  Every Gram matrix is computed by symmetric blocks (:func:`gram`). Each task keeps only its top k = ⌊r/T⌋
+  eigenpairs, so on the CPU a partial eigensolver computes just those (:func:`top_eigh`: LAPACK's ``syevr``
+  with a range of indices); R-TSVM's energy ranks need every eigenvalue, so there the triplets reuse the full
+  eigendecomposition that the ranks come from (:func:`gram_eigh`). The SVD of a nearly square polar factor is
+  LAPACK's divide-and-conquer ``gesdd`` on the matrix's wide side. On the CPU both come from SciPy's LAPACK
+  (OpenBLAS) rather than torch's, held to ``torch.get_num_threads()`` BLAS threads: at 2048, one thread, the
+  partial eigensolver took 0.61 s where the full eigendecomposition took 0.95 s on either library, and
+  SciPy's ``gesdd`` 1.6 to 1.8 s where ``torch.linalg.svd`` took 2.2 to 2.5 s (the second is the library's
+  share, not the method's; ``benchmarks/bench_fast_svd.py --torch-lapack`` measures it on a whole merge). Off
+  the CPU, for other dtypes, or when LAPACK reports a failure, the fast path takes torch's routines. A
+  randomized range finder or subspace iteration in place of the eigendecomposition was measured and not
+  adopted (``benchmarks/bench_topk.py``): with k a third of the directions, they cost about what the
+  eigendecomposition does before they reach the 1 % truncation-error target on a flat spectrum.
 
 The rule for parallel task matrices (:func:`parallel_groups`): the polar factor of a rank-deficient matrix has
 no unique answer, and stacking the singular vectors of task matrices that point the same way (identical
@@ -162,7 +168,9 @@ def _lapack() -> tuple[ModuleType, Callable[[], AbstractContextManager[object]]]
     controller = ThreadpoolController()  # created after SciPy's import, so it sees SciPy's BLAS
 
     def threads() -> AbstractContextManager[object]:
-        return controller.limit(limits=torch.get_num_threads(), user_api="blas")
+        limits = torch.get_num_threads()
+        limiter: AbstractContextManager[object] = controller.limit(limits=limits, user_api="blas")
+        return limiter
 
     return scipy.linalg, threads
 
@@ -282,9 +290,10 @@ def polar_factor(matrix: Tensor, mode: str = "fast") -> Tensor:
 
     The fast path computes X (XᵀX)^(-1/2) (or (XXᵀ)^(-1/2) X for a wide X) from a symmetric eigendecomposition
     when X is clearly rectangular (its short side at most :data:`POLAR_SHAPE` of its long side) and its Gram
-    matrix well-conditioned (:data:`POLAR_CONDITION`); otherwise it takes the SVD, as the exact path does. A
-    nearly square stack of singular vectors (TSV-M's U of a square layer) is usually ill-conditioned, so the
-    eigendecomposition is not even tried there.
+    matrix well-conditioned (:data:`POLAR_CONDITION`); otherwise it takes the SVD, as the exact path does
+    (on the CPU LAPACK's ``gesdd`` through SciPy, elsewhere ``torch.linalg.svd``). A nearly square stack of
+    singular vectors (TSV-M's U of a square layer) is usually ill-conditioned, so the eigendecomposition is
+    not even tried there.
     """
     check_svd_mode(mode)
     short, long = sorted(matrix.shape)
