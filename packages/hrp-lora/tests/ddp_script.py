@@ -73,3 +73,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    PartialState().destroy_process_group()  # join the process group's threads, or gloo may abort at exit

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 
 from paperpack.core.hf import tiny_causal_lm, training_args
 from paperpack.o1_pruner import O1PrunerConfig, O1PrunerTrainer
@@ -48,3 +49,4 @@ def main() -> None:
 
 if __name__ == "__main__":  # not on import: pytest --doctest-modules imports this file while collecting
     main()
+    PartialState().destroy_process_group()  # join the process group's threads, or gloo may abort at exit

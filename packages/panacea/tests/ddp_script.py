@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from transformers import DataCollatorForLanguageModeling, TrainerCallback
 
 from paperpack.core.hf import tiny_causal_lm, training_args
@@ -82,3 +83,4 @@ if __name__ == "__main__":
     folder = Path(sys.argv[1])
     results = {case: run(folder / case, batch_size=2, case=case) for case in CASES}
     torch.save(results, folder / f"rank{results['no-clamp']['rank']}.pt")
+    PartialState().destroy_process_group()  # join the process group's threads, or gloo may abort at exit

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from datasets import Dataset
 from torch import nn
 from transformers import DataCollatorForLanguageModeling, Trainer, default_data_collator
@@ -120,3 +121,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    PartialState().destroy_process_group()  # join the process group's threads, or gloo may abort at exit

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from transformers import DataCollatorForLanguageModeling, TrainerCallback
 
 from paperpack.core.hf import default_corpus, tiny_causal_lm, training_args
@@ -52,3 +53,4 @@ def main(output: Path) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
+    PartialState().destroy_process_group()  # join the process group's threads, or gloo may abort at exit
