@@ -175,11 +175,11 @@ def _lapack() -> tuple[ModuleType, Callable[[], AbstractContextManager[object]]]
     return scipy.linalg, threads
 
 
-def _lapack_polar(matrix: Tensor) -> Tensor:
+def _lapack_polar(matrix: Tensor) -> Tensor | None:
     """The polar factor from LAPACK's divide-and-conquer SVD (``gesdd``) through SciPy, on the wide side.
 
     LAPACK is given the matrix in its wide orientation (m ≤ n), which measured faster than the tall one for
-    the shapes TSV-M stacks. Falls back to ``torch.linalg.svd`` if LAPACK reports a failure.
+    the shapes TSV-M stacks. None if LAPACK reports a failure.
     """
     linalg, threads = _lapack()
     wide = matrix.shape[0] <= matrix.shape[1]
@@ -188,9 +188,7 @@ def _lapack_polar(matrix: Tensor) -> Tensor:
         with threads():
             left, _, right = linalg.svd(array, full_matrices=False, check_finite=False, lapack_driver="gesdd")
     except linalg.LinAlgError:
-        left_t, _, right_t = torch.linalg.svd(matrix, full_matrices=False)
-        fallback: Tensor = left_t @ right_t
-        return fallback
+        return None
     polar = torch.from_numpy(left) @ torch.from_numpy(right)
     return polar if wide else polar.mT.contiguous()
 
@@ -253,9 +251,8 @@ def top_triplets(
         ]
     transposed = deltas.shape[-2] > deltas.shape[-1]
     wide = deltas.mT if transposed else deltas
-    partial = decomposition is None and _lapack_ready(deltas)
-    if decomposition is None and not partial:
-        decomposition = gram_eigh(deltas)
+    if decomposition is None and not _lapack_ready(deltas):
+        decomposition = gram_eigh(deltas)  # else a partial eigensolver per task, below
     threshold = TOP_CONDITION.get(deltas.dtype, TOP_CONDITION[torch.float32])
     result = []
     for t, rank in enumerate(ranks):
@@ -266,10 +263,9 @@ def top_triplets(
                 (deltas.new_zeros(deltas.shape[-2], 0), empty, deltas.new_zeros(0, deltas.shape[-1]))
             )
             continue
-        if partial:
+        if decomposition is None:
             values, left = top_eigh(gram(wide[t]), k)
         else:
-            assert decomposition is not None
             values, left = decomposition[0][t, :k], decomposition[1][t, :, :k]
         task_scale = None if scale is None else scale[t : t + 1]
         if not float(values[k - 1]) >= threshold * float(values[0]) > 0:
@@ -305,8 +301,8 @@ def polar_factor(matrix: Tensor, mode: str = "fast") -> Tensor:
             inverse_root = (vectors * values.rsqrt()) @ vectors.mT
             result: Tensor = matrix @ inverse_root if tall else inverse_root @ matrix
             return result
-    if mode == "fast" and _lapack_ready(matrix):
-        return _lapack_polar(matrix)
+    if mode == "fast" and _lapack_ready(matrix) and (factor := _lapack_polar(matrix)) is not None:
+        return factor
     left, _, right = torch.linalg.svd(matrix, full_matrices=False)
     polar: Tensor = left @ right
     return polar
